@@ -1,0 +1,161 @@
+"""The one place where settings are wired to adapters.
+
+``build_runtime(settings)`` creates the clients the enabled syncs need (nothing is
+built at import time, nothing unused is built), and ``new_context`` makes the per-run
+SyncContext. Tests build SyncContext themselves with fakes instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from config.settings import Settings
+from services.data_manager import TargetCache
+from services.event_manager import EventManager
+from services.http import RequestStats
+from sync.base import SyncContext
+from utils.metrics import Metrics
+
+log = logging.getLogger("bootstrap")
+
+SERVICES = ("safetyamp", "samsara", "graph", "viewpoint", "oneroster", "scim")
+
+
+@dataclass
+class Runtime:
+    """Long-lived adapters (one per process; the daemon reuses them across runs)."""
+
+    settings: Settings
+    metrics: Metrics
+    stats: RequestStats
+    tracker: Any
+    redis: Any = None
+    breakers: dict[str, Any] = field(default_factory=dict)
+    quarantine: Any = None
+    safetyamp: Any = None
+    viewpoint: Any = None
+    graph: Any = None
+    samsara: Any = None
+    oneroster: Any = None  # rosters (issue 4)
+    scim: Any = None
+    roster_cursor: Any = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def close(self) -> None:
+        engine = getattr(self.viewpoint, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+
+def build_runtime(
+    settings: Settings,
+    syncs: tuple[str, ...],
+    *,
+    metrics: Metrics | None = None,
+    tracker: Any = None,
+    redis_client: Any = None,
+) -> Runtime:
+    """Adapters for ``syncs`` only (a vehicles-only run needs no database). One Redis
+    client (lazy: no connection until first use) serves tracker, breakers, locks and
+    quarantine."""
+    from utils.circuit_breaker import build_breakers, make_redis
+    from utils.quarantine import Quarantine
+
+    metrics = metrics or Metrics()
+    stats = RequestStats(metrics=metrics)
+    if redis_client is None:
+        redis_client = make_redis(settings.redis_url)
+    if tracker is None:
+        from utils.failed_sync_tracker import build_tracker
+
+        tracker = build_tracker(settings.redis_url.get_secret_value(), settings.redis_prefix)
+    rt = Runtime(settings=settings, metrics=metrics, stats=stats, tracker=tracker, redis=redis_client)
+    rt.breakers = build_breakers(settings, redis_client, metrics)
+    # Zero-valued series from the start, so dashboards and alerts see them before the
+    # first throttle or guard trip (a missing series reads as "No data", not 0).
+    metrics.initialise(syncs, SERVICES, settings.sync_interval_minutes * 60)
+    rt.quarantine = Quarantine(
+        redis_client, prefix=settings.redis_prefix, interval_seconds=settings.sync_interval_minutes * 60, metrics=metrics
+    )
+    safetyamp_syncs = {"departments", "jobs", "titles", "employees", "vehicles"}
+    if safetyamp_syncs & set(syncs):
+        from services.safetyamp_api import build_safetyamp
+
+        rt.safetyamp = build_safetyamp(settings, stats, breaker=rt.breakers.get("safetyamp"))
+    if {"departments", "jobs", "titles", "employees"} & set(syncs):
+        from services.viewpoint_api import build_viewpoint
+
+        rt.viewpoint = build_viewpoint(settings)
+    if "employees" in syncs and settings.graph_configured:
+        from services.graph_api import build_graph
+
+        rt.graph = build_graph(settings, stats, breaker=rt.breakers.get("graph"))
+    if "vehicles" in syncs:
+        from services.samsara_api import build_samsara
+
+        rt.samsara = build_samsara(settings, stats, breaker=rt.breakers.get("samsara"))
+    if "rosters" in syncs:  # issue 4: OneRoster (REST or CSV) -> SCIM
+        from services.oneroster_api import RedisCursorStore, build_oneroster
+        from services.scim_api import build_scim
+
+        rt.oneroster = build_oneroster(settings, stats, breaker=rt.breakers.get("oneroster"))
+        rt.scim = build_scim(settings, stats, breaker=rt.breakers.get("scim"))
+        rt.roster_cursor = RedisCursorStore(redis_client, settings.redis_prefix)
+    return rt
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+def lock_factory(rt: Runtime) -> Any:
+    """name -> a fresh lock for that sync (Redis, or a file lock when allowed)."""
+    from utils.locks import build_lock
+
+    def make(name: str) -> Any:
+        return build_lock(rt.settings, f"sync-{name}", rt.redis)
+
+    return make
+
+
+def new_context(
+    rt: Runtime,
+    *,
+    run_id: str,
+    dry_run: bool = False,
+    progress: Any = None,
+    full: bool = False,
+    manual: bool = False,
+) -> SyncContext:
+    """A fresh per-run context: new target cache (each collection read once per run)."""
+    from utils.failed_sync_tracker import RunTracker
+
+    s = rt.settings
+    events = EventManager(s.output_dir, run_id, secrets=s.secret_values())
+    return SyncContext(
+        settings=s,
+        targets=TargetCache(rt.safetyamp) if rt.safetyamp is not None else None,
+        tracker=RunTracker(rt.tracker),  # one read of the tracked records per sync, not one per record
+        events=events,
+        metrics=rt.metrics,
+        today=datetime.now(UTC).date(),
+        viewpoint=rt.viewpoint,
+        graph=rt.graph,
+        samsara=rt.samsara,
+        dry_run=dry_run,
+        stop=rt.stop,
+        progress=progress,
+        max_workers=s.safetyamp_max_concurrency,
+        oneroster=rt.oneroster,
+        scim=rt.scim,
+        roster_cursor=rt.roster_cursor,
+        full=full,
+        locks=lock_factory(rt),
+        quarantine=rt.quarantine,
+        manual=manual,
+    )

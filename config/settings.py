@@ -1,0 +1,692 @@
+"""Typed, frozen settings built once from explicit sources.
+
+Why one typed object: every module reads the same validated values, a missing or bad
+setting is reported once (all of them together, exit code 2) instead of failing deep
+in a run, and secrets travel as ``SecretStr`` so no repr, log line or error shows them.
+
+Sources, highest precedence first (``load_settings``)::
+
+    1. overrides            passed by the caller (the sandbox's endpoints, tests)
+    2. process environment  the mapping passed in (usually ``os.environ``)
+    3. SECRETS_DIR files    one file per setting, named like the variable
+                            (``SAFETYAMP_TOKEN`` or ``safetyamp-token``), as Kubernetes
+                            mounts a Secret; the value is the file's stripped text
+    4. Azure Key Vault      only when AZURE_KEY_VAULT_URL or AZURE_KEY_VAULT_NAME is set;
+                            secret ``SAFETYAMP-TOKEN`` feeds ``SAFETYAMP_TOKEN``
+                            (Key Vault names allow only letters, digits and dashes)
+    5. ``.env`` file        developer convenience
+    6. defaults             declared below
+
+Why Key Vault sits under the mounted files and the environment: an operator must be
+able to override a vault value for one deployment without editing the vault (a
+Secret or an env entry in the manifest wins), while the vault still beats a ``.env``
+that may have been baked into an image by mistake. An empty value (``FOO=``) counts
+as unset at every level, so it falls through to the next source. The settings that
+locate the sources (SECRETS_DIR, AZURE_KEY_VAULT_*, KEYVAULT_TTL_SECONDS) are read
+from levels 1-3 and 5 only, never from the vault itself.
+
+Only the settings of the enabled syncs are required. Nothing here reads the
+environment or touches the network at import time. ``python -m config.settings
+--markdown`` prints the reference table of docs/configuration.md from this model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+
+from utils.errors import ConfigurationError
+
+ALL_SYNCS: tuple[str, ...] = ("departments", "jobs", "titles", "employees", "vehicles", "rosters")
+"""Every sync, in dependency (run) order."""
+
+DEPENDENCIES: dict[str, tuple[str, ...]] = {
+    "departments": (),
+    "jobs": ("departments",),
+    "titles": (),
+    "employees": ("jobs", "titles", "departments"),
+    "vehicles": ("employees",),
+    "rosters": (),
+}
+"""What each sync reads that another sync writes (used to warn on --only)."""
+
+
+def _unit(unit: str) -> dict[str, Any]:
+    """``json_schema_extra`` carrying a unit for the generated reference table."""
+    return {"unit": unit}
+
+
+class Settings(BaseModel):
+    """All settings. Field aliases are the environment names (the contract)."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    # --- general -------------------------------------------------------------------
+    sync_types: tuple[str, ...] | None = Field(
+        None, alias="SYNC_TYPES", description="Comma list of syncs to run; default: all whose settings are present."
+    )
+    sync_interval_minutes: float = Field(60, alias="SYNC_INTERVAL_MINUTES", gt=0, description="Minutes between daemon runs.")
+    output_dir: Path = Field(Path("output"), alias="OUTPUT_DIR", description="Root of changes/, errors/, logs/.")
+    log_format: Literal["json", "text"] = Field(
+        "json", alias="LOG_FORMAT", description="Log line format: `json` (one object per line) or `text`."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL", description="Lowest level logged.")
+    port: int = Field(
+        8080, alias="PORT", ge=1, le=65535, description="HTTP port of the daemon (/live, /ready, /health, /metrics)."
+    )
+    redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        alias="REDIS_URL",
+        description="Redis for tracker, breaker and locks (may embed a password: secret).",
+    )
+    redis_prefix: str = Field("safetyamp-sync:", alias="REDIS_PREFIX", description="Prefix of every Redis key.")
+    sync_trigger_token: SecretStr | None = Field(
+        None,
+        alias="SYNC_TRIGGER_TOKEN",
+        description="Bearer token for POST /sync and GET /diagnose; those endpoints are disabled when unset.",
+    )
+    deactivation_guard_percent: float = Field(
+        10,
+        alias="DEACTIVATION_GUARD_PERCENT",
+        ge=0,
+        le=100,
+        description="Refuse a run that would deactivate more than this % of active target records.",
+    )
+    azure_key_vault_url: str | None = Field(
+        None,
+        alias="AZURE_KEY_VAULT_URL",
+        description="Key Vault to read secrets from (`https://<name>.vault.azure.net`); wins over AZURE_KEY_VAULT_NAME.",
+    )
+    azure_key_vault_name: str | None = Field(
+        None,
+        alias="AZURE_KEY_VAULT_NAME",
+        description="Key Vault name, short for AZURE_KEY_VAULT_URL=https://<name>.vault.azure.net.",
+    )
+    keyvault_ttl_seconds: float = Field(
+        300,
+        alias="KEYVAULT_TTL_SECONDS",
+        ge=0,
+        description="How long Key Vault values (and its list of names) are cached; 0 = fetch on every load.",
+    )
+    secrets_dir: Path | None = Field(
+        None, alias="SECRETS_DIR", description="Folder of mounted secret files, one per setting (named like the variable)."
+    )
+    http_max_attempts: int = Field(
+        5,
+        alias="HTTP_MAX_ATTEMPTS",
+        ge=1,
+        description="Attempts per request for retriable errors.",
+        json_schema_extra=_unit("attempts"),
+    )
+    http_max_retry_seconds: float = Field(
+        120, alias="HTTP_MAX_RETRY_SECONDS", gt=0, description="Total time one request may spend retrying."
+    )
+    consecutive_error_limit: int = Field(
+        50,
+        alias="CONSECUTIVE_ERROR_LIMIT",
+        ge=1,
+        description="Stop a sync after this many consecutive non-record errors.",
+        json_schema_extra=_unit("errors"),
+    )
+    pushgateway_url: str | None = Field(
+        None,
+        alias="PUSHGATEWAY_URL",
+        description="Prometheus Pushgateway that sync_batch pushes its metrics to (push-add); unset = no push.",
+    )
+
+    # --- resilience: circuit breakers and the single-writer lock -------------------
+    breaker_failure_threshold: int = Field(
+        5,
+        alias="BREAKER_FAILURE_THRESHOLD",
+        ge=1,
+        description="Consecutive failures (5xx, timeouts, resets; never 429) that open a service's breaker, across replicas.",
+        json_schema_extra=_unit("failures"),
+    )
+    breaker_recovery_seconds: float = Field(
+        60,
+        alias="BREAKER_RECOVERY_SECONDS",
+        gt=0,
+        description="Time an open breaker refuses calls before it lets one probe through (half-open).",
+    )
+    breaker_success_threshold: int = Field(
+        2,
+        alias="BREAKER_SUCCESS_THRESHOLD",
+        ge=1,
+        description="Successful probes in a row that close a half-open breaker.",
+        json_schema_extra=_unit("successes"),
+    )
+    breaker_probe_lease_seconds: float = Field(
+        30,
+        alias="BREAKER_PROBE_LEASE_SECONDS",
+        gt=0,
+        description="Lease of the one probe allowed while half-open; if it never reports, another probe may go after this.",
+    )
+    lock_ttl_seconds: float = Field(
+        60,
+        alias="LOCK_TTL_SECONDS",
+        ge=1,
+        description="Expiry of a sync's single-writer lock in Redis; renewed every third of it while the holder runs.",
+    )
+    lock_required: bool = Field(
+        True,
+        alias="LOCK_REQUIRED",
+        description=(
+            "true: refuse to run when Redis cannot be reached for the lock; "
+            "false: fall back to a file lock (one machine only) with a warning."
+        ),
+    )
+
+    # --- Viewpoint -----------------------------------------------------------------
+    viewpoint_db_url: SecretStr | None = Field(None, alias="VIEWPOINT_DB_URL", description="Any SQLAlchemy URL; overrides SQL_*.")
+    sql_server: str | None = Field(
+        None, alias="SQL_SERVER", description="SQL Server host (and `,port`) of the Viewpoint database."
+    )
+    sql_database: str | None = Field(None, alias="SQL_DATABASE", description="Viewpoint database name (usually `Viewpoint`).")
+    sql_auth_mode: Literal["sql_auth", "entra_token"] = Field(
+        "sql_auth",
+        alias="SQL_AUTH_MODE",
+        description="`sql_auth` (SQL_USERNAME/SQL_PASSWORD) or `entra_token` (a token from azure-identity).",
+    )
+    sql_username: str | None = Field(None, alias="SQL_USERNAME", description="SQL login for `sql_auth`.")
+    sql_password: SecretStr | None = Field(None, alias="SQL_PASSWORD", description="SQL password for `sql_auth`.")
+    sql_driver: str = Field(
+        "ODBC Driver 18 for SQL Server", alias="SQL_DRIVER", description="ODBC driver name used to build the connection."
+    )
+    viewpoint_company: int = Field(1, alias="VIEWPOINT_COMPANY", ge=0, le=255, description="PRCo (bCompany tinyint).")
+    viewpoint_jc_company: int | None = Field(
+        None, alias="VIEWPOINT_JC_COMPANY", ge=0, le=255, description="JCCo; defaults to VIEWPOINT_COMPANY."
+    )
+    viewpoint_title_column: str = Field(
+        "udEmpTitle",
+        alias="VIEWPOINT_TITLE_COLUMN",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="bPREH column holding the job title (often a ud column).",
+    )
+    job_history_days: int = Field(365, alias="JOB_HISTORY_DAYS", ge=1, description="Look-back for 'latest job worked' in bPRJC.")
+    job_closed_statuses: tuple[int, ...] = Field(
+        (3,),
+        alias="JOB_CLOSED_STATUSES",
+        description="JobStatus values that archive the site (1 open, 2 soft-closed, 3 hard-closed).",
+    )
+    job_open_statuses: tuple[int, ...] = Field(
+        (1,), alias="JOB_OPEN_STATUSES", description="JobStatus values synced as active sites."
+    )
+
+    # --- SafetyAmp -----------------------------------------------------------------
+    safetyamp_url: str = Field("https://api.safetyamp.com", alias="SAFETYAMP_URL", description="SafetyAmp API base URL.")
+    safetyamp_token: SecretStr | None = Field(None, alias="SAFETYAMP_TOKEN", description="SafetyAmp API bearer token.")
+    safetyamp_fqdn: str | None = Field(
+        None, alias="SAFETYAMP_FQDN", description="<subdomain>.safetyamp.com, sent as the Fqdn header."
+    )
+    safetyamp_user_agent: str = Field(
+        "safetyamp-sync/1.0", alias="SAFETYAMP_USER_AGENT", description="Descriptive User-Agent SafetyAmp requires."
+    )
+    safetyamp_page_size: int = Field(
+        1000,
+        alias="SAFETYAMP_PAGE_SIZE",
+        ge=1,
+        le=1000,
+        description=(
+            "Records per page when reading SafetyAmp (every page costs a request of the rate limit). "
+            "A server that caps it silently is still read completely; one that refuses it with a 422 "
+            "naming its maximum is read at that maximum."
+        ),
+        json_schema_extra=_unit("records"),
+    )
+    safetyamp_max_page_size: int | None = Field(
+        None,
+        alias="SAFETYAMP_MAX_PAGE_SIZE",
+        ge=1,
+        description=(
+            "Largest `limit` the SafetyAmp account is known to honour (unset: unknown). With "
+            "SAFETYAMP_PAGE_SIZE at or below it, a short page ends a read; unknown, a short first page "
+            "costs one more request (an empty page) to rule out a silent cap."
+        ),
+        json_schema_extra=_unit("records"),
+    )
+    safetyamp_rate_limit_per_minute: float = Field(
+        60,
+        alias="SAFETYAMP_RATE_LIMIT_PER_MINUTE",
+        gt=0,
+        description="Requests per minute sent to SafetyAmp (all threads together).",
+    )
+    safetyamp_max_concurrency: int = Field(
+        8,
+        alias="SAFETYAMP_MAX_CONCURRENCY",
+        ge=1,
+        le=32,
+        description=(
+            "Parallel writes, still bounded by the rate limit: enough that slow answers (latency "
+            "spikes) never leave a slot of the rate limit unused."
+        ),
+        json_schema_extra=_unit("threads"),
+    )
+    safetyamp_timeout_seconds: float = Field(
+        30, alias="SAFETYAMP_TIMEOUT_SECONDS", gt=0, description="Timeout of one SafetyAmp request."
+    )
+    safetyamp_default_role: str = Field("Field", alias="SAFETYAMP_DEFAULT_ROLE", description="Role name given to new users.")
+    safetyamp_timezone: str = Field(
+        "America/Chicago", alias="SAFETYAMP_TIMEZONE", description="IANA time zone given to new users and sites."
+    )
+    department_root_cluster_code: str = Field(
+        "VISTA",
+        alias="DEPARTMENT_ROOT_CLUSTER_CODE",
+        description="external_code of the cluster that parents department clusters (created if missing).",
+    )
+    department_root_cluster_name: str = Field(
+        "Viewpoint departments", alias="DEPARTMENT_ROOT_CLUSTER_NAME", description="Name of that root cluster when it is created."
+    )
+    default_home_site_id: int | None = Field(
+        None, alias="DEFAULT_HOME_SITE_ID", description="Home site for employees with neither job history nor a default job."
+    )
+    employee_deactivation_mode: Literal["revoke_access", "none"] = Field(
+        "revoke_access",
+        alias="EMPLOYEE_DEACTIVATION_MODE",
+        description="What a terminated employee gets: `revoke_access` (deactivate) or `none` (leave as is).",
+    )
+
+    # --- Graph ---------------------------------------------------------------------
+    ms_graph_tenant_id: str | None = Field(
+        None, alias="MS_GRAPH_TENANT_ID", description="Entra tenant of the Graph app registration."
+    )
+    ms_graph_client_id: str | None = Field(
+        None, alias="MS_GRAPH_CLIENT_ID", description="Client (application) id of the Graph app registration."
+    )
+    ms_graph_client_secret: SecretStr | None = Field(
+        None, alias="MS_GRAPH_CLIENT_SECRET", description="Client secret of the Graph app registration."
+    )
+    ms_graph_authority_url: str = Field(
+        "https://login.microsoftonline.com",
+        alias="MS_GRAPH_AUTHORITY_URL",
+        description="Entra authority host (overridable for the sandbox).",
+    )
+    ms_graph_url: str = Field(
+        "https://graph.microsoft.com", alias="MS_GRAPH_URL", description="Graph API base URL (overridable for the sandbox)."
+    )
+    ms_graph_ca_bundle: str | None = Field(
+        None, alias="MS_GRAPH_CA_BUNDLE", description="CA file for a private endpoint (the sandbox)."
+    )
+
+    # --- Samsara -------------------------------------------------------------------
+    samsara_url: str = Field("https://api.samsara.com", alias="SAMSARA_URL", description="Samsara API base URL.")
+    samsara_api_key: SecretStr | None = Field(None, alias="SAMSARA_API_KEY", description="Samsara API token.")
+    samsara_webhook_secret: SecretStr | None = Field(
+        None,
+        alias="SAMSARA_WEBHOOK_SECRET",
+        description="Base64 secret key of the Samsara webhook; enables POST /webhooks/samsara.",
+    )
+    webhook_debounce_seconds: float = Field(
+        60, alias="WEBHOOK_DEBOUNCE_SECONDS", ge=0, description="Seconds a webhook-triggered vehicle sync waits to gather more events."
+    )
+    samsara_page_size: int = Field(
+        512,
+        alias="SAMSARA_PAGE_SIZE",
+        ge=1,
+        le=512,
+        description="Records per page when reading Samsara.",
+        json_schema_extra=_unit("records"),
+    )
+    samsara_rate_limit_per_second: float = Field(
+        25, alias="SAMSARA_RATE_LIMIT_PER_SECOND", gt=0, description="Requests per second sent to Samsara."
+    )
+    samsara_driver_employee_field: str = Field(
+        "externalIds.payrollId",
+        alias="SAMSARA_DRIVER_EMPLOYEE_FIELD",
+        description="Driver field holding the Vista employee number (dotted path).",
+    )
+    vehicle_site_id: int | None = Field(None, alias="VEHICLE_SITE_ID", description="SafetyAmp site id vehicles belong to.")
+    vehicle_site_code: str | None = Field(
+        "FLEET",
+        alias="VEHICLE_SITE_CODE",
+        description="external_code of the site vehicles belong to (when VEHICLE_SITE_ID is unset).",
+    )
+    vehicle_asset_type_id: int | None = Field(
+        None, alias="VEHICLE_ASSET_TYPE_ID", description="SafetyAmp asset type id of vehicles."
+    )
+    vehicle_asset_type_name: str = Field(
+        "Vehicle",
+        alias="VEHICLE_ASSET_TYPE_NAME",
+        description="Asset type name of vehicles (when VEHICLE_ASSET_TYPE_ID is unset).",
+    )
+
+    # --- OneRoster / SCIM (issue 4) ------------------------------------------------
+    oneroster_url: str | None = Field(None, alias="ONEROSTER_URL", description="OneRoster REST base URL.")
+    oneroster_version: Literal["1.1", "1.2"] = Field(
+        "1.2", alias="ONEROSTER_VERSION", description="OneRoster REST version: `1.1` or `1.2`."
+    )
+    oneroster_client_id: str | None = Field(None, alias="ONEROSTER_CLIENT_ID", description="OAuth2 client id for OneRoster.")
+    oneroster_client_secret: SecretStr | None = Field(
+        None, alias="ONEROSTER_CLIENT_SECRET", description="OAuth2 client secret for OneRoster."
+    )
+    oneroster_token_url: str | None = Field(None, alias="ONEROSTER_TOKEN_URL", description="OAuth2 token endpoint for OneRoster.")
+    oneroster_csv_path: Path | None = Field(
+        None, alias="ONEROSTER_CSV_PATH", description="OneRoster CSV drop (a zip or a folder), instead of ONEROSTER_URL."
+    )
+    scim_url: str | None = Field(None, alias="SCIM_URL", description="SCIM 2.0 base URL of the roster target.")
+    scim_token: SecretStr | None = Field(None, alias="SCIM_TOKEN", description="SCIM bearer token.")
+    # rosters (issue 4) additions; docs/rosters.md explains each with vendor examples
+    oneroster_auth: Literal["oauth2", "oauth1", "bearer"] = Field("oauth2", alias="ONEROSTER_AUTH", description="`oauth2` (client credentials at ONEROSTER_TOKEN_URL), `oauth1` (OAuth 1.0a HMAC-SHA256 request signing, OneRoster 1.1 servers) or `bearer` (a static ONEROSTER_TOKEN, e.g. ClassLink's proxy).")
+    oneroster_token: SecretStr | None = Field(None, alias="ONEROSTER_TOKEN", description="Static bearer token when ONEROSTER_AUTH=bearer.")
+    oneroster_scopes: str | None = Field(None, alias="ONEROSTER_SCOPES", description="OAuth2 scopes (space or comma list); default: the version's roster-core.readonly scope.")
+    oneroster_token_auth_method: Literal["basic", "post"] = Field("basic", alias="ONEROSTER_TOKEN_AUTH_METHOD", description="How the client authenticates at the token endpoint: HTTP Basic (`basic`) or client_id/client_secret in the body (`post`).")
+    oneroster_page_size: int = Field(1000, alias="ONEROSTER_PAGE_SIZE", ge=1, le=10000, description="`limit` per OneRoster page (servers may cap it; paging follows X-Total-Count/Link). Large: every page is a request.", json_schema_extra=_unit("records"))
+    oneroster_rate_limit_per_second: float = Field(10, alias="ONEROSTER_RATE_LIMIT_PER_SECOND", gt=0, description="Requests per second sent to the OneRoster server.")
+    roster_full_sync_hours: float = Field(24, alias="ROSTER_FULL_SYNC_HOURS", ge=0, description="A full OneRoster read at least this often; delta reads (dateLastModified filter) in between; 0 = always full.", json_schema_extra=_unit("hours"))
+    roster_delta_overlap_seconds: float = Field(300, alias="ROSTER_DELTA_OVERLAP_SECONDS", ge=0, description="A delta reads from the previous run's start minus this much (clock skew between us and the SIS).")
+    roster_schools: tuple[str, ...] = Field((), alias="ROSTER_SCHOOLS", description="Comma list of school sourcedIds to sync; empty = every school.")
+    roster_roles: tuple[str, ...] = Field(("student", "teacher"), alias="ROSTER_ROLES", description="OneRoster roles that become SCIM Users (and group members).")
+    roster_username_field: Literal["username", "email", "identifier", "sourcedId"] = Field("username", alias="ROSTER_USERNAME_FIELD", description="OneRoster user field used as the SCIM userName.")
+    roster_role_attribute: Literal["title", "roles", "none"] = Field("title", alias="ROSTER_ROLE_ATTRIBUTE", description="Where the OneRoster role goes in SCIM: `title`, `roles` (multi-valued) or `none`.")
+    scim_delete_mode: Literal["deactivate", "delete"] = Field("deactivate", alias="SCIM_DELETE_MODE", description="`deactivate` (PATCH active=false; Groups lose their members) or `delete` (DELETE, explicit opt-in).")
+    scim_page_size: int = Field(1000, alias="SCIM_PAGE_SIZE", ge=1, le=1000, description="`count` per SCIM list page (a server returns at most its maxResults; paging follows totalResults).", json_schema_extra=_unit("records"))
+    scim_rate_limit_per_second: float = Field(20, alias="SCIM_RATE_LIMIT_PER_SECOND", gt=0, description="Requests per second sent to the SCIM service.")
+    scim_max_concurrency: int = Field(4, alias="SCIM_MAX_CONCURRENCY", ge=1, le=32, description="Parallel SCIM writes, still bounded by the rate limit.", json_schema_extra=_unit("threads"))
+
+    @field_validator("roster_schools", "roster_roles", mode="before")
+    @classmethod
+    def _split_roster_lists(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(",") if p.strip())
+        return value
+
+    @field_validator("sync_types", mode="before")
+    @classmethod
+    def _split_syncs(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = tuple(p.strip().lower() for p in value.split(",") if p.strip())
+            return parts or None
+        return value
+
+    @field_validator("sync_types")
+    @classmethod
+    def _known_syncs(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value:
+            unknown = [v for v in value if v not in ALL_SYNCS]
+            if unknown:
+                raise ValueError(f"unknown sync(s) {', '.join(unknown)}; known: {', '.join(ALL_SYNCS)}")
+        return value
+
+    @field_validator("job_closed_statuses", "job_open_statuses", mode="before")
+    @classmethod
+    def _split_ints(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(int(p) for p in value.split(",") if p.strip())
+        return value
+
+    # --- derived -------------------------------------------------------------------
+    @property
+    def jc_company(self) -> int:
+        return self.viewpoint_company if self.viewpoint_jc_company is None else self.viewpoint_jc_company
+
+    def missing_for(self, sync: str) -> list[str]:
+        """Names of required settings that are absent for one sync."""
+        need: list[str] = []
+        if sync in ("departments", "jobs", "titles", "employees"):
+            need += self._missing_viewpoint()
+        if sync in ("departments", "jobs", "titles", "employees", "vehicles"):
+            need += [n for n, v in (("SAFETYAMP_TOKEN", self.safetyamp_token), ("SAFETYAMP_FQDN", self.safetyamp_fqdn)) if not v]
+        if sync == "vehicles" and not self.samsara_api_key:
+            need.append("SAMSARA_API_KEY")
+        if sync == "rosters":
+            if not (self.oneroster_url or self.oneroster_csv_path):
+                need.append("ONEROSTER_URL or ONEROSTER_CSV_PATH")
+            elif self.oneroster_url and self.oneroster_auth == "bearer" and not self.oneroster_token:
+                need.append("ONEROSTER_TOKEN (ONEROSTER_AUTH=bearer)")
+            elif self.oneroster_url and self.oneroster_auth != "bearer":
+                need += [n for n, v in (("ONEROSTER_CLIENT_ID", self.oneroster_client_id), ("ONEROSTER_CLIENT_SECRET", self.oneroster_client_secret)) if not v]
+            need += [n for n, v in (("SCIM_URL", self.scim_url), ("SCIM_TOKEN", self.scim_token)) if not v]
+        return need
+
+    def _missing_viewpoint(self) -> list[str]:
+        if self.viewpoint_db_url:
+            return []
+        missing = [n for n, v in (("SQL_SERVER", self.sql_server), ("SQL_DATABASE", self.sql_database)) if not v]
+        if self.sql_auth_mode == "sql_auth":
+            missing += [n for n, v in (("SQL_USERNAME", self.sql_username), ("SQL_PASSWORD", self.sql_password)) if not v]
+        return [f"{m} (or VIEWPOINT_DB_URL)" for m in missing]
+
+    @property
+    def key_vault_url(self) -> str | None:
+        """AZURE_KEY_VAULT_URL, else the URL of AZURE_KEY_VAULT_NAME, else None."""
+        from config.keyvault import vault_url_from
+
+        return vault_url_from(
+            {"AZURE_KEY_VAULT_URL": self.azure_key_vault_url or "", "AZURE_KEY_VAULT_NAME": self.azure_key_vault_name or ""}
+        )
+
+    @property
+    def graph_configured(self) -> bool:
+        return bool(self.ms_graph_tenant_id and self.ms_graph_client_id and self.ms_graph_client_secret)
+
+    def enabled_syncs(self) -> tuple[str, ...]:
+        """SYNC_TYPES if given (every one must be configured), else all configured, in run order."""
+        if self.sync_types:
+            return tuple(s for s in ALL_SYNCS if s in self.sync_types)
+        return tuple(s for s in ALL_SYNCS if not self.missing_for(s))
+
+    def check(self, syncs: tuple[str, ...] | None = None) -> None:
+        """Raise ConfigurationError naming every missing setting of the given syncs."""
+        syncs = syncs if syncs is not None else self.enabled_syncs()
+        if not syncs:
+            raise ConfigurationError(
+                "no sync is configured: set VIEWPOINT_DB_URL (or SQL_*) and SAFETYAMP_TOKEN/SAFETYAMP_FQDN, "
+                "SAMSARA_API_KEY, or ONEROSTER_*/SCIM_* (or run with --sandbox)"
+            )
+        problems: list[str] = []
+        for sync in syncs:
+            for name in self.missing_for(sync):
+                msg = f"{name} is required by the {sync} sync"
+                if msg not in problems:
+                    problems.append(msg)
+        if problems:
+            raise ConfigurationError(problems)
+
+    def secret_values(self) -> list[str]:
+        """Every secret's plain value (for scrubbing logs and output)."""
+        out = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                out.append(value.get_secret_value())
+        return out
+
+
+def _read_secrets_dir(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if not path.is_dir():
+        raise ConfigurationError(f"SECRETS_DIR {path} is not a directory")
+    for item in sorted(path.iterdir()):
+        if item.is_file() and not item.name.startswith("."):
+            try:
+                text = item.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigurationError(f"SECRETS_DIR file {item.name} cannot be read ({type(exc).__name__})") from None
+            values[item.name.upper().replace("-", "_")] = text
+    return values
+
+
+class SecretSource(Protocol):
+    """A remote store of settings (Key Vault): values for the names it holds."""
+
+    def values(self, names: Iterable[str]) -> dict[str, str]:
+        """``{ENV_NAME: value}`` for those of ``names`` the store holds (absent ones left out)."""
+        ...
+
+
+KeyVaultFactory = Callable[[str], SecretSource]
+"""Builds the source for a vault URL. The daemon passes one that returns a long-lived
+``KeyVaultSource`` so its TTL cache survives settings reloads."""
+
+BOOTSTRAP_NAMES: frozenset[str] = frozenset(
+    {"SECRETS_DIR", "AZURE_KEY_VAULT_URL", "AZURE_KEY_VAULT_NAME", "KEYVAULT_TTL_SECONDS"}
+)
+"""Settings that locate the sources: never read from Key Vault itself."""
+
+
+def setting_names() -> list[str]:
+    """Every environment name of Settings, in declaration order."""
+    return [str(f.alias) for f in Settings.model_fields.values() if f.alias]
+
+
+def _present(values: Mapping[str, str | None]) -> dict[str, str]:
+    """Drop unset and empty values: ``FOO=`` means unset, at every level."""
+    return {k: v for k, v in values.items() if v is not None and v != ""}
+
+
+def load_settings(
+    environ: Mapping[str, str],
+    *,
+    dotenv_path: str | Path | None = ".env",
+    overrides: Mapping[str, str] | None = None,
+    keyvault_factory: KeyVaultFactory | None = None,
+) -> Settings:
+    """Build Settings from an explicit mapping (usually ``os.environ``), SECRETS_DIR
+    files, Azure Key Vault (when configured) and ``.env``; precedence in the module
+    docstring. ``keyvault_factory(vault_url)`` replaces the default
+    ``KeyVaultSource`` (tests, or a daemon keeping one cached source).
+
+    Raises ConfigurationError naming every bad setting at once; values of secret
+    settings are never shown."""
+    from dotenv import dotenv_values  # local: keep import time free of file access
+
+    dotenv: dict[str, str] = {}
+    if dotenv_path and Path(dotenv_path).is_file():
+        dotenv = _present(dotenv_values(dotenv_path))
+    env = _present({k: v for k, v in environ.items() if k.isupper()})
+    over = _present(overrides or {})
+
+    problems: list[str] = []
+    secrets_dir = over.get("SECRETS_DIR") or env.get("SECRETS_DIR") or dotenv.get("SECRETS_DIR")
+    files = _present(_read_secrets_dir(Path(secrets_dir))) if secrets_dir else {}
+    above_vault = {**files, **env, **over}
+
+    vault: dict[str, str] = {}
+    bootstrap = {**dotenv, **above_vault}
+    from config.keyvault import KeyVaultSource, vault_url_from  # local: no Azure import unless used
+
+    try:
+        vault_url = vault_url_from(bootstrap)
+    except ConfigurationError as exc:
+        problems += exc.problems
+        vault_url = None
+    if vault_url:
+        wanted = [n for n in setting_names() if n not in above_vault and n not in BOOTSTRAP_NAMES]
+        if keyvault_factory is not None:
+            source: SecretSource = keyvault_factory(vault_url)
+        else:
+            ttl = _float_or(bootstrap.get("KEYVAULT_TTL_SECONDS"), 300.0)
+            source = KeyVaultSource(vault_url, ttl_seconds=ttl)
+        vault = _present(source.values(wanted))
+        vault = {k: v for k, v in vault.items() if k not in BOOTSTRAP_NAMES}
+
+    merged = {**dotenv, **vault, **above_vault}
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems += _describe(exc, merged)
+        raise ConfigurationError(problems) from None
+    if problems:
+        raise ConfigurationError(problems)
+    return settings
+
+
+def _float_or(text: str | None, default: float) -> float:
+    try:
+        return float(text) if text is not None else default
+    except ValueError:
+        return default  # the model reports the bad value
+
+
+def _describe(exc: ValidationError, merged: Mapping[str, str]) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        info = Settings.model_fields.get(field)
+        alias = str(info.alias) if info is not None and info.alias else field
+        value = "<hidden>" if info is not None and _is_secret(info) else repr(merged.get(alias, ""))
+        problems.append(f"{alias}={value}: {err['msg']}")
+    return problems
+
+
+def _is_secret(info: FieldInfo) -> bool:
+    return "SecretStr" in str(info.annotation)
+
+
+# --------------------------------------------------------------------------- reference
+
+
+_UNIT_SUFFIXES: tuple[tuple[str, str], ...] = (
+    ("_PER_MINUTE", "requests/minute"),
+    ("_PER_SECOND", "requests/second"),
+    ("_SECONDS", "seconds"),
+    ("_MINUTES", "minutes"),
+    ("_DAYS", "days"),
+    ("_PERCENT", "percent"),
+)
+
+
+def _unit_of(alias: str, info: FieldInfo) -> str:
+    extra = info.json_schema_extra
+    if isinstance(extra, dict) and isinstance(extra.get("unit"), str):
+        return str(extra["unit"])
+    for suffix, unit in _UNIT_SUFFIXES:
+        if alias.endswith(suffix):
+            return unit
+    return ""
+
+
+def _default_text(info: FieldInfo) -> str:
+    value = info.default
+    if value is None:
+        return "(unset)"
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()  # a default is public (it is in this file)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def settings_markdown() -> str:
+    """The reference table of docs/configuration.md, generated from the model."""
+    lines = [
+        "| env name | default | unit | secret | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for info in Settings.model_fields.values():
+        alias = str(info.alias)
+        default = _default_text(info)
+        shown = f"`{_cell(default)}`" if default != "(unset)" else default
+        lines.append(
+            f"| `{alias}` | {shown} | {_unit_of(alias, info)} | {'yes' if _is_secret(info) else ''} "
+            f"| {_cell(info.description or '')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m config.settings", description="Settings reference.")
+    parser.add_argument("--markdown", action="store_true", help="print the settings table (docs/configuration.md)")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        sys.stdout.write(settings_markdown())
+        return 0
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

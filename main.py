@@ -1,0 +1,407 @@
+#!/usr/bin/env python
+"""The daemon: Flask probes and metrics (served by waitress) plus a background worker
+that runs every enabled sync every SYNC_INTERVAL_MINUTES (with a little jitter so
+replicas and CronJobs do not stampede the same minute).
+
+    python main.py [--sandbox [--sandbox-dir DIR] [--sandbox-size N]]
+
+Endpoints (DESIGN.md): /live (heartbeat only, never an outside call), /ready (settings
+valid and the source database answered within the last check, cached 30 s), /health
+(JSON detail, no secrets), /metrics (Prometheus text). Operator endpoints (POST /sync,
+POST /sync/<name>, GET /diagnose/<sync>/<key>) need ``Authorization: Bearer
+<SYNC_TRIGGER_TOKEN>`` and are disabled when that setting is unset.
+
+SIGTERM/SIGINT: stop taking work, let the current record finish (the apply loop checks
+the stop flag before each write), flush logs and exit 0, within 25 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+
+from config.settings import Settings, load_settings
+from utils.errors import ConfigurationError
+
+log = logging.getLogger("main")
+
+SHUTDOWN_BUDGET_SECONDS = 20.0
+READY_CACHE_SECONDS = 30.0
+
+
+@dataclass
+class DaemonState:
+    """What the endpoints read; written by the worker. Plain values only (no secrets)."""
+
+    settings: Settings | None
+    syncs: tuple[str, ...] = ()
+    config_error: list[str] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+    heartbeat: float = field(default_factory=time.monotonic)
+    last_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    running: str | None = None
+    next_run_at: float | None = None
+    ready_checked_at: float = 0.0
+    ready_result: tuple[bool, str] = (False, "not checked yet")
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    trigger: threading.Event = field(default_factory=threading.Event)
+    trigger_only: set[str] = field(default_factory=set)
+    webhook_due_at: float | None = None
+    starting: bool = False
+
+    def beat(self) -> None:
+        self.heartbeat = time.monotonic()
+
+
+class Daemon:
+    """Wires runtime, worker thread and HTTP app; ``stop`` is the injected stop flag."""
+
+    def __init__(
+        self, settings: Settings | None, syncs: tuple[str, ...], runtime: Any = None, *, config_error: list[str] | None = None
+    ) -> None:
+        self.state = DaemonState(settings, syncs, config_error or [])
+        self.runtime = runtime
+        self.stop = runtime.stop if runtime is not None else threading.Event()
+        self.worker = threading.Thread(target=self._loop, name="sync-worker", daemon=True)
+
+    def attach(self, settings: Settings, syncs: tuple[str, ...], runtime: Any) -> None:
+        """Start-up finished: hand the worker its runtime (it shares our stop flag)."""
+        runtime.stop = self.stop
+        self.state.settings, self.state.syncs = settings, syncs
+        self.runtime = runtime
+        self.state.ready_checked_at = 0.0
+        self.state.config_error = []
+        self.state.starting = False
+
+    # ---- worker -------------------------------------------------------------------
+    def _interval(self) -> float:
+        assert self.state.settings is not None
+        base = self.state.settings.sync_interval_minutes * 60.0
+        return base + random.uniform(0, min(30.0, base * 0.05))
+
+    def _loop(self) -> None:
+        next_at = time.monotonic() + 1.0  # first run right after start-up
+        while not self.stop.is_set():
+            self.state.beat()
+            if self.runtime is None:
+                self.stop.wait(1.0)
+                continue
+            self.state.next_run_at = time.time() + max(0.0, next_at - time.monotonic())
+            due = self.state.webhook_due_at
+            if due is not None and time.monotonic() >= due and "vehicles" in self.state.syncs:
+                self.state.webhook_due_at = None
+                self.state.trigger_only.add("vehicles")
+                self.state.trigger.set()
+            triggered = self.state.trigger.is_set()
+            if time.monotonic() >= next_at or triggered:
+                only = set(self.state.trigger_only)
+                self.state.trigger.clear()
+                self.state.trigger_only.clear()
+                self.run_cycle(tuple(s for s in self.state.syncs if not only or s in only), manual=triggered)
+                if not only:
+                    next_at = time.monotonic() + self._interval()
+            self.stop.wait(1.0)
+
+    def run_cycle(self, syncs: tuple[str, ...], *, manual: bool = False) -> list[Any]:
+        from config.bootstrap import new_context, new_run_id
+        from sync.runner import run_syncs
+
+        run_id = new_run_id()
+
+        def progress(sync: str, done: int, total: int) -> None:
+            self.state.beat()
+            self.state.running = sync
+
+        def finished(result: Any) -> None:
+            entry = result.summary()
+            entry.update(run_id=run_id, finished_at=datetime.now(UTC).isoformat(timespec="seconds"))
+            with self.state.lock:
+                self.state.last_runs[result.sync] = entry
+            self.state.beat()
+
+        ctx = new_context(self.runtime, run_id=run_id, progress=progress, manual=manual)
+        ctx.on_result = finished
+        try:
+            return run_syncs(ctx, syncs)
+        except Exception:  # the loop must survive anything a cycle throws
+            log.exception("sync cycle crashed", extra={"run_id": run_id})
+            return []
+        finally:
+            self.state.running = None
+            self.state.beat()
+
+    # ---- probes -------------------------------------------------------------------
+    def live(self) -> tuple[bool, float]:
+        age = time.monotonic() - self.state.heartbeat
+        stale_after = float(os.environ.get("LIVENESS_STALE_SECONDS", "600"))
+        return (self.worker.is_alive() or not self.worker.ident) and age < stale_after, age
+
+    def ready(self) -> tuple[bool, str]:
+        if self.state.starting:
+            return False, "starting up"
+        if self.state.config_error:
+            return False, "configuration error: " + "; ".join(self.state.config_error)
+        now = time.monotonic()
+        if now - self.state.ready_checked_at < READY_CACHE_SECONDS:
+            return self.state.ready_result
+        viewpoint = getattr(self.runtime, "viewpoint", None)
+        result = (True, "ok")
+        if viewpoint is not None:
+            try:
+                viewpoint.ping()
+            except Exception as exc:
+                result = (False, f"Viewpoint database did not answer: {getattr(exc, 'message', type(exc).__name__)}")
+        self.state.ready_checked_at, self.state.ready_result = now, result
+        return result
+
+    def health(self) -> dict[str, Any]:
+        rt = self.runtime
+        ok, age = self.live()
+        ready, why = self.ready()
+        body: dict[str, Any] = {
+            "status": "ok" if ok and ready else "degraded",
+            "live": ok,
+            "heartbeat_age_seconds": round(age, 1),
+            "ready": ready,
+            "ready_reason": why,
+            "syncs": list(self.state.syncs),
+            "running": self.state.running,
+            "next_run_at": datetime.fromtimestamp(self.state.next_run_at, UTC).isoformat(timespec="seconds")
+            if self.state.next_run_at
+            else None,
+            "last_runs": dict(self.state.last_runs),
+            "dependencies": {},
+            "failed_records": {},
+        }
+        if rt is None:
+            return body
+        deps = body["dependencies"]
+        if rt.viewpoint is not None:
+            started = time.monotonic()
+            try:
+                rt.viewpoint.ping()
+                deps["viewpoint"] = {"status": "up", "latency_ms": round((time.monotonic() - started) * 1000, 1)}
+            except Exception as exc:
+                deps["viewpoint"] = {"status": "down", "error": getattr(exc, "message", type(exc).__name__)}
+        tracker = rt.tracker
+        tracker_health = getattr(tracker, "health", None)
+        deps["redis"] = tracker_health() if callable(tracker_health) else {"status": "unknown"}
+        statuses = rt.stats.statuses() if hasattr(rt.stats, "statuses") else {}
+        for service, counts in statuses.items():
+            deps.setdefault(service, {})["responses"] = counts
+        for service, breaker in (getattr(rt, "breakers", None) or {}).items():
+            deps.setdefault(service, {})["breaker"] = breaker.snapshot()
+        body["quarantine"] = {}
+        for sync in self.state.syncs:
+            try:
+                body["failed_records"][sync] = tracker.count(sync)
+            except Exception:
+                body["failed_records"][sync] = None
+            if rt.quarantine is not None:
+                body["quarantine"][sync] = rt.quarantine.status(sync)
+        return body
+
+
+def create_app(daemon: Daemon) -> Flask:
+    app = Flask("safetyamp-sync")
+
+    @app.get("/live")
+    def live() -> Any:
+        ok, age = daemon.live()
+        return jsonify(status="alive" if ok else "stale", heartbeat_age_seconds=round(age, 1)), 200 if ok else 503
+
+    @app.get("/ready")
+    def ready() -> Any:
+        ok, why = daemon.ready()
+        return jsonify(status="ready" if ok else "not_ready", reason=why), 200 if ok else 503
+
+    @app.get("/health")
+    def health() -> Any:
+        return jsonify(daemon.health())
+
+    @app.get("/metrics")
+    def metrics() -> Any:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        registry = daemon.runtime.metrics.registry if daemon.runtime is not None else None
+        payload = generate_latest(registry) if registry is not None else b""
+        return Response(payload, mimetype=CONTENT_TYPE_LATEST)
+
+    def authorized() -> tuple[bool, Any]:
+        settings = daemon.state.settings
+        token = settings.sync_trigger_token if settings is not None else None
+        if token is None:
+            return False, (jsonify(error="operator endpoints are disabled: SYNC_TRIGGER_TOKEN is not set"), 403)
+        sent = request.headers.get("Authorization", "")
+        expected = "Bearer " + token.get_secret_value()
+        if not hmac.compare_digest(sent.encode(), expected.encode()):
+            return False, (jsonify(error="missing or wrong bearer token"), 401)
+        return True, None
+
+    @app.post("/sync")
+    @app.post("/sync/<name>")
+    def trigger(name: str | None = None) -> Any:
+        ok, refusal = authorized()
+        if not ok:
+            return refusal
+        if name is not None and name not in daemon.state.syncs:
+            return jsonify(error=f"unknown or disabled sync {name!r}", enabled=list(daemon.state.syncs)), 404
+        if name:
+            daemon.state.trigger_only.add(name)
+        daemon.state.trigger.set()
+        return jsonify(status="queued", sync=name or "all"), 202
+
+    verifiers: dict[str, Any] = {}
+
+    def webhook_verifier() -> Any:
+        """Built on first use: settings arrive after the HTTP server has started."""
+        settings = daemon.state.settings
+        if settings is None or settings.samsara_webhook_secret is None:
+            return None
+        if "samsara" not in verifiers:
+            from utils.webhooks import WebhookVerifier
+
+            verifiers["samsara"] = WebhookVerifier(settings.samsara_webhook_secret.get_secret_value())
+        return verifiers["samsara"]
+
+    @app.post("/webhooks/samsara")
+    def samsara_webhook() -> Any:
+        verifier = webhook_verifier()
+        if verifier is None:
+            return jsonify(error="webhooks are disabled: SAMSARA_WEBHOOK_SECRET is not set"), 404
+        ok, why = verifier.verify(
+            request.headers.get("X-Samsara-Timestamp"), request.headers.get("X-Samsara-Signature"), request.get_data()
+        )
+        if not ok:
+            log.warning("webhook refused: %s", why)
+            return jsonify(error=why), 401
+        event = request.get_json(silent=True) or {}
+        if event.get("eventType") == "Ping":
+            return jsonify(status="pong"), 200
+        # Debounced: a burst of vehicle events becomes one vehicles run.
+        if daemon.state.webhook_due_at is None:
+            daemon.state.webhook_due_at = time.monotonic() + daemon.state.settings.webhook_debounce_seconds  # type: ignore[union-attr]
+        return jsonify(status="accepted"), 202
+
+    @app.get("/diagnose/<sync>/<key>")
+    def diagnose(sync: str, key: str) -> Any:
+        ok, refusal = authorized()
+        if not ok:
+            return refusal
+        from sync.diagnose import diagnose as run_diagnose
+
+        if daemon.runtime is None:
+            return jsonify(error="not configured"), 503
+        try:
+            report = run_diagnose(daemon.runtime, sync, key)
+        except ConfigurationError as exc:
+            return jsonify(error=exc.message), 400
+        return jsonify(report)
+
+    return app
+
+
+def start_http(daemon: Daemon, port: int) -> Any:
+    """Serve the endpoints from a background thread (waitress, not the Flask dev server)."""
+    from waitress import create_server
+
+    app = create_app(daemon)
+    server = create_server(app, host=os.environ.get("HOST", "0.0.0.0"), port=port, threads=4)  # noqa: S104 - a pod listens on all interfaces
+    threading.Thread(target=server.run, name="http", daemon=True).start()
+    log.info("listening on port %d", port)
+    return server
+
+
+def wait_and_stop(daemon: Daemon, server: Any) -> int:
+    """Block until SIGTERM/SIGINT, then let the worker finish or abandon its record."""
+    while not daemon.stop.wait(0.5):
+        pass
+    deadline = time.monotonic() + SHUTDOWN_BUDGET_SECONDS
+    if daemon.worker.ident:
+        daemon.worker.join(timeout=max(0.0, deadline - time.monotonic()))
+    if daemon.worker.is_alive():
+        log.warning("worker did not finish within the shutdown budget; abandoning the current record")
+    try:
+        server.close()
+    except Exception:
+        log.debug("http server close failed", exc_info=True)
+    if daemon.runtime is not None:
+        daemon.runtime.close()
+    log.info("stopped")
+    logging.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="main.py", description="Sync daemon: probes, metrics and a worker running every enabled sync."
+    )
+    p.add_argument("--sandbox", action="store_true", help="run against the built-in sandbox")
+    p.add_argument("--sandbox-dir", default="output/sandbox")
+    p.add_argument("--sandbox-size", type=int, default=200)
+    args = p.parse_args(argv)
+    environ = dict(os.environ)
+    from utils.logger import configure_logging
+
+    configure_logging(environ.get("LOG_LEVEL", "INFO"), environ.get("LOG_FORMAT", "json"))
+    raw_port = environ.get("PORT", "8080")
+    if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
+        log.error("configuration error: PORT=%r is not a TCP port", raw_port)
+        return 2
+    # The probes answer first (/live 200, /ready 503 "starting"), then everything slow
+    # (sandbox seeding, Key Vault, clients) happens: a slow start never looks like a hang.
+    daemon = Daemon(None, ())
+    daemon.state.starting = True
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        daemon.stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server = start_http(daemon, int(raw_port))
+    daemon.worker.start()
+    with ExitStack() as stack:
+        overrides: dict[str, str] = {}
+        try:
+            if args.sandbox:
+                from sandbox.server import start_sandbox
+                from sync_batch import sandbox_overrides
+
+                environ.setdefault("SYNC_INTERVAL_MINUTES", "5")
+                sb = stack.enter_context(start_sandbox(Path(args.sandbox_dir), size=args.sandbox_size))
+                overrides = sandbox_overrides(sb.endpoints, Path(args.sandbox_dir), environ)
+            settings = load_settings(environ, overrides=overrides)
+            syncs = settings.enabled_syncs()
+            settings.check(syncs)
+            configure_logging(settings.log_level, settings.log_format, secrets=settings.secret_values())
+            from config.bootstrap import build_runtime
+
+            runtime = build_runtime(settings, syncs)
+        except ConfigurationError as exc:
+            # Stay up so /ready can say why (a crash loop hides the reason in old logs).
+            log.error("configuration error: %s", "; ".join(exc.problems))
+            daemon.state.config_error = exc.problems
+            daemon.state.starting = False
+        else:
+            daemon.attach(settings, syncs, runtime)
+            log.info("syncs: %s", ", ".join(syncs) or "(none)")
+        return wait_and_stop(daemon, server)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Command line of the sandbox (DESIGN.md "Command lines").
+
+``python -m sandbox serve --dir DIR [--port-file FILE] [--size N]`` runs every emulator in
+the foreground, writes the endpoints JSON (with the dummy credentials, mode 0600) to FILE,
+prints one "ready" line to stderr and stops on SIGTERM/SIGINT, keeping the state.
+
+``python -m sandbox mutate --dir DIR --percent P [--seed S]`` applies source changes and
+prints their summary as JSON.
+
+Faults come from ``SANDBOX_FAULTS``, repeatable randomness from ``SANDBOX_SEED``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sandbox.seed import write_private
+    from sandbox.server import start_sandbox
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    sandbox = start_sandbox(args.dir, size=args.size, seed=args.seed)
+    try:
+        if args.port_file:
+            # 0600 and atomic: the file carries the (dummy) credentials and is polled by readers.
+            port_file = Path(args.port_file)
+            port_file.parent.mkdir(parents=True, exist_ok=True)
+            write_private(port_file, json.dumps(sandbox.endpoints, indent=2))
+        ep = sandbox.endpoints
+        print(
+            f"sandbox ready: dir={sandbox.directory} safetyamp={ep['safetyamp']['url']} "
+            f"samsara={ep['samsara']['url']} graph={ep['graph']['graph_url']} "
+            f"viewpoint={ep['viewpoint']['url']}"
+            + (f" oneroster={ep['oneroster']['url']} scim={ep['scim']['url']}" if "oneroster" in ep else ""),  # issue 4
+            file=sys.stderr,
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            pass
+    finally:
+        sandbox.stop()
+    print("sandbox stopped; state kept in " + str(sandbox.directory), file=sys.stderr, flush=True)
+    return 0
+
+
+def _mutate(args: argparse.Namespace) -> int:
+    from sandbox.mutate import mutate
+
+    summary = mutate(args.dir, args.percent, seed=args.seed)
+    print(json.dumps(summary))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 for usage or configuration errors)."""
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run every emulator in the foreground")
+    serve.add_argument("--dir", required=True, help="sandbox state directory (seeded if missing)")
+    serve.add_argument("--port-file", help="write the endpoints JSON here once ready")
+    serve.add_argument("--size", type=int, default=200, help="employees in a newly seeded sandbox")
+    serve.add_argument("--seed", type=int, default=None, help="seed (default: SANDBOX_SEED or random)")
+    change = commands.add_parser("mutate", help="apply realistic source changes")
+    change.add_argument("--dir", required=True, help="a seeded sandbox directory")
+    change.add_argument("--percent", type=float, required=True, help="share of records to change")
+    change.add_argument("--seed", type=int, default=None, help="seed (default: SANDBOX_SEED or random)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _serve(args) if args.command == "serve" else _mutate(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Samsara Fleet API emulator (Flask): ``/fleet/vehicles`` and ``/fleet/drivers``.
+
+Why: the vehicles sync must survive Samsara's documented paging contract (opaque ``after``
+cursors, ``limit`` max 512, pages that are short or even empty while ``hasNextPage`` is
+still true) and its 429s with fractional ``Retry-After`` (vendor-facts.md section 3). A
+client that stops on the first empty page, or treats the gateway ``serial`` as the
+vehicle's identity, fails here before it fails in production.
+
+Short and empty pages are deterministic: whether page *k* of a walk is short follows from
+the sandbox seed, so a failing test replays exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+
+from flask import Flask, request
+from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.wrappers import Response
+
+from sandbox.store import Condition, Store
+from sandbox.wsgi import bearer_token, decode_opaque, encode_opaque, json_response
+
+SERVICE = "samsara"
+MAX_LIMIT = 512  # SAM-pg: default and maximum
+CURSOR_TTL_S = 30 * 24 * 3600  # SAM-pg: cursors expire after 30 days
+QUIRK_ONE_IN = 7  # about one page in seven is short or empty (Assumption on frequency)
+
+
+def _error(status: int, message: str) -> Response:
+    """Samsara's error body: a message and a request id (Assumption on exact wording)."""
+    return json_response({"message": message, "requestId": uuid.uuid4().hex}, status)
+
+
+class SamsaraErrors:
+    """Samsara's 429/5xx bodies (fault injection)."""
+
+    def rate_limited(self, retry_after: str) -> Response:
+        """429 with a fractional ``Retry-After`` (SAM-rl)."""
+        response = _error(429, "Rate limit exceeded. Retry after the time in Retry-After.")
+        response.headers["Retry-After"] = retry_after
+        return response
+
+    def server_error(self, status: int) -> Response:
+        """JSON 5xx (Assumption on wording)."""
+        text = {500: "Internal server error", 502: "Bad gateway", 503: "Service unavailable"}
+        return _error(status, text.get(status, "Server error"))
+
+
+def page_quirk(seed: str, collection: str, filter_key: str, page_index: int) -> str | None:
+    """``"empty"``, ``"short"`` or None for page ``page_index`` of a walk (deterministic)."""
+    digest = hashlib.sha256(f"{seed}:{collection}:{filter_key}:{page_index}".encode()).digest()
+    roll = digest[0] % QUIRK_ONE_IN
+    if roll == 0:
+        return "empty"
+    if roll == 1:
+        return "short"
+    return None
+
+
+def create_app(store: Store, *, api_key: str, seed: str) -> Flask:
+    """The Samsara emulator bound to one store, API key and quirk seed."""
+    app = Flask("sandbox.samsara")
+    app.url_map.strict_slashes = False
+
+    @app.before_request
+    def _auth() -> Response | None:
+        if not secrets.compare_digest(bearer_token(request.headers.get("Authorization")), api_key):
+            return _error(401, "Unauthorized")
+        return None
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        if isinstance(exc, NotFound):
+            return _error(404, "Not found")
+        return _error(exc.code or 500, exc.name)
+
+    def _list(collection: str, where: list[Condition], filter_key: str) -> Response:
+        raw_limit = request.args.get("limit")
+        limit = MAX_LIMIT
+        if raw_limit is not None:
+            try:
+                limit = int(raw_limit)
+            except ValueError:
+                return _error(400, f"Invalid value for parameter 'limit': {raw_limit!r}")
+            if not 1 <= limit <= MAX_LIMIT:
+                return _error(400, f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+        after_rid = 0
+        page_index = 0
+        after = request.args.get("after")
+        if after:
+            cursor = decode_opaque(after)
+            if (
+                cursor is None
+                or cursor.get("c") != collection
+                or cursor.get("f") != filter_key
+                or not isinstance(cursor.get("r"), int)
+                or not isinstance(cursor.get("k"), int)
+            ):
+                return _error(400, "Invalid pagination cursor.")
+            if time.time() - float(cursor.get("t", 0)) > CURSOR_TTL_S:
+                return _error(400, "Pagination cursor has expired.")
+            after_rid, page_index = cursor["r"], cursor["k"]
+        quirk = page_quirk(seed, collection, filter_key, page_index)
+        take = 0 if quirk == "empty" else max(1, limit // 3) if quirk == "short" else limit
+        rows = store.page(SERVICE, collection, limit=take + 1, after_rid=after_rid, where=where)
+        # One row more than the page tells whether anything is left; an "empty" quirk
+        # page with rows left says hasNextPage=true, as Samsara's docs warn it may.
+        page, more = rows[:take], len(rows) > take
+        last_rid = page[-1][0] if page else after_rid
+        end_cursor = encode_opaque({"c": collection, "f": filter_key, "r": last_rid, "k": page_index + 1, "t": int(time.time())})
+        return json_response(
+            {
+                "data": [data for _rid, data in page],
+                "pagination": {"endCursor": end_cursor if more else "", "hasNextPage": more},
+            },
+            200,
+        )
+
+    @app.get("/fleet/vehicles")
+    def list_vehicles() -> Response:
+        return _list("vehicles", [], "")
+
+    @app.get("/fleet/drivers")
+    def list_drivers() -> Response:
+        # Samsara API reference ("List all drivers"): driverActivationStatus defaults to
+        # "active"; deactivated drivers are only listed when asked for.
+        status = request.args.get("driverActivationStatus", "active")
+        if status not in ("active", "deactivated"):
+            return _error(400, f"Invalid value for parameter 'driverActivationStatus': {status!r}")
+        return _list("drivers", [("driverActivationStatus", "eq", status)], status)
+
+    @app.get("/fleet/vehicles/<vehicle_id>")
+    def get_vehicle(vehicle_id: str) -> Response:
+        return _get("vehicles", vehicle_id)
+
+    @app.get("/fleet/drivers/<driver_id>")
+    def get_driver(driver_id: str) -> Response:
+        return _get("drivers", driver_id)
+
+    def _get(collection: str, object_id: str) -> Response:
+        rid = store.rid_by_unique(SERVICE, collection, "id", object_id)
+        data = store.get(SERVICE, collection, rid) if rid is not None else None
+        if data is None:
+            return _error(404, f"{collection[:-1].capitalize()} {object_id} not found")
+        return json_response({"data": data}, 200)
+
+    return app

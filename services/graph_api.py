@@ -1,0 +1,294 @@
+"""Microsoft Graph adapter: implements ``sync.ports.GraphDirectory`` (client credentials).
+
+Tokens come from MSAL's ``ConfidentialClientApplication``, built once per adapter (lazily,
+on the first token: MSAL's constructor already calls the tenant's OpenID discovery, and
+nothing may touch the network at wiring time). MSAL gets our own requests session as
+``http_client``, wrapped so its discovery and token calls are counted as service
+"graph". A non-Microsoft authority (the sandbox) needs ``instance_discovery=False``.
+
+``users()`` reads ``/v1.0/users`` with ``$select`` and ``$top=999`` and follows
+``@odata.nextLink`` (an opaque absolute URL, vendor-facts §4) until it is absent.
+
+Errors: HTTP outcomes map through ``services.http.HttpClient`` (429 honours Retry-After;
+5xx/timeouts retried; 401/403 FatalError). A 401 in the middle of a read refreshes the
+token once and repeats the page. An MSAL error dict becomes FatalError with ``error`` and
+``error_description`` (the client secret scrubbed); MSAL's transport failures and 5xx
+become RetriableError under the same retry policy; a failed OpenID discovery is fatal.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from services.http import CountingHttpClient, HttpClient, RequestStats, RetryPolicy, scrub
+from sync.ports import Row
+from utils.errors import ConfigurationError, FatalError, RetriableError
+
+SERVICE = "graph"
+DEFAULT_TIMEOUT = 30.0
+USER_FIELDS = "id,employeeId,mail,userPrincipalName,accountEnabled"
+MAX_PAGES = 100_000
+
+# Authorities MSAL validates itself; anything else (the sandbox) skips instance discovery,
+# which would otherwise ask login.microsoftonline.com about a host it cannot know.
+MICROSOFT_AUTHORITY_HOSTS = frozenset(
+    {
+        "login.microsoftonline.com",
+        "login.microsoft.com",
+        "login.windows.net",
+        "login.microsoftonline.us",
+        "login.chinacloudapi.cn",
+    }
+)
+
+
+class MsalTokenProvider:
+    """App-only Graph tokens from one MSAL ConfidentialClientApplication (thread-safe)."""
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: str,
+        authority: str,
+        scope: str,
+        http_client: Any,
+        verify: bool | str = True,
+        timeout: float = DEFAULT_TIMEOUT,
+        policy: RetryPolicy | None = None,
+        secrets: Iterable[str] = (),
+    ) -> None:
+        self.client_id = client_id
+        self.authority = authority.rstrip("/")
+        self.scope = scope
+        self._client_secret = client_secret
+        self._http_client = http_client
+        self._verify = verify
+        self._timeout = timeout
+        self._policy = policy or RetryPolicy()
+        self._secrets = [client_secret, *secrets]
+        self._app: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def instance_discovery(self) -> bool | None:
+        host = (urlsplit(self.authority).hostname or "").lower()
+        return None if host in MICROSOFT_AUTHORITY_HOSTS else False
+
+    def _application(self) -> Any:
+        with self._lock:
+            if self._app is None:
+                import msal  # vendor library: imported where used
+
+                try:
+                    self._app = msal.ConfidentialClientApplication(
+                        self.client_id,
+                        client_credential=self._client_secret,
+                        authority=self.authority,
+                        http_client=self._http_client,
+                        verify=self._verify,
+                        timeout=self._timeout,
+                        instance_discovery=self.instance_discovery,
+                    )
+                except ValueError as exc:  # OpenID discovery refused: wrong tenant/authority
+                    raise FatalError(
+                        f"graph: authority {self.authority} unusable: {self._scrub(str(exc))[:300]}", service=SERVICE
+                    ) from exc
+                except (requests.RequestException, msal.exceptions.MsalServiceError) as exc:
+                    raise _transport_error(exc, "OpenID discovery") from exc
+            return self._app
+
+    def _scrub(self, text: str) -> str:
+        return scrub(text, self._secrets)
+
+    def _acquire_once(self) -> str:
+        import msal
+
+        app = self._application()
+        try:
+            result = app.acquire_token_for_client(scopes=[self.scope])
+        except requests.RequestException as exc:
+            raise _transport_error(exc, "token request") from exc
+        except msal.exceptions.MsalServiceError as exc:  # MSAL raises this for a 5xx
+            raise RetriableError(f"graph: token endpoint error: {self._scrub(str(exc))[:300]}", service=SERVICE) from exc
+        except ValueError as exc:  # token endpoint answered something that is not JSON
+            raise FatalError(f"graph: malformed token response: {self._scrub(str(exc))[:300]}", service=SERVICE) from exc
+        if not isinstance(result, dict):
+            raise FatalError("graph: malformed token result", service=SERVICE)
+        token = result.get("access_token")
+        if token:
+            return str(token)
+        error = self._scrub(str(result.get("error", "unknown_error")))
+        description = self._scrub(str(result.get("error_description", "")))[:500]
+        if error == "temporarily_unavailable":
+            raise RetriableError(f"graph: token endpoint busy: {error}: {description}", service=SERVICE)
+        raise FatalError(f"graph: token request refused: {error}: {description}", service=SERVICE)
+
+    def token(self) -> str:
+        """A valid access token (MSAL serves it from its cache until near expiry)."""
+        return self._policy.call(self._acquire_once)
+
+    def invalidate(self) -> None:
+        """Drop cached access tokens so the next ``token()`` asks the authority again
+        (MSAL's ``acquire_token_for_client`` refuses ``force_refresh``)."""
+        with self._lock:
+            app = self._app
+        if app is None:
+            return
+        cache = app.token_cache
+        for item in list(cache.search(cache.CredentialType.ACCESS_TOKEN)):
+            cache.remove_at(item)
+
+
+def _transport_error(exc: Exception, what: str) -> FatalError | RetriableError:
+    """MSAL's own HTTP failures: transient unless the TLS trust itself is wrong."""
+    if isinstance(exc, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return FatalError(f"graph: {what}: TLS certificate not trusted (check MS_GRAPH_CA_BUNDLE)", service=SERVICE)
+    return RetriableError(f"graph: {what} failed: {type(exc).__name__}", service=SERVICE)
+
+
+class GraphAPI:
+    """Graph users over an ``HttpClient`` (base URL = MS_GRAPH_URL) and a token provider."""
+
+    def __init__(self, http: HttpClient, tokens: MsalTokenProvider, *, page_size: int = 999) -> None:
+        self.http = http
+        self.tokens = tokens
+        self.page_size = page_size
+
+    def users(self) -> list[Row]:
+        """Every user: id, employeeId, mail, userPrincipalName, accountEnabled."""
+        # Literal query string: Graph documents ``$select``/``$top`` unencoded, and
+        # requests keeps "$" and "," as they are.
+        url: str | None = self.http.url_for(f"/v1.0/users?$select={USER_FIELDS}&$top={self.page_size}")
+        origin = _origin(self.http.base_url)
+        out: list[Row] = []
+        refreshed = False
+        pages = 0
+        while url:
+            if _origin(url) != origin:
+                # The bearer token goes wherever nextLink points: never outside Graph.
+                raise FatalError(f"graph: nextLink leaves {origin}: {urlsplit(url).netloc}", service=SERVICE)
+            try:
+                body = self.http.request_json("GET", url, headers={"Authorization": f"Bearer {self.tokens.token()}"})
+            except FatalError as exc:
+                if exc.status == 401 and not refreshed:
+                    refreshed = True  # expired or revoked mid-run: one fresh token, same page
+                    self.tokens.invalidate()
+                    continue
+                raise
+            value = body.get("value") if isinstance(body, dict) else None
+            if not isinstance(value, list) or not all(isinstance(u, dict) for u in value):
+                raise FatalError("graph: malformed users page (value is not a list of objects)", service=SERVICE)
+            out.extend(value)
+            next_link = body.get("@odata.nextLink")
+            if next_link is not None and not isinstance(next_link, str):
+                raise FatalError("graph: malformed @odata.nextLink", service=SERVICE)
+            url = next_link or None
+            pages += 1
+            if pages >= MAX_PAGES:
+                raise FatalError(f"graph: more than {MAX_PAGES} user pages; refusing a partial read", service=SERVICE)
+        return out
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def _normalise_employee_id(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    text = str(raw).strip()
+    if not text:
+        return None
+    # Vista employee numbers are ints; Entra often holds them zero-padded ("000123").
+    return str(int(text)) if text.isdigit() else text
+
+
+def mail_by_employee_id(users: Iterable[Row]) -> tuple[dict[str, str], dict[str, list[Row]]]:
+    """Map employeeId -> mail for the employees sync.
+
+    Only enabled users (``accountEnabled is True``) with a usable mail count: null mails
+    and tenant-default ``*.onmicrosoft.com`` addresses are ignored. Keys are the
+    employeeId stripped, and numeric ids without leading zeros (``"000123"`` -> ``"123"``),
+    so callers look up ``str(int(Employee))``. When two such users claim the same
+    employeeId we cannot tell which mail is right: neither is kept, and both come back
+    in the second value (normalised id -> users) to be reported.
+    """
+    candidates: dict[str, list[Row]] = {}
+    for user in users:
+        if user.get("accountEnabled") is not True:
+            continue
+        key = _normalise_employee_id(user.get("employeeId"))
+        mail = user.get("mail")
+        if key is None or not isinstance(mail, str) or not mail.strip():
+            continue
+        if "onmicrosoft.com" in mail.lower():
+            continue
+        candidates.setdefault(key, []).append(user)
+    mails: dict[str, str] = {}
+    duplicates: dict[str, list[Row]] = {}
+    for key, group in candidates.items():
+        if len(group) > 1:
+            duplicates[key] = group
+        else:
+            mails[key] = str(group[0]["mail"]).strip()
+    return mails, duplicates
+
+
+def build_graph(
+    settings: Any,
+    stats: RequestStats,
+    session: requests.Session | None = None,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    breaker: Any = None,
+) -> GraphAPI:
+    """Wire a GraphAPI from ``config.settings.Settings`` (MSAL app built on first use)."""
+    secret = settings.ms_graph_client_secret.get_secret_value() if settings.ms_graph_client_secret else ""
+    missing = [
+        n
+        for n, v in (
+            ("MS_GRAPH_TENANT_ID", settings.ms_graph_tenant_id),
+            ("MS_GRAPH_CLIENT_ID", settings.ms_graph_client_id),
+            ("MS_GRAPH_CLIENT_SECRET", secret),
+        )
+        if not v
+    ]
+    if missing:
+        raise ConfigurationError([f"{m} is required for Microsoft Graph" for m in missing])
+    session = session or requests.Session()
+    verify: bool | str = settings.ms_graph_ca_bundle or True
+    http = HttpClient(
+        SERVICE,
+        settings.ms_graph_url,
+        session,
+        stats=stats,
+        timeout=DEFAULT_TIMEOUT,
+        max_attempts=settings.http_max_attempts,
+        max_retry_seconds=settings.http_max_retry_seconds,
+        default_headers={"Accept": "application/json"},
+        sleep=sleep,
+        clock=clock,
+        breaker=breaker,
+        secrets=[secret],
+        verify=verify,
+    )
+    tokens = MsalTokenProvider(
+        client_id=settings.ms_graph_client_id,
+        client_secret=secret,
+        authority=f"{settings.ms_graph_authority_url.rstrip('/')}/{settings.ms_graph_tenant_id}",
+        scope=f"{settings.ms_graph_url.rstrip('/')}/.default",
+        http_client=CountingHttpClient(session, SERVICE, stats, timeout=DEFAULT_TIMEOUT, clock=clock, verify=verify),
+        verify=verify,
+        timeout=DEFAULT_TIMEOUT,
+        policy=http.policy,
+    )
+    return GraphAPI(http, tokens)

@@ -1,0 +1,206 @@
+"""SCIM 2.0 client (RFC 7643 resources, RFC 7644 protocol): implements ``ScimTarget``.
+
+Users and Groups of any SCIM service provider, with a bearer token (RFC 7644 §2). What
+it relies on, each from RFC 7644:
+
+- list: ``GET /Users?startIndex=1&count=N`` ListResponse paging (§3.4.2.4); the walk
+  continues while ``totalResults`` says more, whatever a short page suggests;
+- lookup: ``filter=externalId eq "<value>"`` (§3.4.2.2), the value JSON-escaped;
+- create: ``POST`` (§3.3); change: ``PATCH`` with a PatchOp message (§3.5.2), one
+  request per resource with all its operations; membership by ``add`` on ``members``
+  and ``remove`` with the path ``members[value eq "<id>"]`` (§3.5.2.2 example);
+- deprovision: ``active=false`` by PATCH; ``DELETE`` (§3.6) only when the sync is
+  configured with SCIM_DELETE_MODE=delete;
+- ETags (§3.14): when ``/ServiceProviderConfig`` announces ``etag.supported``, writes
+  carry ``If-Match`` with the version read; a 412 is a RecordError with status 412 that
+  the sync answers by re-reading the resource once.
+
+Why not scim2-client: version 0.13 speaks through httpx2 (another HTTP stack with its own
+exception tree) and validates responses strictly against scim2-models, which real
+providers often bend. Going through ``services.http.HttpClient`` keeps one retry policy,
+one request counter (the ``requests.scim`` of the run summary) and one error mapping:
+429 -> RateLimitedError, 5xx/timeouts -> RetriableError (AmbiguousWriteError for a POST
+that may have been applied: the sync looks the externalId up before creating again),
+401/403 -> FatalError, 409 -> ConflictError (uniqueness, e.g. userName), other 4xx on a
+write -> RecordError. This module adds FatalError for malformed lists.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import requests
+
+from services.http import HttpClient, RateLimiter, RequestStats
+from utils.errors import ConfigurationError, FatalError
+
+log = logging.getLogger("services.scim")
+
+SERVICE = "scim"
+PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
+GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
+SCHEMAS = {"Users": [USER_SCHEMA], "Groups": [GROUP_SCHEMA]}
+MAX_PAGES = 100_000
+
+
+def filter_eq(attribute: str, value: str) -> str:
+    """``attribute eq "value"`` with the value escaped as a JSON string (RFC 7644 §3.4.2.2)."""
+    return f"{attribute} eq {json.dumps(value, ensure_ascii=False)}"
+
+
+class ScimAPI:
+    """SCIM Users/Groups over an ``HttpClient`` configured for the provider."""
+
+    def __init__(self, http: HttpClient, *, page_size: int = 100) -> None:
+        self.http = http
+        self.page_size = page_size
+        self._config: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    # -- discovery ----------------------------------------------------------------
+    def service_provider_config(self) -> dict[str, Any]:
+        """``/ServiceProviderConfig`` (read once; an unreadable one counts as 'nothing
+        announced', since RFC 7644 §4 makes it mandatory but some providers omit it)."""
+        with self._lock:
+            if self._config is None:
+                try:
+                    body = self.http.request_json("GET", "/ServiceProviderConfig")
+                except FatalError as exc:
+                    if exc.status in (401, 403):
+                        raise
+                    log.warning("SCIM ServiceProviderConfig unreadable (%s); assuming no ETag support", exc.message)
+                    body = {}
+                self._config = body if isinstance(body, dict) else {}
+            return self._config
+
+    @property
+    def etags(self) -> bool:
+        etag = self.service_provider_config().get("etag")
+        return bool(isinstance(etag, dict) and etag.get("supported"))
+
+    # -- reads --------------------------------------------------------------------
+    def list(self, resource: str) -> list[dict[str, Any]]:
+        return self._search(resource, {})
+
+    def find(self, resource: str, attribute: str, value: str) -> dict[str, Any] | None:
+        found = self._search(resource, {"filter": filter_eq(attribute, value)})
+        if len(found) > 1:
+            log.warning("SCIM %s: %d resources match %s; using the first", resource, len(found), attribute)
+        return found[0] if found else None
+
+    def get(self, resource: str, resource_id: str) -> dict[str, Any]:
+        resp = self.http.request("GET", f"/{resource}/{_seg(resource_id)}")
+        return _with_version(resp.json(), resp)
+
+    def _search(self, resource: str, params: Mapping[str, Any]) -> builtins.list[dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        start = 1
+        for _ in range(MAX_PAGES):
+            body = self.http.request_json("GET", f"/{resource}", params={**params, "startIndex": start, "count": self.page_size})
+            if not isinstance(body, dict):
+                raise FatalError(f"scim: malformed {resource} list (not an object)", service=SERVICE)
+            items = body.get("Resources") or []
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise FatalError(f"scim: malformed {resource} list (Resources is not a list of objects)", service=SERVICE)
+            for item in items:
+                if item.get("id") is not None:
+                    out[str(item["id"])] = item
+            total = body.get("totalResults")
+            if not isinstance(total, int):
+                raise FatalError(f"scim: {resource} list without totalResults", service=SERVICE)
+            start += len(items)
+            if start - 1 >= total:
+                break
+            if not items:
+                raise FatalError(
+                    f"scim: {resource} list returned an empty page at startIndex {start} while totalResults is {total}",
+                    service=SERVICE,
+                )
+        else:
+            raise FatalError(f"scim: {resource} list has more than {MAX_PAGES} pages", service=SERVICE)
+        return list(out.values())
+
+    # -- writes -------------------------------------------------------------------
+    def create(self, resource: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        body = {"schemas": SCHEMAS.get(resource, []), **payload}
+        resp = self.http.request("POST", f"/{resource}", json=body)
+        created = resp.json() if resp.content else {}
+        if not isinstance(created, dict) or not created.get("id"):
+            raise FatalError(f"scim: POST /{resource} answered without an id", service=SERVICE)
+        return _with_version(created, resp)
+
+    def patch(
+        self, resource: str, resource_id: str, operations: Sequence[Mapping[str, Any]], etag: str | None = None
+    ) -> dict[str, Any] | None:
+        headers = {"If-Match": etag} if etag else None
+        body = {"schemas": [PATCH_OP], "Operations": [dict(op) for op in operations]}
+        resp = self.http.request("PATCH", f"/{resource}/{_seg(resource_id)}", json=body, headers=headers)
+        if resp.status_code == 204 or not resp.content:
+            return None
+        data = resp.json()
+        return _with_version(data, resp) if isinstance(data, dict) else None
+
+    def delete(self, resource: str, resource_id: str, etag: str | None = None) -> None:
+        headers = {"If-Match": etag} if etag else None
+        self.http.request("DELETE", f"/{resource}/{_seg(resource_id)}", headers=headers, expect_json=False)
+
+
+def _with_version(data: Any, resp: requests.Response) -> dict[str, Any]:
+    """Keep the ETag header as meta.version when the body lacks it (RFC 7644 §3.14)."""
+    if not isinstance(data, dict):
+        raise FatalError("scim: malformed resource (not an object)", service=SERVICE)
+    etag = resp.headers.get("ETag")
+    if etag:
+        meta = data.setdefault("meta", {})
+        if isinstance(meta, dict) and not meta.get("version"):
+            meta["version"] = etag
+    return data
+
+
+def _seg(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(str(value), safe="")
+
+
+def build_scim(
+    settings: Any,
+    stats: RequestStats,
+    session: requests.Session | None = None,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    breaker: Any = None,
+) -> ScimAPI:
+    """A ScimAPI from settings (SCIM_URL, SCIM_TOKEN, SCIM_*)."""
+    token = settings.scim_token.get_secret_value() if settings.scim_token else ""
+    if not settings.scim_url or not token:
+        raise ConfigurationError("SCIM_URL and SCIM_TOKEN are required for the rosters sync")
+    rate = float(getattr(settings, "scim_rate_limit_per_second", 20))
+    http = HttpClient(
+        SERVICE,
+        settings.scim_url,
+        session or requests.Session(),
+        stats=stats,
+        limiter=RateLimiter(rate, burst=max(1, int(rate)), clock=clock, sleep=sleep),
+        timeout=30.0,
+        max_attempts=settings.http_max_attempts,
+        max_retry_seconds=settings.http_max_retry_seconds,
+        default_headers={
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/scim+json, application/json",
+            "Content-Type": "application/scim+json",
+        },
+        sleep=sleep,
+        clock=clock,
+        breaker=breaker,
+        secrets=[token],
+    )
+    return ScimAPI(http, page_size=int(getattr(settings, "scim_page_size", 100)))

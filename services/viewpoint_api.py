@@ -1,0 +1,314 @@
+"""Viewpoint Vista (SQL Server) read adapter: implements ``sync.ports.ViewpointSource``.
+
+Reads the Vista base tables bPRDP, bJCJM (+ bJCCM), bPREH and bPRJC for the configured
+companies (VIEWPOINT_COMPANY / VIEWPOINT_JC_COMPANY, never literals) with SQLAlchemy
+Core statements built from ``services.viewpoint_schema`` metadata: every value is a
+bound parameter, no SQL text is assembled from values, and SSN is not even declared.
+The same statements run on SQL Server in production, and on SQLite (the sandbox) and
+PostgreSQL in tests; ``compiled_queries`` shows the SQL Server form.
+
+Errors: any database failure (sqlalchemy OperationalError, DBAPIError, ...) becomes
+``SourceUnavailableError`` (``raise ... from exc``) with a message that never contains
+the password; a read returns every row or raises, never a partial list. A missing ODBC
+stack (pyodbc / libodbc) or incomplete settings raise ``ConfigurationError``.
+
+Vendor libraries are imported lazily: pyodbc only when a ``mssql+pyodbc`` engine is
+created (libodbc is often absent on developer machines), azure-identity only in the
+``SQL_AUTH_MODE=entra_token`` path.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, create_engine, event, func, literal, select
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from services.http import scrub
+from services.viewpoint_schema import build_metadata
+from sync.ports import Row
+from utils.errors import ConfigurationError, SourceUnavailableError, SyncError
+
+CONNECT_TIMEOUT_SECONDS = 15
+SQL_COPT_SS_ACCESS_TOKEN = 1256  # msodbcsql pre-connect attribute for an Entra access token
+AZURE_SQL_SCOPE = "https://database.windows.net/.default"
+
+EMPLOYEE_COLUMNS = (
+    "Employee", "FirstName", "MidName", "LastName", "Suffix", "Email", "Phone", "CellPhone",
+    "Address", "City", "State", "Zip", "PRDept", "HireDate", "TermDate", "RecentRehireDate",
+    "ActiveYN", "JCCo", "Job",
+)  # fmt: skip
+
+
+class ViewpointQueries:
+    """The Core statements, built once from metadata and company numbers."""
+
+    def __init__(
+        self,
+        *,
+        company: int,
+        jc_company: int | None = None,
+        title_column: str = "udEmpTitle",
+        open_job_statuses: Iterable[int] = (1,),
+    ) -> None:
+        self.company = company
+        self.open_job_statuses = tuple(open_job_statuses)
+        self.jc_company = company if jc_company is None else jc_company
+        self.title_column = title_column
+        self.md = build_metadata(title_column)
+
+    def departments(self) -> Select[Any]:
+        dp = self.md.tables["bPRDP"]
+        return select(dp.c.PRDept, dp.c.Description).where(dp.c.PRCo == self.company).order_by(dp.c.PRDept)
+
+    def jobs(self) -> Select[Any]:
+        jm = self.md.tables["bJCJM"].alias("JM")
+        cm = self.md.tables["bJCCM"].alias("CM")
+        return (
+            select(
+                jm.c.Job,
+                jm.c.Description,
+                jm.c.JobStatus,
+                jm.c.Contract,
+                cm.c.Department,
+                jm.c.ShipAddress,
+                jm.c.ShipCity,
+                jm.c.ShipState,
+                jm.c.ShipZip,
+            )
+            .select_from(jm.outerjoin(cm, (cm.c.JCCo == jm.c.JCCo) & (cm.c.Contract == jm.c.Contract)))
+            .where(jm.c.JCCo == self.jc_company)
+            .order_by(jm.c.Job)
+        )
+
+    def employees(self) -> Select[Any]:
+        """Active and terminated: the sync decides what a termination means."""
+        eh = self.md.tables["bPREH"]
+        cols = [eh.c[name] for name in EMPLOYEE_COLUMNS] + [eh.c[self.title_column].label("Title")]
+        return select(*cols).where(eh.c.PRCo == self.company).order_by(eh.c.Employee)
+
+    def latest_jobs(self, since: date) -> Select[Any]:
+        """Per employee, the Job of the latest PREndDate >= since among jobs still open
+        (JobStatus in the open statuses, as the predecessor's JobStatus = 1 join did: a
+        closed job has no active site to be a home); ties -> highest Job.
+
+        Both PRCo and JCCo are filtered: a job of another JC company has no site here."""
+        jc = self.md.tables["bPRJC"]
+        jm = self.md.tables["bJCJM"]
+        rank = func.row_number().over(partition_by=jc.c.Employee, order_by=(jc.c.PREndDate.desc(), jc.c.Job.desc())).label("rn")
+        ranked = (
+            select(jc.c.Employee, jc.c.Job, rank)
+            .select_from(jc.join(jm, (jm.c.JCCo == jc.c.JCCo) & (jm.c.Job == jc.c.Job)))
+            .where(
+                jc.c.PRCo == self.company,
+                jc.c.JCCo == self.jc_company,
+                jc.c.PREndDate >= since,
+                jm.c.JobStatus.in_(self.open_job_statuses),
+            )
+            .subquery("ranked")
+        )
+        return select(ranked.c.Employee, ranked.c.Job).where(ranked.c.rn == 1).order_by(ranked.c.Employee)
+
+    @staticmethod
+    def ping() -> Select[Any]:
+        return select(literal(1).label("ok"))
+
+
+def _clean(row: Row) -> Row:
+    """Vista pads char data and returns smalldatetime for dates."""
+    out: Row = {}
+    for key, value in row.items():
+        if isinstance(value, str):
+            value = value.strip()
+        elif isinstance(value, datetime):
+            value = value.date()
+        out[key] = value
+    return out
+
+
+class ViewpointAPI:
+    """Read side of Viewpoint Vista over a SQLAlchemy engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        company: int,
+        jc_company: int | None = None,
+        title_column: str = "udEmpTitle",
+        secrets: Iterable[str] = (),
+        open_job_statuses: Iterable[int] = (1,),
+    ) -> None:
+        self.engine = engine
+        self.queries = ViewpointQueries(
+            company=company, jc_company=jc_company, title_column=title_column, open_job_statuses=open_job_statuses
+        )
+        password = engine.url.password
+        self._secrets = [s for s in (*secrets, password if isinstance(password, str) else None) if s]
+
+    def departments(self) -> list[Row]:
+        """bPRDP rows: PRDept, Description."""
+        return self._rows("departments", self.queries.departments())
+
+    def jobs(self) -> list[Row]:
+        """bJCJM (+ bJCCM Department) rows, every JobStatus; codes trimmed."""
+        rows = self._rows("jobs", self.queries.jobs())
+        for row in rows:
+            if row["JobStatus"] is not None:
+                row["JobStatus"] = int(row["JobStatus"])
+        return rows
+
+    def employees(self) -> list[Row]:
+        """bPREH rows, active and terminated; title column aliased ``Title``."""
+        rows = self._rows("employees", self.queries.employees())
+        for row in rows:
+            if row["Employee"] is not None:  # NULL (a view, a damaged row): the sync rejects it with a reason
+                row["Employee"] = int(row["Employee"])
+            if row["JCCo"] is not None:
+                row["JCCo"] = int(row["JCCo"])
+        return rows
+
+    def latest_jobs(self, since: date) -> dict[int, str]:
+        """Employee -> Job (trimmed) of the most recent bPRJC row with PREndDate >= since."""
+        rows = self._rows("latest_jobs", self.queries.latest_jobs(since))
+        return {int(r["Employee"]): r["Job"] for r in rows if r["Job"]}
+
+    def ping(self) -> None:
+        """SELECT 1; raises SourceUnavailableError."""
+        self._rows("ping", self.queries.ping())
+
+    def _rows(self, what: str, stmt: Select[Any]) -> list[Row]:
+        try:
+            with self.engine.connect() as conn:
+                result = conn.execute(stmt)
+                keys = tuple(result.keys())
+                # Plain tuples zipped with the column names: a RowMapping per row costs
+                # more than the fetch itself at 50 000 employees.
+                return [_clean(dict(zip(keys, row, strict=True))) for row in result]
+        except SyncError:
+            raise
+        except SQLAlchemyError as exc:
+            raise SourceUnavailableError(f"viewpoint: {what} read failed: {self._describe(exc)}", service="viewpoint") from exc
+
+    def _describe(self, exc: SQLAlchemyError) -> str:
+        # The driver's own message, without SQLAlchemy's "[SQL: ...]" statement dump.
+        orig = getattr(exc, "orig", None)
+        source: BaseException = orig if isinstance(orig, BaseException) else exc
+        first = (str(source).strip().splitlines() or [""])[0]
+        return scrub(f"{type(source).__name__}: {first}", self._secrets)[:400]
+
+
+# --------------------------------------------------------------------------------------
+# wiring
+# --------------------------------------------------------------------------------------
+def viewpoint_url(settings: Any) -> URL:
+    """The SQLAlchemy URL: VIEWPOINT_DB_URL as given, else mssql+pyodbc from SQL_*."""
+    if settings.viewpoint_db_url:
+        return make_url(settings.viewpoint_db_url.get_secret_value())
+    missing = [n for n, v in (("SQL_SERVER", settings.sql_server), ("SQL_DATABASE", settings.sql_database)) if not v]
+    entra = settings.sql_auth_mode == "entra_token"
+    if not entra:
+        missing += [n for n, v in (("SQL_USERNAME", settings.sql_username), ("SQL_PASSWORD", settings.sql_password)) if not v]
+    if missing:
+        raise ConfigurationError([f"{m} is required for Viewpoint (or set VIEWPOINT_DB_URL)" for m in missing])
+    return URL.create(
+        "mssql+pyodbc",
+        username=None if entra else settings.sql_username,
+        password=None if entra else settings.sql_password.get_secret_value(),
+        host=settings.sql_server,
+        database=settings.sql_database,
+        query={"driver": settings.sql_driver, "Encrypt": "yes", "TrustServerCertificate": "yes"},
+    )
+
+
+def token_struct(token: str) -> bytes:
+    """The SQL_COPT_SS_ACCESS_TOKEN layout msodbcsql expects: a little-endian length
+    prefix followed by the token in UTF-16-LE."""
+    raw = token.encode("utf-16-le")
+    return struct.pack(f"<I{len(raw)}s", len(raw), raw)
+
+
+def entra_token_connect_hook(credential: Any) -> Callable[..., None]:
+    """A ``do_connect`` listener that hands pyodbc a fresh Entra token for each new
+    connection (the credential caches and refreshes it). Per the SQLAlchemy docs on
+    access tokens, the Trusted_Connection SQLAlchemy adds for a user-less URL must go."""
+
+    def provide_token(dialect: Any, conn_rec: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        try:
+            token = credential.get_token(AZURE_SQL_SCOPE).token
+        except Exception as exc:  # azure-identity raises several unrelated types
+            raise SourceUnavailableError(
+                f"viewpoint: Entra token for SQL failed: {type(exc).__name__}", service="viewpoint"
+            ) from exc
+        if cargs and isinstance(cargs[0], str):
+            cargs[0] = cargs[0].replace(";Trusted_Connection=Yes", "")
+        attrs = dict(cparams.get("attrs_before") or {})
+        attrs[SQL_COPT_SS_ACCESS_TOKEN] = token_struct(token)
+        cparams["attrs_before"] = attrs
+
+    return provide_token
+
+
+def build_viewpoint_engine(settings: Any, *, credential: Any = None) -> Engine:
+    """Engine for Viewpoint. ``credential`` (entra_token mode) defaults to azure-identity's
+    DefaultAzureCredential (workload identity on AKS). Creating an engine does not connect."""
+    url = viewpoint_url(settings)
+    try:
+        if settings.viewpoint_db_url:
+            if url.get_backend_name() == "sqlite":
+                return create_engine(url)
+            return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True, connect_args={"timeout": CONNECT_TIMEOUT_SECONDS})
+    except ImportError as exc:  # pyodbc missing, or libodbc.so absent underneath it
+        raise ConfigurationError(
+            f"the database driver for {url.drivername} cannot be loaded ({exc}); install pyodbc and the "
+            f"'{settings.sql_driver}' ODBC driver, or set VIEWPOINT_DB_URL"
+        ) from exc
+    if settings.sql_auth_mode == "entra_token":
+        if credential is None:
+            try:
+                from azure.identity import DefaultAzureCredential
+            except ImportError as exc:
+                raise ConfigurationError("SQL_AUTH_MODE=entra_token needs the azure-identity package") from exc
+            credential = DefaultAzureCredential()
+        event.listen(engine, "do_connect", entra_token_connect_hook(credential))
+    return engine
+
+
+def build_viewpoint(settings: Any, engine: Engine | None = None) -> ViewpointAPI:
+    """Wire a ViewpointAPI from ``config.settings.Settings``."""
+    return ViewpointAPI(
+        engine or build_viewpoint_engine(settings),
+        company=settings.viewpoint_company,
+        jc_company=settings.jc_company,
+        title_column=settings.viewpoint_title_column,
+        secrets=settings.secret_values() if hasattr(settings, "secret_values") else (),
+        open_job_statuses=settings.job_open_statuses,
+    )
+
+
+def compiled_queries(settings: Any, *, since: date | None = None) -> dict[str, str]:
+    """Each query as SQL Server SQL with literal values, for review and for the test that
+    shows what production runs. ``since`` defaults to today minus JOB_HISTORY_DAYS."""
+    from sqlalchemy.dialects import mssql  # the dialect only; pyodbc is not imported
+
+    q = ViewpointQueries(
+        company=settings.viewpoint_company,
+        jc_company=settings.jc_company,
+        title_column=settings.viewpoint_title_column,
+        open_job_statuses=settings.job_open_statuses,
+    )
+    since = since or (date.today() - timedelta(days=settings.job_history_days))
+    stmts = {
+        "departments": q.departments(),
+        "jobs": q.jobs(),
+        "employees": q.employees(),
+        "latest_jobs": q.latest_jobs(since),
+        "ping": q.ping(),
+    }
+    dialect = mssql.dialect()
+    return {name: str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True})) for name, stmt in stmts.items()}

@@ -1,0 +1,470 @@
+"""BaseSync: the imperative shell around the pure planner.
+
+One run of one sync: load the source and map it (validating every record) -> read the
+target once -> drop records the failed-record tracker holds back -> ``plan`` -> guard
+the deactivations -> apply (bounded concurrency; the adapters' rate limiter keeps the
+pace) -> record every change and rejection with the EventManager -> return counts.
+
+What each sync adds is small: how to build the desired records (``load``), which
+target collection holds them and by which key, and the payload details of a create.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from sync.engine import Action, guard_allows, plan
+from sync.ports import FailedRecords, GraphDirectory, Row, SafetyAmpTarget, SamsaraFleet, ViewpointSource
+from utils.errors import (
+    AmbiguousWriteError,
+    ConfigurationError,
+    FatalError,
+    RecordError,
+    RetriableError,
+    SourceUnavailableError,
+    SyncError,
+)
+
+log = logging.getLogger("sync")
+
+AMBIGUOUS_CREATE_ATTEMPTS = 3
+"""Creates whose outcome was unknown, each re-checked by key before the next one."""
+
+COUNT_KEYS = ("created", "updated", "deactivated", "unchanged", "skipped", "failed")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A source record we refused (validation) or a field we dropped from it."""
+
+    key: str
+    reason: str
+    fields: tuple[str, ...] = ()
+    payload: Mapping[str, Any] | None = None
+    kind: str = "rejected"  # rejected | field_dropped
+
+
+@dataclass
+class Desired:
+    """What a sync's ``load`` returns: the target as the source wants it."""
+
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    rejected: list[Rejected] = field(default_factory=list)
+    deactivate: set[str] = field(default_factory=set)
+    source_count: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    """Outcome of one sync run; also the per-sync entry of the JSON summary."""
+
+    sync: str
+    status: str = "success"  # success | partial | failed | skipped
+    counts: dict[str, int] = field(default_factory=lambda: {k: 0 for k in COUNT_KEYS})
+    duration_seconds: float = 0.0
+    error: str | None = None
+    guard_tripped: bool = False
+    plan: list[dict[str, Any]] = field(default_factory=list)
+    """The writes a dry run would send (filled in dry runs only)."""
+    rejected: int = 0
+    """Source records refused before any write (also counted in ``counts["failed"]``);
+    the quarantine judges a run by its write failures only."""
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"sync": self.sync, "status": self.status, **self.counts}
+        out["duration_seconds"] = round(self.duration_seconds, 3)
+        if self.error:
+            out["error"] = self.error
+        if self.guard_tripped:
+            out["guard_tripped"] = True
+        return out
+
+
+@dataclass
+class SyncContext:
+    """Everything a sync may use, wired once by ``bootstrap`` (tests pass fakes)."""
+
+    settings: Any
+    targets: Any  # services.data_manager.TargetCache
+    tracker: FailedRecords
+    events: Any  # services.event_manager.EventManager
+    metrics: Any  # utils.metrics.Metrics
+    today: date
+    viewpoint: ViewpointSource | None = None
+    graph: GraphDirectory | None = None
+    samsara: SamsaraFleet | None = None
+    dry_run: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+    progress: Callable[[str, int, int], None] | None = None
+    max_workers: int = 4
+    source_cache: dict[str, Any] = field(default_factory=dict)
+    locks: Callable[[str], Any] | None = None
+    """name -> lock (acquire(blocking=False) -> bool, release(), holder()); None: no locking."""
+    quarantine: Any = None
+    lock_lost: threading.Event | None = None
+    """Set when this runner's lock expired under it: the apply loop stops writing."""
+    on_result: Callable[[RunResult], None] | None = None
+    """Called after each sync of the cycle (the daemon's /health shows it at once)."""
+    manual: bool = False
+    """A run an operator asked for: quarantine does not hold it back (and a success lifts it)."""
+    # rosters (issue 4): OneRoster source, SCIM target, delta cursor store, --full
+    oneroster: Any = None  # sync.roster_model.RosterSource
+    scim: Any = None  # sync.roster_model.ScimTarget
+    roster_cursor: Any = None  # sync.roster_model.CursorStore
+    full: bool = False
+    _source_pending: dict[str, threading.Event] = field(default_factory=dict, repr=False)
+    _source_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def safetyamp(self) -> SafetyAmpTarget:
+        return self.targets.target
+
+    def source(self, name: str, loader: Callable[[], Any]) -> Any:
+        """Read a source collection once per run (employees are used by two syncs). A
+        read started by ``prefetch_sources`` is waited for; if it failed, the source is
+        read here, so the error (after its own retries) is this sync's."""
+        with self._source_lock:
+            pending = self._source_pending.get(name)
+        if pending is not None:
+            pending.wait()
+        with self._source_lock:
+            if name in self.source_cache:
+                return self.source_cache[name]
+        value = loader()
+        with self._source_lock:
+            return self.source_cache.setdefault(name, value)
+
+    def prefetch_sources(self, loaders: Mapping[str, Callable[[], Any]]) -> threading.Thread:
+        """Read sources (in order) on a background thread while earlier syncs run: the
+        database's and the APIs' waiting overlaps other work instead of adding to it.
+        Still one read per source and run."""
+        with self._source_lock:
+            todo = {n: f for n, f in loaders.items() if n not in self.source_cache and n not in self._source_pending}
+            events = {n: self._source_pending.setdefault(n, threading.Event()) for n in todo}
+
+        def work() -> None:
+            for name, loader in todo.items():
+                try:
+                    value = loader()
+                    with self._source_lock:
+                        self.source_cache.setdefault(name, value)
+                except Exception as exc:  # the sync that needs it reads it again and reports
+                    log.debug("prefetch of source %s failed: %s", name, exc)
+                finally:
+                    with self._source_lock:
+                        self._source_pending.pop(name, None)
+                    events[name].set()
+
+        thread = threading.Thread(target=work, name="prefetch-sources", daemon=True)
+        thread.start()
+        return thread
+
+
+_FINGERPRINT_JSON = json.JSONEncoder(sort_keys=True, default=str, ensure_ascii=False)
+"""One encoder for every fingerprint (same text as json.dumps with these options, without
+building an encoder per call: 70 000 records a run at 50 000 employees)."""
+
+
+def fingerprint(*parts: Any) -> str:
+    """Stable hash of a record's inputs: the tracker retries a record at once when it changes."""
+    blob = _FINGERPRINT_JSON.encode(parts)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class BaseSync:
+    """Run loop shared by every SafetyAmp sync."""
+
+    name: str = ""
+    collection: str = ""
+    key_field: str = ""
+    deactivation: Mapping[str, Any] | None = None
+    compare_fields: tuple[str, ...] | None = None
+    """Fields an update may change (None: all desired fields)."""
+
+    def __init__(self, ctx: SyncContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self._lock = threading.Lock()
+        self._consecutive_errors = 0
+
+    @property
+    def viewpoint(self) -> ViewpointSource:
+        if self.ctx.viewpoint is None:
+            raise ConfigurationError(f"the {self.name} sync needs Viewpoint: set VIEWPOINT_DB_URL or SQL_*")
+        return self.ctx.viewpoint
+
+    @property
+    def samsara(self) -> SamsaraFleet:
+        if self.ctx.samsara is None:
+            raise ConfigurationError(f"the {self.name} sync needs Samsara: set SAMSARA_API_KEY")
+        return self.ctx.samsara
+
+    # ---- what a sync provides ---------------------------------------------------
+    def load(self) -> Desired:
+        raise NotImplementedError
+
+    @classmethod
+    def sources(cls, ctx: SyncContext) -> dict[str, Callable[[], Any]]:
+        """The named reads ``load`` makes through ``ctx.source``: the runner starts them
+        in the background at the start of a cycle (none by default)."""
+        return {}
+
+    def key_of(self, row: Row) -> str | None:
+        value = row.get(self.key_field)
+        if value is None or str(value).strip() == "":
+            return None
+        return str(value).strip()
+
+    def current(self) -> dict[str, Row]:
+        """Target records by key (records without a key are not ours)."""
+        out: dict[str, Row] = {}
+        for row in self.ctx.targets.get(self.collection):
+            key = self.key_of(row)
+            if key is not None:
+                out.setdefault(key, row)
+        return out
+
+    def create_payload(self, action: Action) -> dict[str, Any]:
+        """Payload of a create; syncs add create-only defaults here."""
+        return dict(action.payload)
+
+    def update_payload(self, action: Action, current: Row) -> dict[str, Any]:
+        return dict(action.payload)
+
+    def active_count(self, current: Mapping[str, Row]) -> int:
+        """Active target records (the guard's base)."""
+        if not self.deactivation:
+            return len(current)
+        return sum(1 for row in current.values() if any(row.get(k) != v for k, v in self.deactivation.items()))
+
+    def prepare(self) -> list[Row]:
+        """Hook before loading (e.g. ensure a parent record exists); returns the records
+        it created so they are counted and logged like any other create."""
+        return []
+
+    # ---- the run ----------------------------------------------------------------
+    def run(self) -> RunResult:
+        result = RunResult(self.name)
+        started = time.monotonic()
+        slog = self.ctx.events.start(self.name, dry_run=self.ctx.dry_run)
+        try:
+            self._run(result, slog)
+        except SourceUnavailableError as exc:
+            result.status, result.error = "failed", f"source unavailable: {exc.message}"
+        except FatalError as exc:
+            result.status, result.error = "failed", exc.message
+        except SyncError as exc:
+            result.status, result.error = "failed", exc.message
+        except Exception as exc:  # a bug must fail this sync, not the daemon
+            log.exception("sync crashed", extra={"sync": self.name})
+            result.status, result.error = "failed", f"internal error: {type(exc).__name__}: {exc}"
+        result.duration_seconds = time.monotonic() - started
+        if result.status == "failed":
+            log.error("sync failed: %s", result.error, extra={"sync": self.name})
+        slog.finish(
+            result.counts,
+            result.status,
+            {"error": result.error, "guard_tripped": result.guard_tripped, "plan": result.plan if self.ctx.dry_run else None},
+        )
+        return result
+
+    def _run(self, result: RunResult, slog: Any) -> None:
+        for row in self.prepare():
+            result.counts["created"] += 1
+            key = self.key_of(row) or str(row.get("id"))
+            slog.change(key, "create", None, dict(row), None)
+        desired = self.load()
+        for rej in desired.rejected:
+            slog.error(rej.key, rej.reason, payload=rej.payload, fields=list(rej.fields), kind=rej.kind)
+            if rej.kind == "rejected":
+                result.counts["failed"] += 1
+                result.rejected += 1
+        current = self.current()
+        records = {}
+        for key, rec in desired.records.items():
+            fp = desired.fingerprints.get(key, "")
+            if not self.ctx.dry_run and self.ctx.tracker.should_skip(self.name, key, fp):
+                result.counts["skipped"] += 1
+                continue
+            records[key] = rec
+        actions = plan(
+            records, current, deactivate=desired.deactivate, deactivation=self.deactivation, compare=self.compare_fields
+        )
+        deactivations = [a for a in actions if a.kind == "deactivate"]
+        # An empty read while the target holds records trips the guard even when nothing
+        # was planned for deactivation: otherwise a wrong VIEWPOINT_COMPANY or an emptied
+        # view reports "success" forever while leavers keep their access.
+        if deactivations or (desired.source_count == 0 and current):
+            reason = None
+            if desired.source_count == 0:
+                reason = f"the source returned no records while the target holds {len(current)}"
+            elif not guard_allows(len(deactivations), self.active_count(current), self.settings.deactivation_guard_percent):
+                reason = (
+                    f"{len(deactivations)} deactivations exceed DEACTIVATION_GUARD_PERCENT="
+                    f"{self.settings.deactivation_guard_percent:g} of {self.active_count(current)} active records"
+                )
+            if reason:
+                result.guard_tripped = True
+                self.ctx.metrics.deactivation_guard.labels(self.name).inc()
+                actions = [a for a in actions if a.kind != "deactivate"]
+                result.error = f"deactivation guard tripped: {reason}; no record was deactivated"
+                log.error(result.error, extra={"sync": self.name})
+        writes = [a for a in actions if a.is_write]
+        if self.ctx.dry_run:  # only a dry run prints it: 70 000 described writes cost 150 MB
+            result.plan = [self._describe(a) for a in writes]
+        result.counts["unchanged"] += len(actions) - len(writes)
+        if self.ctx.dry_run:
+            for a in writes:
+                result.counts[_COUNTED[a.kind]] += 1
+                slog.change(a.key, a.kind, None, None, {c.field: c.as_dict() for c in a.changes})
+        else:
+            self._apply(writes, current, result, slog, desired)
+        failed = result.counts["failed"]
+        if result.guard_tripped:
+            result.status = "failed"
+        elif failed:
+            result.status = "partial"
+
+    def _describe(self, action: Action) -> dict[str, Any]:
+        return {
+            "key": action.key,
+            "action": action.kind,
+            "changes": {c.field: c.as_dict() for c in action.changes},
+        }
+
+    def _apply(self, writes: list[Action], current: Mapping[str, Row], result: RunResult, slog: Any, desired: Desired) -> None:
+        total = len(writes)
+        done = 0
+        abort: list[BaseException] = []
+
+        def one(action: Action) -> str:
+            if abort or self.ctx.stop.is_set():
+                return "abandoned"
+            lost = self.ctx.lock_lost
+            if lost is not None and lost.is_set():
+                # Another runner may own the target now: stop writing at once.
+                raise FatalError(f"the {self.name} lock was lost (Redis expired it); stopped writing")
+            return self._apply_one(action, current.get(action.key), slog, desired)
+
+        def settle(fut: Future[str]) -> None:
+            nonlocal done
+            try:
+                outcome = fut.result()
+            except FatalError as exc:
+                if not abort:
+                    abort.append(exc)
+                outcome = "failed"
+            done += 1
+            if outcome in COUNT_KEYS:
+                result.counts[outcome] += 1
+            if self.ctx.progress:
+                self.ctx.progress(self.name, done, total)
+
+        workers = max(1, min(self.ctx.max_workers, total))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"apply-{self.name}") as pool:
+            # A bounded window of submitted writes, settled in order: 70 000 futures
+            # submitted at once held tens of MB for nothing (the rate limit paces them).
+            pending: deque[Future[str]] = deque()
+            for action in writes:
+                pending.append(pool.submit(one, action))
+                if len(pending) >= workers * 4:
+                    settle(pending.popleft())
+            while pending:
+                settle(pending.popleft())
+        if abort:
+            raise abort[0]
+        if self.ctx.stop.is_set() and done < total:
+            raise FatalError(f"stopped by shutdown request after {done} of {total} writes")
+
+    def _apply_one(self, action: Action, row: Row | None, slog: Any, desired: Desired) -> str:
+        target = self.ctx.safetyamp
+        fp = desired.fingerprints.get(action.key, "")
+        try:
+            if action.kind == "create":
+                payload = self.create_payload(action)
+                created = self._create(payload, action.key)
+                self.ctx.targets.put(self.collection, created)
+                outcome = "created"
+            else:
+                assert row is not None and action.target_id is not None
+                payload = self.update_payload(action, row)
+                target.update(self.collection, action.target_id, payload)
+                self.ctx.targets.merge(self.collection, action.target_id, action.payload)
+                outcome = _COUNTED[action.kind]
+        except RecordError as exc:
+            reason = exc.message
+            if exc.field_errors:
+                reason = "; ".join(f"{f}: {' '.join(m)}" for f, m in exc.field_errors.items())
+            self.ctx.tracker.record_failure(self.name, action.key, fp, reason, list(exc.field_errors))
+            slog.error(
+                action.key,
+                reason,
+                target_body=exc.body,
+                payload=dict(action.payload),
+                fields=list(exc.field_errors),
+                kind="failed",
+            )
+            self._consecutive_errors = 0
+            return "failed"
+        except RetriableError as exc:
+            slog.error(action.key, f"gave up after retries: {exc.message}", payload=dict(action.payload), kind="failed")
+            with self._lock:
+                self._consecutive_errors += 1
+                too_many = self._consecutive_errors >= self.settings.consecutive_error_limit
+            if too_many:
+                raise FatalError(
+                    f"{self._consecutive_errors} consecutive requests failed; stopping the {self.name} sync", service=exc.service
+                ) from exc
+            return "failed"
+        with self._lock:
+            self._consecutive_errors = 0
+        self.ctx.tracker.record_success(self.name, action.key)
+        slog.change(
+            action.key,
+            action.kind,
+            _subset(row, action.payload),
+            dict(action.payload),
+            {c.field: c.as_dict() for c in action.changes},
+        )
+        return outcome
+
+    def _create(self, payload: dict[str, Any], key: str, collection: str | None = None, key_field: str | None = None) -> Row:
+        """Create, re-checking by key when the first attempt may have reached the target
+        (a timeout or reset after sending): a lost response never becomes a duplicate."""
+        target = self.ctx.safetyamp
+        collection = collection or self.collection
+        key_field = key_field or self.key_field
+        for attempt in range(1, AMBIGUOUS_CREATE_ATTEMPTS + 1):
+            try:
+                return target.create(collection, payload)
+            except AmbiguousWriteError:
+                if attempt == AMBIGUOUS_CREATE_ATTEMPTS:
+                    raise
+                found = target.find_by(collection, key_field, payload.get(key_field, key))
+                if found is not None:
+                    log.info(
+                        "create was applied despite the lost response; not sending again", extra={"sync": self.name, "key": key}
+                    )
+                    return found
+        raise AssertionError("unreachable")
+
+
+_COUNTED = {"create": "created", "update": "updated", "deactivate": "deactivated"}
+
+
+def _subset(row: Row | None, payload: Mapping[str, Any]) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {k: row.get(k) for k in payload}

@@ -1,0 +1,170 @@
+"""Runs the enabled syncs of one cycle in dependency order and records their metrics.
+
+Shared by sync_batch.py (once) and main.py's worker (every interval). A failing sync
+does not stop the ones after it, except that a sync whose dependency failed still
+runs against whatever the target holds (it reads it fresh) and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from sync.base import COUNT_KEYS, RunResult, SyncContext
+from sync.registry import SYNCS
+from utils.errors import SyncError
+from utils.logger import set_run_id
+
+log = logging.getLogger("sync.runner")
+
+
+def run_syncs(ctx: SyncContext, names: Iterable[str], *, factories: dict[str, Any] | None = None) -> list[RunResult]:
+    """Run each sync in ``names`` (already in run order); never raises for a sync's failure."""
+    factories = factories or SYNCS
+    names = list(names)
+    set_run_id(getattr(ctx.events, "run_id", None))
+    cycle = None
+    if ctx.locks is not None and not ctx.dry_run:
+        # One runner per cycle: the daemon and a CronJob started the same minute must not
+        # interleave (per-sync locks alone would let them alternate sync by sync).
+        try:
+            cycle = ctx.locks("cycle")
+        except SyncError as exc:
+            return _reported(ctx, [RunResult(n, status="failed", error=exc.message) for n in names])
+        if not cycle.acquire(blocking=False):
+            holder = cycle.holder() or {}
+            who = f"{holder.get('host', '?')} pid {holder.get('pid', '?')} since {holder.get('since', '?')}"
+            log.info("run skipped: another runner holds the cycle lock (%s)", who)
+            return _reported(ctx, [RunResult(n, status="skipped", error=f"another runner is syncing ({who})") for n in names])
+    try:
+        return _run_all(ctx, names, factories)
+    finally:
+        if cycle is not None:
+            cycle.release()
+
+
+def _reported(ctx: SyncContext, results: list[RunResult]) -> list[RunResult]:
+    """Metrics and /health for a cycle that never started (lock held by another runner,
+    or not obtainable): without this the daemon's /health kept the previous cycle and
+    sync_runs_total never counted the refusal."""
+    for result in results:
+        record_metrics(ctx, result)
+        if ctx.on_result is not None:
+            ctx.on_result(result)
+    return results
+
+
+TARGET_READS: dict[str, tuple[str, ...]] = {
+    "departments": ("site_clusters",),
+    "jobs": ("site_clusters", "sites"),
+    "titles": ("user_titles",),
+    "employees": ("sites", "user_titles", "roles", "users"),
+    "vehicles": ("users", "assets"),  # sites and asset_types only when not configured by id
+}
+"""SafetyAmp collections each sync always reads: read ahead in the background."""
+
+
+def _run_all(ctx: SyncContext, names: list[str], factories: dict[str, Any]) -> list[RunResult]:
+    results: list[RunResult] = []
+    if factories is SYNCS:
+        # Read ahead, on background threads: the target's collections and the sources
+        # the syncs of this cycle always read (each still read once per run).
+        prefetch = getattr(ctx.targets, "prefetch", None)
+        if prefetch is not None:
+            prefetch([c for name in names for c in TARGET_READS.get(name, ())])
+        loaders: dict[str, Any] = {}
+        for name in names:
+            hook = getattr(factories.get(name), "sources", None)
+            if hook is not None:
+                loaders.update(hook(ctx))
+        if loaders:
+            ctx.prefetch_sources(loaders)
+    for name in names:
+        if ctx.stop.is_set():
+            break
+        cls = factories.get(name)
+        if cls is None:
+            result = RunResult(name, status="failed", error=f"the {name} sync is not available in this build")
+        else:
+            result = _run_guarded(ctx, name, cls)
+        if not ctx.dry_run and ctx.quarantine is not None:
+            # Records refused by validation are the source's business (errors file, diagnose):
+            # a steady run with a few known-bad rows must not back the whole sync off.
+            attempted = {**result.counts, "failed": max(0, result.counts["failed"] - result.rejected)}
+            ctx.quarantine.record(name, result.status, attempted, result.error)
+        record_metrics(ctx, result)
+        results.append(result)
+        if ctx.on_result is not None:
+            ctx.on_result(result)
+    return results
+
+
+def _run_guarded(ctx: SyncContext, name: str, cls: Any) -> RunResult:
+    """Quarantine check, then the single-writer lock, then the sync itself."""
+    if not ctx.manual and not ctx.dry_run and ctx.quarantine is not None:
+        reason = ctx.quarantine.blocks(name)
+        if reason:
+            log.warning("sync skipped: %s", reason, extra={"sync": name})
+            return RunResult(name, status="skipped", error=reason)
+    lock = None
+    if ctx.locks is not None and not ctx.dry_run:
+        try:
+            lock = ctx.locks(name)
+        except SyncError as exc:
+            return RunResult(name, status="failed", error=exc.message)
+        if not lock.acquire(blocking=False):
+            holder = lock.holder() or {}
+            who = f"{holder.get('host', '?')} pid {holder.get('pid', '?')} since {holder.get('since', '?')}"
+            log.info("sync skipped: another runner holds the lock (%s)", who, extra={"sync": name})
+            return RunResult(name, status="skipped", error=f"another runner holds the {name} lock ({who})")
+    try:
+        log.info("sync starting", extra={"sync": name, "dry_run": ctx.dry_run})
+        if lock is not None:
+            ctx.lock_lost = getattr(lock, "lost", None)
+        result = cls(ctx).run()
+        if lock is not None and getattr(lock, "lost", None) is not None and lock.lost.is_set():
+            result.error = (result.error + "; " if result.error else "") + "the lock was lost during the run"
+            log.error("lock lost during the run", extra={"sync": name})
+    finally:
+        if lock is not None:
+            lock.release()
+    log.info(
+        "sync finished: %s %s",
+        result.status,
+        " ".join(f"{k}={result.counts[k]}" for k in COUNT_KEYS),
+        extra={"sync": name, "status": result.status, "duration_seconds": round(result.duration_seconds, 3)},
+    )
+    return result
+
+
+def record_metrics(ctx: SyncContext, result: RunResult) -> None:
+    m = ctx.metrics
+    if ctx.dry_run:
+        return
+    m.sync_runs.labels(result.sync, result.status).inc()
+    for action, n in result.counts.items():
+        if n:
+            m.sync_records.labels(result.sync, action).inc(n)
+    m.sync_duration.labels(result.sync).observe(result.duration_seconds)
+    if result.status in ("success", "partial"):
+        m.last_success.labels(result.sync).set(time.time())
+    try:
+        m.failed_records.labels(result.sync).set(ctx.tracker.count(result.sync))
+    except Exception:  # the tracker degrades by itself; a gauge must not fail a run
+        log.warning("could not read failed-record count", extra={"sync": result.sync})
+
+
+def overall_status(results: list[RunResult]) -> str:
+    """success < partial < failed; all skipped -> skipped."""
+    if not results:
+        return "skipped"
+    statuses = {r.status for r in results}
+    if "failed" in statuses:
+        return "failed"
+    if "partial" in statuses:
+        return "partial"
+    if statuses == {"skipped"}:
+        return "skipped"
+    return "success"  # success, possibly with some syncs skipped by another runner's lock

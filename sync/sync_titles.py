@@ -1,0 +1,61 @@
+"""Employee titles (the configured bPREH title column, e.g. udEmpTitle) -> SafetyAmp
+user titles.
+
+Key: the title's name, compared without case and surrounding blanks, so "Foreman" and
+"foreman " are one title. Only titles of active employees are wanted. Titles are
+never renamed or removed: a user title may be referenced by history in SafetyAmp.
+"""
+
+from __future__ import annotations
+
+from sync.base import BaseSync, Desired, Rejected, fingerprint
+from sync.ports import Row
+from utils.data_validator import InvalidValue, clean_text
+
+
+def title_key(name: object) -> str | None:
+    if name is None:
+        return None
+    text = " ".join(str(name).split())
+    return text.casefold() or None
+
+
+def is_active_employee(row: Row) -> bool:
+    """Vista's 'active' rule used across syncs: ActiveYN = 'Y' and not terminated,
+    or rehired after the last termination (RecentRehireDate on or after TermDate)."""
+    if str(row.get("ActiveYN") or "").strip().upper() != "Y":
+        return False
+    term = row.get("TermDate")
+    if term is None:
+        return True
+    rehire = row.get("RecentRehireDate")
+    return rehire is not None and rehire >= term
+
+
+class TitleSync(BaseSync):
+    name = "titles"
+    collection = "user_titles"
+    key_field = "name"
+    compare_fields = ()  # matched without case; a spelling difference is not worth a write
+
+    def key_of(self, row: Row) -> str | None:
+        return title_key(row.get("name"))
+
+    def load(self) -> Desired:
+        rows = self.ctx.source("employees", self.viewpoint.employees)
+        out = Desired(source_count=len(rows))
+        for row in rows:
+            if not is_active_employee(row):
+                continue
+            raw = row.get("Title")
+            key = title_key(raw)
+            if key is None or key in out.records:
+                continue
+            try:
+                name = clean_text(" ".join(str(raw).split()), 100)
+            except InvalidValue as exc:
+                out.rejected.append(Rejected(key, f"title: {exc.reason}", ("Title",)))
+                continue
+            out.records[key] = {"name": name}
+            out.fingerprints[key] = fingerprint(name)
+        return out

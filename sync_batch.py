@@ -1,0 +1,373 @@
+#!/usr/bin/env python
+"""Run every enabled sync once and exit: for Kubernetes CronJobs and operators.
+
+    python sync_batch.py [--sandbox [--sandbox-dir DIR] [--sandbox-size N]]
+                         [--only a,b] [--dry-run] [--json]
+    python sync_batch.py [--sandbox ...] failed list [--sync S]
+    python sync_batch.py [--sandbox ...] failed retry [--sync S] [--key K]
+    python sync_batch.py [--sandbox ...] diagnose SYNC KEY
+
+Exit codes: 0 success or partial (failed records were recorded), 1 a sync failed as a
+whole, 2 configuration error, 0 with status "skipped" when another runner holds the
+lock. With --json the last line of stdout is the run summary; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from config.settings import ALL_SYNCS, DEPENDENCIES, Settings, load_settings
+from utils.errors import ConfigurationError
+
+log = logging.getLogger("sync_batch")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+REQUEST_SHAPE: dict[str, tuple[str, ...]] = {
+    "safetyamp": ("GET", "POST", "PATCH", "PUT", "DELETE"),
+    "samsara": ("GET",),
+    "graph": ("GET", "POST"),
+    "oneroster": (),
+    "scim": (),
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="sync_batch.py", description="Run every enabled sync once and exit.")
+    p.add_argument("--sandbox", action="store_true", help="run against the built-in sandbox (no credentials needed)")
+    p.add_argument("--sandbox-dir", default="output/sandbox", help="sandbox state folder (created and seeded if missing)")
+    p.add_argument("--sandbox-size", type=int, default=200, help="employees in a newly seeded sandbox (default 200)")
+    p.add_argument("--only", default=None, help="comma list of syncs to run (dependencies are not added)")
+    p.add_argument("--dry-run", action="store_true", help="plan only: print and write the plan, send no write")
+    p.add_argument("--json", action="store_true", help="print one JSON summary as the last line of stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    p.add_argument("--full", action="store_true", help="rosters: read OneRoster completely instead of a delta")
+    args = p.parse_args(argv)
+    if args.sandbox_size < 1:
+        p.error("--sandbox-size must be at least 1")
+    return args
+
+
+def sandbox_overrides(endpoints: dict[str, Any], sandbox_dir: Path, environ: dict[str, str]) -> dict[str, str]:
+    """Settings that point every adapter at the sandbox. Connection settings are forced
+    (a real SAFETYAMP_URL in the environment must never be hit by a sandbox run);
+    tuning settings get fast defaults that the environment may still override."""
+    sa, sam, gr, vp = endpoints["safetyamp"], endpoints["samsara"], endpoints["graph"], endpoints["viewpoint"]
+    forced = {
+        "SAFETYAMP_URL": sa["url"],
+        "SAFETYAMP_TOKEN": sa["token"],
+        "SAFETYAMP_FQDN": sa["fqdn"],
+        "SAMSARA_URL": sam["url"],
+        "SAMSARA_API_KEY": sam["api_key"],
+        "MS_GRAPH_AUTHORITY_URL": gr["authority_url"],
+        "MS_GRAPH_URL": gr["graph_url"],
+        "MS_GRAPH_TENANT_ID": gr["tenant_id"],
+        "MS_GRAPH_CLIENT_ID": gr["client_id"],
+        "MS_GRAPH_CLIENT_SECRET": gr["client_secret"],
+        "MS_GRAPH_CA_BUNDLE": gr["ca_bundle"],
+        "VIEWPOINT_DB_URL": vp["url"],
+    }
+    # rosters (issue 4): the OneRoster emulator and scim2-server, when the sandbox has them
+    has_rosters = "oneroster" in endpoints and "scim" in endpoints
+    if has_rosters:
+        ors, sc = endpoints["oneroster"], endpoints["scim"]
+        forced.update({
+            "ONEROSTER_URL": ors["url"],
+            "ONEROSTER_CLIENT_ID": ors["client_id"],
+            "ONEROSTER_CLIENT_SECRET": ors["client_secret"],
+            "ONEROSTER_TOKEN_URL": ors["token_url"],
+            "SCIM_URL": sc["url"],
+            "SCIM_TOKEN": sc["token"],
+        })  # fmt: skip
+    digest = hashlib.sha256(str(sandbox_dir.resolve()).encode()).hexdigest()[:10]
+    from sandbox.safetyamp import MAX_LIMIT as SAFETYAMP_MAX_LIMIT
+
+    defaults = {
+        "SYNC_TYPES": ",".join(s for s in ALL_SYNCS if has_rosters or s != "rosters"),
+        # The emulator's documented cap (docs/emulated-apis.md): short pages end a read at once.
+        "SAFETYAMP_MAX_PAGE_SIZE": str(SAFETYAMP_MAX_LIMIT),
+        "SAFETYAMP_RATE_LIMIT_PER_MINUTE": "60000",
+        "SAFETYAMP_MAX_CONCURRENCY": "8",
+        "SAMSARA_RATE_LIMIT_PER_SECOND": "1000",
+        "REDIS_PREFIX": f"sandbox-{digest}:",
+        "HTTP_MAX_RETRY_SECONDS": "30",
+        # Without Redis the sandbox still works: file locks exclude runs on this machine.
+        "LOCK_REQUIRED": "false",
+    }
+    if has_rosters:
+        defaults.update({
+            "ONEROSTER_VERSION": endpoints["oneroster"].get("version", "1.2"),
+            "ONEROSTER_AUTH": "oauth2",
+            "ONEROSTER_RATE_LIMIT_PER_SECOND": "1000",
+            "SCIM_RATE_LIMIT_PER_SECOND": "1000",
+            "SCIM_MAX_CONCURRENCY": "8",
+        })  # fmt: skip
+    out = {k: v for k, v in defaults.items() if k not in environ}
+    out.update(forced)
+    return out
+
+
+def choose_syncs(settings: Settings, only: str | None) -> tuple[tuple[str, ...], list[str]]:
+    """The syncs to run, in run order, and warnings about dependencies left out."""
+    if only is None:
+        return settings.enabled_syncs(), []
+    wanted = [s.strip().lower() for s in only.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in ALL_SYNCS]
+    if unknown or not wanted:
+        raise ConfigurationError(f"--only: unknown sync(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(ALL_SYNCS)}")
+    chosen = tuple(s for s in ALL_SYNCS if s in wanted)
+    notes = []
+    for s in chosen:
+        missing = [d for d in DEPENDENCIES[s] if d not in chosen]
+        if missing:
+            notes.append(f"--only {s}: not running {', '.join(missing)} it depends on; it will use what SafetyAmp already holds")
+    return chosen, notes
+
+
+def request_summary(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for service, shape in REQUEST_SHAPE.items():
+        out[service] = dict.fromkeys(shape, 0)
+    for service, sent in counts.items():
+        out.setdefault(service, {})
+        for method, n in sent.items():
+            out[service][method] = out[service].get(method, 0) + n
+    return out
+
+
+class Progress:
+    """tqdm bars on a terminal, nothing otherwise (CronJob logs stay clean)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bars: dict[str, Any] = {}
+
+    def __call__(self, sync: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self._bars.get(sync)
+        if bar is None:
+            bar = self._bars[sync] = tqdm(total=total, desc=f"{sync:<12}", unit="write", file=sys.stderr, leave=True)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+
+def print_plan(results: list[Any], out: Any) -> None:
+    for r in results:
+        print(f"== {r.sync}: {len(r.plan)} write(s) planned", file=out)
+        for step in r.plan:
+            changes = ", ".join(f"{f}: {c['before']!r} -> {c['after']!r}" for f, c in step["changes"].items())
+            print(f"  {step['action']:<10} {step['key']}  {changes}", file=out)
+
+
+OPERATOR_COMMANDS = ("failed", "diagnose")
+
+
+def parse_operator_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="sync_batch.py", description="Operator commands.")
+    p.add_argument("--sandbox", action="store_true", help="use the built-in sandbox")
+    p.add_argument("--sandbox-dir", default="output/sandbox")
+    p.add_argument("--sandbox-size", type=int, default=200)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    # The global options are accepted after the command too ("failed list --json").
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--sandbox", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument("--sandbox-dir", default=argparse.SUPPRESS)
+    common.add_argument("--sandbox-size", type=int, default=argparse.SUPPRESS)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True)
+    failed = sub.add_parser("failed", help="records the failed-record tracker holds", parents=[common])
+    fsub = failed.add_subparsers(dest="action", required=True)
+    flist = fsub.add_parser("list", help="list tracked failures", parents=[common])
+    flist.add_argument("--sync", default=None)
+    fretry = fsub.add_parser("retry", help="make tracked records due at the next run", parents=[common])
+    fretry.add_argument("--sync", default=None)
+    fretry.add_argument("--key", default=None)
+    diag = sub.add_parser("diagnose", help="why a record is (not) in sync, and what to do", parents=[common])
+    diag.add_argument("sync")
+    diag.add_argument("key")
+    # Global options are accepted before or after the command.
+    head = [a for a in argv if a not in OPERATOR_COMMANDS]
+    args, rest = p.parse_known_args(argv)
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)} (from {' '.join(head)})")
+    return args
+
+
+def operator_main(argv: list[str], environ: dict[str, str]) -> int:
+    args = parse_operator_args(argv)
+    from utils.logger import configure_logging
+
+    configure_logging(environ.get("LOG_LEVEL", "WARNING"), environ.get("LOG_FORMAT", "text"))
+    with ExitStack() as stack:
+        overrides: dict[str, str] = {}
+        if args.sandbox:
+            from sandbox.server import start_sandbox
+
+            sb = stack.enter_context(start_sandbox(Path(args.sandbox_dir), size=args.sandbox_size))
+            overrides = sandbox_overrides(sb.endpoints, Path(args.sandbox_dir), environ)
+        try:
+            settings = load_settings(environ, overrides=overrides)
+            if args.command == "diagnose":
+                settings.check((args.sync,))
+        except ConfigurationError as exc:
+            for problem in exc.problems:
+                print(f"configuration error: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
+        configure_logging(settings.log_level if "LOG_LEVEL" in environ else "WARNING", "text", secrets=settings.secret_values())
+        from config.bootstrap import build_runtime
+
+        syncs = (args.sync,) if args.command == "diagnose" else ()
+        rt = build_runtime(settings, syncs)
+        try:
+            if args.command == "failed":
+                return _failed(rt, args)
+            return _diagnose(rt, args)
+        finally:
+            rt.close()
+
+
+def _failed(rt: Any, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        rows = rt.tracker.list(args.sync)
+        if args.json:
+            print(json.dumps(rows, default=str))
+        elif not rows:
+            print("no failed records tracked" + (f" for {args.sync}" if args.sync else ""))
+        else:
+            print(f"{'sync':<12} {'key':<14} {'status':<12} {'attempts':>8}  {'next retry':<26} reason")
+            for r in rows:
+                print(
+                    f"{r['sync']:<12} {r['key']:<14} {r.get('status', ''):<12} {r.get('attempts', 0):>8}  "
+                    f"{r.get('next_retry') or '-':<26} {r.get('reason', '')}"
+                )
+        return EXIT_OK
+    n = rt.tracker.retry(args.sync, args.key)
+    msg = {"released": n}
+    print(json.dumps(msg) if args.json else f"{n} record(s) will be retried at the next run")
+    return EXIT_OK
+
+
+def _diagnose(rt: Any, args: argparse.Namespace) -> int:
+    from sync.diagnose import diagnose, format_report
+
+    try:
+        report = diagnose(rt, args.sync, args.key)
+    except ConfigurationError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(json.dumps(report, default=str) if args.json else format_report(report))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = dict(os.environ if environ is None else environ)
+    if any(a in OPERATOR_COMMANDS for a in argv):
+        return operator_main(argv, environ)
+    args = parse_args(argv)
+    from utils.logger import configure_logging
+
+    configure_logging(environ.get("LOG_LEVEL", "INFO"), environ.get("LOG_FORMAT", "text" if sys.stderr.isatty() else "json"))
+    with ExitStack() as stack:
+        overrides: dict[str, str] = {}
+        if args.sandbox:
+            from sandbox.server import start_sandbox
+
+            sandbox_dir = Path(args.sandbox_dir)
+            log.info("starting sandbox in %s", sandbox_dir)
+            sb = stack.enter_context(start_sandbox(sandbox_dir, size=args.sandbox_size))
+            overrides = sandbox_overrides(sb.endpoints, sandbox_dir, environ)
+        try:
+            settings = load_settings(environ, overrides=overrides)
+            syncs, notes = choose_syncs(settings, args.only)
+            settings.check(syncs)
+        except ConfigurationError as exc:
+            print("configuration error:", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  - {problem}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"status": "failed", "error": "configuration", "problems": exc.problems}))
+            return EXIT_CONFIG
+        # JSON lines for machines (CronJob logs); plain text when a person watches a terminal.
+        log_format = settings.log_format if "LOG_FORMAT" in environ else ("text" if sys.stderr.isatty() else "json")
+        configure_logging(settings.log_level, log_format, secrets=settings.secret_values())
+        for note in notes:
+            log.warning(note)
+        return run_once(settings, syncs, args)
+
+
+def push_metrics(url: str, registry: Any, job: str = "safetyamp_sync_batch") -> bool:
+    """Push-add (POST) so a failed run does not erase the last success recorded by an
+    earlier run (prometheus.io "When to use the Pushgateway"). A push failure is logged,
+    not fatal: the sync itself already happened."""
+    from prometheus_client import pushadd_to_gateway
+
+    try:
+        pushadd_to_gateway(url, job=job, registry=registry, timeout=10)
+        return True
+    except Exception as exc:
+        log.warning("could not push metrics to the Pushgateway: %s", type(exc).__name__)
+        return False
+
+
+def run_once(settings: Settings, syncs: tuple[str, ...], args: argparse.Namespace) -> int:
+    from config.bootstrap import build_runtime, new_context, new_run_id
+    from sync.runner import overall_status, run_syncs
+
+    try:
+        rt = build_runtime(settings, syncs)
+    except ConfigurationError as exc:
+        for problem in exc.problems:
+            print(f"configuration error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        run_id = new_run_id()
+        progress = Progress(sys.stderr.isatty() and not args.no_progress)
+        ctx = new_context(
+            rt, run_id=run_id, dry_run=args.dry_run, progress=progress, full=getattr(args, "full", False), manual=True
+        )
+        results = run_syncs(ctx, syncs)
+    finally:
+        rt.close()
+    status = overall_status(results)
+    if settings.pushgateway_url and not args.dry_run:
+        push_metrics(settings.pushgateway_url, rt.metrics.registry)
+    summary = {
+        "status": status,
+        "dry_run": bool(args.dry_run),
+        "run_id": run_id,
+        "runs": [r.summary() for r in results],
+        "requests": request_summary(rt.stats.counts()),
+        "breakers": {name: b.state for name, b in rt.breakers.items()},
+    }
+    out = sys.stdout
+    if args.dry_run:
+        print_plan(results, sys.stderr if args.json else out)
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print(f"run {run_id}: {status}", file=out)
+        runs: list[dict[str, Any]] = summary["runs"]  # type: ignore[assignment]
+        for r in runs:
+            counts = " ".join(f"{k}={r[k]}" for k in ("created", "updated", "deactivated", "unchanged", "skipped", "failed"))
+            extra = f"  ({r['error']})" if r.get("error") else ""
+            print(f"  {r['sync']:<12} {r['status']:<8} {counts}  {r['duration_seconds']:.1f}s{extra}", file=out)
+        print(f"  output: {settings.output_dir}/changes, {settings.output_dir}/errors", file=out)
+    return EXIT_FAILED if status == "failed" else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The bad-input corpus (tests/data/bad_source_rows.json) through the whole product.
+
+The corpus's rows are inserted with plain SQL into a sandbox's viewpoint.sqlite, next to
+the sandbox's own employees. bPREH, bPRDP and bJCJM are first rebuilt without their
+primary keys and NOT NULL constraints: the product must survive what a view, a linked
+server or a careless migration can return, not only what Vista's DDL allows.
+
+Asserted for every row: its expected outcome (tests/data/build_corpus.py explains the
+kinds) and *exactly one* error record with the expected reason when it is bad; nothing
+bad reached SafetyAmp (no refused key, no control character, no oversized value in any
+record); the valid rows end exactly as in a sandbox without the corpus; the process
+never crashed (exit 0, no "internal error"); the source tables are intact; and a
+second run is steady: no write, and no sync quarantined because of known-bad rows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import unicodedata
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import BatchRunner, writes
+from tests.e2e.test_faults_oracle import _raw, clean_state, duplicates, log_lines, state_diff, target_state
+
+pytestmark = pytest.mark.e2e
+
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_source_rows.json"
+SIZE = 40
+SYNCS = "departments,jobs,titles,employees"
+FIRST_CORPUS_EMP = 7000
+
+
+def relax(conn: sqlite3.Connection, table: str) -> None:
+    """Rebuild ``table`` with the same columns and types, without keys or NOT NULL."""
+    ddl = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()[0]
+    loose = re.sub(r",\s*PRIMARY KEY\s*\([^)]*\)", "", ddl.replace("NOT NULL", ""))
+    loose = loose.replace(f'CREATE TABLE "{table}"', f'CREATE TABLE "{table}_loose"', 1)
+    conn.execute(loose)
+    conn.execute(f'INSERT INTO "{table}_loose" SELECT * FROM "{table}"')
+    conn.execute(f'DROP TABLE "{table}"')
+    conn.execute(f'ALTER TABLE "{table}_loose" RENAME TO "{table}"')
+
+
+def insert_corpus(sandbox: Path, corpus: list[dict[str, Any]]) -> dict[str, int]:
+    conn = sqlite3.connect(sandbox / "viewpoint.sqlite")
+    try:
+        with conn:
+            for table in ("bPREH", "bPRDP", "bJCJM"):
+                relax(conn, table)
+            open_job = conn.execute(
+                'SELECT "Job" FROM "bJCJM" WHERE "JCCo" = 1 AND "JobStatus" = 1 ORDER BY "Job" LIMIT 1'
+            ).fetchone()[0]
+            for entry in corpus:
+                row = {k: (open_job if v == "{OPEN_JOB}" else v) for k, v in entry["row"].items()}
+                cols = ", ".join(f'"{c}"' for c in row)
+                conn.execute(f'INSERT INTO "{entry["table"]}" ({cols}) VALUES ({", ".join("?" * len(row))})', list(row.values()))
+        return {t: conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] for t in ("bPREH", "bPRDP", "bJCJM")}
+    finally:
+        conn.close()
+
+
+def latest_errors(output: Path, sync: str) -> list[dict[str, Any]]:
+    files = sorted((output / "errors").glob(f"{sync}-*.json"))
+    return json.loads(files[-1].read_text())["errors"] if files else []
+
+
+def title_key(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
+def bad_text(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    return len(value) > 255 or any(
+        unicodedata.category(ch) == "Cc" or ch in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069" for ch in value
+    )
+
+
+def test_every_bad_row_gets_one_error_record_and_nothing_bad_is_sent(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from sandbox.seed import ensure_seeded
+
+    corpus = json.loads(CORPUS.read_text())
+    assert len(corpus) >= 200
+    want_clean = dict(clean_state(tmp_path_factory, SIZE))
+    batch = BatchRunner(tmp_path, size=SIZE)
+    ensure_seeded(batch.dir, size=SIZE, seed=7)
+    counts_before = insert_corpus(batch.dir, corpus)
+
+    first = batch.run(SYNC_TYPES=SYNCS)
+    logs = log_lines(first["_stderr"])
+    assert first["_exit"] == 0 and first["status"] == "partial", first
+    assert not [x for x in logs if "internal error" in x.get("message", "") or "crashed" in x.get("message", "")]
+    errors = {sync: latest_errors(batch.output, sync) for sync in ("departments", "jobs", "titles", "employees")}
+    by_key = {sync: Counter(str(e["key"]) for e in entries) for sync, entries in errors.items()}
+    users = target_state(batch.dir)["users"]
+    problems: list[str] = []
+
+    def one_error(sync: str, key: str, kind: str, reason: str, entry_id: str) -> None:
+        mine = [e for e in errors[sync] if str(e["key"]) == key]
+        if len(mine) != 1 or mine[0]["kind"] != kind or reason not in mine[0]["reason"]:
+            problems.append(
+                f"{entry_id}: want one {kind} error with {reason!r} for {sync} key {key!r}, got {[(e['kind'], e['reason'][:80]) for e in mine]}"
+            )
+
+    blanks = Counter()
+    for entry in corpus:
+        row, expect, eid = entry["row"], entry["expect"], entry["id"]
+        if entry["table"] != "bPREH":
+            sync, column = ("departments", "PRDept") if entry["table"] == "bPRDP" else ("jobs", "Job")
+            key = (row[column] or "").strip()
+            if not key:
+                blanks[sync] += 1
+            else:
+                one_error(sync, key, "rejected", entry["reason"], eid)
+            continue
+        if row["Employee"] is None:
+            blanks["employees"] += 1
+            continue
+        key = str(row["Employee"])
+        if expect in ("rejected", "duplicate"):
+            one_error("employees", key, "rejected", entry["reason"], eid)
+            if key in users:
+                problems.append(f"{eid}: refused employee {key} reached SafetyAmp")
+        elif expect == "dropped":
+            one_error("employees", key, "field_dropped", entry["reason"], eid)
+        if expect in ("synced", "dropped", "title_rejected"):
+            if by_key["employees"][key] and expect != "dropped":
+                problems.append(
+                    f"{eid}: valid row {key} got error records {[e['reason'][:60] for e in errors['employees'] if str(e['key']) == key]}"
+                )
+            user = users.get(key)
+            if user is None:
+                problems.append(f"{eid}: employee {key} was not created")
+            else:
+                for field, value in entry["want"].items():
+                    if user.get(field) != value:
+                        problems.append(f"{eid}: {key}.{field} = {user.get(field)!r}, want {value!r}")
+        if expect == "title_rejected":
+            tkey = title_key(row["udEmpTitle"])
+            if sum(1 for e in errors["titles"] if e["key"] == tkey and e["reason"].startswith("title:")) != 1:
+                problems.append(f"{eid}: no single titles error for {tkey[:20]!r}")
+    for sync, n in blanks.items():
+        got = by_key[sync]["(blank)"]
+        if got != n:
+            problems.append(f"{sync}: {n} rows without a key, {got} '(blank)' error records")
+    assert problems == [], "\n".join(problems[:40])
+
+    # Nothing bad sent: no refused value anywhere in SafetyAmp.
+    for collection, rows in _raw(batch.dir).items():
+        for record in rows:
+            assert not any(bad_text(v) for v in record.values()), (collection, record)
+    assert duplicates(batch.dir) == {}
+    # Valid rows unaffected: the sandbox's own records are exactly as without the corpus.
+    got = target_state(batch.dir)
+    got["users"] = {k: v for k, v in got["users"].items() if not k.isdigit() or int(k) < FIRST_CORPUS_EMP}
+    got.pop("assets"), want_clean.pop("assets")  # vehicles are not part of this run
+    assert state_diff(got, want_clean) == []
+    # The source is intact (the SQL metacharacters stayed data).
+    conn = sqlite3.connect(batch.dir / "viewpoint.sqlite")
+    try:
+        assert {t: conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] for t in counts_before} == counts_before
+    finally:
+        conn.close()
+
+    second = batch.run(SYNC_TYPES=SYNCS)
+    assert second["_exit"] == 0 and writes(second) == 0, second["requests"]
+    quarantined = [x["message"] for x in log_lines(second["_stderr"]) if "quarantined" in x.get("message", "")]
+    assert quarantined == [], quarantined
+    n_bad = sum(1 for e in corpus if e["expect"] != "synced")
+    print(f"\ncorpus: {len(corpus)} rows ({n_bad} bad); error records run 1: "
+          f"{ {s: len(e) for s, e in errors.items()} }; employees created from corpus: "
+          f"{sum(1 for k in users if k.isdigit() and int(k) >= FIRST_CORPUS_EMP)}")  # fmt: skip

@@ -1,0 +1,228 @@
+"""sync.sync_rosters with in-memory fakes: the pure helpers, the guard, enrollment gaps,
+delta semantics and the cursor. (The real SCIM server: tests/integration/test_scim_api.py.)"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config.settings import load_settings
+from services.event_manager import EventManager
+from sync.base import SyncContext
+from sync.roster_model import RosterClass, RosterEnrollment, RosterSnapshot, RosterUser
+from sync.sync_rosters import RosterSync, member_ops, plan_members, scim_user_flat, user_in_scope, user_ops
+from utils.failed_sync_tracker import InMemoryTracker
+from utils.metrics import Metrics
+
+pytestmark = pytest.mark.unit
+NOW = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
+
+
+class FakeScim:
+    """Just enough of a SCIM provider: replace on simple paths, add/remove members."""
+
+    etags = False
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, dict[str, Any]]] = {"Users": {}, "Groups": {}}
+        self.ids = itertools.count(1)
+        self.writes: list[tuple[str, str, str]] = []
+
+    def list(self, resource: str) -> list[dict[str, Any]]:
+        return copy.deepcopy(list(self.data[resource].values()))
+
+    def get(self, resource: str, rid: str) -> dict[str, Any]:
+        return copy.deepcopy(self.data[resource][rid])
+
+    def find(self, resource: str, attribute: str, value: str) -> dict[str, Any] | None:
+        return next((copy.deepcopy(r) for r in self.data[resource].values() if r.get(attribute) == value), None)
+
+    def create(self, resource: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        rid = f"id{next(self.ids)}"
+        self.data[resource][rid] = {**copy.deepcopy(dict(payload)), "id": rid}
+        self.writes.append(("POST", resource, rid))
+        return copy.deepcopy(self.data[resource][rid])
+
+    def patch(self, resource: str, rid: str, ops: Sequence[Mapping[str, Any]], etag: str | None = None) -> None:
+        row = self.data[resource][rid]
+        for op in ops:
+            path = op["path"]
+            if op["op"] == "add" and path == "members":
+                have = {m["value"] for m in row.setdefault("members", [])}
+                row["members"] += [m for m in op["value"] if m["value"] not in have]
+            elif op["op"] == "remove":
+                value = re.match(r'members\[value eq "(.*)"\]', path).group(1)  # type: ignore[union-attr]
+                row["members"] = [m for m in row.get("members", []) if m["value"] != value]
+            elif "." in path:
+                outer, inner = path.split(".")
+                row.setdefault(outer, {})[inner] = op["value"]
+            else:
+                row[path] = op["value"]
+        self.writes.append(("PATCH", resource, rid))
+
+    def delete(self, resource: str, rid: str, etag: str | None = None) -> None:
+        del self.data[resource][rid]
+        self.writes.append(("DELETE", resource, rid))
+
+    def by_ext(self, resource: str) -> dict[str, dict[str, Any]]:
+        return {r["externalId"]: r for r in self.data[resource].values()}
+
+    def members(self, class_id: str) -> set[str]:
+        ext = {rid: r["externalId"] for rid, r in self.data["Users"].items()}
+        return {ext[m["value"]] for m in self.by_ext("Groups")[class_id].get("members", [])}
+
+
+class Source:
+    supports_delta = True
+
+    def __init__(self, snap: RosterSnapshot) -> None:
+        self.snap = snap
+        self.since: list[Any] = []
+
+    def read(self, since: Any, schools: Any) -> RosterSnapshot:
+        self.since.append(since)
+        return self.snap
+
+
+class Cursor:
+    def __init__(self, state: dict[str, str] | None = None) -> None:
+        self.state = state
+
+    def load(self) -> dict[str, str] | None:
+        return self.state
+
+    def save(self, state: Mapping[str, str]) -> None:
+        self.state = dict(state)
+
+
+def u(sid: str, role: str = "student", status: str = "active", school: str = "s1", roles: Any = ...) -> RosterUser:
+    return RosterUser(sid, status=status, username=sid, given_name="A", family_name="B", email=f"{sid}@x.org",
+                      roles=((role, school),) if roles is ... else roles, primary_role=role)  # fmt: skip
+
+
+def e(user: str, cls: str, status: str = "active", school: str = "s1") -> RosterEnrollment:
+    return RosterEnrollment(f"{user}@{cls}", status=status, user=user, class_id=cls, school=school, role="student")
+
+
+def snap(users: list[RosterUser], classes: list[RosterClass], enrollments: list[RosterEnrollment], full: bool = True) -> RosterSnapshot:
+    return RosterSnapshot(
+        users={x.sourced_id: x for x in users}, classes={x.sourced_id: x for x in classes},
+        enrollments={x.sourced_id: x for x in enrollments}, users_full=full, classes_full=full, enrollments_full=full,
+    )  # fmt: skip
+
+
+def ctx_for(tmp_path: Path, source: Source, scim: FakeScim, cursor: Cursor | None = None, **env: str) -> SyncContext:
+    settings = load_settings({"OUTPUT_DIR": str(tmp_path), "DEACTIVATION_GUARD_PERCENT": "50", **env}, dotenv_path=None)
+    return SyncContext(settings=settings, targets=None, tracker=InMemoryTracker(), events=EventManager(tmp_path, "r"),
+                       metrics=Metrics(), today=date(2026, 11, 22), oneroster=source, scim=scim, roster_cursor=cursor)  # fmt: skip
+
+
+def test_pure_helpers() -> None:
+    assert plan_members({"a", "b"}, {"b", "c", "x"}, ours={"a", "b", "c"}) == ({"a"}, {"c"})  # x is not ours: stays
+    assert plan_members(None, {"a"}, ours={"a"}, add={"b"}, remove={"a"}) == ({"b"}, {"a"})
+    assert plan_members({"b"}, {"a", "b"}, ours={"a", "b"}, keep={"a"}) == (set(), set())
+    assert member_ops({"2", "1"}, {'q"x'}) == [
+        {"op": "add", "path": "members", "value": [{"value": "1"}, {"value": "2"}]},
+        {"op": "remove", "path": 'members[value eq "q\\"x"]'},
+    ]
+    assert user_ops({"givenName": "Al", "email": "a@x", "role": "teacher"}) == [
+        {"op": "replace", "path": "emails", "value": [{"value": "a@x", "type": "work", "primary": True}]},
+        {"op": "replace", "path": "name.givenName", "value": "Al"},
+        {"op": "replace", "path": "title", "value": "teacher"},
+    ]
+    row = {"userName": "a", "name": {"givenName": "A"}, "emails": [{"value": "o@x"}, {"value": "p@x", "primary": True}], "roles": [{"value": "student"}]}
+    assert scim_user_flat(row, "roles")["email"] == "p@x" and scim_user_flat(row, "roles")["role"] == "student"
+    assert user_in_scope(u("a", school="s2"), ["student"], ["s1"]) == (False, "not in a configured school")
+    assert user_in_scope(u("a", role="guardian"), ["student"], [])[0] is False
+    assert user_in_scope(u("a", roles=None), ["student"], [])[0] is None
+
+
+def test_guard_holds_mass_deactivation_and_their_memberships(tmp_path: Path) -> None:
+    users = [u(f"u{i}") for i in range(8)]
+    source = Source(snap(users, [RosterClass("c1", school="s1")], [e(x.sourced_id, "c1") for x in users]))
+    scim = FakeScim()
+    ctx = ctx_for(tmp_path, source, scim)
+    assert RosterSync(ctx).run().status == "success"
+    source.snap = snap(users[:2], [RosterClass("c1", school="s1")], [e("u0", "c1"), e("u1", "c1")])  # 6 of 8 vanish
+    result = RosterSync(ctx).run()
+    assert result.status == "failed" and result.guard_tripped and "guard" in (result.error or "")
+    assert all(r["active"] for r in scim.by_ext("Users").values())
+    assert scim.members("c1") == {f"u{i}" for i in range(8)}  # held users keep their classes
+
+
+def test_empty_complete_read_deactivates_nothing(tmp_path: Path) -> None:
+    source = Source(snap([u("a"), u("b")], [], []))
+    scim = FakeScim()
+    ctx = ctx_for(tmp_path, source, scim, DEACTIVATION_GUARD_PERCENT="100")
+    RosterSync(ctx).run()
+    source.snap = snap([], [], [])
+    result = RosterSync(ctx).run()
+    assert result.guard_tripped and all(r["active"] for r in scim.by_ext("Users").values())
+
+
+def test_a_class_whose_enrollments_were_not_read_keeps_its_members(tmp_path: Path) -> None:
+    users = [u("a"), u("b", school="s2")]
+    classes = [RosterClass("c1", school="s1"), RosterClass("c2", school="s2")]
+    source = Source(snap(users, classes, [e("a", "c1"), e("b", "c2", school="s2")]))
+    scim = FakeScim()
+    ctx = ctx_for(tmp_path, source, scim)
+    RosterSync(ctx).run()
+    broken = snap(users, classes, [])
+    broken.enrollment_gaps = {"s2"}
+    source.snap = broken
+    result = RosterSync(ctx).run()
+    assert result.status == "partial"
+    assert scim.members("c2") == {"b"}  # unread: kept
+    assert scim.members("c1") == set()  # read, and empty: emptied
+
+
+def test_delta_uses_the_cursor_and_never_deactivates_by_absence(tmp_path: Path) -> None:
+    users = [u("a"), u("b"), u("w")]
+    source = Source(snap(users, [RosterClass("c1", school="s1")], [e("a", "c1"), e("w", "c1")]))
+    scim, cursor = FakeScim(), Cursor()
+    ctx = ctx_for(tmp_path, source, scim, cursor)
+    RosterSync(ctx, now=lambda: NOW).run()
+    assert cursor.state == {"cursor": "2026-11-22T08:00:00Z", "last_full": "2026-11-22T08:00:00Z"}
+    # an hour later: a delta where w withdraws and b joins c1; a is simply not in it
+    source.snap = snap([u("w", status="tobedeleted")], [], [e("w", "c1", status="tobedeleted"), e("b", "c1")], full=False)
+    later = NOW + timedelta(hours=1)
+    result = RosterSync(ctx, now=lambda: later).run()
+    assert source.since[-1] == NOW - timedelta(seconds=300)
+    assert (result.counts["updated"], result.counts["deactivated"]) == (1, 1)
+    got = scim.by_ext("Users")
+    assert got["a"]["active"] is True and got["w"]["active"] is False
+    assert scim.members("c1") == {"a", "b"}
+    assert cursor.state == {"cursor": "2026-11-22T09:00:00Z", "last_full": "2026-11-22T08:00:00Z"}
+    # a day after the last full read: full again
+    RosterSync(ctx, now=lambda: NOW + timedelta(hours=25)).run()
+    assert source.since[-1] is None
+
+
+def test_unknown_roles_neither_provision_nor_deprovision(tmp_path: Path) -> None:
+    source = Source(snap([u("a")], [], []))
+    scim = FakeScim()
+    ctx = ctx_for(tmp_path, source, scim)
+    RosterSync(ctx).run()
+    source.snap = snap([u("a", roles=None), u("new", roles=None)], [], [], full=False)
+    result = RosterSync(ctx).run()
+    assert scim.by_ext("Users")["a"]["active"] is True and "new" not in scim.by_ext("Users")
+    assert result.counts["failed"] == 1  # "new" rejected with a reason
+
+
+def test_dry_run_writes_nothing_and_plans_members_of_new_users(tmp_path: Path) -> None:
+    source = Source(snap([u("a")], [RosterClass("c1", title="Math", school="s1")], [e("a", "c1")]))
+    scim, cursor = FakeScim(), Cursor()
+    ctx = ctx_for(tmp_path, source, scim, cursor)
+    ctx.dry_run = True
+    result = RosterSync(ctx).run()
+    assert scim.writes == [] and cursor.state is None
+    assert result.counts["created"] == 2
+    group = next(p for p in result.plan if p["key"] == "class/c1")
+    assert group["changes"]["members_added"]["after"] == ["(new)a"]

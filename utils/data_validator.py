@@ -1,0 +1,504 @@
+"""Field-level validation and normalisation of source values before they reach a target.
+
+Pure functions: no I/O, no clock unless one is injected (``iso_date(today=...)``), no
+logging. Each ``normalize_*``/``clean_*`` function returns the value in the form the
+target wants (``None`` for blank), or raises :class:`InvalidValue` with a reason a
+human operator can act on ("phone '555-01' has 5 digits; ..."). The engine turns a
+rejection into a record-level error (``utils.errors.RecordError``), writes it to the
+errors file and the failed-record tracker, and goes on with the next record.
+
+Formats follow what SafetyAmp accepts (vendor-facts 1.2): phones in E.164
+``+1XXXXXXXXXX``, dates ``YYYY-MM-DD``, e-mails unique per account case-insensitively.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any, TypeVar
+
+from utils.errors import RecordError
+
+K = TypeVar("K")
+T = TypeVar("T")
+
+__all__ = [
+    "InvalidValue",
+    "Rejection",
+    "ValidationReport",
+    "clean_name",
+    "clean_text",
+    "find_duplicates",
+    "is_secret_field",
+    "iso_date",
+    "normalize_email",
+    "normalize_phone",
+]
+
+
+class InvalidValue(ValueError):
+    """A source value the target would reject. ``reason`` is for humans (errors file,
+    ``failed list``); ``field`` is filled in when the caller knows it."""
+
+    def __init__(self, reason: str, *, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field
+
+
+# --------------------------------------------------------------------------- phones
+#
+# Hand-written rather than the `phonenumbers` package: every number we sync is a US
+# (NANP) work/cell phone from Vista or Entra, the rules below are the whole of what
+# SafetyAmp needs (+1 and ten digits with valid area/exchange codes), and phonenumbers
+# would add ~50 MB of metadata to the image for countries we never see. International
+# numbers are accepted only when the source already wrote them in E.164.
+
+_EXTENSION = re.compile(r"\s*(?:[,;]|(?:ext|extn|extension|x|#)\.?)\s*\d{1,7}\s*$", re.IGNORECASE)
+_PHONE_ALLOWED = re.compile(r"^\+?[\d\s().\-/]+$")
+_NANP_REGIONS = frozenset({"US", "CA"})
+
+
+def normalize_phone(raw: str | int | None, default_region: str = "US") -> str | None:
+    """Return ``raw`` as E.164 (``+15045550101``), ``None`` when blank.
+
+    Accepts the shapes people type: ``(504) 555-0101``, ``504.555.0101``,
+    ``+1 504 555 0101``, ``5045550101``, ``1-504-555-0101``; drops an extension
+    (``x12``, ``ext. 12``) and keeps the number, since the target has no extension
+    field and a reachable main number beats none. Already-international numbers must be
+    written ``+<country><number>`` (8 to 15 digits, as E.164 allows).
+
+    Raises InvalidValue for anything else (too short or long, letters, NANP area or
+    exchange codes starting with 0 or 1 or of the N11 service form), because sending
+    them would earn a 422 or, worse, text the wrong person.
+    """
+    if default_region.upper() not in _NANP_REGIONS:
+        raise ValueError(f"default_region {default_region!r} is not supported; only US and CA (NANP)")
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        raise InvalidValue(f"phone {raw!r} is not text")
+    text = unicodedata.normalize("NFKC", str(raw)).strip()
+    if not text:
+        return None
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    number = _EXTENSION.sub("", text).strip()
+    if not _PHONE_ALLOWED.match(number) or number.count("+") > 1:
+        raise InvalidValue(f"phone {shown!r} contains characters other than digits and separators")
+    digits = re.sub(r"\D", "", number)
+    if number.startswith("+"):
+        if digits.startswith("1"):
+            if len(digits) != 11:
+                raise InvalidValue(f"phone {shown!r} has {len(digits)} digits after +; a +1 number needs 11")
+            return "+1" + _check_nanp(digits[1:], shown)
+        if digits.startswith("0"):
+            raise InvalidValue(f"phone {shown!r}: a country code cannot start with 0")
+        if not 8 <= len(digits) <= 15:
+            raise InvalidValue(f"phone {shown!r} has {len(digits)} digits; E.164 allows 8 to 15")
+        return "+" + digits
+    if len(digits) == 11 and digits.startswith("1"):
+        digits = digits[1:]
+    if len(digits) != 10:
+        raise InvalidValue(
+            f"phone {shown!r} has {len(digits)} digits; a US number needs 10 "
+            "(or 11 starting with 1, or +country code for international)"
+        )
+    return "+1" + _check_nanp(digits, shown)
+
+
+def _check_nanp(ten: str, shown: str) -> str:
+    area, exchange = ten[:3], ten[3:6]
+    if area[0] in "01":
+        raise InvalidValue(f"phone {shown!r}: area code {area} cannot start with {area[0]}")
+    if area[1:] == "11":
+        raise InvalidValue(f"phone {shown!r}: {area} is a service code, not an area code")
+    if exchange[0] in "01":
+        raise InvalidValue(f"phone {shown!r}: exchange {exchange} cannot start with {exchange[0]}")
+    if exchange[1:] == "11":
+        raise InvalidValue(f"phone {shown!r}: exchange {exchange} is a service code")
+    return ten
+
+
+# --------------------------------------------------------------------------- e-mail
+
+_LOCAL_ATOM = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+_DOMAIN_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_TLD = re.compile(r"^(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})$")
+
+
+def normalize_email(raw: str | None) -> str | None:
+    """Return the address trimmed and lower-cased, ``None`` when blank.
+
+    The whole address is lower-cased, not just the domain: SafetyAmp treats e-mails as
+    unique case-insensitively, Exchange/Entra mailboxes are case-insensitive, and one
+    canonical form is what makes change detection and duplicate detection stable.
+
+    Validation is a pragmatic subset of RFC 5322 (what a mailbox really looks like, not
+    what the grammar allows): one ``@``; dot-atom local part of at most 64 characters;
+    an ASCII domain with a dot, labels of letters/digits/hyphens and an alphabetic TLD;
+    at most 254 characters in all. Quoted local parts, IP-literal domains, display names
+    and lists (``a@x.com; b@x.com``) are rejected with a reason.
+    """
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise InvalidValue(f"email {raw!r} is not text")
+    text = raw.strip()
+    if not text:
+        return None
+    shown = text if len(text) <= 60 else text[:60] + "..."
+    if text.lower().startswith("mailto:"):
+        text = text[len("mailto:") :].strip()
+    if any(_is_control(ch) for ch in text):
+        raise InvalidValue(f"email {shown!r} contains control characters")
+    if any(ch.isspace() for ch in text):
+        raise InvalidValue(f"email {shown!r} contains spaces")
+    if text.count("@") != 1:
+        if text.count("@") == 0:
+            raise InvalidValue(f"email {shown!r} has no @")
+        raise InvalidValue(f"email {shown!r} has {text.count('@')} @ signs; only one address is allowed")
+    if not text.isascii():
+        raise InvalidValue(f"email {shown!r} contains non-ASCII characters")
+    email = text.lower()
+    if len(email) > 254:
+        raise InvalidValue(f"email is {len(email)} characters; the limit is 254")
+    local, domain = email.split("@")
+    if not local:
+        raise InvalidValue(f"email {shown!r} has nothing before the @")
+    if len(local) > 64:
+        raise InvalidValue(f"email {shown!r}: the part before @ is {len(local)} characters; the limit is 64")
+    if not _LOCAL_ATOM.match(local):
+        raise InvalidValue(f"email {shown!r}: the part before @ has invalid characters or dots")
+    if "." not in domain:
+        raise InvalidValue(f"email {shown!r}: domain {domain!r} has no dot")
+    labels = domain.split(".")
+    if not all(_DOMAIN_LABEL.match(label) for label in labels):
+        raise InvalidValue(f"email {shown!r}: domain {domain!r} is not a valid host name")
+    if not _TLD.match(labels[-1]):
+        raise InvalidValue(f"email {shown!r}: domain {domain!r} does not end in a valid top-level domain")
+    return email
+
+
+# --------------------------------------------------------------------------- text
+
+# Bidirectional embedding/override/isolate controls: invisible, and able to make a name
+# render as something else ("Trojan source"); never legitimate in a person's name.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _is_control(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Cc", "Cs") or ch in _BIDI_CONTROLS
+
+
+def _check_text(text: str, field: str, max_len: int, *, allow_newlines: bool) -> str:
+    for ch in text:
+        if allow_newlines and ch in "\t\n\r":
+            continue
+        if _is_control(ch):
+            raise InvalidValue(f"{field} contains a control character (U+{ord(ch):04X})", field=field)
+    if len(text) > max_len:
+        raise InvalidValue(f"{field} is {len(text)} characters; the limit is {max_len}", field=field)
+    return text
+
+
+def clean_name(raw: str | None, field: str, max_len: int = 100) -> str | None:
+    """Return a person's or thing's name NFC-normalised, trimmed, with runs of
+    whitespace (tabs, newlines, no-break spaces) collapsed to one space; ``None`` when
+    blank.
+
+    Letters of any script, apostrophes, hyphens and emoji are kept as they are: people's
+    names are not ours to correct. Control characters are rejected (they break CSV
+    exports and terminals downstream), and so is anything longer than ``max_len``
+    characters (code points, as the target counts), with a reason such as
+    "first_name is 143 characters; the limit is 100".
+    """
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise InvalidValue(f"{field} {raw!r} is not text", field=field)
+    # Control characters are checked before whitespace is collapsed, except the ones
+    # str.split() treats as whitespace (tab, newline, ...), which collapse to a space.
+    text = " ".join(unicodedata.normalize("NFC", raw).split())
+    if not text:
+        return None
+    return _check_text(text, field, max_len, allow_newlines=False)
+
+
+def clean_text(raw: str | None, max_len: int, field: str = "text") -> str | None:
+    """Return free text (a description, an address line) NFC-normalised and trimmed,
+    ``None`` when blank. Inner whitespace and line breaks are kept; other control
+    characters and anything longer than ``max_len`` are rejected."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise InvalidValue(f"{field} {raw!r} is not text", field=field)
+    text = unicodedata.normalize("NFC", raw).strip()
+    if not text:
+        return None
+    return _check_text(text, field, max_len, allow_newlines=True)
+
+
+# --------------------------------------------------------------------------- dates
+
+_US_DATE = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")
+PLACEHOLDER_BEFORE = date(1901, 1, 1)
+"""Dates before this are placeholders (SQL Server's default 1900-01-01), not facts."""
+
+
+def iso_date(
+    value: date | datetime | str | None,
+    *,
+    field: str = "date",
+    today: date | None = None,
+    min_date: date = PLACEHOLDER_BEFORE,
+) -> str | None:
+    """Return ``value`` as ``YYYY-MM-DD``; ``None`` when blank.
+
+    Accepts ``date``, ``datetime`` (its own calendar date, no time-zone shift: source
+    columns such as HireDate are calendar dates stored as midnight), ISO strings
+    (``2024-03-01``, ``2024-03-01 00:00:00.000``, ``2024-03-01T00:00:00Z``) and the US
+    ``M/D/YYYY`` form. Rejects dates more than a year after ``today`` (default: today in
+    UTC) as typos, and dates before ``min_date`` as placeholders.
+    """
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        day = value.date()
+    elif isinstance(value, date):
+        day = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        day = _parse_date(text, field)
+    else:
+        raise InvalidValue(f"{field} {value!r} is not a date", field=field)
+    if today is None:
+        today = datetime.now(UTC).date()
+    limit = _add_year(today)
+    if day > limit:
+        raise InvalidValue(f"{field} {day.isoformat()} is more than a year in the future", field=field)
+    if day < min_date:
+        raise InvalidValue(f"{field} {day.isoformat()} is before {min_date.isoformat()}: a placeholder, not a date", field=field)
+    return day.isoformat()
+
+
+def _parse_date(text: str, field: str) -> date:
+    us = _US_DATE.match(text)
+    try:
+        if us:
+            month, day, year = (int(g) for g in us.groups())
+            return date(year, month, day)
+        if len(text) == 10:
+            return date.fromisoformat(text)
+        return datetime.fromisoformat(text).date()
+    except ValueError:
+        raise InvalidValue(f"{field} {text[:40]!r} is not a date (expected YYYY-MM-DD)", field=field) from None
+
+
+def _add_year(day: date) -> date:
+    try:
+        return day.replace(year=day.year + 1)
+    except ValueError:  # 29 February
+        return day.replace(year=day.year + 1, day=28)
+
+
+# --------------------------------------------------------------------------- rejections
+
+_SECRET_SUBSTRINGS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "authorization",
+    "apikey",
+    "privatekey",
+    "credential",
+    "cookie",
+    "dateofbirth",
+    "birthdate",
+    "socialsecurity",
+)
+_SECRET_WORDS = frozenset({"ssn", "dob", "pwd", "sin", "tin"})
+_WORD_SPLIT = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
+
+
+@functools.lru_cache(maxsize=4096)  # pure; asked for every key of every logged entry
+def is_secret_field(name: str) -> bool:
+    """True for field names whose values must never be written to logs, error files or
+    Redis: credentials and the personal data we do not need to show (SSN, birth date).
+
+    Long markers match anywhere (``client_secret``, ``SAFETYAMP_TOKEN``,
+    ``BirthDate``); short ones only as a whole word, so ``ssn`` hides ``SSN`` and
+    ``employee_ssn`` but not ``business_name``.
+    """
+    squashed = re.sub(r"[^a-z0-9]", "", name.lower())
+    if any(marker in squashed for marker in _SECRET_SUBSTRINGS):
+        return True
+    words = {w.lower() for w in _WORD_SPLIT.split(name) if w}
+    return bool(words & _SECRET_WORDS)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One record the validator refused, ready for the errors file and the tracker.
+
+    ``source`` holds only the offending source values (never secret fields: see
+    :func:`is_secret_field`), so the operator sees what to fix in the system of record.
+    """
+
+    key: Any
+    reason: str
+    fields: tuple[str, ...] = ()
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(
+        cls,
+        key: Any,
+        reason: str,
+        fields: Iterable[str],
+        row: Mapping[str, Any] | None = None,
+        *,
+        source_fields: Mapping[str, str | Iterable[str]] | None = None,
+    ) -> Rejection:
+        """Build a rejection, copying the offending values out of ``row``.
+
+        ``source_fields`` maps a target field to the source column(s) it came from
+        (``{"email": "Email"}``) when they are named differently.
+        """
+        names = tuple(dict.fromkeys(fields))
+        source: dict[str, Any] = {}
+        if row is not None:
+            for name in names:
+                columns: Iterable[str] = (name,)
+                if source_fields and name in source_fields:
+                    mapped = source_fields[name]
+                    columns = (mapped,) if isinstance(mapped, str) else tuple(mapped)
+                for column in columns:
+                    if column in row and not is_secret_field(column) and not is_secret_field(name):
+                        source[column] = row[column]
+        return cls(key=key, reason=reason, fields=names, source=source)
+
+    def as_error(self, *, service: str | None = None) -> RecordError:
+        """The same rejection in the product's error taxonomy (record-level)."""
+        return RecordError(
+            self.reason,
+            service=service,
+            field_errors={name: [self.reason] for name in self.fields},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "reason": self.reason, "fields": list(self.fields), "source": dict(self.source)}
+
+
+class ValidationReport:
+    """Collects the outcome of validating many records in one pass.
+
+    ``check`` runs one normaliser and returns its value; on InvalidValue it records the
+    problem and returns None. A problem on a *required* field rejects the whole record
+    (``rejected(key)``, ``rejections()``); on an optional one the value is dropped and a
+    warning kept (``warnings``), because a user without a work phone is better than no
+    user. Not thread-safe: use one report per thread or per sync pass.
+    """
+
+    def __init__(self) -> None:
+        self._problems: dict[Any, list[tuple[tuple[str, ...], str, dict[str, Any]]]] = {}
+        self.warnings: list[Rejection] = []
+
+    def check(
+        self,
+        key: Any,
+        field: str,
+        fn: Callable[..., T],
+        raw: Any,
+        *args: Any,
+        required: bool = True,
+        source_column: str | None = None,
+        **kwargs: Any,
+    ) -> T | None:
+        """``fn(raw, *args, **kwargs)``, or None after recording why it failed.
+        ``required`` also rejects a blank value (the normaliser returned None).
+        ``source_column`` names the source column shown to the operator."""
+        column = source_column or field
+        shown = {} if is_secret_field(column) or is_secret_field(field) else {column: raw}
+        try:
+            value = fn(raw, *args, **kwargs)
+        except InvalidValue as exc:
+            if required:
+                self._problems.setdefault(key, []).append(((field,), exc.reason, shown))
+            else:
+                self.warnings.append(Rejection(key, f"{exc.reason} (value dropped)", (field,), shown))
+            return None
+        if value is None and required:
+            self._problems.setdefault(key, []).append(((field,), f"{field} is required", shown))
+        return value
+
+    def reject(self, key: Any, reason: str, fields: Iterable[str] = (), source: Mapping[str, Any] | None = None) -> None:
+        """Reject a record for a reason no single normaliser sees (e.g. a duplicate)."""
+        safe = {k: v for k, v in (source or {}).items() if not is_secret_field(k)}
+        self._problems.setdefault(key, []).append((tuple(fields), reason, safe))
+
+    def rejected(self, key: Any) -> bool:
+        return key in self._problems
+
+    def rejection(self, key: Any) -> Rejection | None:
+        """Every problem of one record merged: reasons joined with "; "."""
+        problems = self._problems.get(key)
+        if not problems:
+            return None
+        reasons = list(dict.fromkeys(reason for _, reason, _ in problems))
+        fields = tuple(dict.fromkeys(name for names, _, _ in problems for name in names))
+        source: dict[str, Any] = {}
+        for _, _, values in problems:
+            source.update(values)
+        return Rejection(key=key, reason="; ".join(reasons), fields=fields, source=source)
+
+    def rejections(self) -> list[Rejection]:
+        """One Rejection per rejected record, in the order they were first seen."""
+        return [r for r in (self.rejection(k) for k in self._problems) if r is not None]
+
+    def __len__(self) -> int:
+        return len(self._problems)
+
+
+def find_duplicates(
+    records: Mapping[K, Mapping[str, Any]] | Iterable[Mapping[str, Any]],
+    field: str,
+    *,
+    key: str | None = None,
+    normalize: Callable[[Any], Any] | None = None,
+) -> dict[Any, list[Any]]:
+    """Values of ``field`` shared by more than one record: ``{value: [key, ...]}``.
+
+    ``records`` is either ``{key: record}`` or a list of records with the key in
+    column ``key``. Strings are compared trimmed and case-insensitively (casefold), as
+    SafetyAmp compares e-mails; blanks are ignored. The returned value is the
+    normalised one; keys keep their input order. Used before planning so that two
+    employees sharing one e-mail are both reported instead of one winning at random and
+    the other failing with a 422.
+    """
+    norm = normalize or _casefold
+    if isinstance(records, Mapping):
+        pairs: Iterable[tuple[Any, Mapping[str, Any]]] = records.items()
+    else:
+        if key is None:
+            raise ValueError("find_duplicates needs key= when records is a list")
+        pairs = ((r.get(key), r) for r in records)
+    seen: dict[Any, list[Any]] = {}
+    for record_key, record in pairs:
+        value = norm(record.get(field))
+        if value is None or value == "":
+            continue
+        seen.setdefault(value, []).append(record_key)
+    return {value: keys for value, keys in seen.items() if len(keys) > 1}
+
+
+def _casefold(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.strip().casefold() or None
+    return value

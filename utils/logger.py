@@ -1,0 +1,417 @@
+"""Logging set-up: JSON lines for machines, one readable line for humans, never a secret.
+
+``configure_logging`` installs exactly one handler on the root logger (calling it again
+replaces it), so every library's records come out in the same format. A
+:class:`SecretScrubber` filter on that handler rewrites each record before any
+formatter sees it, and the formatters scrub their output once more (defence in depth:
+a record may reach them by another path, or a secret may hide in an object's ``str``).
+
+What is scrubbed, everywhere (message, ``%``-args, ``extra`` fields, exception and
+stack text):
+
+* every registered secret value (``configure_logging(secrets=...)`` with
+  ``Settings.secret_values()``, then :func:`add_secrets` for values learnt later, such
+  as an OAuth access token), plus its URL-encoded forms;
+* anything shaped like a credential: ``Bearer <token>``, ``Authorization: ...``,
+  ``X-Api-Key: ...``, ``password=...``/``token=...``/``client_secret=...`` pairs, quoted
+  ``"password": "..."`` pairs, and the password of a URL (``redis://:pw@host``).
+
+The :class:`Redactor` doing this is shared with the event manager (change and error
+files) and the failed-record tracker, so one registry protects every output.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import traceback
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime
+from typing import IO, Any, Literal
+from urllib.parse import quote, quote_plus
+
+from pythonjsonlogger.json import JsonFormatter
+
+from utils.data_validator import is_secret_field  # one definition of a secret field
+
+__all__ = [
+    "MASK",
+    "ContextAdapter",
+    "JsonLineFormatter",
+    "Redactor",
+    "SecretScrubber",
+    "TextLineFormatter",
+    "add_secrets",
+    "bind",
+    "configure_logging",
+    "default_redactor",
+    "scrub",
+]
+
+MASK = "***"
+MIN_SECRET_LENGTH = 4
+"""Registered values shorter than this are ignored: masking every "1" or "abc" in the
+logs would make them useless, and real credentials are far longer."""
+
+CONTEXT_FIELDS: tuple[str, ...] = ("run_id", "sync", "key", "event")
+"""Extras the product attaches to records (see :func:`bind`)."""
+
+_SENSITIVE_KEY = r"[\w.\-]*(?:password|passwd|secret|token|api[_\-]?key|credential|private[_\-]?key)[\w.\-]*|pwd|sig"
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # scheme://user:password@host -> scheme://user:***@host (redis://:pw@host too)
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/@'\"]*:)[^\s@/'\"]+@"), r"\1" + MASK + "@"),
+    # Authorization: Bearer abc / "authorization": "Basic xyz" / X-Api-Key: abc
+    (
+        re.compile(
+            r"(?i)\b((?:proxy-)?authorization|x-api-key|api-key|ocp-apim-subscription-key|cookie|set-cookie)"
+            r"([\"']?\s*[:=]\s*[\"']?)"
+            r"(?:(?:bearer|basic|digest|token|negotiate|ntlm|sharedaccesssignature)\s+)?[^\s\"',;}]+"
+        ),
+        r"\1\2" + MASK,
+    ),
+    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*"), r"\1 " + MASK),
+    # "client_secret": "abc" and 'password': 'abc' (JSON bodies, dict reprs)
+    (
+        re.compile(r"(?i)([\"'](?:" + _SENSITIVE_KEY + r"|authorization)[\"']\s*:\s*)([\"'])(?:\\.|(?!\2).)*\2"),
+        r"\1\2" + MASK + r"\2",
+    ),
+    # password=abc, access_token=abc, sig=abc (query strings, connection strings, k=v logs)
+    # (ODBC brace-quotes values with spaces or semicolons: PWD={p w;x})
+    (re.compile(r"(?i)(?<![\w.\-])(" + _SENSITIVE_KEY + r")=(?:\{[^}]*\}|[^\s&\"',;)}]+)"), r"\1=" + MASK),
+)
+
+
+_MAYBE_CREDENTIAL = re.compile(r"(?i)[:=]|bearer")
+"""Every pattern of _PATTERNS needs a ``:`` or ``=`` (``://``, ``key: v``, ``key=v``) or the
+word bearer: text without them (names, e-mails, phone numbers: most of a change log)
+skips the five substitutions, which cost more than the rest of a write."""
+
+
+class Redactor:
+    """Replaces secret values and credential-shaped text with ``***``.
+
+    Thread-safe: registering a value swaps in a new compiled pattern, readers use
+    whichever snapshot they grabbed. A child (``parent=``) also applies its parent's
+    values, so a component with secrets of its own still honours the process registry.
+    """
+
+    def __init__(self, secrets: Iterable[Any] = (), *, parent: Redactor | None = None) -> None:
+        self._lock = threading.Lock()
+        self._values: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        self._parent = parent
+        self.add(secrets)
+
+    def add(self, values: Iterable[Any]) -> None:
+        """Register secret values (str, or objects with ``get_secret_value()`` such as
+        pydantic's SecretStr); None, blanks and values shorter than MIN_SECRET_LENGTH
+        are ignored."""
+        if isinstance(values, str):  # a lone string is one secret, not its characters
+            values = (values,)
+        fresh: set[str] = set()
+        for value in values:
+            if value is not None and hasattr(value, "get_secret_value"):
+                value = value.get_secret_value()
+            if not isinstance(value, str):
+                continue
+            value = value.strip()
+            if len(value) < MIN_SECRET_LENGTH:
+                continue
+            fresh.update({value, quote(value, safe=""), quote_plus(value)})
+        with self._lock:
+            if fresh <= self._values:
+                return
+            self._values |= fresh
+            ordered = sorted(self._values, key=len, reverse=True)  # longest first: no partial leaks
+            self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
+
+    def text(self, text: str) -> str:
+        """``text`` with every known secret value and credential shape masked."""
+        if not text:
+            return text
+        pattern = self._pattern
+        if pattern is not None:
+            text = pattern.sub(MASK, text)
+        if self._parent is not None:
+            pattern = self._parent._pattern
+            if pattern is not None:
+                text = pattern.sub(MASK, text)
+        if _MAYBE_CREDENTIAL.search(text) is None:
+            return text
+        for regex, replacement in _PATTERNS:
+            text = regex.sub(replacement, text)
+        return text
+
+    def value(self, obj: Any, *, sensitive_keys: Literal["mask", "drop"] = "mask") -> Any:
+        """Scrub a JSON-like structure. Strings are masked; mappings, lists and tuples
+        are copied recursively; numbers, booleans and None pass; dates become ISO
+        strings; anything else becomes its (masked) ``str``. An entry whose key looks
+        secret (``is_secret_field``: token, password, ssn, date_of_birth, ...) has its
+        value replaced by ``***`` (logs: the key itself is useful evidence) or is
+        removed entirely with ``sensitive_keys="drop"`` (payloads in output files)."""
+        if obj is None or isinstance(obj, (bool, int, float)):
+            return obj
+        if isinstance(obj, str):
+            return self.text(obj)
+        if isinstance(obj, Mapping):
+            out: dict[str, Any] = {}
+            for key, item in obj.items():
+                name = str(key)
+                if is_secret_field(name):
+                    if sensitive_keys == "drop":
+                        continue
+                    out[name] = MASK if item not in (None, "") else item
+                    continue
+                out[self.text(name)] = self.value(item, sensitive_keys=sensitive_keys)
+            return out
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            return [self.value(item, sensitive_keys=sensitive_keys) for item in obj]
+        if isinstance(obj, (datetime, date)):
+            return obj.isoformat()
+        if isinstance(obj, bytes):
+            return self.text(obj.decode("utf-8", "replace"))
+        return self.text(str(obj))
+
+
+_DEFAULT: Redactor | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_redactor() -> Redactor:
+    """The process-wide registry fed by configure_logging and add_secrets."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        with _DEFAULT_LOCK:
+            if _DEFAULT is None:
+                _DEFAULT = Redactor()
+    return _DEFAULT
+
+
+def add_secrets(values: Iterable[Any]) -> None:
+    """Register more secret values at run time (e.g. an access token just obtained)."""
+    default_redactor().add(values)
+
+
+def scrub(text: str) -> str:
+    """``text`` scrubbed with the process-wide registry."""
+    return default_redactor().text(text)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _standard_attrs() -> frozenset[str]:
+    probe = logging.LogRecord("x", logging.INFO, __file__, 0, "", None, None)
+    return frozenset(vars(probe)) | {"message", "asctime", "taskName"}
+
+
+_STANDARD: frozenset[str] | None = None
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    global _STANDARD
+    if _STANDARD is None:
+        _STANDARD = _standard_attrs()
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+class SecretScrubber(logging.Filter):
+    """Handler filter that masks secrets in a record in place: the rendered message
+    (``%``-args are merged first, then dropped), ``extra`` fields, exception text
+    (rendered into ``exc_text``; ``exc_info`` is cleared so no formatter re-renders the
+    raw traceback) and stack text. It never drops a record; if scrubbing itself fails,
+    the record keeps only a fixed message rather than risk leaking."""
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        super().__init__()
+        self.redactor = redactor or default_redactor()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        r = self.redactor
+        try:
+            if isinstance(record.msg, Mapping):
+                record.msg = r.value(record.msg)
+                record.args = None
+            else:
+                try:
+                    message = record.getMessage()
+                except Exception:  # bad %-args: keep the evidence, masked
+                    message = f"{record.msg} (unformattable args: {record.args!r})"
+                record.msg = r.text(str(message))
+                record.args = None
+            for name, value in _extras(record).items():
+                setattr(record, name, MASK if is_secret_field(name) and value not in (None, "") else r.value(value))
+            if record.exc_info and record.exc_info[0] is not None:
+                record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+                record.exc_info = None
+            if record.exc_text:
+                record.exc_text = r.text(record.exc_text)
+            if record.stack_info:
+                record.stack_info = r.text(record.stack_info)
+        except Exception:  # fail closed: a broken scrubber must neither leak nor crash the caller
+            record.msg = "log record withheld: secret scrubbing failed"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+            record.stack_info = None
+            for name in _extras(record):
+                setattr(record, name, MASK)
+        return True
+
+
+def _utc(created: float) -> datetime:
+    return datetime.fromtimestamp(created, tz=UTC)
+
+
+class JsonLineFormatter(JsonFormatter):
+    """One JSON object per line: ``timestamp`` (ISO 8601 UTC, ms), ``level``,
+    ``logger``, ``message``, then every extra (``run_id``, ``sync``, ``key``,
+    ``event``, ...), then ``exception``/``stack`` when present."""
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        super().__init__(
+            ["levelname", "name", "message"],
+            rename_fields={"levelname": "level", "name": "logger", "exc_info": "exception", "stack_info": "stack"},
+        )
+        self.redactor = redactor or default_redactor()
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        log_data["timestamp"] = _utc(record.created).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        log_data["level"] = record.levelname
+        log_data["logger"] = record.name
+        log_data["message"] = record.message
+        super().add_fields(log_data, record, message_dict)
+        # exception/stack go last so the line reads naturally
+        for name in ("exception", "stack"):
+            if name in log_data:
+                log_data[name] = log_data.pop(name)
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        scrubbed: dict[str, Any] = self.redactor.value(log_data)
+        return scrubbed
+
+
+class TextLineFormatter(logging.Formatter):
+    """``2026-11-22T01:02:03Z INFO sync=employees key=123 message k=v``.
+
+    ``sync`` and ``key`` lead (what a human scans for); other extras follow the message
+    as ``k=v``, except ``run_id``, which is constant within a run and lives in the JSON
+    format and the run summary. Tracebacks follow on the next lines."""
+
+    LEAD = ("sync", "key")
+    HIDDEN = ("run_id",)
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        super().__init__()
+        self.redactor = redactor or default_redactor()
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        extras = _extras(record)
+        lead = [f"{k}={_kv(extras[k])}" for k in self.LEAD if extras.get(k) is not None]
+        tail = [f"{k}={_kv(v)}" for k, v in extras.items() if k not in self.LEAD and k not in self.HIDDEN]
+        stamp = _utc(record.created).strftime("%Y-%m-%dT%H:%M:%SZ")
+        line = " ".join([stamp, record.levelname, *lead, message, *tail])
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return self.redactor.text(line)
+
+
+def _kv(value: Any) -> str:
+    text = str(value)
+    if not text or any(ch.isspace() or ch in '"=' for ch in text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+# --------------------------------------------------------------------------- set-up
+
+_MARK = "_sync_daemon_handler"
+_QUIET = {"azure.core.pipeline.policies.http_logging_policy": logging.WARNING}
+"""Libraries that log every HTTP request at INFO; their lines drown the sync's own."""
+
+
+def configure_logging(
+    level: str | int = "INFO",
+    fmt: Literal["json", "text"] | str = "json",
+    stream: IO[str] | None = None,
+    secrets: Iterable[Any] = (),
+) -> logging.Handler:
+    """Send every log record to ``stream`` (default: ``sys.stderr`` at call time, so
+    stdout stays free for ``--json`` summaries) as JSON lines or text lines, scrubbed.
+
+    Idempotent: the handler installed by an earlier call is removed first, so calling
+    it twice (tests, a reload) never duplicates lines. ``secrets`` are added to the
+    process-wide registry; registrations are never forgotten. Returns the handler.
+    """
+    if isinstance(level, str):
+        resolved = logging.getLevelName(level.strip().upper())
+        if not isinstance(resolved, int):
+            raise ValueError(f"unknown log level {level!r}")
+        level = resolved
+    if fmt not in ("json", "text"):
+        raise ValueError(f"unknown log format {fmt!r}; use 'json' or 'text'")
+    redactor = default_redactor()
+    redactor.add(secrets)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _MARK, False)]:
+        root.removeHandler(old)
+        old.close()
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    setattr(handler, _MARK, True)
+    handler.addFilter(RunIdFilter())
+    handler.addFilter(SecretScrubber(redactor))
+    handler.setFormatter(JsonLineFormatter(redactor) if fmt == "json" else TextLineFormatter(redactor))
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name, quiet in _QUIET.items():
+        logging.getLogger(name).setLevel(max(quiet, level))
+    return handler
+
+
+class ContextAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger that adds fixed context (``run_id``, ``sync``, ``key``...) to every
+    record, merged with any per-call ``extra`` (per-call values win)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        merged = dict(self.extra or {})
+        merged.update(kwargs.get("extra") or {})
+        kwargs["extra"] = merged
+        return msg, kwargs
+
+    def bind(self, **context: Any) -> ContextAdapter:
+        """A new adapter with more context (``log.bind(key=emp_id)``)."""
+        return ContextAdapter(self.logger, {**(self.extra or {}), **context})
+
+
+def bind(logger: logging.Logger | ContextAdapter, **context: Any) -> ContextAdapter:
+    """``bind(log, run_id=..., sync="employees")`` -> a logger adding that context."""
+    if isinstance(logger, ContextAdapter):
+        return logger.bind(**context)
+    return ContextAdapter(logger, context)
+
+
+_current_run_id: str | None = None
+
+
+def set_run_id(run_id: str | None) -> None:
+    """The run every log line belongs to until the next call. One cycle runs at a time
+    per process, and its apply threads do not inherit context variables, so a plain
+    module value is the one that reaches every thread of the run."""
+    global _current_run_id
+    _current_run_id = run_id
+
+
+class RunIdFilter(logging.Filter):
+    """Adds ``run_id`` to records that do not carry one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _current_run_id is not None and not getattr(record, "run_id", None):
+            record.run_id = _current_run_id
+        return True
