@@ -11,9 +11,12 @@ URLs, dummy credentials and the CA bundle for the HTTPS Graph/Entra emulator.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +98,27 @@ def start_sandbox(
     root = Path(directory).resolve()
     fault_config = parse_faults(os.environ.get("SANDBOX_FAULTS")) if faults is None else validate_faults(faults)
     run_seed = resolve_seed(seed)
+    # Several processes may start on one folder at once (the daemon and two CronJob runs
+    # in the overlap test, an operator beside a running daemon): seeding, the start
+    # counter and the roster/SCIM files are set up under one exclusive lock, so none of
+    # them sees another's half-written file.
+    with setup_lock(root):
+        return _start_locked(root, size, fault_config, run_seed)
+
+
+@contextlib.contextmanager
+def setup_lock(root: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on ``<root>/.setup.lock`` (released by the kernel if we die)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".setup.lock", "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _start_locked(root: Path, size: int, fault_config: dict[str, Any], run_seed: int) -> RunningSandbox:
     marker = ensure_seeded(root, size=size, seed=run_seed)
     data_seed = str(marker["seed"])
     creds = load_secrets(root)

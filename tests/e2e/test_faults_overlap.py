@@ -52,22 +52,26 @@ def test_daemon_and_two_cronjobs_at_once_exactly_one_writes(tmp_path: Path, tmp_
     with open(tmp_path / "daemon.log", "w") as log:
         daemon = subprocess.Popen([sys.executable, "main.py", *sandbox_args], cwd=ROOT, env=daemon_env,
                                   stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
+    cron_logs = [open(tmp_path / f"cron-{i}.log", "w") for i in (1, 2)]
     cron = [
         subprocess.Popen(
             [sys.executable, "sync_batch.py", *sandbox_args, "--json"],
             cwd=ROOT,
             env=batch_env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=cron_logs[i],
             text=True,
         )
-        for _ in range(2)
+        for i in range(2)
     ]
     started = time.monotonic()
     base = f"http://127.0.0.1:{port}"
     try:
         outs = [p.communicate(timeout=300)[0] for p in cron]
-        assert [p.returncode for p in cron] == [0, 0]
+        for f in cron_logs:
+            f.close()
+        tails = {f.name: Path(f.name).read_text()[-3000:] for f in cron_logs}
+        assert [p.returncode for p in cron] == [0, 0], tails
         summaries = [json.loads(o.strip().splitlines()[-1]) for o in outs]
 
         def cycle_done():
