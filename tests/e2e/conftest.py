@@ -55,6 +55,16 @@ class BatchRunner:
 
         return open_store(self.dir)
 
+    def mark(self) -> int:
+        """The id of the last request the emulators logged (count what comes after it)."""
+        with self.store() as st:
+            return st.last_request_id()
+
+    def requests(self, service: str | None = None, since: int = 0) -> list[dict[str, Any]]:
+        """The requests the emulators received after request id ``since``."""
+        with self.store() as st:
+            return st.requests(service, since_id=since)
+
 
 def writes(summary: dict[str, Any], service: str = "safetyamp") -> int:
     return sum(n for m, n in summary["requests"][service].items() if m != "GET")

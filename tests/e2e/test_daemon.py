@@ -115,14 +115,24 @@ def test_daemon_probes_metrics_operator_endpoints_and_sigterm(daemon) -> None:
     ok = requests.post(base + "/sync/jobs", headers={"Authorization": "Bearer operator-token-123"}, timeout=5)
     assert ok.status_code == 202
     diag = get(base + "/diagnose/employees/1001", headers={"Authorization": "Bearer operator-token-123"})
-    assert diag.status_code == 200 and diag.json()["verdict"] in ("IN_SYNC", "PENDING", "ISSUE_IN_SOURCE", "ISSUE_IN_TARGET", "NOT_IN_SCOPE")
+    assert diag.status_code == 200 and diag.json()["verdict"] in (
+        "IN_SYNC",
+        "PENDING",
+        "ISSUE_IN_SOURCE",
+        "ISSUE_IN_TARGET",
+        "NOT_IN_SCOPE",
+    )
 
     # Samsara webhook: signed and fresh -> accepted; unsigned, stale or replayed -> 401.
     from utils.webhooks import sign
 
     body = json.dumps({"eventId": "e-1", "eventType": "VehicleUpdated", "data": {}}).encode()
     ts = str(int(time.time()))
-    headers = {"X-Samsara-Timestamp": ts, "X-Samsara-Signature": sign(WEBHOOK_SECRET, ts, body), "Content-Type": "application/json"}
+    headers = {
+        "X-Samsara-Timestamp": ts,
+        "X-Samsara-Signature": sign(WEBHOOK_SECRET, ts, body),
+        "Content-Type": "application/json",
+    }
     assert requests.post(base + "/webhooks/samsara", data=body, headers=headers, timeout=5).status_code == 202
     assert requests.post(base + "/webhooks/samsara", data=body, headers=headers, timeout=5).status_code == 401  # replay
     assert requests.post(base + "/webhooks/samsara", data=body, timeout=5).status_code == 401
@@ -144,7 +154,9 @@ def test_daemon_probes_metrics_operator_endpoints_and_sigterm(daemon) -> None:
 def test_breaker_opens_under_total_failure_and_closes_after_faults_lift(tmp_path: Path) -> None:
     batch = BatchRunner(tmp_path, size=40)
     fast = {"BREAKER_RECOVERY_SECONDS": "1", "BREAKER_FAILURE_THRESHOLD": "2", "HTTP_MAX_RETRY_SECONDS": "5"}
-    broken = batch.run("--only", "departments,jobs", expect=(1,), SANDBOX_FAULTS=json.dumps({"safetyamp": {"error_rate": 1.0}}), **fast)
+    broken = batch.run(
+        "--only", "departments,jobs", expect=(1,), SANDBOX_FAULTS=json.dumps({"safetyamp": {"error_rate": 1.0}}), **fast
+    )
     assert broken["status"] == "failed"
     assert broken["breakers"]["safetyamp"] == "open"
     time.sleep(1.2)
@@ -159,7 +171,9 @@ def test_two_runners_at_once_one_runs_one_skips(tmp_path: Path) -> None:
     batch.run("--only", "departments")  # seed the folder first, so both start equally fast
     cmd = [sys.executable, "sync_batch.py", "--sandbox", "--sandbox-dir", str(batch.dir), "--json"]
     env = batch.env()
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     statuses = sorted(json.loads(o.strip().splitlines()[-1])["status"] for o in outs)

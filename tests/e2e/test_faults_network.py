@@ -35,22 +35,10 @@ NOISY = {"error_rate": 0.2, "throttle_rate": 0.1, "reset_rate": 0.05, "latency_m
 
 
 def server_statuses(batch: BatchRunner, since: int) -> dict[str, dict[int, int]]:
-    st = batch.store()
-    try:
-        out: dict[str, Counter[int]] = {}
-        for r in st.requests(since_id=since):
-            out.setdefault(r["service"], Counter())[r["status"]] += 1
-        return {s: dict(sorted(c.items())) for s, c in out.items()}
-    finally:
-        st.close()
-
-
-def mark(batch: BatchRunner) -> int:
-    st = batch.store()
-    try:
-        return st.last_request_id()
-    finally:
-        st.close()
+    out: dict[str, Counter[int]] = {}
+    for r in batch.requests(since=since):
+        out.setdefault(r["service"], Counter())[r["status"]] += 1
+    return {s: dict(sorted(c.items())) for s, c in out.items()}
 
 
 def test_server_errors_throttling_resets_and_latency_converge_within_three_runs(
@@ -61,7 +49,7 @@ def test_server_errors_throttling_resets_and_latency_converge_within_three_runs(
     faults = json.dumps({"safetyamp": NOISY, "samsara": NOISY, "graph": NOISY})
     runs_needed, left, statuses = 0, None, Counter()
     for _ in range(3):
-        since = mark(batch) if batch.dir.exists() else 0
+        since = batch.mark() if batch.dir.exists() else 0
         summary = batch.run(expect=(0, 1), SANDBOX_FAULTS=faults, SYNC_TYPES=SAFETYAMP_SYNCS)
         runs_needed += 1
         for service, counts in server_statuses(batch, since).items():

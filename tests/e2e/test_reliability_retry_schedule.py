@@ -108,23 +108,7 @@ def change_email_in_source(batch: BatchRunner, key: str, old: str, new: str) -> 
 
 
 def user_posts(batch: BatchRunner, since: int) -> list[int]:
-    st = batch.store()
-    try:
-        return [
-            r["status"]
-            for r in st.requests(service="safetyamp", since_id=since)
-            if r["method"] == "POST" and r["path"] == "/api/users"
-        ]
-    finally:
-        st.close()
-
-
-def mark(batch: BatchRunner) -> int:
-    st = batch.store()
-    try:
-        return st.last_request_id()
-    finally:
-        st.close()
+    return [r["status"] for r in batch.requests("safetyamp", since) if r["method"] == "POST" and r["path"] == "/api/users"]
 
 
 def employees_of(summary: dict) -> dict:
@@ -155,7 +139,7 @@ def refused(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[B
 
 def test_refused_record_is_skipped_then_retried_on_source_change_and_429_costs_no_attempt(refused) -> None:
     batch, (changed, released), want = refused
-    since = mark(batch)
+    since = batch.mark()
     second = batch.run(SYNC_TYPES=SYNCS)
     assert employees_of(second)["skipped"] == 2
     assert user_posts(batch, since) == [], "a record waiting for its retry was sent anyway"
@@ -168,7 +152,7 @@ def test_refused_record_is_skipped_then_retried_on_source_change_and_429_costs_n
         cwd=ROOT, env=batch.env(SYNC_TYPES=SYNCS), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert retry.returncode == 0 and json.loads(retry.stdout.strip().splitlines()[-1]) == {"released": 1}, retry.stderr[-2000:]
-    since = mark(batch)
+    since = batch.mark()
     third = batch.run(SYNC_TYPES=SYNCS, SANDBOX_FAULTS=json.dumps({"safetyamp": {"throttle_rate": 0.5}}))
     posts = user_posts(batch, since)
     st = batch.store()
@@ -199,7 +183,7 @@ def test_schedule_walked_to_quarantine_then_released_by_a_source_change(refused)
         waits.append(hours_until(entry) if entry["next_retry"] else "quarantined")
     print(f"\nwaits after failures 1..8: {waits}")
     assert waits == [2.0, 6.0, 12.0, 24.0, 48.0, 96.0, 168.0, "quarantined"]
-    since = mark(batch)
+    since = batch.mark()
     held = batch.run("--only", "employees", SYNC_TYPES=SYNCS)
     assert user_posts(batch, since) == [] and employees_of(held)["skipped"] == 2
     change_email_in_source(batch, key, want[key]["email"], f"fixed.{key}@sandbox-co.com")

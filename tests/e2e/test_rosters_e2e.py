@@ -66,19 +66,7 @@ def scim_state(batch: BatchRunner) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def server_writes(batch: BatchRunner, since: int) -> list[dict[str, Any]]:
-    st = batch.store()
-    try:
-        return [r for r in st.requests("scim", since_id=since) if r["method"] in WRITE_METHODS]
-    finally:
-        st.close()
-
-
-def mark(batch: BatchRunner) -> int:
-    st = batch.store()
-    try:
-        return st.last_request_id()
-    finally:
-        st.close()
+    return [r for r in batch.requests("scim", since) if r["method"] in WRITE_METHODS]
 
 
 def test_rosters_converge_delta_touches_only_changes_and_withdrawn_leave_groups(rosters: BatchRunner) -> None:
@@ -93,7 +81,7 @@ def test_rosters_converge_delta_touches_only_changes_and_withdrawn_leave_groups(
     assert len(users) + len(groups) == r1["created"]
     assert all(g.get("members") for g in groups.values())
 
-    m = mark(batch)
+    m = batch.mark()
     second = run(batch)
     assert writes(second, "scim") == 0, second["requests"]
     assert server_writes(batch, m) == []
@@ -103,7 +91,9 @@ def test_rosters_converge_delta_touches_only_changes_and_withdrawn_leave_groups(
     assert summary["roster_withdrawals"] >= 1 and summary["roster_moves"] >= 1 and summary["roster_teachers_added"] >= 1
     db = open_roster(batch.dir)
     try:
-        changed_users = {u["sourcedId"]: u for u in db.all("users") if u["dateLastModified"] >= before.strftime("%Y-%m-%dT%H:%M:%S")}
+        changed_users = {
+            u["sourcedId"]: u for u in db.all("users") if u["dateLastModified"] >= before.strftime("%Y-%m-%dT%H:%M:%S")
+        }
         changed_enr = [e for e in db.all("enrollments") if e["dateLastModified"] >= before.strftime("%Y-%m-%dT%H:%M:%S")]
     finally:
         db.close()
@@ -111,7 +101,7 @@ def test_rosters_converge_delta_touches_only_changes_and_withdrawn_leave_groups(
     assert withdrawn
     touched_classes = {e["class"] for e in changed_enr}
 
-    m = mark(batch)
+    m = batch.mark()
     third = run(batch)
     r3 = third["runs"][0]
     done = r3["created"] + r3["updated"] + r3["deactivated"]
@@ -136,7 +126,7 @@ def test_rosters_converge_delta_touches_only_changes_and_withdrawn_leave_groups(
         uid = users_now[sid]["id"]
         assert not any(uid in {mm["value"] for mm in r.get("members") or []} for (t, _), r in state.items() if t == "Group")
 
-    m = mark(batch)
+    m = batch.mark()
     full = run(batch, "--full")
     assert writes(full, "scim") == 0 and server_writes(batch, m) == [], full["runs"]
     assert full["runs"][0]["unchanged"] > 0

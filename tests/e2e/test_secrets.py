@@ -109,9 +109,15 @@ def test_no_secret_in_logs_or_output_files(tmp_path: Path, emulators: dict) -> N
     runs["good"] = good.stdout + good.stderr
     # Wrong credentials everywhere: now the secrets travel through error paths too.
     bad_env = production_env(
-        tmp_path, emulators, SAFETYAMP_TOKEN=SENTINEL + "-sa", SAMSARA_API_KEY=SENTINEL + "-sam", MS_GRAPH_CLIENT_SECRET=SENTINEL + "-graph"
+        tmp_path,
+        emulators,
+        SAFETYAMP_TOKEN=SENTINEL + "-sa",
+        SAMSARA_API_KEY=SENTINEL + "-sam",
+        MS_GRAPH_CLIENT_SECRET=SENTINEL + "-graph",
     )
-    bad = subprocess.run([sys.executable, "sync_batch.py", "--json"], cwd=ROOT, env=bad_env, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "sync_batch.py", "--json"], cwd=ROOT, env=bad_env, capture_output=True, text=True, timeout=300
+    )
     assert bad.returncode == 1
     assert "401" in bad.stderr or "Unauthenticated" in bad.stderr or "invalid_client" in bad.stderr
     runs["bad"] = bad.stdout + bad.stderr
@@ -132,7 +138,7 @@ def test_no_secret_in_endpoints_or_metrics(tmp_path: Path, emulators: dict) -> N
                     r = requests.get(base + "/metrics", timeout=5)
                 except requests.ConnectionError:
                     return None
-                return r.text if 'sync_runs_total{status=' in r.text and 'sync="vehicles"' in r.text else None
+                return r.text if "sync_runs_total{status=" in r.text and 'sync="vehicles"' in r.text else None
 
             assert wait_for(metrics_after_run, 120, 0.5), "no run finished"
             bodies = {path: requests.get(base + path, timeout=10).text for path in ("/live", "/ready", "/health", "/metrics")}

@@ -14,19 +14,17 @@ import logging
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import fakeredis
 import pytest
 import redis
 
 from config.settings import load_settings
 from services.http import HttpClient, RequestStats
 from tests.fakes.transport import FakeClock, FakeTransport, Reply
-from tests.support.redis_server import RedisProcess, free_port, shared_server
+from tests.support.redis_server import RedisProcess, connect, free_port, key_prefix, shared_server
 from utils.circuit_breaker import SERVICES, CircuitBreaker, build_breakers, make_redis
 from utils.errors import FatalError
 from utils.metrics import Metrics
@@ -54,15 +52,7 @@ def redis_server() -> Iterator[tuple[str, Any]]:
 
 
 def new_client(server: tuple[str, Any]) -> redis.Redis:
-    kind, where = server
-    if kind == "real":
-        return redis.Redis.from_url(where, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
-    client = fakeredis.FakeRedis(server=where, decode_responses=True)
-    try:
-        client.eval("return 1", 0)
-    except redis.exceptions.ResponseError:
-        pytest.skip("fakeredis without a Lua engine (install fakeredis[lua]) cannot run the breaker's scripts")
-    return client
+    return connect(server, decode=True, needs_lua=True)
 
 
 @pytest.fixture
@@ -74,10 +64,7 @@ def redis_client(redis_server: tuple[str, Any]) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def prefix(redis_client: redis.Redis) -> Iterator[str]:
-    name = f"test-breaker-{uuid.uuid4().hex}:"
-    yield name
-    for key in list(redis_client.scan_iter(match=name + "*")):
-        redis_client.delete(key)
+    yield from key_prefix(redis_client, "breaker")
 
 
 @pytest.fixture
@@ -402,8 +389,6 @@ def test_build_breakers_one_per_service_from_settings(redis_client: redis.Redis,
 
 
 # --------------------------------------------------------------------------- Redis outages
-
-
 
 
 def degraded_warnings(caplog: pytest.LogCaptureFixture) -> int:

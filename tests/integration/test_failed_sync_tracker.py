@@ -25,7 +25,7 @@ from pydantic import SecretStr
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.support.redis_server import REDIS_URL, RedisProcess, free_port, shared_server
+from tests.support.redis_server import REDIS_URL, RedisProcess, connect, free_port, key_prefix, shared_server
 from utils.failed_sync_tracker import (
     DEFAULT_SCHEDULE,
     FailedSyncTracker,
@@ -60,11 +60,7 @@ def redis_server() -> Iterator[tuple[str, Any]]:
     yield from shared_server()
 
 
-def make_client(server: tuple[str, Any], *, decode: bool) -> redis.Redis:
-    kind, where = server
-    if kind == "real":
-        return redis.Redis.from_url(where, socket_timeout=2, socket_connect_timeout=2, decode_responses=decode)
-    return fakeredis.FakeRedis(server=where, decode_responses=decode)
+make_client = connect
 
 
 @pytest.fixture
@@ -76,10 +72,7 @@ def redis_client(redis_server: tuple[str, Any]) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def prefix(redis_client: redis.Redis) -> Iterator[str]:
-    name = f"test-tracker-{uuid.uuid4().hex}:"
-    yield name
-    for key in list(redis_client.scan_iter(match=name + "*")):
-        redis_client.delete(key)
+    yield from key_prefix(redis_client, "tracker")
 
 
 @pytest.fixture
@@ -109,8 +102,6 @@ def make_tracker(
     yield make
     for client in clients:
         client.close()
-
-
 
 
 # --------------------------------------------------------------------------- behaviour, every backend

@@ -18,17 +18,15 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import fakeredis
 import pytest
 import redis
 
 from config.settings import load_settings
-from tests.support.redis_server import REDIS_URL, free_port, shared_server
+from tests.support.redis_server import REDIS_URL, connect, free_port, key_prefix, shared_server
 from utils.circuit_breaker import make_redis
 from utils.errors import FatalError
 from utils.locks import FileLock, LockHeldError, LockParams, RedisLock, build_lock, redis_location
@@ -45,27 +43,14 @@ def redis_server() -> Iterator[tuple[str, Any]]:
 
 @pytest.fixture
 def redis_client(redis_server: tuple[str, Any]) -> Iterator[redis.Redis]:
-    kind, where = redis_server
-    if kind == "real":
-        client = redis.Redis.from_url(where, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
-    else:
-        client = fakeredis.FakeRedis(server=where, decode_responses=True)
-        try:
-            client.eval("return 1", 0)
-        except redis.exceptions.ResponseError:
-            pytest.skip("fakeredis without a Lua engine (install fakeredis[lua]) cannot run the lock's scripts")
+    client = connect(redis_server, decode=True, needs_lua=True)
     yield client
     client.close()
 
 
 @pytest.fixture
 def prefix(redis_client: redis.Redis) -> Iterator[str]:
-    name = f"test-lock-{uuid.uuid4().hex}:"
-    yield name
-    for key in list(redis_client.scan_iter(match=name + "*")):
-        redis_client.delete(key)
-
-
+    yield from key_prefix(redis_client, "lock")
 
 
 # --------------------------------------------------------------------------- Redis lock

@@ -64,7 +64,9 @@ def start(root: Path, wrap: Wrap | None = None, faults: dict[str, float] | None 
     app: Any = oneroster.create_app(root, creds=load_credentials(root), seed="5")
     if wrap is not None:
         app = wrap(app)
-    app = EmulatorMiddleware(app, service="oneroster", store=store, injector=FaultInjector("oneroster", faults, 1), errors=oneroster.OneRosterErrors())
+    app = EmulatorMiddleware(
+        app, service="oneroster", store=store, injector=FaultInjector("oneroster", faults, 1), errors=oneroster.OneRosterErrors()
+    )
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietRequestHandler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -160,8 +162,11 @@ def test_an_empty_page_while_the_count_says_more_is_incomplete(tmp_path: Path) -
     def empty_third_page(app: Any) -> Any:
         def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
             if environ["PATH_INFO"].endswith("/classes") and "offset=0" not in environ.get("QUERY_STRING", ""):
+
                 def strip(status: str, headers: list[tuple[str, str]], exc: Any = None) -> Any:
-                    return start_response(status, [(k, v) for k, v in headers if k.lower() not in ("link", "content-length")], exc)
+                    return start_response(
+                        status, [(k, v) for k, v in headers if k.lower() not in ("link", "content-length")], exc
+                    )
 
                 body = b"".join(app(environ, strip))
                 data = json.loads(body)
@@ -215,7 +220,9 @@ def test_link_to_another_origin_is_not_followed(tmp_path: Path) -> None:
     def evil_link(app: Any) -> Any:
         def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
             def swap(status: str, headers: list[tuple[str, str]], exc: Any = None) -> Any:
-                out = [(k, v) for k, v in headers if k.lower() != "link"] + [("Link", '<https://evil.example/steal?offset=7>; rel="next"')]
+                out = [(k, v) for k, v in headers if k.lower() != "link"] + [
+                    ("Link", '<https://evil.example/steal?offset=7>; rel="next"')
+                ]
                 return start_response(status, out, exc)
 
             return app(environ, swap)
@@ -254,6 +261,8 @@ def test_cursor_store_in_real_redis(redis_client: redis.Redis) -> None:
     finally:
         for key in redis_client.scan_iter(f"{prefix}*"):
             redis_client.delete(key)
-    down = RedisCursorStore(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)), prefix)
+    down = RedisCursorStore(
+        redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)), prefix
+    )
     assert down.load() is None  # Redis down: full read
     down.save({"cursor": "x", "last_full": "x"})  # logged, not raised

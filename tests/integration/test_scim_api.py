@@ -56,7 +56,9 @@ def serve(tmp_path: Path, faults: dict[str, float] | None = None) -> Iterator[Se
     tmp_path.mkdir(parents=True, exist_ok=True)
     store = open_store(tmp_path)
     app, storage = sandbox_scim.create_app(tmp_path, token=TOKEN)
-    wrapped = EmulatorMiddleware(app, service="scim", store=store, injector=FaultInjector("scim", faults, 1), errors=sandbox_scim.ScimErrors())
+    wrapped = EmulatorMiddleware(
+        app, service="scim", store=store, injector=FaultInjector("scim", faults, 1), errors=sandbox_scim.ScimErrors()
+    )
     server = make_server("127.0.0.1", 0, wrapped, threaded=True, request_handler=QuietRequestHandler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -86,7 +88,9 @@ class Source:
         return self.snap
 
 
-def user(sid: str, role: str = "student", *, status: str = "active", email: str | None = None, school: str = "sch-1") -> RosterUser:
+def user(
+    sid: str, role: str = "student", *, status: str = "active", email: str | None = None, school: str = "sch-1"
+) -> RosterUser:
     return RosterUser(sid, status=status, username=f"{sid}.name", given_name=sid.title(), family_name="Doe",
                       email=email or f"{sid}@x.org", roles=((role, school),), primary_role=role)  # fmt: skip
 
@@ -128,7 +132,12 @@ C1, C2 = RosterClass("{cls:1}", title="Math 1", school="sch-1"), RosterClass("cl
 
 def test_create_update_membership_deactivate_and_rerun_sends_nothing(tmp_path: Path, server: Server) -> None:
     users = [user("u1"), user("u2"), user("t1", "teacher"), user("a1", "administrator")]
-    enrollments = [enr("u1", C1.sourced_id), enr("u2", C1.sourced_id), enr("t1", C1.sourced_id, "teacher"), enr("u1", C2.sourced_id)]
+    enrollments = [
+        enr("u1", C1.sourced_id),
+        enr("u2", C1.sourced_id),
+        enr("t1", C1.sourced_id, "teacher"),
+        enr("u1", C2.sourced_id),
+    ]
     source = Source(snapshot(users, [C1, C2], enrollments))
     ctx, scim = make_ctx(tmp_path, server, source)
 
@@ -174,7 +183,9 @@ def test_409_userName_taken_is_recorded_and_a_userless_account_is_adopted(tmp_pa
     scim.create("Users", {"userName": "u8.name", "active": True})  # made by hand, no externalId
     with pytest.raises(ConflictError):
         scim.create("Users", {"userName": "CLASH.NAME"})  # userName is case-insensitive (RFC 7643 §4.1.1)
-    clash = RosterUser("u9", username="clash.name", given_name="C", family_name="L", roles=(("student", "sch-1"),), primary_role="student")
+    clash = RosterUser(
+        "u9", username="clash.name", given_name="C", family_name="L", roles=(("student", "sch-1"),), primary_role="student"
+    )
     ctx.oneroster = Source(snapshot([clash, user("u8"), user("u7")], [], []))
     result = RosterSync(ctx).run()
     assert result.status == "partial"

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +40,31 @@ def shared_server() -> Iterator[tuple[str, Any]]:
         yield "real", REDIS_URL
     finally:
         client.close()
+
+
+def connect(server: tuple[str, Any], *, decode: bool, needs_lua: bool = False) -> redis.Redis:
+    """A client of ``shared_server()``'s server. ``needs_lua``: skip (locally only: CI has
+    real Redis) when fakeredis was installed without its Lua engine."""
+    import fakeredis
+
+    kind, where = server
+    if kind == "real":
+        return redis.Redis.from_url(where, socket_timeout=2, socket_connect_timeout=2, decode_responses=decode)
+    client = fakeredis.FakeRedis(server=where, decode_responses=decode)
+    if needs_lua:
+        try:
+            client.eval("return 1", 0)
+        except redis.exceptions.ResponseError:
+            pytest.skip("fakeredis without a Lua engine (install fakeredis[lua]) cannot run Lua scripts")
+    return client
+
+
+def key_prefix(client: redis.Redis, label: str) -> Iterator[str]:
+    """A fresh key prefix for one test; its keys are deleted afterwards (fixture body)."""
+    name = f"test-{label}-{uuid.uuid4().hex}:"
+    yield name
+    for key in list(client.scan_iter(match=name + "*")):
+        client.delete(key)
 
 
 class RedisProcess:

@@ -1,0 +1,115 @@
+"""Rosters under faults: OneRoster and SCIM answering 5xx, 429 and dropped connections.
+
+The same question as the SafetyAmp fault suite, asked of the rosters sync: after the
+faulted runs, does the SCIM service hold what the district says, once, and nothing else?
+The oracle reads scim2-server's journal directly (not the product's account):
+
+* ``scim_canonical(dir)``: Users by externalId (userName, active, name, emails, title),
+  Groups by externalId (displayName, member *externalIds*), server ids and meta left out;
+* ``scim_duplicates(dir)``: an externalId or userName held by two Users, an externalId
+  held by two Groups;
+* the expected state is a fault-free twin's (same size and SANDBOX_SEED).
+
+The delta cursor lives in real Redis (CI=true fails if it is down): a run that did not
+read and write everything must not move the cursor, or the next delta run would never
+see what the faulted run missed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import BatchRunner, run_counts
+from tests.e2e.test_faults_oracle import state_diff
+from tests.e2e.test_rosters_e2e import REDIS_URL, scim_state
+from tests.e2e.test_rosters_e2e import rosters as rosters  # the fixture: Redis, or a failure in CI
+
+pytestmark = pytest.mark.e2e
+
+SIZE = 40
+NOISY = {"error_rate": 0.2, "throttle_rate": 0.1, "reset_rate": 0.05, "latency_ms": 10}
+
+
+def scim_canonical(batch: BatchRunner) -> dict[str, dict[str, Any]]:
+    state = scim_state(batch)
+    ext_of = {rid: r.get("externalId") for (_t, rid), r in state.items()}
+    users: dict[str, Any] = {}
+    groups: dict[str, Any] = {}
+    for (kind, _rid), r in state.items():
+        if kind == "User":
+            users[r["externalId"]] = {
+                "userName": r.get("userName"),
+                "active": r.get("active"),
+                "name": r.get("name"),
+                "emails": sorted(e.get("value", "") for e in r.get("emails") or []),
+                "title": r.get("title"),
+                "roles": sorted(x.get("value", "") for x in r.get("roles") or []),
+            }
+        elif kind == "Group":
+            groups[r["externalId"]] = {
+                "displayName": r.get("displayName"),
+                "members": sorted(str(ext_of.get(m["value"], f"?{m['value']}")) for m in r.get("members") or []),
+            }
+    return {"Users": users, "Groups": groups}
+
+
+def scim_duplicates(batch: BatchRunner) -> dict[str, list[str]]:
+    state = scim_state(batch)
+    found: dict[str, list[str]] = {}
+    for kind, fields in (("User", ("externalId", "userName")), ("Group", ("externalId",))):
+        for field in fields:
+            values = [str(r.get(field)).lower() for (t, _), r in state.items() if t == kind and r.get(field)]
+            dupes = sorted(v for v, n in Counter(values).items() if n > 1)
+            if dupes:
+                found[f"{kind}.{field}"] = dupes
+    return found
+
+
+def full_dry_run_pending(batch: BatchRunner) -> int:
+    """Writes a fault-free full dry run would still send (0 = converged)."""
+    plan = batch.run("--only", "rosters", "--full", "--dry-run", REDIS_URL=REDIS_URL)
+    failed = [r for r in plan["runs"] if r["status"] == "failed"]
+    assert not failed, f"the dry run itself failed: {failed}"
+    return run_counts(plan, "created") + run_counts(plan, "updated") + run_counts(plan, "deactivated")
+
+
+def test_rosters_converge_under_oneroster_and_scim_faults_with_no_duplicates(
+    rosters: BatchRunner,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    twin = BatchRunner(tmp_path_factory.mktemp("rosters-twin"), size=SIZE)
+    clean = twin.run("--only", "rosters", REDIS_URL=REDIS_URL)
+    assert clean["status"] == "success", clean["_stderr"][-2000:]
+    want = scim_canonical(twin)
+    assert want["Users"] and want["Groups"]
+
+    batch = rosters
+    assert batch.size == SIZE
+    faults = json.dumps({"oneroster": NOISY, "scim": NOISY})
+    runs, statuses, left = 0, Counter(), None
+    for _ in range(3):
+        since = batch.mark() if batch.dir.exists() else 0
+        summary = batch.run("--only", "rosters", expect=(0, 1), SANDBOX_FAULTS=faults, REDIS_URL=REDIS_URL)
+        runs += 1
+        for r in batch.requests(since=since):
+            statuses[f"{r['service']}:{r['status']}"] += 1
+        r = summary["runs"][0]
+        print(f"\nfaulted rosters run {runs}: {r['status']} created={r['created']} updated={r['updated']} "
+              f"failed={r['failed']} error={r.get('error')} breakers={summary['breakers']}")  # fmt: skip
+        # Delta runs: what the faulted run missed must come back without --full.
+        left = full_dry_run_pending(batch)
+        if left == 0:
+            break
+    print(f"converged after {runs} faulted run(s); emulators saw {dict(sorted(statuses.items()))}")
+    assert left == 0, "not converged after three faulted runs"
+    assert scim_duplicates(batch) == {}
+    got = scim_canonical(batch)
+    assert state_diff(got, want) == []
+    # the faults really happened on both services
+    assert statuses["scim:429"] + statuses["oneroster:429"] > 0
+    assert sum(v for k, v in statuses.items() if k.startswith(("scim:5", "oneroster:5"))) > 0
+    assert statuses["scim:0"] + statuses["oneroster:0"] > 0
