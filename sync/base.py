@@ -17,11 +17,11 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 from sync.engine import Action, guard_allows, plan
 from sync.ports import FailedRecords, GraphDirectory, Row, SafetyAmpTarget, SamsaraFleet, ViewpointSource
@@ -39,6 +39,9 @@ log = logging.getLogger("sync")
 
 AMBIGUOUS_CREATE_ATTEMPTS = 3
 """Creates whose outcome was unknown, each re-checked by key before the next one."""
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 COUNT_KEYS = ("created", "updated", "deactivated", "unchanged", "skipped", "failed")
 
@@ -256,29 +259,7 @@ class BaseSync:
 
     # ---- the run ----------------------------------------------------------------
     def run(self) -> RunResult:
-        result = RunResult(self.name)
-        started = time.monotonic()
-        slog = self.ctx.events.start(self.name, dry_run=self.ctx.dry_run)
-        try:
-            self._run(result, slog)
-        except SourceUnavailableError as exc:
-            result.status, result.error = "failed", f"source unavailable: {exc.message}"
-        except FatalError as exc:
-            result.status, result.error = "failed", exc.message
-        except SyncError as exc:
-            result.status, result.error = "failed", exc.message
-        except Exception as exc:  # a bug must fail this sync, not the daemon
-            log.exception("sync crashed", extra={"sync": self.name})
-            result.status, result.error = "failed", f"internal error: {type(exc).__name__}: {exc}"
-        result.duration_seconds = time.monotonic() - started
-        if result.status == "failed":
-            log.error("sync failed: %s", result.error, extra={"sync": self.name})
-        slog.finish(
-            result.counts,
-            result.status,
-            {"error": result.error, "guard_tripped": result.guard_tripped, "plan": result.plan if self.ctx.dry_run else None},
-        )
-        return result
+        return run_recorded(self.name, self.ctx, self._run)
 
     def _run(self, result: RunResult, slog: Any) -> None:
         for row in self.prepare():
@@ -345,48 +326,20 @@ class BaseSync:
         }
 
     def _apply(self, writes: list[Action], current: Mapping[str, Row], result: RunResult, slog: Any, desired: Desired) -> None:
-        total = len(writes)
-        done = 0
-        abort: list[BaseException] = []
-
-        def one(action: Action) -> str:
-            if abort or self.ctx.stop.is_set():
-                return "abandoned"
-            lost = self.ctx.lock_lost
-            if lost is not None and lost.is_set():
-                # Another runner may own the target now: stop writing at once.
-                raise FatalError(f"the {self.name} lock was lost (Redis expired it); stopped writing")
-            return self._apply_one(action, current.get(action.key), slog, desired)
-
-        def settle(fut: Future[str]) -> None:
-            nonlocal done
-            try:
-                outcome = fut.result()
-            except FatalError as exc:
-                if not abort:
-                    abort.append(exc)
-                outcome = "failed"
-            done += 1
+        def settle(_action: Action, outcome: str, done: int, total: int) -> None:
             if outcome in COUNT_KEYS:
                 result.counts[outcome] += 1
             if self.ctx.progress:
                 self.ctx.progress(self.name, done, total)
 
-        workers = max(1, min(self.ctx.max_workers, total))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"apply-{self.name}") as pool:
-            # A bounded window of submitted writes, settled in order: 70 000 futures
-            # submitted at once held tens of MB for nothing (the rate limit paces them).
-            pending: deque[Future[str]] = deque()
-            for action in writes:
-                pending.append(pool.submit(one, action))
-                if len(pending) >= workers * 4:
-                    settle(pending.popleft())
-            while pending:
-                settle(pending.popleft())
-        if abort:
-            raise abort[0]
-        if self.ctx.stop.is_set() and done < total:
-            raise FatalError(f"stopped by shutdown request after {done} of {total} writes")
+        apply_in_order(
+            self.name,
+            self.ctx,
+            writes,
+            lambda a: self._apply_one(a, current.get(a.key), slog, desired),
+            settle,
+            self.ctx.max_workers,
+        )
 
     def _apply_one(self, action: Action, row: Row | None, slog: Any, desired: Desired) -> str:
         target = self.ctx.safetyamp
@@ -441,24 +394,127 @@ class BaseSync:
         return outcome
 
     def _create(self, payload: dict[str, Any], key: str, collection: str | None = None, key_field: str | None = None) -> Row:
-        """Create, re-checking by key when the first attempt may have reached the target
-        (a timeout or reset after sending): a lost response never becomes a duplicate."""
         target = self.ctx.safetyamp
         collection = collection or self.collection
         key_field = key_field or self.key_field
-        for attempt in range(1, AMBIGUOUS_CREATE_ATTEMPTS + 1):
-            try:
-                return target.create(collection, payload)
-            except AmbiguousWriteError:
-                if attempt == AMBIGUOUS_CREATE_ATTEMPTS:
-                    raise
-                found = target.find_by(collection, key_field, payload.get(key_field, key))
-                if found is not None:
-                    log.info(
-                        "create was applied despite the lost response; not sending again", extra={"sync": self.name, "key": key}
-                    )
-                    return found
-        raise AssertionError("unreachable")
+        return create_once(
+            lambda: target.create(collection, payload),
+            lambda: target.find_by(collection, key_field, payload.get(key_field, key)),
+            sync=self.name,
+            key=key,
+        )
+
+
+def run_recorded(name: str, ctx: SyncContext, body: Callable[[RunResult, Any], Mapping[str, Any] | None]) -> RunResult:
+    """One sync run with its change log (EventManager): ``body(result, slog)`` does the
+    work and may return extra fields for the changes file. Whatever goes wrong becomes the
+    result's status and error, never an exception: a bug must fail this sync, not the
+    daemon or the other syncs of the cycle."""
+    result = RunResult(name)
+    started = time.monotonic()
+    slog = ctx.events.start(name, dry_run=ctx.dry_run)
+    extra: Mapping[str, Any] | None = None
+    try:
+        extra = body(result, slog)
+    except SourceUnavailableError as exc:
+        result.status, result.error = "failed", f"source unavailable: {exc.message}"
+    except SyncError as exc:  # FatalError, a page that failed to load, ...
+        result.status, result.error = "failed", exc.message
+    except Exception as exc:
+        log.exception("sync crashed", extra={"sync": name})
+        result.status, result.error = "failed", f"internal error: {type(exc).__name__}: {exc}"
+    result.duration_seconds = time.monotonic() - started
+    if result.status == "failed":
+        log.error("sync failed: %s", result.error, extra={"sync": name})
+    slog.finish(
+        result.counts,
+        result.status,
+        {
+            "error": result.error,
+            "guard_tripped": result.guard_tripped,
+            "plan": result.plan if ctx.dry_run else None,
+            **(extra or {}),
+        },
+    )
+    return result
+
+
+def apply_in_order(
+    name: str,
+    ctx: SyncContext,
+    items: Sequence[T],
+    write: Callable[[T], R],
+    settle: Callable[[T, R | str, int, int], None],
+    workers: int,
+) -> None:
+    """Apply ``write`` to every item on a bounded thread pool (the rate limiter paces the
+    requests; threads only hide the target's latency), settling results in item order.
+
+    ``settle(item, outcome, done, total)`` runs in the calling thread with what ``write``
+    returned, or ``"failed"`` when it raised FatalError, or ``"abandoned"`` when it never
+    ran. No new write starts once shutdown is requested (``ctx.stop``), the sync's lock
+    was lost (``ctx.lock_lost``: another runner may own the target now) or a write raised
+    FatalError; the first such reason is raised when the in-flight writes have settled."""
+    total = len(items)
+    if not total:
+        return
+    abort: list[BaseException] = []
+
+    def one(item: T) -> R | str:
+        if abort or ctx.stop.is_set():
+            return "abandoned"
+        lost = ctx.lock_lost
+        if lost is not None and lost.is_set():
+            raise FatalError(f"the {name} lock was lost (Redis expired it); stopped writing")
+        return write(item)
+
+    done = 0
+
+    def settle_next(item: T, fut: Future[R | str]) -> None:
+        nonlocal done
+        try:
+            outcome = fut.result()
+        except FatalError as exc:
+            if not abort:
+                abort.append(exc)
+            outcome = "failed"
+        done += 1
+        settle(item, outcome, done, total)
+
+    size = max(1, min(workers, total))
+    with ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"apply-{name}") as pool:
+        # A bounded window of submitted writes: 70 000 futures submitted at once held tens
+        # of MB for nothing (the rate limit paces them anyway).
+        pending: deque[tuple[T, Future[R | str]]] = deque()
+        for item in items:
+            pending.append((item, pool.submit(one, item)))
+            if len(pending) >= size * 4:
+                settle_next(*pending.popleft())
+        while pending:
+            settle_next(*pending.popleft())
+    if abort:
+        raise abort[0]
+    if ctx.stop.is_set() and done < total:
+        raise FatalError(f"stopped by shutdown request after {done} of {total} writes")
+
+
+def create_once(
+    create: Callable[[], Row], find: Callable[[], Row | None], *, sync: str, key: Any, attempts: int = AMBIGUOUS_CREATE_ATTEMPTS
+) -> Row:
+    """Create a record, re-checking by key when an attempt may have reached the target (a
+    timeout, a reset after sending, a 5xx to a POST): a lost response never becomes a
+    duplicate, and a create that really failed is sent again, up to ``attempts`` times."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return create()
+        except AmbiguousWriteError:
+            if attempt == attempts:
+                raise
+            found = find()
+            if found is not None:
+                log.info("create was applied despite the lost response; not sending again", extra={"sync": sync, "key": key})
+                return found
+    raise AssertionError("unreachable")
 
 
 _COUNTED = {"create": "created", "update": "updated", "deactivate": "deactivated"}

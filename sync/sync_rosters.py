@@ -33,24 +33,29 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sync.base import COUNT_KEYS, Desired, Rejected, RunResult, SyncContext, fingerprint
+from sync.base import (
+    COUNT_KEYS,
+    Desired,
+    Rejected,
+    RunResult,
+    SyncContext,
+    apply_in_order,
+    create_once,
+    fingerprint,
+    run_recorded,
+)
 from sync.engine import FieldChange, diff, guard_allows, plan
 from sync.roster_model import ACTIVE, RosterClass, RosterSnapshot, RosterUser
 from utils.errors import (
-    AmbiguousWriteError,
     ConflictError,
     FatalError,
     RecordError,
     RetriableError,
-    SourceUnavailableError,
-    SyncError,
 )
 
 log = logging.getLogger("sync.rosters")
@@ -260,33 +265,7 @@ class RosterSync:
 
     # ---- shell ------------------------------------------------------------------
     def run(self) -> RunResult:
-        result = RunResult(self.name)
-        started = time.monotonic()
-        slog = self.ctx.events.start(self.name, dry_run=self.ctx.dry_run)
-        extra: dict[str, Any] = {}
-        try:
-            extra = self._run(result, slog)
-        except SourceUnavailableError as exc:
-            result.status, result.error = "failed", f"source unavailable: {exc.message}"
-        except SyncError as exc:
-            result.status, result.error = "failed", exc.message
-        except Exception as exc:  # a bug must fail this sync, not the daemon
-            log.exception("sync crashed", extra={"sync": self.name})
-            result.status, result.error = "failed", f"internal error: {type(exc).__name__}: {exc}"
-        result.duration_seconds = time.monotonic() - started
-        if result.status == "failed":
-            log.error("sync failed: %s", result.error, extra={"sync": self.name})
-        slog.finish(
-            result.counts,
-            result.status,
-            {
-                "error": result.error,
-                "guard_tripped": result.guard_tripped,
-                "plan": result.plan if self.ctx.dry_run else None,
-                **extra,
-            },
-        )
-        return result
+        return run_recorded(self.name, self.ctx, self._run)
 
     def _run(self, result: RunResult, slog: Any) -> dict[str, Any]:
         if self.source is None or self.target is None:
@@ -627,34 +606,17 @@ class RosterSync:
             return done
         if not writes:
             return done
-        abort: list[BaseException] = []
 
-        def one(w: _Write) -> tuple[str, str | None]:
-            if abort or self.ctx.stop.is_set():
-                return "abandoned", None
-            return self._apply_one(w, slog)
+        def settle(w: _Write, value: tuple[str, str | None] | str, count: int, total: int) -> None:
+            outcome, sid = (value, None) if isinstance(value, str) else value
+            if outcome in COUNT_KEYS:
+                result.counts[outcome] += 1
+            if sid is not None:
+                done[w.log_key] = sid
+            if self.ctx.progress:
+                self.ctx.progress(self.name, count, total)
 
-        total, count = len(writes), 0
-        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, total)), thread_name_prefix="apply-rosters") as pool:
-            futures = [(w, pool.submit(one, w)) for w in writes]
-            for w, fut in futures:
-                try:
-                    outcome, sid = fut.result()
-                except FatalError as exc:
-                    if not abort:
-                        abort.append(exc)
-                    outcome, sid = "failed", None
-                count += 1
-                if outcome in COUNT_KEYS:
-                    result.counts[outcome] += 1
-                if sid is not None:
-                    done[w.log_key] = sid
-                if self.ctx.progress:
-                    self.ctx.progress(self.name, count, total)
-        if abort:
-            raise abort[0]
-        if self.ctx.stop.is_set() and count < total:
-            raise FatalError(f"stopped by shutdown request after {count} of {total} writes")
+        apply_in_order(self.name, self.ctx, writes, lambda w: self._apply_one(w, slog), settle, self.workers)
         return done
 
     def _apply_one(self, w: _Write, slog: Any) -> tuple[str, str | None]:
@@ -765,16 +727,12 @@ class RosterSync:
             return "adopted", rid
 
     def _create(self, resource: str, payload: Mapping[str, Any], key: str) -> dict[str, Any]:
-        """POST, re-checking by externalId when a first attempt may have reached the
-        target (a lost response never becomes a duplicate)."""
-        try:
-            return self.target.create(resource, payload)
-        except AmbiguousWriteError:
-            found = self.target.find(resource, "externalId", key)
-            if found is not None:
-                log.info("create was applied despite the lost response; not sending again", extra={"sync": self.name, "key": key})
-                return found
-            return self.target.create(resource, payload)
+        return create_once(
+            lambda: self.target.create(resource, payload),
+            lambda: self.target.find(resource, "externalId", key),
+            sync=self.name,
+            key=key,
+        )
 
 
 def _changed(desired: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:

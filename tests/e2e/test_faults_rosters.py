@@ -69,6 +69,20 @@ def scim_duplicates(batch: BatchRunner) -> dict[str, list[str]]:
     return found
 
 
+_TWIN: dict[str, dict[str, Any]] = {}
+
+
+def twin_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """The canonical SCIM state a fault-free sandbox of SIZE reaches (once per session)."""
+    if not _TWIN:
+        twin = BatchRunner(tmp_path_factory.mktemp("rosters-twin"), size=SIZE)
+        clean = twin.run("--only", "rosters", REDIS_URL=REDIS_URL)
+        assert clean["status"] == "success", clean["_stderr"][-2000:]
+        _TWIN.update(scim_canonical(twin))
+        assert _TWIN["Users"] and _TWIN["Groups"]
+    return _TWIN
+
+
 def full_dry_run_pending(batch: BatchRunner) -> int:
     """Writes a fault-free full dry run would still send (0 = converged)."""
     plan = batch.run("--only", "rosters", "--full", "--dry-run", REDIS_URL=REDIS_URL)
@@ -81,12 +95,7 @@ def test_rosters_converge_under_oneroster_and_scim_faults_with_no_duplicates(
     rosters: BatchRunner,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    twin = BatchRunner(tmp_path_factory.mktemp("rosters-twin"), size=SIZE)
-    clean = twin.run("--only", "rosters", REDIS_URL=REDIS_URL)
-    assert clean["status"] == "success", clean["_stderr"][-2000:]
-    want = scim_canonical(twin)
-    assert want["Users"] and want["Groups"]
-
+    want = twin_state(tmp_path_factory)
     batch = rosters
     assert batch.size == SIZE
     faults = json.dumps({"oneroster": NOISY, "scim": NOISY})
@@ -113,3 +122,27 @@ def test_rosters_converge_under_oneroster_and_scim_faults_with_no_duplicates(
     assert statuses["scim:429"] + statuses["oneroster:429"] > 0
     assert sum(v for k, v in statuses.items() if k.startswith(("scim:5", "oneroster:5"))) > 0
     assert statuses["scim:0"] + statuses["oneroster:0"] > 0
+
+
+def test_lost_scim_create_responses_are_found_by_external_id_never_sent_twice(
+    rosters: BatchRunner,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    want = twin_state(tmp_path_factory)
+    batch = rosters
+    faults = json.dumps({"scim": {"lost_response_rate": 0.3}})
+    runs, left = 0, None
+    for _ in range(3):
+        batch.run("--only", "rosters", expect=(0, 1), SANDBOX_FAULTS=faults, REDIS_URL=REDIS_URL)
+        runs += 1
+        assert scim_duplicates(batch) == {}, f"duplicate after run {runs}"
+        left = full_dry_run_pending(batch)
+        if left == 0:
+            break
+    posts = [r for r in batch.requests("scim") if r["method"] == "POST"]
+    lost = sum(1 for r in posts if r["status"] == 0)
+    print(f"\nlost responses: {lost} of {len(posts)} SCIM POSTs; converged after {runs} run(s)")
+    assert lost > 0, "no response was lost: the scenario proved nothing"
+    assert left == 0
+    assert scim_duplicates(batch) == {}
+    assert state_diff(scim_canonical(batch), want) == []
