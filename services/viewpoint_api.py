@@ -23,6 +23,7 @@ import struct
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Select, create_engine, event, func, literal, select
 from sqlalchemy.engine import URL, Engine, make_url
@@ -253,6 +254,15 @@ def entra_token_connect_hook(credential: Any) -> Callable[..., None]:
     return provide_token
 
 
+def _sqlite_existing_only(url: Any) -> Any:
+    """An SQLite URL that refuses to create its file: a mistyped path must fail the read
+    ("unable to open database file"), not leave an empty database behind."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:") or url.query.get("uri"):
+        return url
+    return url.set(database="file:" + quote(database, safe="/"), query={**url.query, "mode": "rw", "uri": "true"})
+
+
 def build_viewpoint_engine(settings: Any, *, credential: Any = None) -> Engine:
     """Engine for Viewpoint. ``credential`` (entra_token mode) defaults to azure-identity's
     DefaultAzureCredential (workload identity on AKS). Creating an engine does not connect."""
@@ -260,7 +270,7 @@ def build_viewpoint_engine(settings: Any, *, credential: Any = None) -> Engine:
     try:
         if settings.viewpoint_db_url:
             if url.get_backend_name() == "sqlite":
-                return create_engine(url)
+                return create_engine(_sqlite_existing_only(url))
             return create_engine(url, pool_pre_ping=True)
         engine = create_engine(url, pool_pre_ping=True, connect_args={"timeout": CONNECT_TIMEOUT_SECONDS})
     except ImportError as exc:  # pyodbc missing, or libodbc.so absent underneath it

@@ -8,6 +8,7 @@ unreachable the PostgreSQL cases fail under CI=true and are skipped elsewhere.
 from __future__ import annotations
 
 import os
+import sqlite3
 import struct
 import uuid
 from collections.abc import Iterator
@@ -125,6 +126,7 @@ def seed(engine: Engine) -> None:
 # -- backends --------------------------------------------------------------------------------
 @pytest.fixture
 def sqlite_engine(tmp_path) -> Iterator[Engine]:
+    sqlite3.connect(tmp_path / "vista.db").close()  # the product never creates its source
     engine = build_viewpoint_engine(_settings(VIEWPOINT_DB_URL=f"sqlite:///{tmp_path / 'vista.db'}"))
     seed(engine)
     yield engine
@@ -228,6 +230,7 @@ def test_ping(api):
 
 
 def test_missing_table_is_source_unavailable(tmp_path):
+    sqlite3.connect(tmp_path / "empty.db").close()  # an existing database without Vista's tables
     engine = build_viewpoint_engine(_settings(VIEWPOINT_DB_URL=f"sqlite:///{tmp_path / 'empty.db'}"))
     api = build_viewpoint(_settings(), engine=engine)
     with pytest.raises(SourceUnavailableError, match="employees read failed"):
@@ -342,3 +345,21 @@ def test_entra_token_failure_is_source_unavailable():
 
     with pytest.raises(SourceUnavailableError):
         entra_token_connect_hook(Broken())(None, None, ["x"], {})
+
+
+def test_sqlite_url_to_a_missing_file_fails_without_creating_it(tmp_path):
+    missing = tmp_path / "sub dir" / "no such fïle.sqlite"
+    missing.parent.mkdir()
+    engine = build_viewpoint_engine(_settings(VIEWPOINT_DB_URL=f"sqlite:///{missing}"))
+    api = build_viewpoint(_settings(), engine=engine)
+    with pytest.raises(SourceUnavailableError, match="unable to open database file"):
+        api.departments()
+    assert not missing.exists()
+    # the same odd path, once it exists, is read (the URI escaping is right)
+    sqlite3.connect(missing).execute("CREATE TABLE bPRDP (PRCo INTEGER, PRDept TEXT, Description TEXT)").connection.commit()
+    assert (
+        build_viewpoint(
+            _settings(), engine=build_viewpoint_engine(_settings(VIEWPOINT_DB_URL=f"sqlite:///{missing}"))
+        ).departments()
+        == []
+    )
