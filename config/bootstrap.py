@@ -100,12 +100,12 @@ def build_runtime(
 
         rt.samsara = build_samsara(settings, stats, breaker=rt.breakers.get("samsara"))
     if "rosters" in syncs:  # issue 4: OneRoster (REST or CSV) -> SCIM
-        from services.oneroster_api import RedisCursorStore, build_oneroster
+        from services.oneroster_api import RedisCursorStore, build_oneroster, roster_scope
         from services.scim_api import build_scim
 
         rt.oneroster = build_oneroster(settings, stats, breaker=rt.breakers.get("oneroster"))
         rt.scim = build_scim(settings, stats, breaker=rt.breakers.get("scim"))
-        rt.roster_cursor = RedisCursorStore(redis_client, settings.redis_prefix)
+        rt.roster_cursor = RedisCursorStore(redis_client, settings.redis_prefix, scope=roster_scope(settings))
     return rt
 
 

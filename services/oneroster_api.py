@@ -40,6 +40,7 @@ FatalError for a token endpoint that refuses the client credentials.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -479,15 +480,35 @@ def _seg(value: str) -> str:
 # --------------------------------------------------------------------------------------
 # the delta cursor (Redis)
 # --------------------------------------------------------------------------------------
+def roster_scope(settings: Any) -> str:
+    """What a roster cursor is valid for: the source (OneRoster URL and version, or the CSV
+    drop), the SCIM target and the selection and mapping. A cursor taken for another scope
+    would make a delta run skip everything older than it (a new SIS, a new SCIM tenant, a
+    school added to ROSTER_SCHOOLS), so a change of scope means a full read."""
+    parts = {
+        "source": settings.oneroster_url or str(settings.oneroster_csv_path or ""),
+        "version": settings.oneroster_version,
+        "target": settings.scim_url or "",
+        "schools": sorted(settings.roster_schools),
+        "roles": sorted(settings.roster_roles),
+        "username": settings.roster_username_field,
+        "role_attribute": settings.roster_role_attribute,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class RedisCursorStore:
-    """The rosters cursor in one Redis string, ``{prefix}rosters:cursor`` (JSON).
+    """The rosters cursor in one Redis string, ``{prefix}rosters:cursor`` (JSON), tagged
+    with the scope it was taken for (``roster_scope``): a cursor of another scope is not
+    used (a full read instead).
 
     Redis trouble never fails a run: ``load`` then answers None (a full run, which is
     always safe) and ``save`` logs a warning (the next run is a larger delta)."""
 
-    def __init__(self, client: Any, prefix: str, name: str = "rosters") -> None:
+    def __init__(self, client: Any, prefix: str, name: str = "rosters", scope: str = "") -> None:
         self.client = client
         self.key = f"{prefix}{name}:cursor"
+        self.scope = scope
 
     def load(self) -> dict[str, str] | None:
         try:
@@ -501,11 +522,16 @@ class RedisCursorStore:
             state = json.loads(raw)
         except ValueError:
             return None
-        return state if isinstance(state, dict) and state.get("cursor") else None
+        if not isinstance(state, dict) or not state.get("cursor"):
+            return None
+        if state.get("scope", "") != self.scope:
+            log.info("the roster source, target or selection changed since the cursor was taken; running a full read")
+            return None
+        return {k: v for k, v in state.items() if k != "scope"}
 
     def save(self, state: Mapping[str, str]) -> None:
         try:
-            self.client.set(self.key, json.dumps(dict(state)))
+            self.client.set(self.key, json.dumps({**state, "scope": self.scope}))
         except Exception as exc:
             log.warning("could not save the roster cursor (%s); the next run reads a larger delta", type(exc).__name__)
 
@@ -524,7 +550,7 @@ def build_cursor_store(settings: Any, *, socket_timeout: float = 2.0) -> RedisCu
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
         decode_responses=True,
     )
-    return RedisCursorStore(client, settings.redis_prefix)
+    return RedisCursorStore(client, settings.redis_prefix, scope=roster_scope(settings))
 
 
 # --------------------------------------------------------------------------------------

@@ -62,7 +62,8 @@ def production_env(tmp_path: Path, ep: dict, **extra: str) -> dict[str, str]:
             "MS_GRAPH_CLIENT_ID": ep["graph"]["client_id"],
             "MS_GRAPH_CLIENT_SECRET": ep["graph"]["client_secret"],
             "MS_GRAPH_CA_BUNDLE": ep["graph"]["ca_bundle"],
-            "REDIS_URL": f"redis://:{SENTINEL}@127.0.0.1:6379/0",
+            "REDIS_URL": f"redis://:{SENTINEL}@127.0.0.1:6379/15",
+            "REDIS_PREFIX": "test-secrets:",
             "LOCK_REQUIRED": "false",
             "SYNC_TRIGGER_TOKEN": SENTINEL + "-trigger",
             "SQL_PASSWORD": SENTINEL + "-sql",
@@ -161,3 +162,43 @@ def test_settings_repr_and_config_errors_hide_secrets() -> None:
     with pytest.raises(ConfigurationError) as info:
         load_settings({"SAFETYAMP_TOKEN": SENTINEL, "SQL_PASSWORD": SENTINEL + "x", "SAFETYAMP_PAGE_SIZE": "0"}, dotenv_path=None)
     assert "SAFETYAMP_PAGE_SIZE" in str(info.value) and SENTINEL not in str(info.value)
+
+
+def roster_env(tmp_path: Path, ep: dict, **extra: str) -> dict[str, str]:
+    good = {
+        "SYNC_TYPES": "rosters",
+        "ONEROSTER_URL": ep["oneroster"]["url"],
+        "ONEROSTER_VERSION": str(ep["oneroster"]["version"]),
+        "ONEROSTER_CLIENT_ID": ep["oneroster"]["client_id"],
+        "ONEROSTER_CLIENT_SECRET": ep["oneroster"]["client_secret"],
+        "ONEROSTER_TOKEN_URL": ep["oneroster"]["token_url"],
+        "SCIM_URL": ep["scim"]["url"],
+        "SCIM_TOKEN": ep["scim"]["token"],
+    }
+    return production_env(tmp_path, ep, **{**good, **extra})
+
+
+def test_no_roster_secret_in_logs_or_output_files(tmp_path: Path, emulators: dict) -> None:
+    def run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "sync_batch.py", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    good = run(roster_env(tmp_path, emulators))
+    assert good.returncode == 0, good.stderr[-3000:]
+    assert json.loads(good.stdout.strip().splitlines()[-1])["runs"][0]["created"] > 0, good.stdout[-3000:]
+    texts = {"good": good.stdout + good.stderr}
+    # Wrong credentials, each carrying a sentinel, through the error paths: the OAuth2
+    # client secret, a static OneRoster bearer token, and the SCIM token.
+    cases = {
+        "oauth2 secret": {"ONEROSTER_CLIENT_SECRET": SENTINEL + "-oneroster"},
+        "static token": {"ONEROSTER_AUTH": "bearer", "ONEROSTER_TOKEN": SENTINEL + "-ortoken"},
+        "scim token": {"SCIM_TOKEN": SENTINEL + "-scim"},
+    }
+    for name, extra in cases.items():
+        bad = run(roster_env(tmp_path, emulators, **extra))
+        assert bad.returncode == 1, (name, bad.stderr[-3000:])
+        assert "401" in bad.stderr or "invalid_client" in bad.stderr or "nauthori" in bad.stderr, (name, bad.stderr[-3000:])
+        texts[name] = bad.stdout + bad.stderr
+    secrets = [*secrets_of(emulators), emulators["oneroster"]["client_secret"], emulators["scim"]["token"]]
+    assert_clean({**texts, **output_files(tmp_path / "out")}, secrets)

@@ -256,6 +256,13 @@ def test_cursor_store_in_real_redis(redis_client: redis.Redis) -> None:
         store.save({"cursor": "2026-11-22T01:00:00Z", "last_full": "2026-11-21T01:00:00Z"})
         assert store.load() == {"cursor": "2026-11-22T01:00:00Z", "last_full": "2026-11-21T01:00:00Z"}
         assert redis_client.exists(f"{prefix}rosters:cursor")
+        # another SIS, SCIM tenant or school selection: that cursor is not used (full read)
+        moved = load_settings(
+            {"REDIS_URL": REDIS_URL, "REDIS_PREFIX": prefix, "SCIM_URL": "https://other-tenant.example/scim/v2"},
+            dotenv_path=None,
+        )
+        assert build_cursor_store(moved).load() is None
+        assert store.load() is not None  # the original scope still has its cursor
         redis_client.set(f"{prefix}rosters:cursor", "not json")
         assert store.load() is None  # unreadable: a full run, never a crash
     finally:
