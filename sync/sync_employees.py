@@ -1,7 +1,8 @@
 """Viewpoint employees (bPREH) + Microsoft Graph mail -> SafetyAmp users.
 
 Key: ``emp_id`` = bPREH.Employee. Rules (docs/configuration.md repeats them for operators):
-- Active = ActiveYN 'Y' and no TermDate, or rehired on/after the TermDate. Active
+- Active = ActiveYN 'Y' and no TermDate, or rehired on/after the TermDate, or a TermDate
+  still in the future (a scheduled termination: active until that day). Active
   employees are created/updated with ``system_access: 1``; terminated ones that exist
   in SafetyAmp are deactivated (EMPLOYEE_DEACTIVATION_MODE=revoke_access sets
   ``system_access: 0``); nobody is ever deleted.
@@ -160,7 +161,7 @@ class EmployeeSync(BaseSync):
                     Rejected(key, f"ActiveYN is {row.get('ActiveYN')!r}; expected Y or N", ("ActiveYN",), _safe(row))
                 )
                 continue
-            if not is_active_employee(row):
+            if not is_active_employee(row, self.ctx.today):
                 out.deactivate.add(key)
                 continue
             record = self._map(key, row, latest, mails, ambiguous, look, out)

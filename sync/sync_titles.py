@@ -8,6 +8,9 @@ never renamed or removed: a user title may be referenced by history in SafetyAmp
 
 from __future__ import annotations
 
+from datetime import date, datetime
+from typing import Any
+
 from sync.base import BaseSync, Desired, Rejected, fingerprint
 from sync.ports import Row
 from utils.data_validator import InvalidValue, clean_text
@@ -20,16 +23,34 @@ def title_key(name: object) -> str | None:
     return text.casefold() or None
 
 
-def is_active_employee(row: Row) -> bool:
-    """Vista's 'active' rule used across syncs: ActiveYN = 'Y' and not terminated,
-    or rehired after the last termination (RecentRehireDate on or after TermDate)."""
+def is_active_employee(row: Row, today: date | None = None) -> bool:
+    """Vista's 'active' rule used across syncs: ActiveYN = 'Y' and not terminated, or
+    rehired after the last termination (RecentRehireDate on or after TermDate). With
+    ``today``, a TermDate still in the future on an ActiveYN = 'Y' row is a scheduled
+    termination: the person works until that day, so stays active until it has passed
+    (deactivating early would lock a working person out of the safety app)."""
     if str(row.get("ActiveYN") or "").strip().upper() != "Y":
         return False
     term = row.get("TermDate")
     if term is None:
         return True
     rehire = row.get("RecentRehireDate")
-    return rehire is not None and rehire >= term
+    if rehire is not None and rehire >= term:
+        return True
+    day = _calendar_day(term)
+    return today is not None and day is not None and day > today
+
+
+def _calendar_day(value: Any) -> date | None:
+    """A source date column as a calendar date (date, datetime or ISO text); None if not one."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip()[:10])
+    except ValueError:
+        return None
 
 
 class TitleSync(BaseSync):
@@ -45,7 +66,7 @@ class TitleSync(BaseSync):
         rows = self.ctx.source("employees", self.viewpoint.employees)
         out = Desired(source_count=len(rows))
         for row in rows:
-            if not is_active_employee(row):
+            if not is_active_employee(row, self.ctx.today):
                 continue
             raw = row.get("Title")
             key = title_key(raw)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, datetime, timedelta
 
 import pytest
 
@@ -139,6 +139,28 @@ def test_graph_mail_wins_and_terminated_are_deactivated_not_deleted(tmp_path):
     rows[1] = emp(2, "Bo", "Diaz", TermDate=date(2026, 10, 1), RecentRehireDate=date(2026, 10, 20), ActiveYN="Y")
     full_run(tmp_path, target, FakeViewpoint(DEPTS, JOBS, rows), graph)
     assert {u["emp_id"]: u for u in target.rows("users")}["2"]["system_access"] == 1
+
+
+def test_scheduled_termination_stays_active_until_its_day(tmp_path):
+    from sync.sync_titles import is_active_employee
+
+    target = seed_target()
+    tomorrow, yesterday = TODAY + timedelta(days=1), TODAY - timedelta(days=1)
+    rows = [emp(1), emp(2, "Bo", "Diaz", TermDate=tomorrow, ActiveYN="Y")]
+    results = full_run(tmp_path, target, FakeViewpoint(DEPTS, JOBS, rows))
+    assert results["employees"].counts["created"] == 2 and results["employees"].counts["deactivated"] == 0
+    # the day has passed (Vista may still say Y until someone runs the termination): deactivated
+    rows[1] = emp(2, "Bo", "Diaz", TermDate=yesterday, ActiveYN="Y")
+    results = full_run(tmp_path, target, FakeViewpoint(DEPTS, JOBS, rows))
+    assert results["employees"].counts["deactivated"] == 1
+    assert {u["emp_id"]: u for u in target.rows("users")}["2"]["system_access"] == 0
+    # the column's other shapes: datetime at midnight and ISO text, and N always wins
+    assert is_active_employee({"ActiveYN": "Y", "TermDate": datetime(2026, 11, 2)}, TODAY)
+    assert is_active_employee({"ActiveYN": "Y", "TermDate": "2026-11-02 00:00:00.000"}, TODAY)
+    assert not is_active_employee({"ActiveYN": "Y", "TermDate": "2026-11-01"}, TODAY)
+    assert not is_active_employee({"ActiveYN": "Y", "TermDate": "garbage"}, TODAY)
+    assert not is_active_employee({"ActiveYN": "N", "TermDate": tomorrow}, TODAY)
+    assert not is_active_employee({"ActiveYN": "Y", "TermDate": tomorrow})  # no today: the old rule
 
 
 def test_rejections_have_reasons_and_nothing_bad_is_sent(tmp_path):
