@@ -145,10 +145,16 @@ class EmulatorMiddleware:
 
         try:
             if injector is not None and injector.active:
-                delay = injector.latency()
-                if delay:
-                    time.sleep(delay)
+                # The rate limit is counted as requests arrive (an API gateway, or Laravel's
+                # throttle middleware, answers 429 before any work); the latency models the
+                # server's own time to answer, spikes included, so it comes after. Latency
+                # before the count would let one slow request reorder arrivals, which no
+                # gateway sees.
                 decision = injector.check()
+                if decision is None or decision[0] != "rate_limited":
+                    delay = injector.latency()
+                    if delay:
+                        time.sleep(delay)
                 if decision is not None:
                     kind, value = decision
                     if kind == "reset":

@@ -35,15 +35,18 @@ KILL_SEED = 20261122
 LOCK_TTL = "2"
 
 
-def logged_writes(sandbox: Path) -> int:
-    """Writes (POST/PUT/PATCH/DELETE) the emulators have logged so far."""
+def logged_writes(sandbox: Path, service: str | None = None) -> int:
+    """Writes (POST/PUT/PATCH/DELETE) the emulators (or one of them) have logged so far."""
     db = sandbox / "targets.sqlite"
     if not db.exists():
         return 0
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
         try:
-            return int(conn.execute("SELECT COUNT(*) FROM requests WHERE method != 'GET'").fetchone()[0])
+            sql, args = "SELECT COUNT(*) FROM requests WHERE method != 'GET'", ()
+            if service is not None:
+                sql, args = sql + " AND service = ?", (service,)
+            return int(conn.execute(sql, args).fetchone()[0])
         finally:
             conn.close()
     except sqlite3.OperationalError:  # schema not created yet

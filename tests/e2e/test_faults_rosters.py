@@ -18,12 +18,17 @@ see what the faulted run missed.
 from __future__ import annotations
 
 import json
+import random
+import subprocess
+import sys
+import time
 from collections import Counter
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import BatchRunner, run_counts
+from tests.e2e.conftest import ROOT, BatchRunner, run_counts
+from tests.e2e.test_faults_crash import logged_writes
 from tests.e2e.test_faults_oracle import state_diff
 from tests.e2e.test_rosters_e2e import REDIS_URL, scim_state
 from tests.e2e.test_rosters_e2e import rosters as rosters  # the fixture: Redis, or a failure in CI
@@ -144,5 +149,51 @@ def test_lost_scim_create_responses_are_found_by_external_id_never_sent_twice(
     print(f"\nlost responses: {lost} of {len(posts)} SCIM POSTs; converged after {runs} run(s)")
     assert lost > 0, "no response was lost: the scenario proved nothing"
     assert left == 0
+    assert scim_duplicates(batch) == {}
+    assert state_diff(scim_canonical(batch), want) == []
+
+
+@pytest.mark.slow
+def test_sigkill_during_roster_writes_five_times(
+    rosters: BatchRunner,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The runner (and with it the in-process OneRoster emulator and scim2-server, whose
+    journal keeps what it acknowledged) killed after a random 1-25 SCIM writes, five times:
+    no duplicate after any kill, and the next run converges to the fault-free twin."""
+    want = twin_state(tmp_path_factory)
+    batch = rosters
+    env = batch.env(SYNC_TYPES="rosters", REDIS_URL=REDIS_URL, LOCK_TTL_SECONDS="2")
+    cmd = [sys.executable, "sync_batch.py", "--sandbox", "--sandbox-dir", str(batch.dir), "--sandbox-size", str(SIZE), "--json"]
+    rng = random.Random(20261122)
+    kills: list[tuple[int, int]] = []
+    for n in range(1, 6):
+        before = logged_writes(batch.dir, "scim")
+        after_n = rng.randint(1, 25)
+        started = time.monotonic()
+        out_file = batch.dir.parent / f"kill-{n}.out"
+        with open(out_file, "w") as out:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            while proc.poll() is None and logged_writes(batch.dir, "scim") - before < after_n:
+                if time.monotonic() - started > 120:
+                    pytest.fail("the run sent no SCIM write within 120 s")
+                time.sleep(0.005)
+            finished_first = proc.poll() is not None
+            proc.kill()
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert not finished_first, f"run {n} finished before its kill point:\n{out_file.read_text()[-3000:]}"
+        kills.append((after_n, logged_writes(batch.dir, "scim") - before))
+        assert scim_duplicates(batch) == {}, f"duplicate after kill {n}"
+        time.sleep(2.2)  # a killed runner's Redis lock (if any) expires
+    users = len(scim_canonical(batch)["Users"])
+    print(f"\nkills (after N SCIM writes, writes logged): {kills}; SCIM users after the kills: {users}")
+    assert users > 0, "the killed runs made no progress: the test did not test much"
+    final = batch.run("--only", "rosters", REDIS_URL=REDIS_URL, LOCK_TTL_SECONDS="2")
+    assert final["status"] == "success", final["runs"]
+    assert full_dry_run_pending(batch) == 0
     assert scim_duplicates(batch) == {}
     assert state_diff(scim_canonical(batch), want) == []

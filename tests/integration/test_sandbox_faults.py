@@ -89,6 +89,28 @@ def test_latency_is_added(seeded: Path) -> None:
         assert time.monotonic() - started >= 0.06
 
 
+def test_rate_limit_counts_arrivals_before_the_latency(seeded: Path) -> None:
+    """A 429 from the limit is immediate; the latency is the server's time to answer a
+    request it accepted. Two requests sent together to a one-per-second limit: the first
+    is answered after the latency, the second refused at once (not after waiting it out)."""
+    with start_sandbox(seeded, faults={"samsara": {"rate_limit_per_minute": 60, "latency_ms": 400}}, seed=3) as sb:
+        url = sb.endpoints["samsara"]["url"] + "/fleet/vehicles"
+        headers = samsara_headers(sb.endpoints)
+        from concurrent.futures import ThreadPoolExecutor
+
+        def timed() -> tuple[int, float]:
+            started = time.monotonic()
+            r = requests.get(url, headers=headers, timeout=30)
+            return r.status_code, time.monotonic() - started
+
+        with ThreadPoolExecutor(2) as pool:
+            results = sorted(pool.map(lambda _: timed(), range(2)))
+        (ok, ok_s), (refused, refused_s) = results
+        assert (ok, refused) == (200, 429)
+        assert ok_s >= 0.4  # 400 ms, or 4 s for the 5 % spikes
+        assert refused_s < 0.3, "a request refused by the limit must not wait for the latency first"
+
+
 def test_environment_faults_are_read_when_none_are_given(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SANDBOX_FAULTS", '{"samsara": {"throttle_rate": 1.0}}')
     with start_sandbox(seeded) as sb:
