@@ -88,6 +88,9 @@ def sandbox_overrides(endpoints: dict[str, Any], sandbox_dir: Path, environ: dic
             "SCIM_TOKEN": sc["token"],
         })  # fmt: skip
     digest = hashlib.sha256(str(sandbox_dir.resolve()).encode()).hexdigest()[:10]
+    if has_rosters:
+        # The emulators get new ports at every start: the folder, not the URL, is the SIS.
+        forced["ROSTER_CURSOR_SCOPE"] = f"sandbox-{digest}"
     from sandbox.safetyamp import MAX_LIMIT as SAFETYAMP_MAX_LIMIT
 
     defaults = {

@@ -383,6 +383,7 @@ class Settings(BaseModel):
     roster_roles: tuple[str, ...] = Field(("student", "teacher"), alias="ROSTER_ROLES", description="OneRoster roles that become SCIM Users (and group members).")
     roster_username_field: Literal["username", "email", "identifier", "sourcedId"] = Field("username", alias="ROSTER_USERNAME_FIELD", description="OneRoster user field used as the SCIM userName.")
     roster_role_attribute: Literal["title", "roles", "none"] = Field("title", alias="ROSTER_ROLE_ATTRIBUTE", description="Where the OneRoster role goes in SCIM: `title`, `roles` (multi-valued) or `none`.")
+    roster_cursor_scope: str | None = Field(None, alias="ROSTER_CURSOR_SCOPE", description="Which SIS and SCIM service the roster delta cursor belongs to (default: ONEROSTER_URL or ONEROSTER_CSV_PATH, and SCIM_URL). A cursor of another scope is not used: the next run reads everything. Set it to keep the cursor across a URL change that still points at the same SIS and tenant.")
     scim_delete_mode: Literal["deactivate", "delete"] = Field("deactivate", alias="SCIM_DELETE_MODE", description="`deactivate` (PATCH active=false; Groups lose their members) or `delete` (DELETE, explicit opt-in).")
     scim_page_size: int = Field(1000, alias="SCIM_PAGE_SIZE", ge=1, le=1000, description="`count` per SCIM list page (a server returns at most its maxResults; paging follows totalResults).", json_schema_extra=_unit("records"))
     scim_rate_limit_per_second: float = Field(20, alias="SCIM_RATE_LIMIT_PER_SECOND", gt=0, description="Requests per second sent to the SCIM service.")

@@ -484,11 +484,14 @@ def roster_scope(settings: Any) -> str:
     """What a roster cursor is valid for: the source (OneRoster URL and version, or the CSV
     drop), the SCIM target and the selection and mapping. A cursor taken for another scope
     would make a delta run skip everything older than it (a new SIS, a new SCIM tenant, a
-    school added to ROSTER_SCHOOLS), so a change of scope means a full read."""
+    school added to ROSTER_SCHOOLS), so a change of scope means a full read.
+    ROSTER_CURSOR_SCOPE names the SIS and target explicitly (the sandbox sets it, since its
+    emulators get new ports at every start)."""
+    explicit = getattr(settings, "roster_cursor_scope", None)
     parts = {
-        "source": settings.oneroster_url or str(settings.oneroster_csv_path or ""),
+        "source": explicit or settings.oneroster_url or str(settings.oneroster_csv_path or ""),
         "version": settings.oneroster_version,
-        "target": settings.scim_url or "",
+        "target": "" if explicit else (settings.scim_url or ""),
         "schools": sorted(settings.roster_schools),
         "roles": sorted(settings.roster_roles),
         "username": settings.roster_username_field,

@@ -53,6 +53,31 @@ def logged_writes(sandbox: Path, service: str | None = None) -> int:
         return 0
 
 
+def kill_after_writes(
+    cmd: list[str], env: dict[str, str], sandbox: Path, after_n: int, out_file: Path, service: str | None = None
+) -> int:
+    """Start ``cmd`` and SIGKILL it once the emulators have logged ``after_n`` more writes
+    (of ``service``, or of any); returns the writes logged meanwhile. Fails the test if the
+    run finished before its kill point or sent no write within 120 s."""
+    before = logged_writes(sandbox, service)
+    started = time.monotonic()
+    with open(out_file, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        while proc.poll() is None and logged_writes(sandbox, service) - before < after_n:
+            if time.monotonic() - started > 120:
+                pytest.fail(f"the run sent no {service or ''} write within 120 s")
+            time.sleep(0.005)
+        finished_first = proc.poll() is not None
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not finished_first, f"{out_file.name}: the run finished before its kill point:\n{out_file.read_text()[-3000:]}"
+    return logged_writes(sandbox, service) - before
+
+
 def test_sigkill_ten_times_during_a_large_initial_run(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     want = clean_state(tmp_path_factory, SIZE)
     batch = BatchRunner(tmp_path, size=SIZE)
@@ -61,26 +86,11 @@ def test_sigkill_ten_times_during_a_large_initial_run(tmp_path: Path, tmp_path_f
     rng = random.Random(KILL_SEED)
     kills: list[tuple[int, int, float]] = []
     users_after: list[int] = []
-    for _ in range(KILLS):
-        before = logged_writes(batch.dir)
+    for n in range(1, KILLS + 1):
         after_n = rng.randint(1, 60)
         started = time.monotonic()
-        out_file = tmp_path / f"run-{len(kills) + 1}.out"
-        with open(out_file, "w") as out:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            while proc.poll() is None and logged_writes(batch.dir) - before < after_n:
-                if time.monotonic() - started > 120:
-                    pytest.fail("the run sent no write within 120 s")
-                time.sleep(0.005)
-            finished_first = proc.poll() is not None
-            proc.kill()
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        assert not finished_first, f"run {len(kills) + 1} finished before its kill point:\n{out_file.read_text()[-3000:]}"
-        kills.append((after_n, logged_writes(batch.dir) - before, round(time.monotonic() - started, 2)))
+        logged = kill_after_writes(cmd, env, batch.dir, after_n, tmp_path / f"run-{n}.out")
+        kills.append((after_n, logged, round(time.monotonic() - started, 2)))
         assert duplicates(batch.dir) == {}, f"duplicate after kill {len(kills)}"
         users_after.append(len(target_state(batch.dir)["users"]))
         time.sleep(float(LOCK_TTL) + 0.2)  # the dead runner's lock expires

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -27,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ROOT, BatchRunner, run_counts
-from tests.e2e.test_faults_crash import logged_writes
+from tests.e2e.conftest import BatchRunner, run_counts
+from tests.e2e.test_faults_crash import kill_after_writes
 from tests.e2e.test_faults_oracle import state_diff
 from tests.e2e.test_rosters_e2e import REDIS_URL, scim_state
 from tests.e2e.test_rosters_e2e import rosters as rosters  # the fixture: Redis, or a failure in CI
@@ -168,25 +167,8 @@ def test_sigkill_during_roster_writes_five_times(
     rng = random.Random(20261122)
     kills: list[tuple[int, int]] = []
     for n in range(1, 6):
-        before = logged_writes(batch.dir, "scim")
         after_n = rng.randint(1, 25)
-        started = time.monotonic()
-        out_file = batch.dir.parent / f"kill-{n}.out"
-        with open(out_file, "w") as out:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            while proc.poll() is None and logged_writes(batch.dir, "scim") - before < after_n:
-                if time.monotonic() - started > 120:
-                    pytest.fail("the run sent no SCIM write within 120 s")
-                time.sleep(0.005)
-            finished_first = proc.poll() is not None
-            proc.kill()
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        assert not finished_first, f"run {n} finished before its kill point:\n{out_file.read_text()[-3000:]}"
-        kills.append((after_n, logged_writes(batch.dir, "scim") - before))
+        kills.append((after_n, kill_after_writes(cmd, env, batch.dir, after_n, batch.dir.parent / f"kill-{n}.out", "scim")))
         assert scim_duplicates(batch) == {}, f"duplicate after kill {n}"
         time.sleep(2.2)  # a killed runner's Redis lock (if any) expires
     users = len(scim_canonical(batch)["Users"])

@@ -85,6 +85,9 @@ def test_rosters_converge_delta_touches_only_changes_and_withdrawn_leave_groups(
     second = run(batch)
     assert writes(second, "scim") == 0, second["requests"]
     assert server_writes(batch, m) == []
+    # a delta, although this sandbox start gave the emulators new ports (the cursor's scope
+    # is the sandbox folder, not the URL)
+    assert "rosters: delta read" in second["_stderr"], second["_stderr"][-2000:]
 
     before = datetime.now(UTC)
     summary = batch.mutate(5, seed=3)
