@@ -153,9 +153,12 @@ def normalize_email(raw: str | None) -> str | None:
     shown = text if len(text) <= 60 else text[:60] + "..."
     if text.lower().startswith("mailto:"):
         text = text[len("mailto:") :].strip()
-    if any(_is_control(ch) for ch in text):
+    # Fast path (C speed, 50 000 addresses a run): printable ASCII has no control
+    # character and no white space but " "; anything else gets the per-character scans.
+    plain = text.isascii() and text.isprintable()
+    if not plain and any(_is_control(ch) for ch in text):
         raise InvalidValue(f"email {shown!r} contains control characters")
-    if any(ch.isspace() for ch in text):
+    if (" " in text) if plain else any(ch.isspace() for ch in text):
         raise InvalidValue(f"email {shown!r} contains spaces")
     if text.count("@") != 1:
         if text.count("@") == 0:
@@ -195,7 +198,8 @@ def _is_control(ch: str) -> bool:
 
 
 def _check_text(text: str, field: str, max_len: int, *, allow_newlines: bool) -> str:
-    for ch in text:
+    # printable ASCII holds no control character: skip the per-character scan
+    for ch in "" if text.isascii() and text.isprintable() else text:
         if allow_newlines and ch in "\t\n\r":
             continue
         if _is_control(ch):
