@@ -73,18 +73,18 @@ def scim_duplicates(batch: BatchRunner) -> dict[str, list[str]]:
     return found
 
 
-_TWIN: dict[str, dict[str, Any]] = {}
+_TWIN: dict[int, dict[str, dict[str, Any]]] = {}
 
 
-def twin_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """The canonical SCIM state a fault-free sandbox of SIZE reaches (once per session)."""
-    if not _TWIN:
-        twin = BatchRunner(tmp_path_factory.mktemp("rosters-twin"), size=SIZE)
+def twin_state(tmp_path_factory: pytest.TempPathFactory, size: int = SIZE) -> dict[str, dict[str, Any]]:
+    """The canonical SCIM state a fault-free sandbox of ``size`` reaches (once per session)."""
+    if size not in _TWIN:
+        twin = BatchRunner(tmp_path_factory.mktemp(f"rosters-twin-{size}"), size=size)
         clean = twin.run("--only", "rosters", REDIS_URL=REDIS_URL)
         assert clean["status"] == "success", clean["_stderr"][-2000:]
-        _TWIN.update(scim_canonical(twin))
-        assert _TWIN["Users"] and _TWIN["Groups"]
-    return _TWIN
+        _TWIN[size] = scim_canonical(twin)
+        assert _TWIN[size]["Users"] and _TWIN[size]["Groups"]
+    return _TWIN[size]
 
 
 def full_dry_run_pending(batch: BatchRunner) -> int:
@@ -160,10 +160,14 @@ def test_sigkill_during_roster_writes_five_times(
     """The runner (and with it the in-process OneRoster emulator and scim2-server, whose
     journal keeps what it acknowledged) killed after a random 1-25 SCIM writes, five times:
     no duplicate after any kill, and the next run converges to the fault-free twin."""
-    want = twin_state(tmp_path_factory)
+    # A district of 100 (about 235 SCIM writes): five kills of at most 25 writes each (plus
+    # the few in flight) must all land before the run would finish on its own.
+    size = 100
+    want = twin_state(tmp_path_factory, size)
     batch = rosters
+    batch.size = size  # not seeded yet
     env = batch.env(SYNC_TYPES="rosters", REDIS_URL=REDIS_URL, LOCK_TTL_SECONDS="2")
-    cmd = [sys.executable, "sync_batch.py", "--sandbox", "--sandbox-dir", str(batch.dir), "--sandbox-size", str(SIZE), "--json"]
+    cmd = [sys.executable, "sync_batch.py", "--sandbox", "--sandbox-dir", str(batch.dir), "--sandbox-size", str(size), "--json"]
     rng = random.Random(20261122)
     kills: list[tuple[int, int]] = []
     for n in range(1, 6):
