@@ -8,12 +8,11 @@ never renamed or removed: a user title may be referenced by history in SafetyAmp
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from typing import Any
+from datetime import date
 
 from sync.base import BaseSync, Desired, Rejected, fingerprint
 from sync.ports import Row
-from utils.data_validator import InvalidValue, clean_text
+from utils.data_validator import InvalidValue, clean_text, to_date
 
 
 def title_key(name: object) -> str | None:
@@ -37,20 +36,11 @@ def is_active_employee(row: Row, today: date | None = None) -> bool:
     rehire = row.get("RecentRehireDate")
     if rehire is not None and rehire >= term:
         return True
-    day = _calendar_day(term)
-    return today is not None and day is not None and day > today
-
-
-def _calendar_day(value: Any) -> date | None:
-    """A source date column as a calendar date (date, datetime or ISO text); None if not one."""
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
     try:
-        return date.fromisoformat(str(value).strip()[:10])
-    except ValueError:
-        return None
+        day = to_date(term, field="TermDate")
+    except InvalidValue:
+        day = None  # not a date: the termination stands
+    return today is not None and day is not None and day > today
 
 
 class TitleSync(BaseSync):

@@ -268,19 +268,9 @@ def iso_date(
     ``M/D/YYYY`` form. Rejects dates more than a year after ``today`` (default: today in
     UTC) as typos, and dates before ``min_date`` as placeholders.
     """
-    if value is None:
+    day = to_date(value, field=field)
+    if day is None:
         return None
-    if isinstance(value, datetime):
-        day = value.date()
-    elif isinstance(value, date):
-        day = value
-    elif isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return None
-        day = _parse_date(text, field)
-    else:
-        raise InvalidValue(f"{field} {value!r} is not a date", field=field)
     if today is None:
         today = datetime.now(UTC).date()
     limit = _add_year(today)
@@ -289,6 +279,21 @@ def iso_date(
     if day < min_date:
         raise InvalidValue(f"{field} {day.isoformat()} is before {min_date.isoformat()}: a placeholder, not a date", field=field)
     return day.isoformat()
+
+
+def to_date(value: date | datetime | str | None, *, field: str = "date") -> date | None:
+    """``value`` as a calendar date (the forms ``iso_date`` accepts), ``None`` when blank;
+    InvalidValue when it is not a date. No range check: that is ``iso_date``'s."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        return _parse_date(text, field) if text else None
+    raise InvalidValue(f"{field} {value!r} is not a date", field=field)
 
 
 def _parse_date(text: str, field: str) -> date:
