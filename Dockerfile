@@ -22,7 +22,7 @@
 # digest below is the multi-platform index of python:3.11-slim-bookworm (Python 3.11.16,
 # built 2026-08-25) as recorded by docker-library/repo-info
 # (repos/python/remote/3.11-slim-bookworm.md, commit bc9bbb47). Moving the pin, and
-# checking a digest before trusting it: docs/deploy.md, "Base image pin".
+# checking a digest before trusting it: docs/deploy.md, "Image pins".
 # .ci/deploy-checks fails if a FROM is not pinned by digest.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:fe556eaffd0d96abd8685b83bb8a69addd0dc730fa193669a7df0d49ddcfac02
