@@ -306,7 +306,10 @@ NETPOL: dict[str, Any] = {
         (lambda n: n["spec"]["ingress"][0]["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}}), "every address"),
         (lambda n: n["spec"]["ingress"][0]["from"][0].pop("podSelector"), "every pod of the namespaces"),
         (lambda n: n["spec"]["egress"][1].pop("to"), "egress rule 1 (ports 1433) reaches every address"),
-        (lambda n: n["spec"]["egress"][1]["to"][0]["ipBlock"].update(cidr="0.0.0.0/0"), "egress rule 1 (ports 1433) reaches every address"),
+        (
+            lambda n: n["spec"]["egress"][1]["to"][0]["ipBlock"].update(cidr="0.0.0.0/0"),
+            "egress rule 1 (ports 1433) reaches every address",
+        ),
         (lambda n: n["spec"]["egress"][1].pop("ports"), "egress rule 1 has no ports"),
         (lambda n: n["spec"]["egress"][0]["ports"].append({"port": 6379}), "reaches every address"),
         (lambda n: n["spec"].update(policyTypes=["Ingress"]), "does not restrict Egress"),
