@@ -16,10 +16,16 @@
 # Run:    docker run --rm -p 8080:8080 --read-only --tmpfs /tmp \
 #           -v sync-output:/app/output <registry>/safetyamp-sync:<tag> python main.py --sandbox
 #
-# Base image tags are pinned to the Debian release (bookworm = Debian 12); pin them by
-# digest in your registry mirror if you need byte-for-byte rebuilds.
+# The base image is pinned by digest: the tag says what it is (Python 3.11 on Debian 12
+# "bookworm"), the digest which build of it, so a rebuild uses exactly the same base. The
+# tag alone moves every few weeks (Python patch releases, Debian security updates). The
+# digest below is the multi-platform index of python:3.11-slim-bookworm (Python 3.11.16,
+# built 2026-08-25) as recorded by docker-library/repo-info
+# (repos/python/remote/3.11-slim-bookworm.md, commit bc9bbb47). Moving the pin, and
+# checking a digest before trusting it: docs/deploy.md, "Image pins".
+# .ci/deploy-checks fails if a FROM is not pinned by digest.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:fe556eaffd0d96abd8685b83bb8a69addd0dc730fa193669a7df0d49ddcfac02
 
 # --------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS msrepo

@@ -4,14 +4,17 @@
   The PowerShell twin of deploy/deploy.sh (same steps, same options).
 
 .EXAMPLE
-  ./deploy/deploy.ps1 -Environment prod -Image myacr.azurecr.io/safetyamp-sync:1.4.0
+  ./deploy/deploy.ps1 -Environment prod -Digest sha256:<64 hex digits>
+  ./deploy/deploy.ps1 -Environment staging -Image myacr.azurecr.io/safetyamp-sync:1.4.0
   ./deploy/deploy.ps1 -Environment staging -DryRun
   ./deploy/deploy.ps1 -Environment prod -Rollback
 
 .NOTES
-  ServiceMonitor and PrometheusRule are applied only when the cluster has the Prometheus
-  Operator CRDs (monitoring.coreos.com). Needs kubectl with its built-in kustomize.
-  See docs/deploy.md.
+  prod runs its image by digest only: without -Digest or an -Image ending in
+  @sha256:<digest> nothing is applied. A dev overlay that uses the Secret redis-auth gets it
+  created once, with a random password, if the namespace lacks it. ServiceMonitor and
+  PrometheusRule are applied only when the cluster has the Prometheus Operator CRDs
+  (monitoring.coreos.com). Needs kubectl with its built-in kustomize. See docs/deploy.md.
 #>
 [CmdletBinding()]
 param(
@@ -20,6 +23,8 @@ param(
     [string] $Environment,
     # Run this image instead of the overlay's (a CI build's tag or digest).
     [string] $Image = '',
+    # Run the overlay's image at this digest (fills prod's placeholder).
+    [string] $Digest = '',
     # kubectl context (default: the current one).
     [string] $Context = '',
     [string] $Timeout = '300s',
@@ -38,6 +43,15 @@ $Root = Split-Path -Parent $PSScriptRoot
 $Overlay = Join-Path $Root "k8s/overlays/$Environment"
 $Deployment = 'safetyamp-sync'
 $CronJob = 'safetyamp-sync-batch'
+$DigestEnvironments = @('prod')
+$PlaceholderDigest = 'sha256:' + ('0' * 64)
+# RFC 5737 documentation ranges: the overlays' placeholder egress destinations
+$PlaceholderCidrs = 'cidr: "?((192\.0\.2|198\.51\.100|203\.0\.113)\.[0-9./]+)'
+
+if ($Image -and $Digest) { throw 'give -Image or -Digest, not both' }
+if ($Digest -and $Digest -notmatch '^sha256:[0-9a-f]{64}$') {
+    throw "-Digest must be sha256:<64 hex digits> (the image is then run by digest), got $Digest"
+}
 
 if (-not (Get-Command kubectl -ErrorAction SilentlyContinue)) { throw 'kubectl is not installed' }
 if (-not (Test-Path (Join-Path $Overlay 'kustomization.yaml'))) { throw "no overlay $Environment" }
@@ -61,8 +75,29 @@ function Get-Rendered {
     if ($Image) {
         # The daemon's and the CronJob's image: whatever the overlay set for safetyamp-sync.
         $out = [regex]::Replace($out, '(?m)^(\s*image: )\S*/?safetyamp-sync([:@]\S*)?$', "`${1}$Image")
+    } elseif ($Digest) {
+        # The overlay's repository at this digest (a tag, if any, is dropped: the digest rules).
+        $out = [regex]::Replace($out, '(?m)^(\s*image: )([^\s@]*/?safetyamp-sync)(:[^\s@]*)?(@\S*)?$', "`${1}`${2}@$Digest")
     }
     return $out
+}
+
+# Create a Secret holding one random value (64 hex characters: safe inside a URL) unless
+# the namespace has it already; the value goes to kubectl on stdin, never on a command line.
+function New-RandomSecretIfMissing([string] $Name, [string] $Key) {
+    & kubectl @KubeArgs -n $Namespace get secret $Name 2>$null | Out-Null
+    if ($LASTEXITCODE -eq 0) { return }
+    # The Secret's namespace must exist first: apply the overlay's Namespace on its own.
+    $ns = ($Manifests -split '(?m)^---\s*$' | Where-Object { $_ -match '(?m)^kind: Namespace\s*$' }) -join "`n---`n"
+    $ns | & kubectl @KubeArgs apply -f - | Out-Null
+    if ($LASTEXITCODE -ne 0) { throw "kubectl apply of the Namespace failed" }
+    $bytes = [byte[]]::new(32)
+    [System.Security.Cryptography.RandomNumberGenerator]::Create().GetBytes($bytes)  # PowerShell 5.1 and 7
+    $value = -join ($bytes | ForEach-Object { $_.ToString('x2') })
+    $doc = "apiVersion: v1`nkind: Secret`nmetadata:`n  name: $Name`n  namespace: $Namespace`ntype: Opaque`nstringData:`n  ${Key}: $value`n"
+    $doc | & kubectl @KubeArgs create -f - | Out-Null
+    if ($LASTEXITCODE -ne 0) { throw "kubectl create secret $Name failed" }
+    Say "created Secret $Name in $Namespace (random $Key; kept in the cluster only)"
 }
 
 function Invoke-Probe([string] $Pod, [string] $Path) {
@@ -109,6 +144,22 @@ $Manifests = Get-Rendered
 if ($Manifests -match 'azure\.workload\.identity/client-id: "?00000000-0000-0000-0000-') {
     Write-Warning "the ServiceAccount still has a placeholder workload-identity client id; set your managed identity's client id in k8s/overlays/$Environment (docs/deploy.md)."
 }
+$cidrs = [regex]::Matches($Manifests, $PlaceholderCidrs) | ForEach-Object { $_.Groups[1].Value } | Sort-Object -Unique
+if ($cidrs) {
+    Write-Warning "the NetworkPolicy still has a placeholder egress destination ($($cidrs -join ' ')): SQL Server or Redis is unreachable until you set its address in k8s/overlays/$Environment (docs/deploy.md, 'Network policy')."
+}
+if ($DigestEnvironments -contains $Environment) {
+    $images = [regex]::Matches($Manifests, '(?m)^\s*image: (\S*safetyamp-sync\S*)$') | ForEach-Object { $_.Groups[1].Value } | Sort-Object -Unique
+    foreach ($img in $images) {
+        if ($img.EndsWith("@$PlaceholderDigest") -or $img -notmatch '@sha256:[0-9a-f]{64}$') {
+            if ($RenderOnly) {
+                Write-Warning "$img is not a real digest (placeholder image digest); $Environment is deployed by digest."
+            } else {
+                throw "$Environment runs its image by digest, and $img is not one: pass -Digest sha256:<digest> or -Image <repo>@sha256:<digest> (docs/deploy.md, 'Image pins')"
+            }
+        }
+    }
+}
 if ($RenderOnly) { Write-Output $Manifests; exit 0 }
 
 $crds = & kubectl @KubeArgs api-resources --api-group=monitoring.coreos.com -o name 2>$null
@@ -121,6 +172,13 @@ if (-not ($crds -match '^servicemonitors\.')) {
 $applyArgs = @('apply', '-f', '-')
 $mode = ''
 if ($DryRun) { $applyArgs += '--dry-run=server'; $mode = ' (server dry run)' }
+if ($Manifests -match 'name: redis-auth') {
+    if ($DryRun) {
+        Write-Warning 'dry run: the Secret redis-auth is not created (a real run creates it if missing)'
+    } else {
+        New-RandomSecretIfMissing 'redis-auth' 'password'
+    }
+}
 Say "applying overlay $Environment to namespace $Namespace$mode"
 $Manifests | & kubectl @KubeArgs @applyArgs | Out-Host
 if ($LASTEXITCODE -ne 0) { throw 'kubectl apply failed' }

@@ -103,8 +103,9 @@ VEHICLE_MODELS = (
     ("RAM", "2500"), ("Freightliner", "M2 106"), ("Isuzu", "NPR HD"), ("Kenworth", "T270"),
     ("Toyota", "Tacoma"),
 )  # fmt: skip
+# A root tag has no parentTagId at all: Samsara omits the field rather than sending null.
 VEHICLE_TAGS = (
-    {"id": "3914", "name": "Fleet", "parentTagId": None},
+    {"id": "3914", "name": "Fleet"},
     {"id": "3915", "name": "Service Trucks", "parentTagId": "3914"},
     {"id": "3916", "name": "Heavy", "parentTagId": "3914"},
 )

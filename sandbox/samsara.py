@@ -16,6 +16,7 @@ import hashlib
 import secrets
 import time
 import uuid
+from typing import Any
 
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException, NotFound
@@ -28,6 +29,20 @@ SERVICE = "samsara"
 MAX_LIMIT = 512  # SAM-pg: default and maximum
 CURSOR_TTL_S = 30 * 24 * 3600  # SAM-pg: cursors expire after 30 days
 QUIRK_ONE_IN = 7  # about one page in seven is short or empty (Assumption on frequency)
+
+
+def omit_nulls(value: Any) -> Any:
+    """``value`` without null members, at any depth.
+
+    Samsara's published schema types every field (``parentTagId`` is a string) and says an
+    optional field without a value is omitted, never null. Applied to every answer, so a
+    sandbox folder seeded before a generator was fixed still serves what Samsara would.
+    """
+    if isinstance(value, dict):
+        return {k: omit_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [omit_nulls(v) for v in value]
+    return value
 
 
 def _error(status: int, message: str) -> Response:
@@ -114,7 +129,7 @@ def create_app(store: Store, *, api_key: str, seed: str) -> Flask:
         end_cursor = encode_opaque({"c": collection, "f": filter_key, "r": last_rid, "k": page_index + 1, "t": int(time.time())})
         return json_response(
             {
-                "data": [data for _rid, data in page],
+                "data": [omit_nulls(data) for _rid, data in page],
                 "pagination": {"endCursor": end_cursor if more else "", "hasNextPage": more},
             },
             200,
@@ -146,6 +161,6 @@ def create_app(store: Store, *, api_key: str, seed: str) -> Flask:
         data = store.get(SERVICE, collection, rid) if rid is not None else None
         if data is None:
             return _error(404, f"{collection[:-1].capitalize()} {object_id} not found")
-        return json_response({"data": data}, 200)
+        return json_response({"data": omit_nulls(data)}, 200)
 
     return app

@@ -8,6 +8,12 @@ ServiceProviderConfig (PATCH, filter with maxResults 1000, sort, bulk, ETags), p
 bearer scheme. What it decides (uniqueness of userName, 409 bodies, ETag versions, 412,
 PATCH semantics) is scim2-server's, not ours.
 
+One quirk can be switched on (``create_app(..., username_filter_case_exact=True)``): a
+``userName eq "..."`` filter that compares case-sensitively while uniqueness still ignores
+case, as some SCIM services do although RFC 7643 section 4.1.1 makes ``userName``
+``caseExact: false``. A client that meets a 409 on create and looks the name up by filter
+then finds nothing; the rosters sync must cope (``CaseExactUserNameFilter``).
+
 The one thing added is durability: scim2-server keeps resources in memory
 (``InMemoryStorage``), while a sandbox folder must keep the target's state between
 runs. ``JournaledStorage`` appends every acknowledged write to ``scim-journal.jsonl``
@@ -23,15 +29,17 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from scim2_models import ResourceType, ScimProvider
 from scim2_server.memory import InMemoryStorage
 from scim2_server.service import ScimService
 from scim2_server.testserver.application import BEARER_TOKEN_SCHEME, BearerTokenApplication
 from scim2_server.utils import load_default_resource_types, load_default_schemas, load_default_service_provider_config
-from werkzeug.wrappers import Response
+from werkzeug.wrappers import Request, Response
 
 from sandbox.wsgi import json_response
 
@@ -123,9 +131,50 @@ class JournaledStorage(InMemoryStorage):
             self._journal.close()
 
 
-def create_app(directory: Path, *, token: str) -> tuple[BearerTokenApplication, JournaledStorage]:
-    """scim2-server's bearer-token WSGI application over the directory's journal."""
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+_USERNAME_EQ = re.compile(r'^\s*userName\s+eq\s+("(?:[^"\\]|\\.)*")\s*$', re.IGNORECASE)
+
+
+class CaseExactUserNameFilter:
+    """WSGI wrapper: ``GET .../Users?filter=userName eq "X"`` keeps only the users whose
+    userName is exactly ``X`` (case included), like SCIM services that compare filters
+    case-sensitively. Everything else, uniqueness on create included, is scim2-server's."""
+
+    def __init__(self, app: WsgiApp) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        wanted = self._wanted(environ)
+        if wanted is None:
+            return self.app(environ, start_response)
+        response = Response.from_app(self.app, environ)
+        body = json.loads(response.get_data(as_text=True) or "null") if response.status_code == 200 else None
+        if isinstance(body, dict) and isinstance(body.get("Resources"), list):
+            kept = [r for r in body["Resources"] if isinstance(r, dict) and r.get("userName") == wanted]
+            body.update(Resources=kept, totalResults=len(kept), itemsPerPage=len(kept))
+            response.set_data(json.dumps(body))
+        return response(environ, start_response)
+
+    @staticmethod
+    def _wanted(environ: dict[str, Any]) -> str | None:
+        request = Request(environ)
+        if request.method != "GET" or not request.path.rstrip("/").endswith("/Users"):
+            return None
+        raw = (parse_qs(environ.get("QUERY_STRING", "")).get("filter") or [""])[0]
+        match = _USERNAME_EQ.match(raw)
+        if match is None:
+            return None
+        value = json.loads(match.group(1))
+        return value if isinstance(value, str) else None
+
+
+def create_app(directory: Path, *, token: str, username_filter_case_exact: bool = False) -> tuple[WsgiApp, JournaledStorage]:
+    """scim2-server's bearer-token WSGI application over the directory's journal
+    (behind ``CaseExactUserNameFilter`` when asked for)."""
     provider = build_provider()
     storage = JournaledStorage(directory / JOURNAL_FILE, provider)
     service = ScimService(provider, secret=secrets.token_urlsafe(32))
-    return BearerTokenApplication(storage, provider, service=service, bearer_tokens=[token]), storage
+    app: WsgiApp = BearerTokenApplication(storage, provider, service=service, bearer_tokens=[token])
+    if username_filter_case_exact:
+        app = CaseExactUserNameFilter(app)
+    return app, storage

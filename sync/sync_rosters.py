@@ -255,6 +255,7 @@ class RosterSync:
         self._now = now or (lambda: datetime.now(UTC))
         self._lock = threading.Lock()
         self._consecutive_errors = 0
+        self._users_by_name: dict[str, list[dict[str, Any]]] = {}
         s = self.settings
         self.roles = tuple(getattr(s, "roster_roles", None) or DEFAULT_ROLES)
         self.schools = tuple(getattr(s, "roster_schools", None) or ())
@@ -288,6 +289,10 @@ class RosterSync:
 
         users_now = self.target.list(USERS)
         groups_now = self.target.list(GROUPS)
+        self._users_by_name = {}
+        for r in users_now:
+            if r.get("id") and isinstance(r.get("userName"), str):
+                self._users_by_name.setdefault(r["userName"].casefold(), []).append(r)
         ours_users = {str(r["externalId"]): r for r in users_now if r.get("externalId") and r.get("id")}
         ours_groups = {str(r["externalId"]): r for r in groups_now if r.get("externalId") and r.get("id")}
 
@@ -715,6 +720,8 @@ class RosterSync:
             # 409: the userName is taken. Adopt that user when it is not someone else's
             # (no externalId, or ours); otherwise the record fails and is tracked.
             found = self.target.find(USERS, "userName", str(payload["userName"]))
+            if found is None:
+                found = self._case_variant(str(payload["userName"]), w.key)
             if found is None or (found.get("externalId") and str(found["externalId"]) != w.key):
                 raise
             rid = str(found["id"])
@@ -725,6 +732,18 @@ class RosterSync:
                 "userName %s already existed without our externalId; adopted it", payload["userName"], extra={"sync": self.name}
             )
             return "adopted", rid
+
+    def _case_variant(self, user_name: str, key: str) -> dict[str, Any] | None:
+        """The user read this run whose userName equals ``user_name`` ignoring case.
+
+        userName is caseExact false (RFC 7643 section 4.1.1), yet some servers compare
+        ``filter=userName eq`` case-sensitively while their uniqueness check does not:
+        the 409 then has no match by filter. Several case variants: ours if one is ours,
+        else none (the record fails rather than adopt a guess)."""
+        variants = self._users_by_name.get(user_name.casefold(), [])
+        if len(variants) == 1:
+            return variants[0]
+        return next((r for r in variants if str(r.get("externalId") or "") == key), None)
 
     def _create(self, resource: str, payload: Mapping[str, Any], key: str) -> dict[str, Any]:
         return create_once(

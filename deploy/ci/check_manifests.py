@@ -15,6 +15,14 @@ assert the security invariants. Used by .ci/deploy-checks and tests/integration.
    containers): runAsNonRoot, a non-zero user, readOnlyRootFilesystem,
    allowPrivilegeEscalation false, not privileged, capabilities drop ALL, seccomp
    RuntimeDefault, no host namespaces, no hostPath volumes, memory limits set.
+5. Image pins: every third-party image by tag *and* digest, never ``latest``; the product
+   image by digest in the overlays of DIGEST_OVERLAYS (prod); the Dockerfile's base image
+   by digest.
+6. NetworkPolicies: every ingress rule names its sources (no rule open to every pod,
+   namespace or address); every egress rule has ports, and only HTTPS (443) and DNS may go
+   to any address; both directions restricted.
+7. Redis containers: a password (``--requirepass``) taken from a Secret, protected mode
+   not switched off.
 
 Exit status 0 when everything passes; every problem is printed.
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +47,10 @@ KUSTOMIZE_ROOT = ROOT / "k8s"
 K8S_VERSION = "1.30.0"
 CRD_GROUPS = ("monitoring.coreos.com",)
 WORKLOAD_KINDS = {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
+PRODUCT_IMAGE = "safetyamp-sync"
+DIGEST_OVERLAYS = {"prod"}  # overlays whose product image must be pinned by digest
+OPEN_EGRESS_PORTS = {53, 443}  # DNS and HTTPS to SaaS endpoints may go to any address
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 
 # ------------------------------------------------------------------------- rendering
@@ -156,6 +169,121 @@ def security_problems(resource: dict[str, Any]) -> list[str]:
     return problems
 
 
+# ------------------------------------------------------------------------- image pins
+def is_product_image(image: str) -> bool:
+    """True for this project's image (any registry, tag or digest)."""
+    name = image.split("@", 1)[0]
+    name = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+    return name.rsplit("/", 1)[-1] == PRODUCT_IMAGE
+
+
+def image_reference_problems(image: str, where: str, *, digest_required: bool) -> list[str]:
+    """What is loose about one image reference (empty list = pinned as required)."""
+    problems: list[str] = []
+    name, _, digest = image.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    tag = last.rsplit(":", 1)[1] if ":" in last else None
+    if tag is None and not digest:
+        problems.append(f"{where}: image {image} has neither tag nor digest")
+    if tag == "latest":
+        problems.append(f"{where}: image {image} uses the tag latest")
+    if digest_required and not DIGEST.search(image):
+        problems.append(f"{where}: image {image} is not pinned by digest (@sha256:<64 hex>)")
+    return problems
+
+
+def image_problems(resources: list[dict[str, Any]], *, product_digest_required: bool) -> list[str]:
+    """Third-party images need tag and digest; the product image a digest when required."""
+    problems: list[str] = []
+    for resource in resources:
+        for pod in pod_specs(resource):
+            for container in (pod.get("containers") or []) + (pod.get("initContainers") or []):
+                image = str(container.get("image") or "")
+                where = f"{name_of(resource)} container {container.get('name')}"
+                product = is_product_image(image)
+                problems += image_reference_problems(image, where, digest_required=product_digest_required or not product)
+    return problems
+
+
+def dockerfile_problems(text: str) -> list[str]:
+    """Every base image (``FROM`` or the ``ARG`` default it names) pinned by digest."""
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, flags=re.M))
+    problems: list[str] = []
+    for ref in re.findall(r"^FROM (?:--platform=\S+ )?(\S+)", text, flags=re.M):
+        var = re.fullmatch(r"\$\{?(\w+)\}?", ref)
+        image = args.get(var.group(1), ref) if var else ref
+        if image in {"scratch"} or image.lower() in {m.lower() for m in re.findall(r" AS (\S+)$", text, flags=re.M)}:
+            continue
+        problems += image_reference_problems(image, f"Dockerfile FROM {ref}", digest_required=True)
+    return problems
+
+
+# ------------------------------------------------------------------- network policies
+def _selects_something(selector: Any) -> bool:
+    return isinstance(selector, dict) and bool(selector.get("matchLabels") or selector.get("matchExpressions"))
+
+
+def _open_cidr(peer: dict[str, Any]) -> bool:
+    return str((peer.get("ipBlock") or {}).get("cidr")) in ("0.0.0.0/0", "::/0")
+
+
+def network_policy_problems(policy: dict[str, Any]) -> list[str]:
+    """Every way one NetworkPolicy admits more than it names (empty list = tight)."""
+    where = name_of(policy)
+    spec = policy.get("spec") or {}
+    problems = [f"{where}: does not restrict {t}" for t in ("Ingress", "Egress") if t not in (spec.get("policyTypes") or [])]
+    for i, rule in enumerate(spec.get("ingress") or []):
+        peers = rule.get("from") or []
+        if not peers:
+            problems.append(f"{where}: ingress rule {i} admits every source (no from)")
+        for peer in peers:
+            if "ipBlock" in peer:
+                if _open_cidr(peer):
+                    problems.append(f"{where}: ingress rule {i} admits every address ({peer['ipBlock']['cidr']})")
+                continue
+            if "namespaceSelector" in peer and not _selects_something(peer["namespaceSelector"]):
+                problems.append(f"{where}: ingress rule {i} admits every namespace (empty namespaceSelector)")
+            if "namespaceSelector" in peer and not _selects_something(peer.get("podSelector")):
+                problems.append(f"{where}: ingress rule {i} admits every pod of the namespaces it selects")
+            if "namespaceSelector" not in peer and not _selects_something(peer.get("podSelector")):
+                problems.append(f"{where}: ingress rule {i} admits every pod of the namespace (empty podSelector)")
+    for i, rule in enumerate(spec.get("egress") or []):
+        ports = {p.get("port") for p in rule.get("ports") or []}
+        if not ports:
+            problems.append(f"{where}: egress rule {i} has no ports (every port allowed)")
+            continue
+        peers = rule.get("to") or []
+        anywhere = not peers or any(_open_cidr(p) for p in peers)
+        if anywhere and not ports <= OPEN_EGRESS_PORTS:
+            listed = ",".join(str(p) for p in sorted(ports, key=str))
+            problems.append(f"{where}: egress rule {i} (ports {listed}) reaches every address; name its destinations")
+    return problems
+
+
+# ------------------------------------------------------------------------------ Redis
+def redis_problems(resource: dict[str, Any]) -> list[str]:
+    """A Redis container must require a password taken from a Secret."""
+    problems: list[str] = []
+    for pod in pod_specs(resource):
+        for container in pod.get("containers") or []:
+            argv = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
+            if "redis-server" not in argv and not str(container.get("image", "")).split("/")[-1].startswith("redis:"):
+                continue
+            where = f"{name_of(resource)} container {container.get('name')}"
+            env = {e.get("name"): e for e in container.get("env") or []}
+            if "--requirepass" not in argv:
+                problems.append(f"{where}: Redis without a password (no --requirepass)")
+            else:
+                value = argv[argv.index("--requirepass") + 1] if argv.index("--requirepass") + 1 < len(argv) else ""
+                var = re.fullmatch(r"\$\((\w+)\)", value)
+                ref = ((env.get(var.group(1)) or {}).get("valueFrom") or {}).get("secretKeyRef") if var else None
+                if not ref:
+                    problems.append(f"{where}: the Redis password is not from a Secret (use $(VAR) with a secretKeyRef)")
+            if "--protected-mode" in argv and argv[argv.index("--protected-mode") + 1 :][:1] == ["no"]:
+                problems.append(f"{where}: Redis with protected mode off")
+    return problems
+
+
 # ------------------------------------------------------------------------------- main
 def check(kubectl: str, node_modules: Path | None, out_dir: Path | None) -> int:
     failures = 0
@@ -185,9 +313,21 @@ def check(kubectl: str, node_modules: Path | None, out_dir: Path | None) -> int:
                 print(f"PASS {label} {name_of(resource)} against Kubernetes {K8S_VERSION} (strict)")
             if resource.get("kind") in WORKLOAD_KINDS:
                 workloads += 1
-                for problem in security_problems(resource):
+                for problem in security_problems(resource) + redis_problems(resource):
                     print(f"FAIL {label} security: {problem}")
                     failures += 1
+            if resource.get("kind") == "NetworkPolicy":
+                for problem in network_policy_problems(resource):
+                    print(f"FAIL {label} network: {problem}")
+                    failures += 1
+        # The base is not deployable on its own (its product image is a bare name); the
+        # overlays carry the real references.
+        image_checks = (
+            [] if path.name == "base" else image_problems(resources, product_digest_required=path.name in DIGEST_OVERLAYS)
+        )
+        for problem in image_checks:
+            print(f"FAIL {label} image: {problem}")
+            failures += 1
         if workloads == 0:
             print(f"FAIL {label}: no workload rendered")
             failures += 1
@@ -200,6 +340,9 @@ def check(kubectl: str, node_modules: Path | None, out_dir: Path | None) -> int:
             print(output)
             if not ok:
                 failures += 1
+    for problem in dockerfile_problems((ROOT / "Dockerfile").read_text(encoding="utf-8")):
+        print(f"FAIL Dockerfile: {problem}")
+        failures += 1
     print(f"{'OK' if failures == 0 else 'FAILED'}: {failures} problem(s)")
     return 1 if failures else 0
 

@@ -1,8 +1,10 @@
 """The deployment artefacts keep their promises: every Kustomize overlay renders, is valid
 Kubernetes 1.30, runs nothing as root or with a writable root filesystem, and wires the
 daemon, the CronJob, the metrics Service and the NetworkPolicy the way docs/deploy.md
-says; the PrometheusRule equals the rules file; the Grafana dashboard is importable; the
-Dockerfile builds the image DESIGN.md describes.
+says; third-party images and the production image are pinned by digest; the NetworkPolicy
+admits only named sources and sends SQL and Redis traffic only to the overlay's addresses;
+the dev Redis wants a password from a Secret; the PrometheusRule equals the rules file; the
+Grafana dashboard is importable; the Dockerfile builds the image docs/deploy.md describes.
 
 Needs ``kubectl`` (for ``kubectl kustomize``) and, for the schema test, the PyPI package
 ``kubernetes-validate``; .ci/deploy-checks installs both. Locally they skip when absent;
@@ -31,7 +33,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ("dev", "staging", "prod")
 EGRESS_ALLOWED = {53, 443, 1433, 6379, 6380}
-EGRESS_REQUIRED = {53, 443, 1433, 6379}
+EGRESS_REQUIRED = {53, 443, 1433}  # and Redis: 6379 (dev's own) or 6380 (managed, TLS)
 METRICS = {
     "sync_runs_total", "sync_records_total", "sync_duration_seconds", "sync_last_success_timestamp_seconds",
     "sync_failed_records", "external_requests_total", "external_request_duration_seconds", "circuit_breaker_state",
@@ -232,10 +234,181 @@ def test_network_policy_allows_only_what_the_product_needs(rendered: dict[str, l
         assert selector.items() <= pod_labels(workload).items()
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
-    assert EGRESS_REQUIRED <= egress_ports <= EGRESS_ALLOWED
+    assert EGRESS_REQUIRED <= egress_ports <= EGRESS_ALLOWED and egress_ports & {6379, 6380}
     assert all(rule.get("ports") for rule in policy["spec"]["egress"]), "an egress rule without ports allows everything"
     ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
     assert ingress_ports == {8080}
+    assert checks.network_policy_problems(policy) == []
+
+
+@pytest.mark.parametrize("env", OVERLAYS)
+def test_ingress_comes_only_from_prometheus_and_labelled_callers(rendered: dict[str, list[dict[str, Any]]], env: str) -> None:
+    policy = one(rendered[env], "NetworkPolicy", "safetyamp-sync")
+    peers = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+    prometheus = [p for p in peers if "namespaceSelector" in p]
+    assert prometheus and all(p["namespaceSelector"]["matchLabels"] and p["podSelector"]["matchLabels"] for p in prometheus)
+    assert any(p["podSelector"]["matchLabels"].get("app.kubernetes.io/name") == "prometheus" for p in prometheus)
+    callers = [p for p in peers if "namespaceSelector" not in p]
+    assert callers == [{"podSelector": {"matchLabels": {"safetyamp-sync/api-client": "true"}}}]
+
+
+@pytest.mark.parametrize("env", OVERLAYS)
+def test_egress_destinations_are_set_per_overlay(rendered: dict[str, list[dict[str, Any]]], env: str) -> None:
+    policy = one(rendered[env], "NetworkPolicy", "safetyamp-sync")
+    by_port: dict[int, list[dict[str, Any]]] = {}
+    for rule in policy["spec"]["egress"]:
+        for port in {p["port"] for p in rule["ports"]}:
+            by_port.setdefault(port, []).extend(rule["to"])
+    dns = by_port[53]
+    assert dns == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]  # fmt: skip
+    assert by_port[443] == [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "HTTPS goes to SaaS endpoints on the internet"
+    sql = [peer["ipBlock"]["cidr"] for peer in by_port[1433]]
+    assert sql and "0.0.0.0/0" not in sql
+    if env == "dev":
+        assert by_port[6379] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "redis"}}}]
+        assert 6380 not in by_port
+    else:
+        assert 6379 not in by_port, "the managed Redis speaks TLS on 6380 only"
+        assert [peer["ipBlock"]["cidr"] for peer in by_port[6380]] and "0.0.0.0/0" not in str(by_port[6380])
+    # each overlay names its own destinations (the base's placeholders are replaced)
+    base_sql = {p["ipBlock"]["cidr"] for p in one(base_rendered(), "NetworkPolicy")["spec"]["egress"][2]["to"]}
+    assert set(sql).isdisjoint(base_sql), f"{env} still sends SQL traffic to the base placeholder {base_sql}"
+
+
+def base_rendered() -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        _missing("kubectl")
+    return checks.render(ROOT / "k8s" / "base", kubectl)
+
+
+NETPOL: dict[str, Any] = {
+    "kind": "NetworkPolicy",
+    "metadata": {"name": "n"},
+    "spec": {
+        "podSelector": {"matchLabels": {"a": "b"}},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"x": "y"}}, "podSelector": {"matchLabels": {"p": "q"}}}],
+                     "ports": [{"port": 8080}]}],
+        "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443}]},
+                   {"to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}], "ports": [{"port": 1433}]}],
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda n: n["spec"]["ingress"][0].pop("from"), "ingress rule 0 admits every source"),
+        (lambda n: n["spec"]["ingress"][0].update({"from": []}), "ingress rule 0 admits every source"),
+        (lambda n: n["spec"]["ingress"][0]["from"].append({"namespaceSelector": {}}), "every namespace"),
+        (lambda n: n["spec"]["ingress"][0]["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}}), "every address"),
+        (lambda n: n["spec"]["ingress"][0]["from"][0].pop("podSelector"), "every pod of the namespaces"),
+        (lambda n: n["spec"]["egress"][1].pop("to"), "egress rule 1 (ports 1433) reaches every address"),
+        (
+            lambda n: n["spec"]["egress"][1]["to"][0]["ipBlock"].update(cidr="0.0.0.0/0"),
+            "egress rule 1 (ports 1433) reaches every address",
+        ),
+        (lambda n: n["spec"]["egress"][1].pop("ports"), "egress rule 1 has no ports"),
+        (lambda n: n["spec"]["egress"][0]["ports"].append({"port": 6379}), "reaches every address"),
+        (lambda n: n["spec"].update(policyTypes=["Ingress"]), "does not restrict Egress"),
+    ],
+)
+def test_network_policy_checker_flags_each_open_rule(mutate: Any, expected: str) -> None:
+    assert checks.network_policy_problems(NETPOL) == []
+    policy = copy.deepcopy(NETPOL)
+    mutate(policy)
+    problems = checks.network_policy_problems(policy)
+    assert any(expected in p for p in problems), problems
+
+
+# ------------------------------------------------------------------------- image pins
+@pytest.mark.parametrize("env", OVERLAYS)
+def test_images_are_pinned_by_digest_where_required(rendered: dict[str, list[dict[str, Any]]], env: str) -> None:
+    assert checks.image_problems(rendered[env], product_digest_required=env in checks.DIGEST_OVERLAYS) == []
+    images = [c["image"] for r in rendered[env] for pod in checks.pod_specs(r) for c in pod["containers"]]
+    product = {i for i in images if checks.is_product_image(i)}
+    assert product, images
+    if env == "prod":
+        assert all(re.search(r"@sha256:[0-9a-f]{64}$", i) for i in product), product
+    others = set(images) - product
+    assert all(re.fullmatch(r"[^@\s]+:[^@\s]+@sha256:[0-9a-f]{64}", i) for i in others), others
+
+
+@pytest.mark.parametrize(
+    ("image", "digest_required", "expected"),
+    [
+        ("redis:7.2.16-alpine", False, "not pinned by digest"),
+        ("redis", False, "not pinned by digest"),
+        ("busybox:latest@sha256:" + "a" * 64, False, "latest"),
+        ("reg.example/safetyamp-sync:1.0.0", True, "not pinned by digest"),
+        ("reg.example/safetyamp-sync:latest", False, "latest"),
+        ("reg.example/safetyamp-sync", False, "neither tag nor digest"),
+        ("redis:7.2.16-alpine@sha256:abc", False, "not pinned by digest"),
+    ],
+)
+def test_image_checker_flags_each_loose_reference(image: str, digest_required: bool, expected: str) -> None:
+    pod = copy.deepcopy(GOOD_POD)
+    pod["spec"]["containers"][0]["image"] = image
+    problems = checks.image_problems([pod], product_digest_required=digest_required)
+    assert any(expected in p for p in problems), problems
+    pinned = copy.deepcopy(GOOD_POD)
+    pinned["spec"]["containers"][0]["image"] = "redis:7.2.16-alpine@sha256:" + "0123456789abcdef" * 4
+    assert checks.image_problems([pinned], product_digest_required=True) == []
+
+
+def test_dockerfile_base_image_is_pinned_by_digest() -> None:
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert checks.dockerfile_problems(text) == []
+    assert checks.dockerfile_problems(text.replace("@sha256:", "@sha256:x")) != []
+    loose = re.sub(r"@sha256:[0-9a-f]{64}", "", text)
+    assert any("not pinned by digest" in p for p in checks.dockerfile_problems(loose))
+
+
+# ---------------------------------------------------------------------- dev Redis
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env") or []}
+
+
+def test_dev_redis_wants_a_password_from_a_secret_and_the_product_sends_it(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    res = rendered["dev"]
+    (redis,) = pod_spec(one(res, "Deployment", "redis"))["containers"]
+    assert checks.redis_problems(one(res, "Deployment", "redis")) == []
+    args = redis["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert args[args.index("--protected-mode") + 1] == "yes"
+    secret_ref = _env(redis)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert secret_ref["name"] == "redis-auth" and secret_ref.get("optional") is not True
+    for workload in (one(res, "Deployment", "safetyamp-sync"), one(res, "CronJob")):
+        (container,) = pod_spec(workload)["containers"]
+        env = container["env"]
+        names = [e["name"] for e in env]
+        assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL"), "$(VAR) only expands variables defined earlier"
+        assert _env(container)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == secret_ref
+        assert _env(container)["REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@redis:6379/0"
+    assert "REDIS_URL" not in one(res, "ConfigMap")["data"]
+    assert not [r for r in res if r["kind"] == "Secret"], "the password is created in the cluster, never kept in git"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["redis-server", "--save", ""], "no --requirepass"),
+        (["redis-server", "--requirepass", "hunter2"], "not from a Secret"),
+        (["redis-server", "--requirepass", "$(REDIS_PASSWORD)", "--protected-mode", "no"], "protected mode off"),
+    ],
+)
+def test_redis_checker_flags_an_open_redis(args: list[str], expected: str) -> None:
+    pod = copy.deepcopy(GOOD_POD)
+    pod["spec"]["containers"][0].update(image="redis:7.2.16-alpine", args=args)
+    problems = checks.redis_problems(pod)
+    assert any(expected in p for p in problems), problems
+    pod["spec"]["containers"][0]["args"] = ["redis-server", "--requirepass", "$(REDIS_PASSWORD)"]
+    pod["spec"]["containers"][0]["env"] = [
+        {"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "redis-auth", "key": "password"}}}
+    ]
+    assert checks.redis_problems(pod) == []
 
 
 @pytest.mark.parametrize("env", OVERLAYS)
@@ -262,9 +435,8 @@ def test_configmap_holds_known_settings_and_no_secret(rendered: dict[str, list[d
     assert data["PORT"] == "8080"
     assert data["OUTPUT_DIR"] == "/app/output"
     secret_names = {f.alias for f in Settings.model_fields.values() if f.alias and "SecretStr" in str(f.annotation)}
-    # A Redis URL is a secret only when it embeds a password (dev's in-cluster Redis has none).
-    leaked = {k for k in data if k in secret_names and not (k == "REDIS_URL" and "@" not in data[k])}
-    assert leaked == set(), "secrets belong in Key Vault or the SECRETS_DIR Secret"
+    leaked = {k for k in data if k in secret_names}
+    assert leaked == set(), "secrets belong in Key Vault, the SECRETS_DIR Secret or (dev Redis) the redis-auth Secret"
 
 
 def test_overlays_differ_where_they_should(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -281,8 +453,8 @@ def test_overlays_differ_where_they_should(rendered: dict[str, list[dict[str, An
         for env in OVERLAYS
     }
     assert redis == {"dev": ["redis"], "staging": [], "prod": []}
-    assert one(rendered["dev"], "ConfigMap")["data"]["REDIS_URL"].startswith("redis://redis:")
-    assert "REDIS_URL" not in one(rendered["prod"], "ConfigMap")["data"], "prod's Redis URL carries a key: Key Vault"
+    for env in OVERLAYS:
+        assert "REDIS_URL" not in one(rendered[env], "ConfigMap")["data"], "a Redis URL carries a password: never a ConfigMap"
 
 
 # --------------------------------------------------------------- rules and dashboard
@@ -341,7 +513,7 @@ def test_dockerfile_final_stage() -> None:
     stages = re.split(r"^FROM ", text, flags=re.M)[1:]
     assert len(stages) >= 2, "multi-stage build expected"
     final = stages[-1]
-    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim-bookworm$", text, flags=re.M)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}$", text, flags=re.M)
     assert final.startswith("${PYTHON_IMAGE} AS runtime")
     assert "msodbcsql18" in final and "ACCEPT_EULA=Y" in final
     assert "packages-microsoft-prod.deb" in text and "/config/debian/12/" in text
@@ -384,10 +556,12 @@ case "${args[0]}" in
   kustomize) exec "$REAL_KUBECTL" "${args[@]}" ;;
   api-resources) [ "$FAKE_CRDS" = 1 ] && echo servicemonitors.monitoring.coreos.com; exit 0 ;;
   apply) cat > "$FAKE_DIR/applied.yaml"; echo applied ;;
+  create) cat > "$FAKE_DIR/created.yaml"; echo created ;;
   -n)
     case "${args[2]}" in
       rollout) exit "${FAKE_ROLLOUT_RC:-0}" ;;
-      get) [[ "$*" == *jsonpath* ]] && printf 'safetyamp-sync-abc' ; exit 0 ;;
+      get) [ "${args[3]}" = secret ] && exit "${FAKE_SECRET_RC:-0}"
+           [[ "$*" == *jsonpath* ]] && printf 'safetyamp-sync-abc' ; exit 0 ;;
       exec) echo '200 {"status": "ok"}' ;;
     esac ;;
 esac
@@ -436,10 +610,55 @@ def test_deploy_script_applies_waits_and_probes(fake_cluster: dict[str, str], tm
     assert "placeholder workload-identity client id" in proc.stderr
 
 
+DIGEST = "sha256:" + "5d" * 32
+
+
 def test_deploy_script_reports_a_failed_rollout(fake_cluster: dict[str, str]) -> None:
-    proc = run_deploy({**fake_cluster, "FAKE_CRDS": "1", "FAKE_ROLLOUT_RC": "1"}, "prod")
+    proc = run_deploy({**fake_cluster, "FAKE_CRDS": "1", "FAKE_ROLLOUT_RC": "1"}, "prod", "--digest", DIGEST)
     assert proc.returncode != 0
     assert "deploy/deploy.sh prod --rollback" in proc.stderr
+
+
+def test_prod_is_deployed_only_by_digest(fake_cluster: dict[str, str], tmp_path: Path) -> None:
+    env = {**fake_cluster, "FAKE_CRDS": "1"}
+    for args in ((), ("--image", "reg.example/safetyamp-sync:1.2.3"), ("--digest", "sha256:abc")):
+        proc = run_deploy(env, "prod", *args)
+        assert proc.returncode != 0 and "by digest" in proc.stderr, (args, proc.stderr)
+        assert not (tmp_path / "applied.yaml").exists(), "nothing may be applied"
+    proc = run_deploy(env, "prod", "--digest", DIGEST)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    applied = [d for d in yaml.safe_load_all((tmp_path / "applied.yaml").read_text(encoding="utf-8")) if d]
+    images = {c["image"] for d in applied for pod in checks.pod_specs(d) for c in pod["containers"]}
+    assert images == {f"crsafetyampsync.azurecr.io/safetyamp-sync@{DIGEST}"}
+    proc = run_deploy(env, "prod", "--image", f"reg.example/safetyamp-sync:1.2.3@{DIGEST}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    applied = [d for d in yaml.safe_load_all((tmp_path / "applied.yaml").read_text(encoding="utf-8")) if d]
+    assert {c["image"] for d in applied for pod in checks.pod_specs(d) for c in pod["containers"]} == {
+        f"reg.example/safetyamp-sync:1.2.3@{DIGEST}"
+    }
+    rendered = run_deploy(env, "prod", "--render-only")
+    assert rendered.returncode == 0 and "placeholder image digest" in rendered.stderr
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_dev_deploy_creates_the_redis_password_secret_once(fake_cluster: dict[str, str], tmp_path: Path, exists: bool) -> None:
+    proc = run_deploy({**fake_cluster, "FAKE_CRDS": "1", "FAKE_SECRET_RC": "0" if exists else "1"}, "dev")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    created = tmp_path / "created.yaml"
+    calls = (tmp_path / "calls").read_text(encoding="utf-8")
+    if exists:
+        assert not created.exists(), "an existing password is never replaced"
+        return
+    secret = yaml.safe_load(created.read_text(encoding="utf-8"))
+    assert secret["kind"] == "Secret" and secret["metadata"] == {"name": "redis-auth", "namespace": "safetyamp-sync-dev"}
+    password = secret["stringData"]["password"]
+    assert re.fullmatch(r"[0-9a-f]{64}", password), "URL-safe: it is put into REDIS_URL as is"
+    assert password not in proc.stdout + proc.stderr + calls, "the password travels on stdin only"
+
+
+def test_placeholder_egress_destinations_are_warned_about(fake_cluster: dict[str, str]) -> None:
+    proc = run_deploy({**fake_cluster, "FAKE_CRDS": "1"}, "staging", "--render-only")
+    assert proc.returncode == 0 and "placeholder egress destination" in proc.stderr
 
 
 def test_deploy_script_refuses_an_unknown_overlay(fake_cluster: dict[str, str]) -> None:

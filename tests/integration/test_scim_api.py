@@ -52,10 +52,10 @@ class Server:
         return self.store.last_request_id()
 
 
-def serve(tmp_path: Path, faults: dict[str, float] | None = None) -> Iterator[Server]:
+def serve(tmp_path: Path, faults: dict[str, float] | None = None, *, case_exact_filter: bool = False) -> Iterator[Server]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     store = open_store(tmp_path)
-    app, storage = sandbox_scim.create_app(tmp_path, token=TOKEN)
+    app, storage = sandbox_scim.create_app(tmp_path, token=TOKEN, username_filter_case_exact=case_exact_filter)
     wrapped = EmulatorMiddleware(
         app, service="scim", store=store, injector=FaultInjector("scim", faults, 1), errors=sandbox_scim.ScimErrors()
     )
@@ -197,6 +197,38 @@ def test_409_userName_taken_is_recorded_and_a_userless_account_is_adopted(tmp_pa
     assert errors and "409" in errors[0].read_text()
     # the tracker holds the failed record back on the next run instead of hammering it
     assert RosterSync(ctx).run().counts["skipped"] == 1
+
+
+def test_409_on_a_server_whose_userName_filter_is_case_sensitive_adopts_the_case_variant(tmp_path: Path) -> None:
+    """Some SCIM services compare ``filter=userName eq`` case-sensitively although
+    userName is caseExact false (RFC 7643 section 4.1.1) and their uniqueness check
+    ignores case: the 409 lookup then finds nothing. The sync falls back to the Users list
+    it read this run and adopts the user whose userName differs only in case."""
+    for srv in serve(tmp_path / "case-exact", case_exact_filter=True):
+        ctx, scim = make_ctx(tmp_path, srv, Source(snapshot([], [], [])))
+        hand_made = scim.create("Users", {"userName": "Pat.Lee", "active": True})  # no externalId
+        scim.create("Users", {"userName": "Sam.Roe", "externalId": "someone-else", "active": True})
+        assert scim.find("Users", "userName", "pat.lee") is None  # the quirk: no case-insensitive match
+        with pytest.raises(ConflictError):
+            scim.create("Users", {"userName": "pat.lee"})  # while uniqueness ignores case
+        pat = RosterUser("u1", username="pat.lee", given_name="Pat", family_name="Lee",
+                         roles=(("student", "sch-1"),), primary_role="student")  # fmt: skip
+        sam = RosterUser("u2", username="sam.roe", given_name="Sam", family_name="Roe",
+                         roles=(("student", "sch-1"),), primary_role="student")  # fmt: skip
+        ctx.oneroster = Source(snapshot([pat, sam], [C1], [enr("u1", C1.sourced_id)]))
+        result = RosterSync(ctx).run()
+        # u1 adopted (counted as updated), its class created; u2's case variant belongs to
+        # someone else (another externalId), so u2 fails as before: never adopted, never doubled
+        assert (result.counts["created"], result.counts["updated"], result.counts["failed"]) == (1, 1, 1), result.error
+        users = scim.list("Users")
+        assert len(users) == 2
+        adopted = by_ext(scim, "Users")["u1"]
+        assert adopted["id"] == hand_made["id"] and adopted["userName"] == "pat.lee"
+        assert members(by_ext(scim, "Groups")[C1.sourced_id], by_ext(scim, "Users")) == {"u1"}
+        mark = srv.mark()
+        again = RosterSync(ctx).run()
+        assert again.counts["updated"] == 0 and again.counts["created"] == 0
+        assert [w["method"] for w in srv.writes(mark)] == []
 
 
 def test_etag_is_sent_and_a_412_is_answered_by_one_re_read(tmp_path: Path, server: Server) -> None:
