@@ -130,7 +130,7 @@ def test_secrets_in_exception_and_stack_text_are_masked(json_lines: tuple[io.Str
         ("redis://:hunter2pw@redis.internal:6379/0", "redis://:***@redis.internal:6379/0"),
         ("rediss://default:hunter2pw@cache.windows.net:6380", "rediss://default:***@cache.windows.net:6380"),
         ("mssql+pyodbc://svc:P%40ss@sql/db?driver=x", "mssql+pyodbc://svc:***@sql/db?driver=x"),
-        ("https://x/cb?code=1&password=hunter2pw&user=u", "https://x/cb?code=1&password=***&user=u"),
+        ("https://x/cb?code=1234&password=hunter2pw&user=u", "https://x/cb?code=***&password=***&user=u"),
         ("https://vault/s?sv=2024&sig=abc%2Bdef&se=1", "https://vault/s?sv=2024&sig=***&se=1"),
         ("Server=tcp:sql;UID=svc;PWD=P@ss;Encrypt=yes", "Server=tcp:sql;UID=svc;PWD=***;Encrypt=yes"),
         ("Server=tcp:sql;PWD={P@ss w;rd};Encrypt=yes", "Server=tcp:sql;PWD=***;Encrypt=yes"),
