@@ -244,7 +244,7 @@ def create_app(daemon: Daemon) -> Flask:
             return response
         if response.is_json:
             response.set_data(app.json.dumps(scrub_value(response.get_json())))
-        elif response.mimetype.startswith("text/"):
+        elif (response.mimetype or "").startswith("text/"):
             response.set_data(scrub(response.get_data(as_text=True)))
         return response
 

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import traceback
+from types import TracebackType
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
@@ -223,9 +225,30 @@ def configure_logging(
     handler.setFormatter(JsonLineFormatter(redactor) if fmt == "json" else TextLineFormatter(redactor))
     root.addHandler(handler)
     root.setLevel(level)
+    # A crash's traceback is printed by Python itself, past every handler: scrub it too.
+    sys.excepthook = _scrubbed_excepthook
+    threading.excepthook = _scrubbed_thread_excepthook
     for name, quiet in _QUIET.items():
         logging.getLogger(name).setLevel(max(quiet, level))
     return handler
+
+
+def _scrubbed_excepthook(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, header: str = ""
+) -> None:
+    """Python's uncaught-exception printout, with every secret masked."""
+    try:
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        sys.stderr.write(header + default_redactor().text(text))
+    except Exception:  # the hook must never raise; nothing unscrubbed is printed instead
+        sys.stderr.write(f"{header}{exc_type.__name__} (traceback withheld: secret scrubbing failed)\n")
+
+
+def _scrubbed_thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    _scrubbed_excepthook(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback, f"Exception in thread {name}:\n")
 
 
 class ContextAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import re
+import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -34,11 +36,13 @@ def root_state() -> Iterator[None]:
     """configure_logging changes the root logger: put it back afterwards."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    hooks = sys.excepthook, threading.excepthook
     yield
     for handler in list(root.handlers):
         if handler not in handlers:
             root.removeHandler(handler)
     root.setLevel(level)
+    sys.excepthook, threading.excepthook = hooks
 
 
 @pytest.fixture
@@ -292,3 +296,20 @@ def test_bind_adds_context_and_call_extras_win(json_lines: tuple[io.StringIO, lo
     assert second["sync"] == "jobs"
     assert "key" not in third
     assert (fourth["key"], fourth["event"]) == ("123", "x")
+
+
+def test_an_uncaught_exception_is_printed_scrubbed(root_state: None, capsys: pytest.CaptureFixture[str]) -> None:
+    # Python prints a crash's traceback itself, past every logging handler.
+    configure_logging("INFO", "json", io.StringIO(), secrets=[SAFETYAMP_TOKEN])
+    url = "https://h/api?api_key=uncaught-key-123"
+    try:
+        raise RuntimeError(f"failed {url} with {SAFETYAMP_TOKEN}")
+    except RuntimeError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    worker = threading.Thread(target=lambda: (_ for _ in ()).throw(ValueError(url)), name="worker-1")
+    worker.start()
+    worker.join()
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "Exception in thread worker-1" in err
+    assert "uncaught-key-123" not in err and SAFETYAMP_TOKEN not in err
+    assert err.count("api_key=***") == 2
