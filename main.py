@@ -358,15 +358,17 @@ def start_http(daemon: Daemon, port: int) -> Any:
     # before it calls the app (spooling it to TMPDIR above inbuf_overflow), so a limit in
     # Flask alone would come after a 200 MB upload had been taken in. The slack covers
     # chunked framing, which waitress counts; Flask then holds the payload to the limit.
-    # A body within the limit stays in memory: nothing ever goes to the temp folder.
-    slack = 64 * 1024
+    # inbuf_overflow lies well above the limit: waitress stores a chunk before it checks
+    # the running total, so the last chunk of a refused body must not start a temp file.
+    # A body is kept in memory, then: nothing ever goes to the temp folder.
+    max_body = MAX_REQUEST_BODY_BYTES + 64 * 1024
     server = create_server(
         app,
         host=os.environ.get("HOST", "0.0.0.0"),  # noqa: S104 - a pod listens on all interfaces
         port=port,
         threads=4,
-        max_request_body_size=MAX_REQUEST_BODY_BYTES + slack,
-        inbuf_overflow=MAX_REQUEST_BODY_BYTES + slack,
+        max_request_body_size=max_body,
+        inbuf_overflow=2 * max_body,
     )
     threading.Thread(target=server.run, name="http", daemon=True).start()
     log.info("listening on port %d", port)

@@ -26,9 +26,9 @@ import logging
 import sys
 import threading
 import traceback
-from types import TracebackType
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import IO, Any, Literal
 
 from pythonjsonlogger.json import JsonFormatter
@@ -233,9 +233,7 @@ def configure_logging(
     return handler
 
 
-def _scrubbed_excepthook(
-    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, header: str = ""
-) -> None:
+def _scrubbed_excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, header: str = "") -> None:
     """Python's uncaught-exception printout, with every secret masked."""
     try:
         text = "".join(traceback.format_exception(exc_type, exc, tb))

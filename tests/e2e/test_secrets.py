@@ -303,9 +303,7 @@ def poisoned_urls(ep: dict, *, dead: int) -> dict[str, dict[str, str]]:
     for i, name in enumerate(URL_SETTINGS):
         parts = urlsplit(live[name])
         path = parts.path or "/"
-        query[name] = (
-            f"http://127.0.0.1:{dead}{path}?page=1&api_key={url_sentinel('q', name)}&code={url_sentinel('c', name)}"
-        )
+        query[name] = f"http://127.0.0.1:{dead}{path}?page=1&api_key={url_sentinel('q', name)}&code={url_sentinel('c', name)}"
         cred = f"svc:{url_sentinel('p', name)}" if i % 2 else url_sentinel("u", name)
         userinfo[name] = urlunsplit((parts.scheme, f"{cred}@{parts.netloc}", parts.path, parts.query, ""))
     db = (
