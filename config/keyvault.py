@@ -237,10 +237,7 @@ class KeyVaultSource:
         from utils.scrub import scrub
 
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        for cached in self._values.values():
-            if cached.value:
-                text = text.replace(cached.value, "***")
-        text = scrub(text)
+        text = scrub(text, [cached.value for cached in self._values.values() if cached.value])
         return text[:_MAX_DETAIL_CHARS]
 
 

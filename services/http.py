@@ -31,8 +31,9 @@ own generous cap (``max_throttles``), and a single Retry-After longer than
 ``max_retry_after`` gives up at once instead of blocking a worker for an hour.
 
 Error messages and bodies never carry credentials: every known secret value (and the
-value of any Authorization header sent) is replaced by ``***``; kept error bodies are
-truncated (hostile servers can answer with megabytes).
+value of any Authorization header sent) and every credential shape (URL userinfo,
+secret-named query parameters: ``utils.scrub``, the one scrub) is replaced by ``***``;
+kept error bodies are truncated (hostile servers can answer with megabytes).
 """
 
 from __future__ import annotations
