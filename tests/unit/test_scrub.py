@@ -118,3 +118,22 @@ def test_scrub_with_extra_values_and_structures() -> None:
     assert scrub("x", ["", "x"]) == "x"  # too short to mask safely
     value = scrub_value({"runs": [{"error": f"GET https://h/?key={SENTINEL}"}], "password": "p4ssw0rd!", "n": 3})
     assert value == {"runs": [{"error": f"GET https://h/?key={MASK}"}], "password": MASK, "n": 3}
+
+
+def test_every_daemon_response_body_passes_the_scrub() -> None:
+    """Whatever fills a body (a reason an older version stored in Redis, an exception
+    message), the daemon's app masks it on the way out."""
+    from main import Daemon, create_app
+
+    daemon = Daemon(None, ())
+    daemon.state.starting = False
+    daemon.state.config_error = [f"SAFETYAMP_URL https://{SENTINEL}-u@sa.test is unreachable"]
+    daemon.state.last_runs = {"vehicles": {"status": "failed", "error": f"GET https://h/v1?api_key={SENTINEL}-q: refused"}}
+    client = create_app(daemon).test_client()
+    health = client.get("/health")
+    ready = client.get("/ready")
+    assert health.status_code == 200 and ready.status_code == 503
+    for resp in (health, ready):
+        assert SENTINEL not in resp.get_data(as_text=True)
+    assert health.get_json()["last_runs"]["vehicles"]["error"].startswith(f"GET https://h/v1?api_key={MASK}")
+    assert f"https://{MASK}@sa.test" in ready.get_json()["reason"]
