@@ -137,3 +137,15 @@ def test_every_daemon_response_body_passes_the_scrub() -> None:
         assert SENTINEL not in resp.get_data(as_text=True)
     assert health.get_json()["last_runs"]["vehicles"]["error"].startswith(f"GET https://h/v1?api_key={MASK}")
     assert f"https://{MASK}@sa.test" in ready.get_json()["reason"]
+
+
+def test_the_failed_record_trackers_stored_reason_is_scrubbed() -> None:
+    from datetime import UTC, datetime
+
+    from utils.failed_sync_tracker import DEFAULT_SCHEDULE, failed_entry
+
+    reason = f"safetyamp POST https://{SENTINEL}-u@sa.test/api/users?code={SENTINEL}-c: HTTP 422"
+    entry = failed_entry(
+        None, fingerprint="f", reason=reason, fields=[], now=datetime(2026, 11, 28, tzinfo=UTC), schedule=DEFAULT_SCHEDULE
+    )
+    assert SENTINEL not in entry["reason"] and entry["reason"].endswith(": HTTP 422")
