@@ -148,4 +148,5 @@ def test_the_failed_record_trackers_stored_reason_is_scrubbed() -> None:
     entry = failed_entry(
         None, fingerprint="f", reason=reason, fields=[], now=datetime(2026, 11, 28, tzinfo=UTC), schedule=DEFAULT_SCHEDULE
     )
-    assert SENTINEL not in entry["reason"] and entry["reason"].endswith(": HTTP 422")
+    assert SENTINEL not in entry["reason"]
+    assert entry["reason"].startswith("safetyamp POST https://***@sa.test/api/users?code=***")
