@@ -41,6 +41,10 @@ log = logging.getLogger("main")
 
 SHUTDOWN_BUDGET_SECONDS = 20.0
 READY_CACHE_SECONDS = 30.0
+MAX_REQUEST_BODY_BYTES = 1_048_576
+"""Largest request body any endpoint takes (Samsara events are a few KB). Larger ones get
+413 before they are read: by waitress from Content-Length, or as soon as a chunked body
+passes it; by Flask for a request that reaches it another way."""
 
 
 @dataclass
@@ -218,6 +222,31 @@ class Daemon:
 
 def create_app(daemon: Daemon) -> Flask:
     app = Flask("safetyamp-sync")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BODY_BYTES  # bounds reads of a chunked body too
+
+    @app.before_request
+    def refuse_large_bodies() -> Any:
+        if (request.content_length or 0) > MAX_REQUEST_BODY_BYTES:
+            return too_large(None)
+        return None
+
+    @app.errorhandler(413)
+    def too_large(_error: Any) -> Any:
+        return jsonify(error=f"request body over the limit of {MAX_REQUEST_BODY_BYTES} bytes"), 413
+
+    @app.after_request
+    def scrub_body(response: Response) -> Response:
+        """Every body this app serves, whatever builds it (a reason stored in Redis by an
+        earlier run, an exception message), passes the one scrub on its way out."""
+        from utils.scrub import scrub, scrub_value
+
+        if response.direct_passthrough or response.is_streamed:
+            return response
+        if response.is_json:
+            response.set_data(app.json.dumps(scrub_value(response.get_json())))
+        elif (response.mimetype or "").startswith("text/"):
+            response.set_data(scrub(response.get_data(as_text=True)))
+        return response
 
     @app.get("/live")
     def live() -> Any:
@@ -283,13 +312,18 @@ def create_app(daemon: Daemon) -> Flask:
         verifier = webhook_verifier()
         if verifier is None:
             return jsonify(error="webhooks are disabled: SAMSARA_WEBHOOK_SECRET is not set"), 404
-        ok, why = verifier.verify(
-            request.headers.get("X-Samsara-Timestamp"), request.headers.get("X-Samsara-Signature"), request.get_data()
-        )
+        body = request.get_data()  # bounded: refuse_large_bodies and waitress's limit ran first
+        ok, why = verifier.verify(request.headers.get("X-Samsara-Timestamp"), request.headers.get("X-Samsara-Signature"), body)
         if not ok:
             log.warning("webhook refused: %s", why)
             return jsonify(error=why), 401
-        event = request.get_json(silent=True) or {}
+        from utils.webhooks import parse_event
+
+        try:
+            event = parse_event(body)
+        except ValueError as exc:
+            log.warning("webhook refused: %s", exc)
+            return jsonify(error=str(exc)), 400
         if event.get("eventType") == "Ping":
             return jsonify(status="pong"), 200
         # Debounced: a burst of vehicle events becomes one vehicles run.
@@ -320,7 +354,22 @@ def start_http(daemon: Daemon, port: int) -> Any:
     from waitress import create_server
 
     app = create_app(daemon)
-    server = create_server(app, host=os.environ.get("HOST", "0.0.0.0"), port=port, threads=4)  # noqa: S104 - a pod listens on all interfaces
+    # The body limit is enforced here, where the bytes arrive: waitress reads a whole body
+    # before it calls the app (spooling it to TMPDIR above inbuf_overflow), so a limit in
+    # Flask alone would come after a 200 MB upload had been taken in. The slack covers
+    # chunked framing, which waitress counts; Flask then holds the payload to the limit.
+    # inbuf_overflow lies well above the limit: waitress stores a chunk before it checks
+    # the running total, so the last chunk of a refused body must not start a temp file.
+    # A body is kept in memory, then: nothing ever goes to the temp folder.
+    max_body = MAX_REQUEST_BODY_BYTES + 64 * 1024
+    server = create_server(
+        app,
+        host=os.environ.get("HOST", "0.0.0.0"),  # noqa: S104 - a pod listens on all interfaces
+        port=port,
+        threads=4,
+        max_request_body_size=max_body,
+        inbuf_overflow=2 * max_body,
+    )
     threading.Thread(target=server.run, name="http", daemon=True).start()
     log.info("listening on port %d", port)
     return server

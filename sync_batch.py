@@ -26,6 +26,7 @@ from typing import Any
 
 from config.settings import ALL_SYNCS, DEPENDENCIES, Settings, load_settings
 from utils.errors import ConfigurationError
+from utils.scrub import scrub, scrub_value
 
 log = logging.getLogger("sync_batch")
 
@@ -172,7 +173,7 @@ def print_plan(results: list[Any], out: Any) -> None:
         print(f"== {r.sync}: {len(r.plan)} write(s) planned", file=out)
         for step in r.plan:
             changes = ", ".join(f"{f}: {c['before']!r} -> {c['after']!r}" for f, c in step["changes"].items())
-            print(f"  {step['action']:<10} {step['key']}  {changes}", file=out)
+            print(scrub(f"  {step['action']:<10} {step['key']}  {changes}"), file=out)
 
 
 OPERATOR_COMMANDS = ("failed", "diagnose")
@@ -244,7 +245,7 @@ def operator_main(argv: list[str], environ: dict[str, str]) -> int:
 
 def _failed(rt: Any, args: argparse.Namespace) -> int:
     if args.action == "list":
-        rows = rt.tracker.list(args.sync)
+        rows = scrub_value(rt.tracker.list(args.sync))
         if args.json:
             print(json.dumps(rows, default=str))
         elif not rows:
@@ -267,7 +268,7 @@ def _diagnose(rt: Any, args: argparse.Namespace) -> int:
     from sync.diagnose import diagnose, format_report
 
     try:
-        report = diagnose(rt, args.sync, args.key)
+        report = scrub_value(diagnose(rt, args.sync, args.key))
     except ConfigurationError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG
@@ -348,7 +349,7 @@ def run_once(settings: Settings, syncs: tuple[str, ...], args: argparse.Namespac
     status = overall_status(results)
     if settings.pushgateway_url and not args.dry_run:
         push_metrics(settings.pushgateway_url, rt.metrics.registry)
-    summary = {
+    summary: dict[str, Any] = {
         "status": status,
         "dry_run": bool(args.dry_run),
         "run_id": run_id,
@@ -356,6 +357,7 @@ def run_once(settings: Settings, syncs: tuple[str, ...], args: argparse.Namespac
         "requests": request_summary(rt.stats.counts()),
         "breakers": {name: b.state for name, b in rt.breakers.items()},
     }
+    summary = scrub_value(summary)  # both forms below print it: one scrub for both
     out = sys.stdout
     if args.dry_run:
         print_plan(results, sys.stderr if args.json else out)

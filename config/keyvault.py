@@ -234,13 +234,10 @@ class KeyVaultSource:
     def _detail(self, exc: BaseException) -> str:
         """First line of an SDK message (a credential chain's reason, a socket error),
         cut short and stripped of every value this source has fetched."""
-        from utils.logger import scrub
+        from utils.scrub import scrub
 
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        for cached in self._values.values():
-            if cached.value:
-                text = text.replace(cached.value, "***")
-        text = scrub(text)
+        text = scrub(text, [cached.value for cached in self._values.values() if cached.value])
         return text[:_MAX_DETAIL_CHARS]
 
 

@@ -489,12 +489,19 @@ class Settings(BaseModel):
             raise ConfigurationError(problems)
 
     def secret_values(self) -> list[str]:
-        """Every secret's plain value (for scrubbing logs and output)."""
+        """Every secret's plain value (for scrubbing logs and output), plus the
+        credentials written inside any URL setting (``SAFETYAMP_URL=...?api_key=...``,
+        ``https://token@host``), which are secrets even though the URL is not."""
+        from utils.scrub import url_secrets
+
         out = []
         for name in type(self).model_fields:
             value = getattr(self, name)
             if isinstance(value, SecretStr) and value.get_secret_value():
                 out.append(value.get_secret_value())
+                out.extend(url_secrets(value.get_secret_value()))
+            elif isinstance(value, str):
+                out.extend(url_secrets(value))
         return out
 
 

@@ -20,8 +20,8 @@ and nothing is ever overwritten.
 
 Nothing secret reaches these files: payload and body keys that look secret (tokens,
 passwords, authorization, API keys, SSN, birth date) are removed, and known secret
-values plus credential-shaped text are masked (``utils.logger.Redactor``, which also
-honours values registered process-wide with ``utils.logger.add_secrets``).
+values plus credential-shaped text are masked (``utils.scrub.Redactor``, which also
+honours values registered process-wide with ``utils.scrub.add_secrets``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from utils.logger import Redactor, default_redactor
+from utils.scrub import Redactor, default_redactor
 
 __all__ = ["ERROR_KINDS", "EventManager", "RunFiles", "SyncLog"]
 

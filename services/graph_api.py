@@ -26,9 +26,10 @@ from urllib.parse import urlsplit
 
 import requests
 
-from services.http import CountingHttpClient, HttpClient, RequestStats, RetryPolicy, scrub
+from services.http import CountingHttpClient, HttpClient, RequestStats, RetryPolicy
 from sync.ports import Row
 from utils.errors import ConfigurationError, FatalError, RetriableError
+from utils.scrub import scrub
 
 SERVICE = "graph"
 DEFAULT_TIMEOUT = 30.0

@@ -31,8 +31,9 @@ own generous cap (``max_throttles``), and a single Retry-After longer than
 ``max_retry_after`` gives up at once instead of blocking a worker for an hour.
 
 Error messages and bodies never carry credentials: every known secret value (and the
-value of any Authorization header sent) is replaced by ``***``; kept error bodies are
-truncated (hostile servers can answer with megabytes).
+value of any Authorization header sent) and every credential shape (URL userinfo,
+secret-named query parameters: ``utils.scrub``, the one scrub) is replaced by ``***``;
+kept error bodies are truncated (hostile servers can answer with megabytes).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from utils.errors import (
     SyncError,
 )
 from utils.metrics import Metrics
+from utils.scrub import scrub
 
 T = TypeVar("T")
 
@@ -358,14 +360,6 @@ def parse_retry_after(value: str | None, *, now: Callable[[], datetime] = lambda
     if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN / inf
         return None
     return max(0.0, seconds)
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Replace every secret value in ``text`` by ``***`` (longest first, so a token that
-    contains another secret is hidden whole)."""
-    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 def truncate(text: str, limit: int = MAX_BODY_CHARS) -> str:
@@ -690,7 +684,8 @@ class HttpClient:
             )
         if 300 <= status < 400:
             return FatalError(
-                f"{where}: unexpected redirect HTTP {status} to {resp.headers.get('Location', '?')}; check the base URL",
+                f"{where}: unexpected redirect HTTP {status} to {scrub(resp.headers.get('Location', '?'), secrets)}; "
+                "check the base URL",
                 service=svc,
                 status=status,
             )

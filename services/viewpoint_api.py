@@ -29,10 +29,10 @@ from sqlalchemy import Select, create_engine, event, func, literal, select
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from services.http import scrub
 from services.viewpoint_schema import build_metadata
 from sync.ports import Row
 from utils.errors import ConfigurationError, SourceUnavailableError, SyncError
+from utils.scrub import scrub
 
 CONNECT_TIMEOUT_SECONDS = 15
 SQL_COPT_SS_ACCESS_TOKEN = 1256  # msodbcsql pre-connect attribute for an Entra access token

@@ -37,7 +37,11 @@ class ConfigurationError(SyncError):
     """Settings are missing or malformed. ``problems`` lists every one of them."""
 
     def __init__(self, problems: list[str] | str) -> None:
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        from utils.scrub import scrub  # here: utils.scrub imports a module that imports this one
+
+        # A problem may quote the value it found (a URL setting with a token in it):
+        # scrubbed once here, so no caller prints a credential while explaining it.
+        self.problems = [scrub(p) for p in ([problems] if isinstance(problems, str) else list(problems))]
         super().__init__("configuration error: " + "; ".join(self.problems))
 
 

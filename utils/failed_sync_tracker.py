@@ -46,7 +46,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from utils.logger import scrub
+from utils.scrub import scrub
 
 __all__ = [
     "DEFAULT_RETENTION",

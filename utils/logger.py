@@ -12,29 +12,29 @@ stack text):
 * every registered secret value (``configure_logging(secrets=...)`` with
   ``Settings.secret_values()``, then :func:`add_secrets` for values learnt later, such
   as an OAuth access token), plus its URL-encoded forms;
-* anything shaped like a credential: ``Bearer <token>``, ``Authorization: ...``,
-  ``X-Api-Key: ...``, ``password=...``/``token=...``/``client_secret=...`` pairs, quoted
-  ``"password": "..."`` pairs, and the password of a URL (``redis://:pw@host``).
+* anything shaped like a credential (URL userinfo, secret-named query parameters,
+  ``Bearer`` tokens, ``Authorization`` headers, ``password=`` pairs...).
 
-The :class:`Redactor` doing this is shared with the event manager (change and error
-files) and the failed-record tracker, so one registry protects every output.
+The rules and the registry live in :mod:`utils.scrub`, the one scrub every output
+surface uses (files, Redis, endpoints, CLI output); this module only applies it to log
+records. Its names are re-exported here for older imports.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import threading
 import traceback
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
+from types import TracebackType
 from typing import IO, Any, Literal
-from urllib.parse import quote, quote_plus
 
 from pythonjsonlogger.json import JsonFormatter
 
 from utils.data_validator import is_secret_field  # one definition of a secret field
+from utils.scrub import MASK, Redactor, add_secrets, default_redactor, scrub  # the one scrub, re-exported
 
 __all__ = [
     "MASK",
@@ -50,153 +50,8 @@ __all__ = [
     "scrub",
 ]
 
-MASK = "***"
-MIN_SECRET_LENGTH = 4
-"""Registered values shorter than this are ignored: masking every "1" or "abc" in the
-logs would make them useless, and real credentials are far longer."""
-
 CONTEXT_FIELDS: tuple[str, ...] = ("run_id", "sync", "key", "event")
 """Extras the product attaches to records (see :func:`bind`)."""
-
-_SENSITIVE_KEY = r"[\w.\-]*(?:password|passwd|secret|token|api[_\-]?key|credential|private[_\-]?key)[\w.\-]*|pwd|sig"
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # scheme://user:password@host -> scheme://user:***@host (redis://:pw@host too)
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/@'\"]*:)[^\s@/'\"]+@"), r"\1" + MASK + "@"),
-    # Authorization: Bearer abc / "authorization": "Basic xyz" / X-Api-Key: abc
-    (
-        re.compile(
-            r"(?i)\b((?:proxy-)?authorization|x-api-key|api-key|ocp-apim-subscription-key|cookie|set-cookie)"
-            r"([\"']?\s*[:=]\s*[\"']?)"
-            r"(?:(?:bearer|basic|digest|token|negotiate|ntlm|sharedaccesssignature)\s+)?[^\s\"',;}]+"
-        ),
-        r"\1\2" + MASK,
-    ),
-    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*"), r"\1 " + MASK),
-    # "client_secret": "abc" and 'password': 'abc' (JSON bodies, dict reprs)
-    (
-        re.compile(r"(?i)([\"'](?:" + _SENSITIVE_KEY + r"|authorization)[\"']\s*:\s*)([\"'])(?:\\.|(?!\2).)*\2"),
-        r"\1\2" + MASK + r"\2",
-    ),
-    # password=abc, access_token=abc, sig=abc (query strings, connection strings, k=v logs)
-    # (ODBC brace-quotes values with spaces or semicolons: PWD={p w;x})
-    (re.compile(r"(?i)(?<![\w.\-])(" + _SENSITIVE_KEY + r")=(?:\{[^}]*\}|[^\s&\"',;)}]+)"), r"\1=" + MASK),
-)
-
-
-_MAYBE_CREDENTIAL = re.compile(r"(?i)[:=]|bearer")
-"""Every pattern of _PATTERNS needs a ``:`` or ``=`` (``://``, ``key: v``, ``key=v``) or the
-word bearer: text without them (names, e-mails, phone numbers: most of a change log)
-skips the five substitutions, which cost more than the rest of a write."""
-
-
-class Redactor:
-    """Replaces secret values and credential-shaped text with ``***``.
-
-    Thread-safe: registering a value swaps in a new compiled pattern, readers use
-    whichever snapshot they grabbed. A child (``parent=``) also applies its parent's
-    values, so a component with secrets of its own still honours the process registry.
-    """
-
-    def __init__(self, secrets: Iterable[Any] = (), *, parent: Redactor | None = None) -> None:
-        self._lock = threading.Lock()
-        self._values: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
-        self._parent = parent
-        self.add(secrets)
-
-    def add(self, values: Iterable[Any]) -> None:
-        """Register secret values (str, or objects with ``get_secret_value()`` such as
-        pydantic's SecretStr); None, blanks and values shorter than MIN_SECRET_LENGTH
-        are ignored."""
-        if isinstance(values, str):  # a lone string is one secret, not its characters
-            values = (values,)
-        fresh: set[str] = set()
-        for value in values:
-            if value is not None and hasattr(value, "get_secret_value"):
-                value = value.get_secret_value()
-            if not isinstance(value, str):
-                continue
-            value = value.strip()
-            if len(value) < MIN_SECRET_LENGTH:
-                continue
-            fresh.update({value, quote(value, safe=""), quote_plus(value)})
-        with self._lock:
-            if fresh <= self._values:
-                return
-            self._values |= fresh
-            ordered = sorted(self._values, key=len, reverse=True)  # longest first: no partial leaks
-            self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
-
-    def text(self, text: str) -> str:
-        """``text`` with every known secret value and credential shape masked."""
-        if not text:
-            return text
-        pattern = self._pattern
-        if pattern is not None:
-            text = pattern.sub(MASK, text)
-        if self._parent is not None:
-            pattern = self._parent._pattern
-            if pattern is not None:
-                text = pattern.sub(MASK, text)
-        if _MAYBE_CREDENTIAL.search(text) is None:
-            return text
-        for regex, replacement in _PATTERNS:
-            text = regex.sub(replacement, text)
-        return text
-
-    def value(self, obj: Any, *, sensitive_keys: Literal["mask", "drop"] = "mask") -> Any:
-        """Scrub a JSON-like structure. Strings are masked; mappings, lists and tuples
-        are copied recursively; numbers, booleans and None pass; dates become ISO
-        strings; anything else becomes its (masked) ``str``. An entry whose key looks
-        secret (``is_secret_field``: token, password, ssn, date_of_birth, ...) has its
-        value replaced by ``***`` (logs: the key itself is useful evidence) or is
-        removed entirely with ``sensitive_keys="drop"`` (payloads in output files)."""
-        if obj is None or isinstance(obj, (bool, int, float)):
-            return obj
-        if isinstance(obj, str):
-            return self.text(obj)
-        if isinstance(obj, Mapping):
-            out: dict[str, Any] = {}
-            for key, item in obj.items():
-                name = str(key)
-                if is_secret_field(name):
-                    if sensitive_keys == "drop":
-                        continue
-                    out[name] = MASK if item not in (None, "") else item
-                    continue
-                out[self.text(name)] = self.value(item, sensitive_keys=sensitive_keys)
-            return out
-        if isinstance(obj, (list, tuple, set, frozenset)):
-            return [self.value(item, sensitive_keys=sensitive_keys) for item in obj]
-        if isinstance(obj, (datetime, date)):
-            return obj.isoformat()
-        if isinstance(obj, bytes):
-            return self.text(obj.decode("utf-8", "replace"))
-        return self.text(str(obj))
-
-
-_DEFAULT: Redactor | None = None
-_DEFAULT_LOCK = threading.Lock()
-
-
-def default_redactor() -> Redactor:
-    """The process-wide registry fed by configure_logging and add_secrets."""
-    global _DEFAULT
-    if _DEFAULT is None:
-        with _DEFAULT_LOCK:
-            if _DEFAULT is None:
-                _DEFAULT = Redactor()
-    return _DEFAULT
-
-
-def add_secrets(values: Iterable[Any]) -> None:
-    """Register more secret values at run time (e.g. an access token just obtained)."""
-    default_redactor().add(values)
-
-
-def scrub(text: str) -> str:
-    """``text`` scrubbed with the process-wide registry."""
-    return default_redactor().text(text)
 
 
 # --------------------------------------------------------------------------- records
@@ -370,9 +225,28 @@ def configure_logging(
     handler.setFormatter(JsonLineFormatter(redactor) if fmt == "json" else TextLineFormatter(redactor))
     root.addHandler(handler)
     root.setLevel(level)
+    # A crash's traceback is printed by Python itself, past every handler: scrub it too.
+    sys.excepthook = _scrubbed_excepthook
+    threading.excepthook = _scrubbed_thread_excepthook
     for name, quiet in _QUIET.items():
         logging.getLogger(name).setLevel(max(quiet, level))
     return handler
+
+
+def _scrubbed_excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, header: str = "") -> None:
+    """Python's uncaught-exception printout, with every secret masked."""
+    try:
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        sys.stderr.write(header + default_redactor().text(text))
+    except Exception:  # the hook must never raise; nothing unscrubbed is printed instead
+        sys.stderr.write(f"{header}{exc_type.__name__} (traceback withheld: secret scrubbing failed)\n")
+
+
+def _scrubbed_thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    _scrubbed_excepthook(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback, f"Exception in thread {name}:\n")
 
 
 class ContextAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]

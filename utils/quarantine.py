@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from utils.scrub import scrub, scrub_value
+
 log = logging.getLogger("quarantine")
 
 FAILURE_RATIO = 0.5
@@ -83,8 +85,10 @@ class Quarantine:
             self._metrics.quarantined.labels(sync).set(1 if state else 0)
 
     def status(self, sync: str) -> dict[str, Any] | None:
-        """None when not quarantined; else bad_runs, until (unix time), reason."""
-        return self._read(sync)
+        """None when not quarantined; else bad_runs, until (unix time), reason (scrubbed
+        again on the way out: a reason stored by an older version may hold a secret)."""
+        state = self._read(sync)
+        return scrub_value(state) if state else state
 
     def blocks(self, sync: str) -> str | None:
         """A reason to skip this sync now, or None."""
@@ -96,7 +100,8 @@ class Quarantine:
         remaining = float(state["until"]) - self._clock()
         if remaining <= 0:
             return None
-        return f"quarantined after {state['bad_runs']} failing run(s) ({state['reason']}); next try in {int(remaining)} s"
+        reason = scrub(str(state["reason"]))
+        return f"quarantined after {state['bad_runs']} failing run(s) ({reason}); next try in {int(remaining)} s"
 
     def record(self, sync: str, status: str, counts: dict[str, int], error: str | None) -> None:
         """Update after a run (skipped runs do not count either way)."""
@@ -110,7 +115,9 @@ class Quarantine:
         previous = self._read(sync) or {"bad_runs": 0}
         bad = int(previous["bad_runs"]) + 1
         backoff = min(MAX_BACKOFF_SECONDS, self._interval * 2 ** (bad - 1))
-        reason = error or f"{counts.get('failed', 0)} record(s) failed"
+        # Scrubbed before it is cut (a cut could split a secret past recognition) and
+        # before it is stored: Redis is read by /health, other replicas and later runs.
+        reason = scrub(error or f"{counts.get('failed', 0)} record(s) failed")
         state = {"bad_runs": bad, "until": self._clock() + backoff, "reason": reason[:300], "backoff_seconds": backoff}
         self._write(sync, state)
         log.warning("sync quarantined for %d s after %d failing run(s)", int(backoff), bad, extra={"sync": sync})

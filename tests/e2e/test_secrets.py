@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
@@ -202,3 +203,224 @@ def test_no_roster_secret_in_logs_or_output_files(tmp_path: Path, emulators: dic
         texts[name] = bad.stdout + bad.stderr
     secrets = [*secrets_of(emulators), emulators["oneroster"]["client_secret"], emulators["scim"]["token"]]
     assert_clean({**texts, **output_files(tmp_path / "out")}, secrets)
+
+
+# --------------------------------------------------------------------------- URL settings
+# Credentials written into a URL setting (a query parameter, the userinfo) are secrets
+# even though the URL is not: they must be masked in every output, whatever quotes the
+# URL (a connection error, a redirect, a quarantine reason kept in Redis).
+
+URL_SETTINGS = (
+    "SAFETYAMP_URL",
+    "SAMSARA_URL",
+    "MS_GRAPH_URL",
+    "MS_GRAPH_AUTHORITY_URL",
+    "ONEROSTER_URL",
+    "ONEROSTER_TOKEN_URL",
+    "SCIM_URL",
+    "PUSHGATEWAY_URL",
+)
+
+
+def url_sentinel(kind: str, name: str) -> str:
+    return f"{SENTINEL}-{kind}-{name.lower().replace('_', '')}"
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path):
+    """A redis-server of our own with a password (the sentinel), so REDIS_URL carries
+    a credential in its userinfo and the product can still store what it keeps."""
+    from tests.support.redis_server import free_port as redis_port
+
+    port, password = redis_port(), url_sentinel("pw", "REDIS_URL")
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path), "--requirepass", password],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    import redis
+
+    client = redis.Redis(port=port, password=password, socket_connect_timeout=0.5)
+    try:
+        assert wait_for(lambda: _pings(client), 10, 0.05), "redis-server did not start"
+        yield f"redis://:{password}@127.0.0.1:{port}/0", client
+    finally:
+        client.close()
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _pings(client) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.exceptions.RedisError:
+        return False
+
+
+def redis_values(client) -> dict[str, str]:
+    """Every value the product keeps in Redis, by key, as text."""
+    out: dict[str, str] = {}
+    for key in client.scan_iter("*"):
+        kind = client.type(key).decode()
+        if kind == "string":
+            value = client.get(key)
+        elif kind == "hash":
+            value = client.hgetall(key)
+        elif kind == "list":
+            value = client.lrange(key, 0, -1)
+        elif kind == "set":
+            value = client.smembers(key)
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1, withscores=True)
+        else:
+            value = kind
+        out[f"redis {key.decode(errors='replace')}"] = repr(value)
+    return out
+
+
+def poisoned_urls(ep: dict, *, dead: int) -> dict[str, dict[str, str]]:
+    """Three ways a credential rides in a URL, for every URL setting:
+
+    - query: ``?api_key=...&code=...`` on a URL whose host is dead, so the connection
+      error (which quotes path and query) is what the run reports;
+    - userinfo: ``user:password@`` and ``token@`` on the live emulators, whose 401 fails the run;
+    - the database URL both ways (a dead PostgreSQL with a password and a query secret).
+    """
+    live = {
+        "SAFETYAMP_URL": ep["safetyamp"]["url"],
+        "SAMSARA_URL": ep["samsara"]["url"],
+        "MS_GRAPH_URL": ep["graph"]["graph_url"],
+        "MS_GRAPH_AUTHORITY_URL": ep["graph"]["authority_url"],
+        "ONEROSTER_URL": ep["oneroster"]["url"],
+        "ONEROSTER_TOKEN_URL": ep["oneroster"]["token_url"],
+        "SCIM_URL": ep["scim"]["url"],
+        "PUSHGATEWAY_URL": f"http://127.0.0.1:{dead}",
+    }
+    query: dict[str, str] = {}
+    userinfo: dict[str, str] = {}
+    for i, name in enumerate(URL_SETTINGS):
+        parts = urlsplit(live[name])
+        path = parts.path or "/"
+        query[name] = f"http://127.0.0.1:{dead}{path}?page=1&api_key={url_sentinel('q', name)}&code={url_sentinel('c', name)}"
+        cred = f"svc:{url_sentinel('p', name)}" if i % 2 else url_sentinel("u", name)
+        userinfo[name] = urlunsplit((parts.scheme, f"{cred}@{parts.netloc}", parts.path, parts.query, ""))
+    db = (
+        f"postgresql+psycopg2://svc:{url_sentinel('p', 'VIEWPOINT_DB_URL')}@127.0.0.1:{dead}/test"
+        f"?connect_timeout=2&password={url_sentinel('q', 'VIEWPOINT_DB_URL')}"
+    )
+    query["VIEWPOINT_DB_URL"] = db
+    userinfo["VIEWPOINT_DB_URL"] = ep["viewpoint"]["url"]
+    return {"query": query, "userinfo": userinfo}
+
+
+def all_url_sentinels() -> list[str]:
+    names = (*URL_SETTINGS, "VIEWPOINT_DB_URL", "REDIS_URL", "old")
+    return [url_sentinel(kind, name) for name in names for kind in ("q", "c", "u", "p", "pw")]
+
+
+def url_env(tmp_path: Path, ep: dict, redis_url: str, urls: dict[str, str], **extra: str) -> dict[str, str]:
+    settings = {"SYNC_TYPES": "departments,jobs,titles,employees,vehicles,rosters", "REDIS_URL": redis_url}
+    settings["REDIS_PREFIX"] = "test-url-secrets:"
+    return roster_env(tmp_path, ep, **{**settings, **urls, **extra})
+
+
+def daemon_bodies(env: dict[str, str], log_path: Path, until) -> dict[str, str]:
+    """Start the daemon, wait until ``until(health)`` holds, collect every endpoint body."""
+    port = free_port()
+    env = {**env, "PORT": str(port), "HOST": "127.0.0.1", "SYNC_INTERVAL_MINUTES": "60"}
+    base = f"http://127.0.0.1:{port}"
+    trigger = {"Authorization": "Bearer " + env["SYNC_TRIGGER_TOKEN"]}
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+
+            def health():
+                try:
+                    body = requests.get(base + "/health", timeout=10).json()
+                except (requests.ConnectionError, ValueError):
+                    return None
+                return body if until(body) else None
+
+            assert wait_for(health, 180, 0.5), log_path.read_text()[-3000:]
+            bodies = {path: requests.get(base + path, timeout=10).text for path in ("/live", "/ready", "/health", "/metrics")}
+            bodies["/diagnose"] = requests.get(base + "/diagnose/employees/1001", headers=trigger, timeout=60).text
+            bodies["/sync refused"] = requests.post(base + "/sync", headers={"Authorization": "Bearer nope"}, timeout=5).text
+            bodies["/webhooks"] = requests.post(base + "/webhooks/samsara", data=b"{}", timeout=5).text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=25) == 0
+    bodies["daemon log"] = log_path.read_text()
+    return bodies
+
+
+def test_no_credential_from_a_url_setting_in_any_output(tmp_path: Path, emulators: dict, private_redis) -> None:
+    redis_url, client = private_redis
+    urls = poisoned_urls(emulators, dead=free_port())
+    texts: dict[str, str] = {}
+    quoted = ""
+    for case, poison in urls.items():
+        # a prefix per case: the breaker the first case opened must not hide the second's errors
+        env = url_env(tmp_path, emulators, redis_url, poison, HTTP_MAX_RETRY_SECONDS="2", REDIS_PREFIX=f"test-url-{case}:")
+        run = subprocess.run(
+            [sys.executable, "sync_batch.py", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert run.returncode == 1, (case, run.stdout[-2000:], run.stderr[-3000:])
+        summary = json.loads(run.stdout.strip().splitlines()[-1])
+        assert summary["status"] == "failed", (case, summary)
+        print(case, {r["sync"]: (r["status"], r.get("error", "")[:150]) for r in summary["runs"]})
+        texts[f"{case}: stdout"], texts[f"{case}: stderr"] = run.stdout, run.stderr
+        quoted += run.stdout + run.stderr
+        # the text form of the summary as well
+        text_run = subprocess.run(
+            [sys.executable, "sync_batch.py"], cwd=ROOT, env={**env, "LOG_FORMAT": "text"},
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        texts[f"{case}: text output"] = text_run.stdout + text_run.stderr
+    # REDIS_URL itself: a secret-named query parameter and a lone user name (a token)
+    port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    for case, bad_redis in {
+        "redis query": f"{redis_url}?api_key={url_sentinel('q', 'REDIS_URL')}",
+        "redis user": f"redis://{url_sentinel('u', 'REDIS_URL')}@127.0.0.1:{port}/0",
+    }.items():
+        env = url_env(tmp_path, emulators, bad_redis, {}, LOCK_REQUIRED="true", HTTP_MAX_RETRY_SECONDS="2")
+        run = subprocess.run(
+            [sys.executable, "sync_batch.py", "--json", "--only", "departments"], cwd=ROOT, env=env,
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        texts[f"{case}: output"] = run.stdout + run.stderr
+        quoted += run.stdout + run.stderr
+    assert_clean(texts, all_url_sentinels())
+    # The credentials did travel through the error paths (masked): this test is not vacuous.
+    assert "api_key=***" in quoted and "***@" in quoted, quoted[-3000:]
+
+    # The daemon, configured with the same poisoned URLs: a cycle fails, its reasons go
+    # to /health and to the quarantine in Redis.
+    env = url_env(tmp_path, emulators, redis_url, urls["query"], HTTP_MAX_RETRY_SECONDS="2")
+    texts.update(
+        {
+            f"daemon: {k}": v
+            for k, v in daemon_bodies(env, tmp_path / "daemon-1.log", lambda h: len(h.get("last_runs") or {}) == 6).items()
+        }
+    )
+    stored = client.hgetall("test-url-secrets:quarantine")
+    assert stored, "the failed cycle quarantined nothing: the reason never reached Redis"
+    texts.update(redis_values(client))
+
+    # A later daemon run, configured correctly (it does not know the old credentials):
+    # what the earlier runs left in Redis is served by /health. One reason is planted as
+    # a version without the scrub would have stored it: served, it must be masked too.
+    planted = json.loads(stored[b"vehicles"])
+    planted["reason"] = f"samsara GET https://{url_sentinel('u', 'old')}@h/x?token={url_sentinel('q', 'old')}: refused"
+    client.hset("test-url-secrets:quarantine", "vehicles", json.dumps(planted))
+    env = url_env(tmp_path, emulators, redis_url, {})
+    later = daemon_bodies(env, tmp_path / "daemon-2.log", lambda h: len(h.get("last_runs") or {}) == 6)
+    health = json.loads(later["/health"])
+    assert health["quarantine"]["vehicles"]["reason"].startswith("samsara GET https://***@h/x?token=***"), health
+    assert "quarantined" in health["last_runs"]["vehicles"].get("error", ""), health["last_runs"]
+    texts.update({f"later daemon: {k}": v for k, v in later.items()})
+    client.hdel("test-url-secrets:quarantine", "vehicles")  # the planted value: not the product's
+    texts.update({f"after: {k}": v for k, v in redis_values(client).items()})
+    texts.update(output_files(tmp_path / "out"))
+    assert_clean(texts, all_url_sentinels())

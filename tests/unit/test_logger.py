@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import re
+import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -34,11 +36,13 @@ def root_state() -> Iterator[None]:
     """configure_logging changes the root logger: put it back afterwards."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    hooks = sys.excepthook, threading.excepthook
     yield
     for handler in list(root.handlers):
         if handler not in handlers:
             root.removeHandler(handler)
     root.setLevel(level)
+    sys.excepthook, threading.excepthook = hooks
 
 
 @pytest.fixture
@@ -130,7 +134,7 @@ def test_secrets_in_exception_and_stack_text_are_masked(json_lines: tuple[io.Str
         ("redis://:hunter2pw@redis.internal:6379/0", "redis://:***@redis.internal:6379/0"),
         ("rediss://default:hunter2pw@cache.windows.net:6380", "rediss://default:***@cache.windows.net:6380"),
         ("mssql+pyodbc://svc:P%40ss@sql/db?driver=x", "mssql+pyodbc://svc:***@sql/db?driver=x"),
-        ("https://x/cb?code=1&password=hunter2pw&user=u", "https://x/cb?code=1&password=***&user=u"),
+        ("https://x/cb?code=1234&password=hunter2pw&user=u", "https://x/cb?code=***&password=***&user=u"),
         ("https://vault/s?sv=2024&sig=abc%2Bdef&se=1", "https://vault/s?sv=2024&sig=***&se=1"),
         ("Server=tcp:sql;UID=svc;PWD=P@ss;Encrypt=yes", "Server=tcp:sql;UID=svc;PWD=***;Encrypt=yes"),
         ("Server=tcp:sql;PWD={P@ss w;rd};Encrypt=yes", "Server=tcp:sql;PWD=***;Encrypt=yes"),
@@ -292,3 +296,20 @@ def test_bind_adds_context_and_call_extras_win(json_lines: tuple[io.StringIO, lo
     assert second["sync"] == "jobs"
     assert "key" not in third
     assert (fourth["key"], fourth["event"]) == ("123", "x")
+
+
+def test_an_uncaught_exception_is_printed_scrubbed(root_state: None, capsys: pytest.CaptureFixture[str]) -> None:
+    # Python prints a crash's traceback itself, past every logging handler.
+    configure_logging("INFO", "json", io.StringIO(), secrets=[SAFETYAMP_TOKEN])
+    url = "https://h/api?api_key=uncaught-key-123"
+    try:
+        raise RuntimeError(f"failed {url} with {SAFETYAMP_TOKEN}")
+    except RuntimeError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    worker = threading.Thread(target=lambda: (_ for _ in ()).throw(ValueError(url)), name="worker-1")
+    worker.start()
+    worker.join()
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "Exception in thread worker-1" in err
+    assert "uncaught-key-123" not in err and SAFETYAMP_TOKEN not in err
+    assert err.count("api_key=***") == 2

@@ -69,3 +69,15 @@ def test_redis_down_keeps_state_locally():
     q = Quarantine(down, prefix="t:", interval_seconds=60, clock=Clock())
     q.record("titles", "failed", {}, "x")
     assert q.blocks("titles") is not None
+
+
+def test_stored_reason_is_scrubbed_and_an_old_unscrubbed_one_is_masked_on_the_way_out():
+    sentinel = "S3NT1NEL-quarantine-77"
+    client = fakeredis.FakeRedis()
+    q = Quarantine(client, prefix="s:", interval_seconds=60, clock=Clock())
+    q.record("jobs", "failed", {}, f"safetyamp GET https://sa.test/api/sites?api_key={sentinel}: HTTP 401")
+    stored = client.hget("s:quarantine", "jobs").decode()
+    assert sentinel not in stored and "api_key=***" in stored
+    # a reason written before the scrub existed (or by another version) is still hidden
+    client.hset("s:quarantine", "jobs", stored.replace("api_key=***", f"api_key={sentinel}"))
+    assert sentinel not in str(q.status("jobs")) and sentinel not in (q.blocks("jobs") or "")

@@ -56,3 +56,112 @@ def test_wrong_secret_and_bad_config():
     assert v.verify("1700000000", sign(other, "1700000000", BODY), BODY) == (False, "bad signature")
     with pytest.raises(ValueError):
         WebhookVerifier("not base64!!")
+
+
+@pytest.mark.parametrize(
+    "ts",
+    ["nan", "NaN", "inf", "-inf", "infinity", "1e9", "1700000000.0", "1_700_000_000", " 1700000000", "1700000000\n",
+     "+1700000000", "-1", "0x6553f100", "１７００００００００", "²", "1" * 5000],
+    ids=lambda v: repr(v)[:16],
+)  # fmt: skip
+def test_timestamp_must_be_plain_unix_seconds(ts):
+    # Samsara sends X-Samsara-Timestamp as whole Unix seconds; anything else, NaN above all
+    # (abs(now - nan) > window is False), would pass the window check or be ambiguous.
+    v = WebhookVerifier(SECRET, clock=Clock())
+    assert v.verify(ts, sign(SECRET, ts, BODY), BODY) == (False, "bad timestamp")
+
+
+def test_a_nan_timestamp_cannot_replay_after_the_window():
+    clock = Clock()
+    v = WebhookVerifier(SECRET, clock=clock)
+    signature = sign(SECRET, "nan", BODY)
+    assert v.verify("nan", signature, BODY)[0] is False
+    clock.t += 600
+    assert v.verify("nan", signature, BODY)[0] is False
+
+
+@pytest.mark.parametrize("suffix", ["\xa0", "\x85", "\u2028", "\u3000", " ", "\t", "\x0b", "\x1c"])
+def test_a_replay_with_whitespace_added_to_the_signature_is_still_a_replay(suffix):
+    v = WebhookVerifier(SECRET, clock=Clock())
+    signature = sign(SECRET, "1700000000", BODY)
+    assert v.verify("1700000000", signature, BODY) == (True, "ok")
+    assert v.verify("1700000000", signature + suffix, BODY)[0] is False
+    assert v.verify("1700000000", suffix + signature, BODY)[0] is False
+    assert v.verify("1700000000", signature.upper().replace("V1=", "v1="), BODY)[0] is False
+
+
+def test_signature_header_is_normalised_once_http_whitespace_only():
+    v = WebhookVerifier(SECRET, clock=Clock())
+    signature = sign(SECRET, "1700000000", BODY)
+    # HTTP optional whitespace around a header value is not part of it...
+    assert v.verify("1700000000", f" {signature}\t", BODY) == (True, "ok")
+    # ...but nothing else is tolerated, so there is one spelling to remember
+    v2 = WebhookVerifier(SECRET, clock=Clock())
+    assert v2.verify("1700000000", signature + "\xa0", BODY) == (False, "bad signature")
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"[1, 2, 3]", "not a JSON object"),
+        (b'"text"', "not a JSON object"),
+        (b"42", "not a JSON object"),
+        (b"null", "not a JSON object"),
+        (b"{not json", "not JSON"),
+        (b"\xff\xfe\x00", "not JSON"),
+        (b"", "not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
+    ],
+    ids=lambda v: repr(v)[:16],
+)
+def test_event_must_be_a_json_object(body, why):
+    from utils.webhooks import parse_event
+
+    with pytest.raises(ValueError, match=why):
+        parse_event(body)
+
+
+def test_event_parses_an_object():
+    from utils.webhooks import parse_event
+
+    assert parse_event(BODY) == {"eventId": "e1", "eventType": "Alert"}
+
+
+def _app_and_client(tmp_path):
+    from config.settings import load_settings
+    from main import Daemon, create_app
+
+    settings = load_settings(
+        {"SAMSARA_WEBHOOK_SECRET": SECRET, "SYNC_TRIGGER_TOKEN": "operator-token-1234567", "OUTPUT_DIR": str(tmp_path)},
+        dotenv_path=None,
+    )
+    daemon = Daemon(None, ())
+    daemon.state.settings = settings
+    return daemon, create_app(daemon).test_client()
+
+
+@pytest.mark.parametrize("body", [b"[1,2]", b'"x"', b"{oops", b"null"])
+def test_endpoint_answers_400_for_a_signed_body_that_is_not_an_event(tmp_path, body):
+    import time as _time
+
+    daemon, client = _app_and_client(tmp_path)
+    ts = str(int(_time.time()))
+    resp = client.post(
+        "/webhooks/samsara",
+        data=body,
+        headers={"X-Samsara-Timestamp": ts, "X-Samsara-Signature": sign(SECRET, ts, body)},
+    )
+    assert resp.status_code == 400, resp.data
+    assert "error" in resp.get_json()
+    assert daemon.state.webhook_due_at is None  # nothing scheduled
+
+
+def test_endpoint_refuses_a_body_over_the_limit_with_413_before_reading_it(tmp_path):
+    import main
+
+    _daemon, client = _app_and_client(tmp_path)
+    big = b"{" + b" " * (main.MAX_REQUEST_BODY_BYTES + 1) + b"}"
+    for path in ("/webhooks/samsara", "/sync", "/sync/vehicles"):
+        resp = client.post(path, data=big, headers={"Authorization": "Bearer operator-token-1234567"})
+        assert resp.status_code == 413, (path, resp.status_code)
+        assert "limit" in resp.get_json()["error"]
