@@ -289,8 +289,10 @@ def test_diagnose_rosters_user_and_class_and_no_empty_what_to_do(tmp_path: Path)
     unknown = json.loads(cli(batch, *sandbox_args(batch), "diagnose", "rosters", "no-such-id", "--json").stdout.splitlines()[-1])
     assert unknown["verdict"] == "NOT_IN_SCOPE" and unknown["remediation"]
 
-    emp = cli(batch, *sandbox_args(batch), "diagnose", "employees", "1001").stdout
-    assert not emp.rstrip().endswith("what to do:"), emp
+    changes = json.loads(next((batch.output / "changes").glob("employees-*.json")).read_text())
+    created = next(c["key"] for c in changes["changes"] if c["action"] == "create")
+    emp = cli(batch, *sandbox_args(batch), "diagnose", "employees", str(created)).stdout
+    assert "IN_SYNC" in emp and not emp.rstrip().endswith("what to do:"), emp
 
 
 def _scim(batch: BatchRunner, resource: str) -> list[dict[str, Any]]:
