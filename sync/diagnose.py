@@ -238,7 +238,9 @@ def _diagnose_roster(ctx: Any, runtime: Any, key: str) -> dict[str, Any]:
             report["verdict"] = "PENDING"
             report["remediation"] = ["The next run sends this change; nothing to do unless it stays pending."]
     if want is not None and snap.enrollments_gap_for(cls.school if cls else None):
-        report["remediation"].insert(0, "The enrollments of this class's school could not be read completely: its members are kept.")
+        report["remediation"].insert(
+            0, "The enrollments of this class's school could not be read completely: its members are kept."
+        )
     return report
 
 

@@ -7,8 +7,8 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,7 +70,11 @@ def signed_webhook(base: str, event_id: str) -> requests.Response:
 
     body = json.dumps({"eventId": event_id, "eventType": "VehicleUpdated", "data": {}}).encode()
     ts = str(int(time.time()))
-    headers = {"X-Samsara-Timestamp": ts, "X-Samsara-Signature": sign(WEBHOOK_SECRET, ts, body), "Content-Type": "application/json"}
+    headers = {
+        "X-Samsara-Timestamp": ts,
+        "X-Samsara-Signature": sign(WEBHOOK_SECRET, ts, body),
+        "Content-Type": "application/json",
+    }
     return requests.post(base + "/webhooks/samsara", data=body, headers=headers, timeout=5)
 
 
@@ -78,7 +82,9 @@ def signed_webhook(base: str, event_id: str) -> requests.Response:
 def test_sync_all_then_one_sync_runs_every_sync_and_health_says_partial(tmp_path: Path) -> None:
     d = Daemon(tmp_path)
     try:
-        first = wait_for(lambda: (ids := d.run_ids()) and set(ids) == set(SYNCS) and d.health()["running"] is None and ids, 120, 0.3)
+        first = wait_for(
+            lambda: (ids := d.run_ids()) and set(ids) == set(SYNCS) and d.health()["running"] is None and ids, 120, 0.3
+        )
         assert first, d.tail()
         health = d.health()
         # The seeded sandbox holds employees the validator refuses: employees is partial.
@@ -272,7 +278,9 @@ def test_diagnose_rosters_user_and_class_and_no_empty_what_to_do(tmp_path: Path)
     batch.run()
     scim_users = _scim_users(batch)
     user = next(u for u in scim_users if u.get("externalId") and u.get("active") is not False)
-    report = json.loads(cli(batch, *sandbox_args(batch), "diagnose", "rosters", user["externalId"], "--json").stdout.splitlines()[-1])
+    report = json.loads(
+        cli(batch, *sandbox_args(batch), "diagnose", "rosters", user["externalId"], "--json").stdout.splitlines()[-1]
+    )
     assert report["sync"] == "rosters" and report["verdict"] == "IN_SYNC", report
     assert report["target"]["externalId"] == user["externalId"]
     assert report["source"] is not None
@@ -282,7 +290,9 @@ def test_diagnose_rosters_user_and_class_and_no_empty_what_to_do(tmp_path: Path)
     assert not text.rstrip().endswith("what to do:"), text
 
     group = next(g for g in _scim_groups(batch) if g.get("externalId"))
-    report = json.loads(cli(batch, *sandbox_args(batch), "diagnose", "rosters", "class/" + group["externalId"], "--json").stdout.splitlines()[-1])
+    report = json.loads(
+        cli(batch, *sandbox_args(batch), "diagnose", "rosters", "class/" + group["externalId"], "--json").stdout.splitlines()[-1]
+    )
     assert report["verdict"] == "IN_SYNC", report
     assert report["target"]["externalId"] == group["externalId"]
 
@@ -301,7 +311,9 @@ def _scim(batch: BatchRunner, resource: str) -> list[dict[str, Any]]:
 
     with start_sandbox(batch.dir, size=batch.size) as sb:
         scim = sb.endpoints["scim"]
-        r = requests.get(f"{scim['url'].rstrip('/')}/{resource}", headers={"Authorization": f"Bearer {scim['token']}"}, timeout=10)
+        r = requests.get(
+            f"{scim['url'].rstrip('/')}/{resource}", headers={"Authorization": f"Bearer {scim['token']}"}, timeout=10
+        )
         r.raise_for_status()
         return list(r.json().get("Resources") or [])
 

@@ -220,7 +220,10 @@ def test_health_sync_states_say_why():
             "quarantine": {"vehicles": {"until": 1300.0, "bad_runs": 2, "reason": "samsara down"}},
         }
     )
-    assert verdict.sync_states["employees"] == {"state": "partial", "reason": "7 record(s) failed and were recorded in out/errors/e.json"}
+    assert verdict.sync_states["employees"] == {
+        "state": "partial",
+        "reason": "7 record(s) failed and were recorded in out/errors/e.json",
+    }
     assert verdict.sync_states["vehicles"]["state"] == "quarantined"
     assert verdict.sync_states["vehicles"]["next_try_in_seconds"] == 300
     expired = assess(**{**BASE, "quarantine": {"vehicles": {"until": 900.0, "bad_runs": 2, "reason": "x"}}})
