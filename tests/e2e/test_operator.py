@@ -99,6 +99,8 @@ def test_sync_all_then_one_sync_runs_every_sync_and_health_says_partial(tmp_path
         rerun = wait_for(lambda: (ids := d.run_ids()) and all(ids[s] != first[s] for s in SYNCS) and ids, 60, 0.3)
         assert rerun, f"only these syncs ran again: {[s for s, i in d.run_ids().items() if i != first[s]]}"
         assert len(set(rerun.values())) == 1, "the two triggers should coalesce into one cycle"
+        print(f"\nPOST /sync + POST /sync/employees: one cycle ran {len(rerun)} syncs; /health was {health['status']}: "
+              f"{health['problems']}")  # fmt: skip
     finally:
         d.stop()
 
@@ -121,18 +123,24 @@ def test_webhooks_respect_quarantine_and_an_operator_trigger_overrides_it(tmp_pa
         assert get(d.base + "/health").status_code == 503
         before = failed["last_runs"]["vehicles"]["run_id"]
         mark = d.batch.mark()
+        started = time.monotonic()
         for n in range(3):
             assert signed_webhook(d.base, f"evt-{n}").status_code == 202
             time.sleep(1.5)
         time.sleep(3)
+        waited = time.monotonic() - started
         assert d.health()["last_runs"]["vehicles"]["run_id"] == before, "a webhook started a run of a quarantined sync"
         assert not d.batch.requests("samsara", since=mark), "a webhook made the quarantined sync call Samsara"
+        held = sum("event-triggered run not started" in line for line in d.log.read_text().splitlines())
 
         # The operator's authenticated trigger is the override.
         assert requests.post(d.base + "/sync/vehicles", headers=AUTH, timeout=5).status_code == 202
         forced = wait_for(lambda: (r := d.health()["last_runs"]["vehicles"])["run_id"] != before and r, 60, 0.3)
         assert forced, "the operator's trigger did not run the quarantined sync"
         assert d.batch.requests("samsara", since=mark)
+        print(f"\n3 signed webhooks in {waited:.1f} s during a {failed['quarantine']['vehicles']['backoff_seconds']:.0f} s "
+              f"quarantine: 0 runs, 0 Samsara requests, {held} 'not started' log line(s); operator POST /sync/vehicles: "
+              f"ran ({forced['status']}), {len(d.batch.requests('samsara', since=mark))} Samsara request(s)")  # fmt: skip
     finally:
         d.stop()
 
@@ -236,6 +244,8 @@ def test_first_partial_run_names_its_errors_and_failed_list_shows_every_failed_r
     # the text summary names the errors file and suggests diagnose
     plain = cli(batch, *sandbox_args(batch), "--only", "employees").stdout
     assert "errors/employees-" in plain and "diagnose employees" in plain and "failed list" in plain
+    print(f"\nfirst run: employees partial failed={employees['failed']}; failed list: {len(listed)} record(s) "
+          f"({sorted({r['status'] for r in listed})})")  # fmt: skip
 
 
 def test_dry_run_text_summary_is_labelled(tmp_path: Path) -> None:
@@ -267,60 +277,44 @@ def test_a_failed_cli_run_quarantines_and_later_runs_obey_it_unless_forced(tmp_p
     assert forced["runs"][0]["status"] == "failed"
     assert batch.requests("samsara", since=mark)
 
+    print(f"\nCLI: failed run; next run {run['status']} ({run['error'][:60]}...), 0 Samsara requests, exit "
+          f"{held['_exit']}; --force ran: {forced['runs'][0]['status']}")  # fmt: skip
     healed = batch.run("--only", "vehicles", "--force", **redis_env)
     assert healed["runs"][0]["status"] in ("success", "partial")
     again = batch.run("--only", "vehicles", **redis_env)  # a good run lifted the quarantine
     assert again["runs"][0]["status"] in ("success", "partial")
 
 
+def created_keys(batch: BatchRunner, sync: str) -> list[str]:
+    """Keys the first run of ``sync`` created, from its changes file."""
+    changes = json.loads(min((batch.output / "changes").glob(f"{sync}-*.json")).read_text())
+    return [str(c["key"]) for c in changes["changes"] if c["action"] == "create"]
+
+
 def test_diagnose_rosters_user_and_class_and_no_empty_what_to_do(tmp_path: Path) -> None:
     batch = BatchRunner(tmp_path, size=30)
     batch.run()
-    scim_users = _scim_users(batch)
-    user = next(u for u in scim_users if u.get("externalId") and u.get("active") is not False)
-    report = json.loads(
-        cli(batch, *sandbox_args(batch), "diagnose", "rosters", user["externalId"], "--json").stdout.splitlines()[-1]
-    )
-    assert report["sync"] == "rosters" and report["verdict"] == "IN_SYNC", report
-    assert report["target"]["externalId"] == user["externalId"]
-    assert report["source"] is not None
+    rosters = created_keys(batch, "rosters")
+    user = next(k for k in rosters if k.startswith("user/")).removeprefix("user/")
+    group = next(k for k in rosters if k.startswith("class/")).removeprefix("class/")
 
-    text = cli(batch, *sandbox_args(batch), "diagnose", "rosters", "user/" + user["externalId"]).stdout
-    assert "IN_SYNC" in text
+    def diagnose(*args: str) -> dict[str, Any]:
+        return json.loads(cli(batch, *sandbox_args(batch), "diagnose", *args, "--json").stdout.splitlines()[-1])
+
+    report = diagnose("rosters", user)  # a bare sourcedId
+    assert report["sync"] == "rosters" and report["key"] == f"user/{user}" and report["verdict"] == "IN_SYNC", report
+    assert report["target"]["externalId"] == user and report["source"]["externalId"] == user
+
+    text = cli(batch, *sandbox_args(batch), "diagnose", "rosters", f"user/{user}").stdout
+    assert "IN_SYNC" in text and "Nothing to do" in text
     assert not text.rstrip().endswith("what to do:"), text
 
-    group = next(g for g in _scim_groups(batch) if g.get("externalId"))
-    report = json.loads(
-        cli(batch, *sandbox_args(batch), "diagnose", "rosters", "class/" + group["externalId"], "--json").stdout.splitlines()[-1]
-    )
+    report = diagnose("rosters", f"class/{group}")
     assert report["verdict"] == "IN_SYNC", report
-    assert report["target"]["externalId"] == group["externalId"]
+    assert report["target"]["externalId"] == group and report["source"]["members"] == report["target_members"]
 
-    unknown = json.loads(cli(batch, *sandbox_args(batch), "diagnose", "rosters", "no-such-id", "--json").stdout.splitlines()[-1])
+    unknown = diagnose("rosters", "no-such-id")
     assert unknown["verdict"] == "NOT_IN_SCOPE" and unknown["remediation"]
 
-    changes = json.loads(next((batch.output / "changes").glob("employees-*.json")).read_text())
-    created = next(c["key"] for c in changes["changes"] if c["action"] == "create")
-    emp = cli(batch, *sandbox_args(batch), "diagnose", "employees", str(created)).stdout
+    emp = cli(batch, *sandbox_args(batch), "diagnose", "employees", created_keys(batch, "employees")[0]).stdout
     assert "IN_SYNC" in emp and not emp.rstrip().endswith("what to do:"), emp
-
-
-def _scim(batch: BatchRunner, resource: str) -> list[dict[str, Any]]:
-    """Read the sandbox's SCIM server directly (the sandbox serves it while started)."""
-    from sandbox.server import start_sandbox
-
-    with start_sandbox(batch.dir, size=batch.size) as sb:
-        scim = sb.endpoints["scim"]
-        r = requests.get(
-            f"{scim['url'].rstrip('/')}/{resource}", headers={"Authorization": f"Bearer {scim['token']}"}, timeout=10
-        )
-        r.raise_for_status()
-        return list(r.json().get("Resources") or [])
-
-
-def _scim_users(batch: BatchRunner) -> list[dict[str, Any]]:
-    return _scim(batch, "Users")
-
-
-def _scim_groups(batch: BatchRunner) -> list[dict[str, Any]]:
-    return _scim(batch, "Groups")
