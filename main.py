@@ -331,7 +331,7 @@ def create_app(daemon: Daemon) -> Flask:
         daemon.state.triggers.request_after("vehicles", daemon.state.settings.webhook_debounce_seconds)  # type: ignore[union-attr]
         return jsonify(status="accepted"), 202
 
-    @app.get("/diagnose/<sync>/<key>")
+    @app.get("/diagnose/<sync>/<path:key>")  # rosters keys may be user/<id> or class/<id>
     def diagnose(sync: str, key: str) -> Any:
         ok, refusal = authorized()
         if not ok:

@@ -92,6 +92,9 @@ def test_sync_all_then_one_sync_runs_every_sync_and_health_says_partial(tmp_path
         assert health["status"] == "degraded", health["status"]
         assert health["sync_states"]["employees"]["state"] == "partial"
         assert get(d.base + "/health").status_code == 200
+        user = next(k for k in created_keys(d.batch, "rosters") if k.startswith("user/"))
+        diag = get(f"{d.base}/diagnose/rosters/{user}", headers=AUTH)
+        assert diag.status_code == 200 and diag.json()["verdict"] == "IN_SYNC", diag.text
 
         # Both triggers land within one tick of the worker: they must add up, not replace.
         assert requests.post(d.base + "/sync", headers=AUTH, timeout=5).status_code == 202
