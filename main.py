@@ -36,6 +36,7 @@ from flask import Flask, Response, jsonify, request
 
 from config.settings import Settings, load_settings
 from utils.errors import ConfigurationError
+from utils.triggers import Pending, TriggerQueue
 
 log = logging.getLogger("main")
 
@@ -62,9 +63,8 @@ class DaemonState:
     ready_checked_at: float = 0.0
     ready_result: tuple[bool, str] = (False, "not checked yet")
     lock: threading.Lock = field(default_factory=threading.Lock)
-    trigger: threading.Event = field(default_factory=threading.Event)
-    trigger_only: set[str] = field(default_factory=set)
-    webhook_due_at: float | None = None
+    triggers: TriggerQueue = field(default_factory=TriggerQueue)
+    """Runs asked for between cycles (operators, webhooks); they coalesce as a union."""
     starting: bool = False
 
     def beat(self) -> None:
@@ -105,22 +105,30 @@ class Daemon:
                 self.stop.wait(1.0)
                 continue
             self.state.next_run_at = time.time() + max(0.0, next_at - time.monotonic())
-            due = self.state.webhook_due_at
-            if due is not None and time.monotonic() >= due and "vehicles" in self.state.syncs:
-                self.state.webhook_due_at = None
-                self.state.trigger_only.add("vehicles")
-                self.state.trigger.set()
-            triggered = self.state.trigger.is_set()
-            if time.monotonic() >= next_at or triggered:
-                only = set(self.state.trigger_only)
-                self.state.trigger.clear()
-                self.state.trigger_only.clear()
-                self.run_cycle(tuple(s for s in self.state.syncs if not only or s in only), manual=triggered)
-                if not only:
+            scheduled = time.monotonic() >= next_at
+            pending = self.state.triggers.take(self.state.syncs)
+            syncs = self.state.syncs if scheduled else self._not_held(pending)
+            if syncs:
+                self.run_cycle(syncs, force=pending.forced)
+                if scheduled or syncs == self.state.syncs:
                     next_at = time.monotonic() + self._interval()
             self.stop.wait(1.0)
 
-    def run_cycle(self, syncs: tuple[str, ...], *, manual: bool = False) -> list[Any]:
+    def _not_held(self, pending: Pending) -> tuple[str, ...]:
+        """The syncs of ``pending`` to run now: an operator's go; an event's (webhook)
+        wait while the sync is quarantined or a breaker it needs is open."""
+        from sync.runner import event_hold
+
+        out = []
+        for sync in pending.syncs:
+            why = None if sync in pending.forced else event_hold(sync, self.runtime.quarantine, self.runtime.breakers or {})
+            if why:
+                log.info("event-triggered run not started: %s", why, extra={"sync": sync})
+            else:
+                out.append(sync)
+        return tuple(out)
+
+    def run_cycle(self, syncs: tuple[str, ...], *, force: frozenset[str] = frozenset()) -> list[Any]:
         from config.bootstrap import new_context, new_run_id
         from sync.runner import run_syncs
 
@@ -137,7 +145,7 @@ class Daemon:
                 self.state.last_runs[result.sync] = entry
             self.state.beat()
 
-        ctx = new_context(self.runtime, run_id=run_id, progress=progress, manual=manual)
+        ctx = new_context(self.runtime, run_id=run_id, progress=progress, force=force)
         ctx.on_result = finished
         try:
             return run_syncs(ctx, syncs)
@@ -173,11 +181,15 @@ class Daemon:
         return result
 
     def health(self) -> dict[str, Any]:
+        """The /health body; ``status`` and its HTTP code are utils.health's verdict."""
         rt = self.runtime
         ok, age = self.live()
         ready, why = self.ready()
+        with self.state.lock:
+            last_runs = dict(self.state.last_runs)
         body: dict[str, Any] = {
-            "status": "ok" if ok and ready else "degraded",
+            "status": "ok",
+            "problems": [],
             "live": ok,
             "heartbeat_age_seconds": round(age, 1),
             "ready": ready,
@@ -187,12 +199,33 @@ class Daemon:
             "next_run_at": datetime.fromtimestamp(self.state.next_run_at, UTC).isoformat(timespec="seconds")
             if self.state.next_run_at
             else None,
-            "last_runs": dict(self.state.last_runs),
+            "last_runs": last_runs,
+            "sync_states": {},
             "dependencies": {},
             "failed_records": {},
         }
-        if rt is None:
-            return body
+        if rt is not None:
+            self._health_detail(rt, body)
+        from utils.health import assess
+
+        deps = body["dependencies"]
+        verdict = assess(
+            starting=self.state.starting,
+            config_error=self.state.config_error,
+            live=ok,
+            ready=ready,
+            ready_reason=why,
+            syncs=self.state.syncs,
+            last_runs=last_runs,
+            quarantine=body.get("quarantine") or {},
+            breakers={s: d["breaker"].get("state", "closed") for s, d in deps.items() if isinstance(d.get("breaker"), dict)},
+            redis_degraded=bool((deps.get("redis") or {}).get("degraded")),
+            now=time.time(),
+        )
+        body.update(status=verdict.status, problems=verdict.problems, sync_states=verdict.sync_states)
+        return body
+
+    def _health_detail(self, rt: Any, body: dict[str, Any]) -> None:
         deps = body["dependencies"]
         if rt.viewpoint is not None:
             started = time.monotonic()
@@ -217,7 +250,6 @@ class Daemon:
                 body["failed_records"][sync] = None
             if rt.quarantine is not None:
                 body["quarantine"][sync] = rt.quarantine.status(sync)
-        return body
 
 
 def create_app(daemon: Daemon) -> Flask:
@@ -260,7 +292,10 @@ def create_app(daemon: Daemon) -> Flask:
 
     @app.get("/health")
     def health() -> Any:
-        return jsonify(daemon.health())
+        from utils.health import HTTP_STATUS
+
+        body = daemon.health()
+        return jsonify(body), HTTP_STATUS[body["status"]]
 
     @app.get("/metrics")
     def metrics() -> Any:
@@ -289,9 +324,8 @@ def create_app(daemon: Daemon) -> Flask:
             return refusal
         if name is not None and name not in daemon.state.syncs:
             return jsonify(error=f"unknown or disabled sync {name!r}", enabled=list(daemon.state.syncs)), 404
-        if name:
-            daemon.state.trigger_only.add(name)
-        daemon.state.trigger.set()
+        # An authenticated operator's request: it overrides quarantine (see the runbook).
+        daemon.state.triggers.request(name, operator=True)
         return jsonify(status="queued", sync=name or "all"), 202
 
     verifiers: dict[str, Any] = {}
@@ -326,12 +360,12 @@ def create_app(daemon: Daemon) -> Flask:
             return jsonify(error=str(exc)), 400
         if event.get("eventType") == "Ping":
             return jsonify(status="pong"), 200
-        # Debounced: a burst of vehicle events becomes one vehicles run.
-        if daemon.state.webhook_due_at is None:
-            daemon.state.webhook_due_at = time.monotonic() + daemon.state.settings.webhook_debounce_seconds  # type: ignore[union-attr]
+        # Debounced: a burst of vehicle events becomes one vehicles run, which waits
+        # while the sync is quarantined or a breaker it needs is open (Daemon._not_held).
+        daemon.state.triggers.request_after("vehicles", daemon.state.settings.webhook_debounce_seconds)  # type: ignore[union-attr]
         return jsonify(status="accepted"), 202
 
-    @app.get("/diagnose/<sync>/<key>")
+    @app.get("/diagnose/<sync>/<path:key>")  # rosters keys may be user/<id> or class/<id>
     def diagnose(sync: str, key: str) -> Any:
         ok, refusal = authorized()
         if not ok:

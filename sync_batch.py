@@ -2,14 +2,15 @@
 """Run every enabled sync once and exit: for Kubernetes CronJobs and operators.
 
     python sync_batch.py [--sandbox [--sandbox-dir DIR] [--sandbox-size N]]
-                         [--only a,b] [--dry-run] [--json]
+                         [--only a,b] [--dry-run] [--json] [--force] [--full]
     python sync_batch.py [--sandbox ...] failed list [--sync S]
     python sync_batch.py [--sandbox ...] failed retry [--sync S] [--key K]
     python sync_batch.py [--sandbox ...] diagnose SYNC KEY
 
 Exit codes: 0 success or partial (failed records were recorded), 1 a sync failed as a
 whole, 2 configuration error, 0 with status "skipped" when another runner holds the
-lock. With --json the last line of stdout is the run summary; logs go to stderr.
+lock or the sync is quarantined (``--force`` runs it anyway). With --json the last line
+of stdout is the run summary; logs go to stderr.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -41,19 +43,79 @@ REQUEST_SHAPE: dict[str, tuple[str, ...]] = {
 }
 
 
+EXIT_CODES = """exit codes:
+  0  success or partial (failed records were recorded: `failed list` shows them)
+  1  a sync failed as a whole (source unreachable, breaker open, guard tripped)
+  2  configuration error (every bad setting is named)
+  0  with status "skipped" when another runner holds the lock or a sync is
+     quarantined (--force runs it anyway)"""
+
+RUN_OPTIONS = ("only", "dry_run", "no_progress", "full", "force")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="sync_batch.py", description="Run every enabled sync once and exit.")
+    """One parser for the run and the operator commands: ``--help`` lists them all, and
+    the global options (--sandbox..., --json) go before or after a command."""
+    p = argparse.ArgumentParser(
+        prog="sync_batch.py",
+        description="Run every enabled sync once and exit; or, with a command, look into failed records.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--sandbox", action="store_true", help="run against the built-in sandbox (no credentials needed)")
     p.add_argument("--sandbox-dir", default="output/sandbox", help="sandbox state folder (created and seeded if missing)")
     p.add_argument("--sandbox-size", type=int, default=200, help="employees in a newly seeded sandbox (default 200)")
-    p.add_argument("--only", default=None, help="comma list of syncs to run (dependencies are not added)")
-    p.add_argument("--dry-run", action="store_true", help="plan only: print and write the plan, send no write")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line of stdout")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
-    p.add_argument("--full", action="store_true", help="rosters: read OneRoster completely instead of a delta")
+    run = p.add_argument_group("run options (without a command)")
+    run.add_argument("--only", default=None, help="comma list of syncs to run (dependencies are not added)")
+    run.add_argument("--dry-run", action="store_true", help="plan only: print and write the plan, send no write")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    run.add_argument("--full", action="store_true", help="rosters: read OneRoster completely instead of a delta")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="run syncs even while they are quarantined (after you fixed the cause; the outcome still counts)",
+    )
+    # The global options are accepted after the command too ("failed list --json").
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--sandbox", action="store_true", default=argparse.SUPPRESS, help="use the built-in sandbox")
+    common.add_argument("--sandbox-dir", default=argparse.SUPPRESS, help="sandbox state folder")
+    common.add_argument("--sandbox-size", type=int, default=argparse.SUPPRESS, help="employees in a newly seeded sandbox")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text")
+    sub = p.add_subparsers(dest="command", title="operator commands", metavar="COMMAND")
+    failed = sub.add_parser(
+        "failed",
+        parents=[common],
+        help="records that failed: tracked by the failed-record tracker, or refused in the last run",
+        description="Records that failed: those the failed-record tracker holds back (with their next "
+        "retry) and those the last run of each sync refused or could not write (its errors file).",
+    )
+    fsub = failed.add_subparsers(dest="action", required=True, metavar="ACTION")
+    flist = fsub.add_parser("list", parents=[common], help="list every failed record with its reason")
+    flist.add_argument("--sync", default=None, help="only this sync")
+    fretry = fsub.add_parser("retry", parents=[common], help="make tracked records due at the next run")
+    fretry.add_argument("--sync", default=None, help="only this sync")
+    fretry.add_argument("--key", default=None, help="only this record")
+    diag = sub.add_parser(
+        "diagnose",
+        parents=[common],
+        help="why one record is (not) in sync, and what to do",
+        description="Source vs target vs last error for one record, a verdict and what to do. Nothing is written.",
+    )
+    diag.add_argument("sync", metavar="SYNC", help=", ".join(ALL_SYNCS))
+    diag.add_argument(
+        "key",
+        metavar="KEY",
+        help="the record's key: employee number, department or job code, title, Samsara vehicle id; "
+        "rosters: a OneRoster sourcedId (user/<id> or class/<id> to choose)",
+    )
     args = p.parse_args(argv)
     if args.sandbox_size < 1:
         p.error("--sandbox-size must be at least 1")
+    if args.command:
+        given = [f"--{o.replace('_', '-')}" for o in RUN_OPTIONS if getattr(args, o)]
+        if given:
+            p.error(f"{', '.join(given)} belong(s) to a run, not to the {args.command} command")
     return args
 
 
@@ -176,42 +238,7 @@ def print_plan(results: list[Any], out: Any) -> None:
             print(scrub(f"  {step['action']:<10} {step['key']}  {changes}"), file=out)
 
 
-OPERATOR_COMMANDS = ("failed", "diagnose")
-
-
-def parse_operator_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="sync_batch.py", description="Operator commands.")
-    p.add_argument("--sandbox", action="store_true", help="use the built-in sandbox")
-    p.add_argument("--sandbox-dir", default="output/sandbox")
-    p.add_argument("--sandbox-size", type=int, default=200)
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    # The global options are accepted after the command too ("failed list --json").
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--sandbox", action="store_true", default=argparse.SUPPRESS)
-    common.add_argument("--sandbox-dir", default=argparse.SUPPRESS)
-    common.add_argument("--sandbox-size", type=int, default=argparse.SUPPRESS)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    sub = p.add_subparsers(dest="command", required=True)
-    failed = sub.add_parser("failed", help="records the failed-record tracker holds", parents=[common])
-    fsub = failed.add_subparsers(dest="action", required=True)
-    flist = fsub.add_parser("list", help="list tracked failures", parents=[common])
-    flist.add_argument("--sync", default=None)
-    fretry = fsub.add_parser("retry", help="make tracked records due at the next run", parents=[common])
-    fretry.add_argument("--sync", default=None)
-    fretry.add_argument("--key", default=None)
-    diag = sub.add_parser("diagnose", help="why a record is (not) in sync, and what to do", parents=[common])
-    diag.add_argument("sync")
-    diag.add_argument("key")
-    # Global options are accepted before or after the command.
-    head = [a for a in argv if a not in OPERATOR_COMMANDS]
-    args, rest = p.parse_known_args(argv)
-    if rest:
-        p.error(f"unrecognized arguments: {' '.join(rest)} (from {' '.join(head)})")
-    return args
-
-
-def operator_main(argv: list[str], environ: dict[str, str]) -> int:
-    args = parse_operator_args(argv)
+def operator_main(args: argparse.Namespace, environ: dict[str, str]) -> int:
     from utils.logger import configure_logging
 
     configure_logging(environ.get("LOG_LEVEL", "WARNING"), environ.get("LOG_FORMAT", "text"))
@@ -243,20 +270,67 @@ def operator_main(argv: list[str], environ: dict[str, str]) -> int:
             rt.close()
 
 
+def failed_records(rt: Any, sync: str | None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Every record that failed: the tracker's entries (target refusals, with their retry
+    schedule) and the records the last run of each sync refused or could not write,
+    from its errors file (validation rejections never reach the tracker: only a change
+    in the source fixes them). Returns the rows and {sync: errors file read}."""
+    from services.event_manager import latest_errors
+
+    rows: list[dict[str, Any]] = [{**r, "source": "tracker"} for r in rt.tracker.list(sync)]
+    seen = {(r["sync"], str(r["key"])) for r in rows}
+    files: dict[str, str] = {}
+    for name in [sync] if sync else ALL_SYNCS:
+        found = latest_errors(rt.settings.output_dir, name)
+        if found is None:
+            continue
+        path, document = found
+        for entry in document.get("errors") or []:
+            if not isinstance(entry, dict) or entry.get("kind") not in ("rejected", "failed"):
+                continue  # field_dropped: the record synced without one value
+            key = str(entry.get("key"))
+            if (name, key) in seen:
+                continue
+            seen.add((name, key))
+            files[name] = str(path)
+            rows.append({
+                "sync": name,
+                "key": key,
+                "status": entry["kind"],
+                "reason": entry.get("reason", ""),
+                "fields": entry.get("fields"),
+                "last_failed": entry.get("at"),
+                "source": "errors_file",
+                "errors_file": str(path),
+            })  # fmt: skip
+    return rows, files
+
+
 def _failed(rt: Any, args: argparse.Namespace) -> int:
     if args.action == "list":
-        rows = scrub_value(rt.tracker.list(args.sync))
+        rows, files = failed_records(rt, args.sync)
+        rows = scrub_value(rows)
         if args.json:
             print(json.dumps(rows, default=str))
-        elif not rows:
-            print("no failed records tracked" + (f" for {args.sync}" if args.sync else ""))
-        else:
-            print(f"{'sync':<12} {'key':<14} {'status':<12} {'attempts':>8}  {'next retry':<26} reason")
-            for r in rows:
-                print(
-                    f"{r['sync']:<12} {r['key']:<14} {r.get('status', ''):<12} {r.get('attempts', 0):>8}  "
-                    f"{r.get('next_retry') or '-':<26} {r.get('reason', '')}"
-                )
+            return EXIT_OK
+        where = f" for {args.sync}" if args.sync else ""
+        if not rows:
+            print(f"no failed records{where}: none tracked, and the last run of each sync refused none")
+            return EXIT_OK
+        print(f"{'sync':<12} {'key':<14} {'status':<12} {'attempts':>8}  {'next retry':<26} reason")
+        for r in rows:
+            attempts = r.get("attempts", "-") if r["source"] == "tracker" else "-"
+            print(
+                f"{r['sync']:<12} {r['key']:<14} {r.get('status', ''):<12} {attempts:>8}  "
+                f"{r.get('next_retry') or '-':<26} {r.get('reason', '')}"
+            )
+        print()
+        print("status waiting/due/quarantined: held by the failed-record tracker, retried on a schedule")
+        if files:
+            print("status rejected/failed: refused or not written in the last run (details in its errors file):")
+            for name, path in files.items():
+                print(f"  {name}: {path}")
+        print(f"one record: {command_prefix(args)} diagnose <sync> <key>")
         return EXIT_OK
     n = rt.tracker.retry(args.sync, args.key)
     msg = {"released": n}
@@ -279,9 +353,9 @@ def _diagnose(rt: Any, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     environ = dict(os.environ if environ is None else environ)
-    if any(a in OPERATOR_COMMANDS for a in argv):
-        return operator_main(argv, environ)
     args = parse_args(argv)
+    if args.command:
+        return operator_main(args, environ)
     from utils.logger import configure_logging
 
     configure_logging(environ.get("LOG_LEVEL", "INFO"), environ.get("LOG_FORMAT", "text" if sys.stderr.isatty() else "json"))
@@ -341,7 +415,12 @@ def run_once(settings: Settings, syncs: tuple[str, ...], args: argparse.Namespac
         run_id = new_run_id()
         progress = Progress(sys.stderr.isatty() and not args.no_progress)
         ctx = new_context(
-            rt, run_id=run_id, dry_run=args.dry_run, progress=progress, full=getattr(args, "full", False), manual=True
+            rt,
+            run_id=run_id,
+            dry_run=args.dry_run,
+            progress=progress,
+            full=getattr(args, "full", False),
+            force=syncs if getattr(args, "force", False) else (),
         )
         results = run_syncs(ctx, syncs)
     finally:
@@ -364,14 +443,46 @@ def run_once(settings: Settings, syncs: tuple[str, ...], args: argparse.Namespac
     if args.json:
         print(json.dumps(summary, default=str))
     else:
-        print(f"run {run_id}: {status}", file=out)
         runs: list[dict[str, Any]] = summary["runs"]  # type: ignore[assignment]
-        for r in runs:
-            counts = " ".join(f"{k}={r[k]}" for k in ("created", "updated", "deactivated", "unchanged", "skipped", "failed"))
-            extra = f"  ({r['error']})" if r.get("error") else ""
-            print(f"  {r['sync']:<12} {r['status']:<8} {counts}  {r['duration_seconds']:.1f}s{extra}", file=out)
-        print(f"  output: {settings.output_dir}/changes, {settings.output_dir}/errors", file=out)
+        print_summary(run_id, status, runs, settings, args, out)
     return EXIT_FAILED if status == "failed" else EXIT_OK
+
+
+def command_prefix(args: argparse.Namespace) -> str:
+    """How this run was started, for the follow-up commands the summary suggests."""
+    words = ["python", "sync_batch.py"]
+    if getattr(args, "sandbox", False):
+        words.append("--sandbox")
+        if args.sandbox_dir != "output/sandbox":
+            words += ["--sandbox-dir", shlex.quote(str(args.sandbox_dir))]
+    return " ".join(words)
+
+
+def print_summary(
+    run_id: str, status: str, runs: list[dict[str, Any]], settings: Settings, args: argparse.Namespace, out: Any
+) -> None:
+    """The text summary: one line per sync, then where to look and what to run next."""
+    if args.dry_run:
+        print(f"dry run {run_id}: {status} (plan only: nothing was sent)", file=out)
+    else:
+        print(f"run {run_id}: {status}", file=out)
+    for r in runs:
+        counts = " ".join(f"{k}={r[k]}" for k in ("created", "updated", "deactivated", "unchanged", "skipped", "failed"))
+        extra = f"  ({r['error']})" if r.get("error") else ""
+        print(f"  {r['sync']:<12} {r['status']:<8} {counts}  {r['duration_seconds']:.1f}s{extra}", file=out)
+    print(f"  output: {settings.output_dir}/changes, {settings.output_dir}/errors", file=out)
+    cmd = command_prefix(args)
+    for r in runs:
+        if r.get("errors_file") and r["failed"]:
+            print(f"  {r['sync']}: {r['failed']} record(s) failed, each with its reason in {r['errors_file']}", file=out)
+            print(f"    list them:  {cmd} failed list --sync {r['sync']}", file=out)
+            print(f"    one record: {cmd} diagnose {r['sync']} <key>", file=out)
+        if r["status"] == "skipped" and "quarantined" in (r.get("error") or ""):
+            print(
+                f"  {r['sync']} is quarantined (backing off after failing runs): fix the cause, then "
+                f"{cmd} --only {r['sync']} --force",
+                file=out,
+            )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -130,7 +131,7 @@ def new_context(
     dry_run: bool = False,
     progress: Any = None,
     full: bool = False,
-    manual: bool = False,
+    force: Iterable[str] = (),
 ) -> SyncContext:
     """A fresh per-run context: new target cache (each collection read once per run)."""
     from utils.failed_sync_tracker import RunTracker
@@ -157,5 +158,5 @@ def new_context(
         full=full,
         locks=lock_factory(rt),
         quarantine=rt.quarantine,
-        manual=manual,
+        forced=frozenset(force),
     )

@@ -39,7 +39,7 @@ from typing import IO, Any
 
 from utils.scrub import Redactor, default_redactor
 
-__all__ = ["ERROR_KINDS", "EventManager", "RunFiles", "SyncLog"]
+__all__ = ["ERROR_KINDS", "EventManager", "RunFiles", "SyncLog", "latest_errors"]
 
 Clock = Callable[[], datetime]
 ERROR_KINDS = ("rejected", "failed", "field_dropped")
@@ -353,3 +353,40 @@ def _write_atomic(path: Path, document: Any, tail: tuple[str, Iterable[Any]] | N
         pass
     finally:
         os.close(dir_fd)
+
+
+def _run_order(path: Path, sync: str) -> tuple[str, int] | None:
+    """Sort key of ``<sync>-<ts>[-n].json`` (None for another sync's file)."""
+    stem = path.name[: -len(".json")]
+    if not stem.startswith(f"{sync}-"):
+        return None
+    stamp, _, n = stem[len(sync) + 1 :].partition("-")
+    if len(stamp) != 16 or not stamp.endswith("Z") or (n and not (n.isascii() and n.isdigit())):
+        return None
+    return stamp, int(n) if n else 1
+
+
+def latest_errors(output_dir: Path | str, sync: str) -> tuple[Path, dict[str, Any]] | None:
+    """The errors file of ``sync``'s most recent run and its content, or None when that
+    run wrote none (it had no rejected or failed record) or no run is on record. Used by
+    ``sync_batch.py failed list``: validation rejections are not the failed-record
+    tracker's business (only a change in the source fixes them), so they are listed from
+    here."""
+    root = Path(output_dir)
+
+    def newest(folder: str) -> tuple[tuple[str, int], Path] | None:
+        found = [(key, f) for f in (root / folder).glob(f"{sync}-*.json") if (key := _run_order(f, sync)) is not None]
+        return max(found) if found else None
+
+    errors = newest("errors")
+    if errors is None:
+        return None
+    changes = newest("changes")
+    if changes is not None and changes[0] > errors[0]:
+        return None  # a later run had nothing to refuse
+    try:
+        with open(errors[1], encoding="utf-8") as handle:
+            document = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return (errors[1], document) if isinstance(document, dict) else None

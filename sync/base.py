@@ -84,6 +84,8 @@ class RunResult:
     rejected: int = 0
     """Source records refused before any write (also counted in ``counts["failed"]``);
     the quarantine judges a run by its write failures only."""
+    errors_file: str | None = None
+    """The run's errors file (every rejected or failed record), when it wrote one."""
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sync": self.sync, "status": self.status, **self.counts}
@@ -92,6 +94,8 @@ class RunResult:
             out["error"] = self.error
         if self.guard_tripped:
             out["guard_tripped"] = True
+        if self.errors_file:
+            out["errors_file"] = self.errors_file
         return out
 
 
@@ -120,8 +124,9 @@ class SyncContext:
     """Set when this runner's lock expired under it: the apply loop stops writing."""
     on_result: Callable[[RunResult], None] | None = None
     """Called after each sync of the cycle (the daemon's /health shows it at once)."""
-    manual: bool = False
-    """A run an operator asked for: quarantine does not hold it back (and a success lifts it)."""
+    forced: frozenset[str] = frozenset()
+    """Syncs an operator forced (``sync_batch.py --force``, an authenticated ``POST /sync``):
+    quarantine does not hold them back. Their outcome counts like any run's."""
     # rosters (issue 4): OneRoster source, SCIM target, delta cursor store, --full
     oneroster: Any = None  # sync.roster_model.RosterSource
     scim: Any = None  # sync.roster_model.ScimTarget
@@ -426,7 +431,7 @@ def run_recorded(name: str, ctx: SyncContext, body: Callable[[RunResult, Any], M
     result.duration_seconds = time.monotonic() - started
     if result.status == "failed":
         log.error("sync failed: %s", result.error, extra={"sync": name})
-    slog.finish(
+    files = slog.finish(
         result.counts,
         result.status,
         {
@@ -436,6 +441,8 @@ def run_recorded(name: str, ctx: SyncContext, body: Callable[[RunResult, Any], M
             **(extra or {}),
         },
     )
+    if files.errors is not None:
+        result.errors_file = str(files.errors)
     return result
 
 

@@ -9,10 +9,16 @@ Verdicts: IN_SYNC, PENDING (the next run will send the shown change), ISSUE_IN_S
 (the system of record holds a value we cannot send: fix it there), ISSUE_IN_TARGET (the
 target refused the record: fix it there or retry), NOT_IN_SCOPE (not a record this sync
 manages: other company, filtered status, unknown key).
+
+Rosters: the key is a OneRoster sourcedId, of a user (a SCIM User) or a class (a SCIM
+Group); ``user/<id>`` or ``class/<id>`` chooses when both exist. The source is read in
+full and mapped by the rosters sync's own rules; the target is looked up by
+``externalId``.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from sync.base import BaseSync
@@ -26,14 +32,28 @@ SOURCE_NAMES = {
     "titles": "the title column of Viewpoint employees",
     "employees": "Viewpoint employee (bPREH.Employee)",
     "vehicles": "Samsara vehicle",
+    "rosters": "OneRoster record",
 }
+NOTHING_TO_DO = "Nothing to do: the target matches the source."
 
 
-def _remedy(sync: str, key: str, reason: str) -> list[str]:
-    where = f"{SOURCE_NAMES.get(sync, sync)} {key}"
+def _remedy(sync: str, key: str, reason: str, where: str | None = None) -> list[str]:
+    where = where or f"{SOURCE_NAMES.get(sync, sync)} {key}"
     r = reason.lower()
     steps: list[str] = []
-    if "e-mail" in r and "shared" in r:
+    if sync == "rosters" and "username" in r and ("conflict" in r or "409" in r or "already" in r or "unique" in r):
+        steps.append(f"In the SCIM service, the userName of {where} belongs to another user: rename or remove that one.")
+    elif sync == "rosters" and "username" in r:
+        steps.append(
+            f"Give {where} a username in the SIS, or choose another userName source with ROSTER_USERNAME_FIELD "
+            "(email, identifier or sourcedId)."
+        )
+    elif sync == "rosters" and "no role" in r:
+        steps.append(
+            f"The SIS gives no role for {where}: export roles (roles.csv in a OneRoster 1.2 CSV drop) so the sync "
+            "can tell students and teachers apart."
+        )
+    elif "e-mail" in r and "shared" in r:
         steps.append(f"Give {where} its own e-mail address (in Entra ID `mail` or bPREH.Email); SafetyAmp needs unique e-mails.")
     elif "e-mail" in r and "already belongs" in r:
         steps.append("Find the SafetyAmp user named in the reason: merge the two people, or correct the e-mail on the wrong one.")
@@ -64,12 +84,14 @@ def _remedy(sync: str, key: str, reason: str) -> list[str]:
 
 def diagnose(runtime: Any, sync: str, key: str) -> dict[str, Any]:
     """The report for one record; ``runtime`` is config.bootstrap.Runtime."""
-    known = [name for name, cls in SYNCS.items() if issubclass(cls, BaseSync)]
+    known = [name for name, cls in SYNCS.items() if issubclass(cls, BaseSync)] + ["rosters"]
     if sync not in known:
         raise ConfigurationError(f"diagnose knows the syncs {', '.join(known)}; not {sync!r}")
     from config.bootstrap import new_context, new_run_id
 
     ctx = new_context(runtime, run_id=new_run_id() + "-diagnose", dry_run=True)
+    if sync == "rosters":
+        return _diagnose_roster(ctx, runtime, key)
     job: BaseSync = SYNCS[sync](ctx)  # type: ignore[assignment]
     job.prepare()
     desired = job.load()
@@ -131,7 +153,147 @@ def diagnose(runtime: Any, sync: str, key: str) -> dict[str, Any]:
         report["verdict"] = "IN_SYNC"
     for r in rejections:  # field_dropped: in sync, but a value is being left out
         report["remediation"] += _remedy(sync, norm, r.reason)[:1]
+    if not report["remediation"]:
+        report["remediation"] = [NOTHING_TO_DO]
     return report
+
+
+def _diagnose_roster(ctx: Any, runtime: Any, key: str) -> dict[str, Any]:
+    """A OneRoster user (SCIM User) or class (SCIM Group) by sourcedId."""
+    from sync.sync_rosters import GROUPS, USERS, RosterSync, class_in_scope, member_ids, scim_user_flat
+
+    job = RosterSync(ctx)
+    if job.source is None or job.target is None:
+        raise ConfigurationError("diagnose rosters needs a OneRoster source and a SCIM target (ONEROSTER_*, SCIM_*)")
+    kind, _, sid = key.partition("/") if key.startswith(("user/", "class/")) else ("", "", key)
+    sid = sid.strip()
+    snap = job.source.read(None, job.schools)
+    user_row = job.target.find(USERS, "externalId", sid) if kind in ("", "user") else None
+    group_row = job.target.find(GROUPS, "externalId", sid) if kind in ("", "class") else None
+    if not kind:
+        is_class = (sid in snap.classes or group_row is not None) and not (sid in snap.users or user_row is not None)
+        kind = "class" if is_class else "user"
+    log_key = f"{kind}/{sid}"
+    tracked = runtime.tracker.get("rosters", log_key) if hasattr(runtime.tracker, "get") else None
+    report: dict[str, Any] = {
+        "sync": "rosters",
+        "key": log_key,
+        "source": None,
+        "source_record": None,
+        "target": None,
+        "diff": {},
+        "rejections": [{"reason": reason, "kind": "rejected", "fields": []} for k, reason in snap.rejected if k == sid],
+        "tracker": tracked,
+        "verdict": "",
+        "remediation": [],
+    }
+    if kind == "user":
+        ours = {sid: user_row} if user_row is not None and user_row.get("id") else {}
+        desired, reasons = job._desired_users(snap, ours)
+        report["rejections"] += [
+            {"reason": r.reason, "kind": r.kind, "fields": list(r.fields)} for r in desired.rejected if r.key == sid
+        ]
+        user = snap.users.get(sid)
+        want = desired.records.get(sid)
+        report.update(source=want, source_record=asdict(user) if user else None, target=user_row)
+        current = scim_user_flat(user_row, job.role_attribute) if user_row is not None else None
+        _roster_verdict(report, sid, "user", want, current, sid in desired.deactivate, reasons.get(sid, ""))
+        return report
+    cls = snap.classes.get(sid)
+    report.update(source_record=asdict(cls) if cls else None, target=group_row)
+    in_scope = cls is not None and class_in_scope(cls, job.schools)
+    want = {"displayName": cls.title or cls.class_code or sid, "externalId": sid} if cls is not None and in_scope else None
+    current = None
+    if group_row is not None:
+        current = {"displayName": group_row.get("displayName"), "externalId": group_row.get("externalId")}
+    # Members in the SIS's terms (user sourcedIds): the enrolled users this sync provisions,
+    # against the group's members that are users of ours (others are never touched).
+    ext_of: dict[str, str] = {}
+    have: set[str] = set()
+    if group_row is not None:
+        ext_of = {str(u["id"]): str(u["externalId"]) for u in job.target.list(USERS) if u.get("id") and u.get("externalId")}
+        have = {ext_of[m] for m in member_ids(group_row) if m in ext_of}
+    members: set[str] = set()
+    if want is not None:
+        desired_users, _ = job._desired_users(snap, {})
+        wanted_roles = {r.lower() for r in job.roles}
+        members = {
+            e.user
+            for e in snap.enrollments.values()
+            if e.class_id == sid and e.status == "active" and e.user in desired_users.records
+            and (e.role is None or e.role in wanted_roles)
+        }  # fmt: skip
+        report["source"] = {**want, "members": sorted(members)}
+    if current is not None:
+        report["target_members"] = sorted(have)
+    gone = want is None and group_row is not None
+    _roster_verdict(report, sid, "class", want, current, gone and bool(have), "")
+    if want is not None and group_row is not None:
+        added, removed = sorted(members - have), sorted(have - members)
+        if added:
+            report["diff"]["members_added"] = {"before": None, "after": added}
+        if removed:
+            report["diff"]["members_removed"] = {"before": removed, "after": None}
+        if (added or removed) and report["verdict"] == "IN_SYNC":
+            report["verdict"] = "PENDING"
+            report["remediation"] = ["The next run sends this change; nothing to do unless it stays pending."]
+    if want is not None and snap.enrollments_gap_for(cls.school if cls else None):
+        report["remediation"].insert(
+            0, "The enrollments of this class's school could not be read completely: its members are kept."
+        )
+    return report
+
+
+def _roster_verdict(
+    report: dict[str, Any],
+    sid: str,
+    kind: str,
+    want: dict[str, Any] | None,
+    current: dict[str, Any] | None,
+    to_deactivate: bool,
+    why: str,
+) -> None:
+    noun = "OneRoster user" if kind == "user" else "OneRoster class"
+    hard = [r for r in report["rejections"] if r["kind"] == "rejected"]
+    tracked = report["tracker"]
+    if hard:
+        report["verdict"] = "ISSUE_IN_SOURCE"
+        for r in hard:
+            report["remediation"] += _remedy("rosters", sid, r["reason"], f"{noun} {sid}")
+    elif want is None and kind == "user" and to_deactivate:
+        inactive = current is None or current.get("active") is False
+        report["verdict"] = "IN_SYNC" if inactive else "PENDING"
+        report["remediation"] = (
+            [f"Out of scope in the source ({why}) and not active in the SCIM service: nothing to do."]
+            if inactive
+            else [f"Out of scope in the source ({why}); the next run deactivates the SCIM user."]
+        )
+    elif want is None and kind == "class" and to_deactivate:
+        report["verdict"] = "PENDING"
+        report["remediation"] = ["The class is gone or out of scope in the source; the next run removes its members."]
+    elif want is None:
+        report["verdict"] = "NOT_IN_SCOPE"
+        report["remediation"] = [
+            f"No {noun} {sid} is in scope: it is not in the source, or outside ROSTER_SCHOOLS / ROSTER_ROLES, or "
+            "the source gives no role for it. Check the sourcedId (user/<id> or class/<id>) and those settings."
+        ]
+    else:
+        changes = diff(want, current) if current is not None else ()
+        report["diff"] = {c.field: c.as_dict() for c in changes}
+        if tracked:
+            report["verdict"] = "ISSUE_IN_TARGET"
+            report["remediation"] = [
+                f"The SCIM service refused the last attempt ({tracked.get('attempts')} so far): {tracked.get('reason')}.",
+                *_remedy("rosters", sid, str(tracked.get("reason") or ""), f"{noun} {sid}")[:1],
+                f"Then `python sync_batch.py failed retry --sync rosters --key {report['key']}`.",
+            ]
+        elif current is None or changes:
+            report["verdict"] = "PENDING"
+            report["remediation"] = ["The next run sends this change; nothing to do unless it stays pending."]
+        else:
+            report["verdict"] = "IN_SYNC"
+    if not report["remediation"]:
+        report["remediation"] = [NOTHING_TO_DO]
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -143,6 +305,7 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("tracker"):
         t = report["tracker"]
         lines.append(f"  last error: {t.get('reason')} (attempts {t.get('attempts')}, next retry {t.get('next_retry')})")
-    lines.append("  what to do:")
-    lines += [f"    - {step}" for step in report["remediation"]]
+    if report["remediation"]:
+        lines.append("  what to do:")
+        lines += [f"    - {step}" for step in report["remediation"]]
     return "\n".join(lines)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from sync.base import COUNT_KEYS, RunResult, SyncContext
@@ -102,10 +103,17 @@ def _run_all(ctx: SyncContext, names: list[str], factories: dict[str, Any]) -> l
 
 
 def _run_guarded(ctx: SyncContext, name: str, cls: Any) -> RunResult:
-    """Quarantine check, then the single-writer lock, then the sync itself."""
-    if not ctx.manual and not ctx.dry_run and ctx.quarantine is not None:
+    """Quarantine check, then the single-writer lock, then the sync itself.
+
+    The quarantine rule, the same for the daemon and sync_batch.py: a run that is not a
+    dry run waits out the quarantine unless an operator forced it (``--force``, or an
+    authenticated ``POST /sync``); every run that does go ahead counts (Quarantine.record
+    in ``_run_all``): a good one lifts the quarantine, a bad one extends it."""
+    if not ctx.dry_run and ctx.quarantine is not None:
         reason = ctx.quarantine.blocks(name)
-        if reason:
+        if reason and name in ctx.forced:
+            log.warning("quarantine overridden by an operator: %s", reason, extra={"sync": name})
+        elif reason:
             log.warning("sync skipped: %s", reason, extra={"sync": name})
             return RunResult(name, status="skipped", error=reason)
     lock = None
@@ -137,6 +145,54 @@ def _run_guarded(ctx: SyncContext, name: str, cls: Any) -> RunResult:
         extra={"sync": name, "status": result.status, "duration_seconds": round(result.duration_seconds, 3)},
     )
     return result
+
+
+SYNC_SERVICES: dict[str, tuple[str, ...]] = {
+    "departments": ("safetyamp",),
+    "jobs": ("safetyamp",),
+    "titles": ("safetyamp",),
+    "employees": ("safetyamp", "graph"),
+    "vehicles": ("samsara", "safetyamp"),
+    "rosters": ("oneroster", "scim"),
+}
+"""The outside services (circuit breakers) each sync calls."""
+
+
+def event_hold(sync: str, quarantine: Any, breakers: Mapping[str, Any], *, now: float | None = None) -> str | None:
+    """Why an outside event (a webhook) must not start ``sync`` now, or None.
+
+    An event is not an operator: it never overrides quarantine, and it does not start a
+    run that an open circuit breaker would refuse anyway (the scheduled cycle or the
+    breaker's own probe finds out when the service is back). Breaker states are read as
+    stored (shared through Redis); an open breaker whose recovery time has passed lets
+    the run go ahead as the probe."""
+    if quarantine is not None:
+        reason = quarantine.blocks(sync)
+        if reason:
+            return reason
+    moment = time.time() if now is None else now
+    for service in SYNC_SERVICES.get(sync, ()):
+        breaker = breakers.get(service)
+        if breaker is None:
+            continue
+        snap = breaker.snapshot()  # never raises for Redis: the breaker falls back to local state
+        if snap.get("state") == "half_open":
+            return f"the {service} circuit breaker is half-open (a probe is testing the service)"
+        if snap.get("state") == "open":
+            opened = _timestamp(snap.get("opened_at"))
+            recovery = float(getattr(breaker, "recovery_seconds", 0.0))
+            if opened is None or moment - opened < recovery:
+                return f"the {service} circuit breaker is open since {snap.get('opened_at') or '?'}"
+    return None
+
+
+def _timestamp(iso: Any) -> float | None:
+    if not isinstance(iso, str) or not iso:
+        return None
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def record_metrics(ctx: SyncContext, result: RunResult) -> None:

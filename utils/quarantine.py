@@ -1,11 +1,16 @@
 """Job-level quarantine: a sync whose run mostly failed backs off.
 
 A run is *bad* when the sync failed as a whole, or when most of the writes it attempted
-failed (FAILURE_RATIO of at least MIN_ATTEMPTS). After n bad runs in a row, the daemon
-skips that sync until ``interval * 2**(n-1)`` has passed, capped at a day — the same
-idea as Entra provisioning's quarantine, so a broken target is not hammered every
-cycle and the on-call sees one clear state instead of a wall of errors. A good run, or
-a successful manual run (sync_batch, POST /sync), lifts it.
+failed (FAILURE_RATIO of at least MIN_ATTEMPTS). After n bad runs in a row, the sync is
+skipped until ``interval * 2**(n-1)`` has passed, capped at a day — the same idea as
+Entra provisioning's quarantine, so a broken target is not hammered every cycle and the
+on-call sees one clear state instead of a wall of errors.
+
+One rule for every runner (the daemon, sync_batch.py, CronJobs): a run that is not a
+dry run waits the quarantine out unless an operator forced it (``sync_batch.py
+--force``, an authenticated ``POST /sync``; ``sync.runner._run_guarded``), and every run
+that goes ahead is recorded here: a good one lifts the quarantine, a bad one extends
+it. Webhook-started runs never force (``sync.runner.event_hold``).
 
 State lives in Redis (shared by replicas and the CronJob) under ``{prefix}quarantine``;
 when Redis is unreachable it is kept in memory, which is the safe direction (at worst a

@@ -93,7 +93,8 @@ def test_server_errors_converge_within_three_runs_without_duplicates(batch: Batc
     faults = json.dumps({"safetyamp": {"error_rate": 0.2}})
     pending = None
     for _ in range(3):
-        batch.run(expect=(0, 1), SANDBOX_FAULTS=faults)
+        # --force: back-to-back reruns (a run that failed as a whole is quarantined)
+        batch.run("--force", expect=(0, 1), SANDBOX_FAULTS=faults)
         plan = batch.run("--dry-run")
         pending = run_counts(plan, "created") + run_counts(plan, "updated") + run_counts(plan, "deactivated")
         if pending == 0:

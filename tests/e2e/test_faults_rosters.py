@@ -106,7 +106,8 @@ def test_rosters_converge_under_oneroster_and_scim_faults_with_no_duplicates(
     runs, statuses, left = 0, Counter(), None
     for _ in range(3):
         since = batch.mark() if batch.dir.exists() else 0
-        summary = batch.run("--only", "rosters", expect=(0, 1), SANDBOX_FAULTS=faults, REDIS_URL=REDIS_URL)
+        # --force: back-to-back reruns (a run that failed as a whole is quarantined)
+        summary = batch.run("--only", "rosters", "--force", expect=(0, 1), SANDBOX_FAULTS=faults, REDIS_URL=REDIS_URL)
         runs += 1
         for r in batch.requests(since=since):
             statuses[f"{r['service']}:{r['status']}"] += 1
@@ -137,7 +138,7 @@ def test_lost_scim_create_responses_are_found_by_external_id_never_sent_twice(
     faults = json.dumps({"scim": {"lost_response_rate": 0.3}})
     runs, left = 0, None
     for _ in range(3):
-        batch.run("--only", "rosters", expect=(0, 1), SANDBOX_FAULTS=faults, REDIS_URL=REDIS_URL)
+        batch.run("--only", "rosters", "--force", expect=(0, 1), SANDBOX_FAULTS=faults, REDIS_URL=REDIS_URL)
         runs += 1
         assert scim_duplicates(batch) == {}, f"duplicate after run {runs}"
         left = full_dry_run_pending(batch)

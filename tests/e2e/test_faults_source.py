@@ -24,6 +24,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -121,6 +122,9 @@ def production_run(batch: BatchRunner, ep: dict, **extra: str) -> tuple[int, dic
         MS_GRAPH_TENANT_ID=ep["graph"]["tenant_id"], MS_GRAPH_CLIENT_ID=ep["graph"]["client_id"],
         MS_GRAPH_CLIENT_SECRET=ep["graph"]["client_secret"], MS_GRAPH_CA_BUNDLE=ep["graph"]["ca_bundle"],
         LOCK_REQUIRED="false", HTTP_MAX_RETRY_SECONDS="5",
+        # Its own Redis keys: a failed run's quarantine must not hold back the next case
+        # (or another test's production-style run) through the shared default prefix.
+        REDIS_PREFIX=f"test-source-{uuid.uuid4().hex}:",
     )  # fmt: skip
     env.update(extra)
     proc = subprocess.run(
@@ -212,7 +216,8 @@ def test_empty_read_and_mass_termination_trip_the_guard(populated: BatchRunner, 
 
     # 2. 30 % of the active employees terminated at once
     leavers = [k for k in terminate(batch, 0.3) if k in before["users"]]  # rejected ones were never created
-    tripped = batch.run(expect=(1,), SYNC_TYPES=SAFETYAMP_SYNCS, PUSHGATEWAY_URL=pushgateway.url)
+    # The empty read failed and quarantined the Viewpoint syncs; the operator forces the rerun.
+    tripped = batch.run("--force", expect=(1,), SYNC_TYPES=SAFETYAMP_SYNCS, PUSHGATEWAY_URL=pushgateway.url)
     emp = next(r for r in tripped["runs"] if r["sync"] == "employees")
     print(f"{len(leavers)} of {active_before} terminated: employees {emp['status']}: {emp.get('error')}")
     assert emp["status"] == "failed" and emp["guard_tripped"] and emp["deactivated"] == 0
@@ -223,7 +228,7 @@ def test_empty_read_and_mass_termination_trip_the_guard(populated: BatchRunner, 
     assert all(r["status"] in ("success", "partial") for r in tripped["runs"] if r["sync"] != "employees")
 
     # 3. the operator confirms the layoff once, with a higher guard
-    confirmed = batch.run(SYNC_TYPES=SAFETYAMP_SYNCS, DEACTIVATION_GUARD_PERCENT="40")
+    confirmed = batch.run("--force", SYNC_TYPES=SAFETYAMP_SYNCS, DEACTIVATION_GUARD_PERCENT="40")
     emp = next(r for r in confirmed["runs"] if r["sync"] == "employees")
     assert emp["deactivated"] == len(leavers), emp
     final = target_state(batch.dir)["users"]

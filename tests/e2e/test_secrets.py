@@ -13,6 +13,8 @@ import json
 import signal
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,6 +27,29 @@ from tests.e2e.test_daemon import free_port, wait_for
 pytestmark = pytest.mark.e2e
 
 SENTINEL = "S3NT1NEL-do-not-leak-4f9a"
+PREFIXES: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def own_redis_keys() -> Iterator[None]:
+    """Every production-style run gets its own REDIS_PREFIX (``production_env``): a bad-
+    credential run quarantines its syncs, which would hold back the next case (and the
+    next session's good run) through a shared prefix. Their keys go afterwards."""
+    import redis
+
+    from tests.support.redis_server import REDIS_URL
+
+    yield
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        while PREFIXES:
+            prefix = PREFIXES.pop()
+            for key in list(client.scan_iter(match=prefix + "*")):
+                client.delete(key)
+    except redis.exceptions.RedisError:
+        pass  # no Redis here: the runs kept their state in memory
+    finally:
+        client.close()
 
 
 @pytest.fixture
@@ -42,6 +67,11 @@ def emulators(tmp_path: Path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def new_prefix() -> str:
+    PREFIXES.append(f"test-secrets-{uuid.uuid4().hex}:")
+    return PREFIXES[-1]
 
 
 def production_env(tmp_path: Path, ep: dict, **extra: str) -> dict[str, str]:
@@ -64,7 +94,7 @@ def production_env(tmp_path: Path, ep: dict, **extra: str) -> dict[str, str]:
             "MS_GRAPH_CLIENT_SECRET": ep["graph"]["client_secret"],
             "MS_GRAPH_CA_BUNDLE": ep["graph"]["ca_bundle"],
             "REDIS_URL": f"redis://:{SENTINEL}@127.0.0.1:6379/15",
-            "REDIS_PREFIX": "test-secrets:",
+            "REDIS_PREFIX": new_prefix(),
             "LOCK_REQUIRED": "false",
             "SYNC_TRIGGER_TOKEN": SENTINEL + "-trigger",
             "SQL_PASSWORD": SENTINEL + "-sql",
