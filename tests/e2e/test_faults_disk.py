@@ -41,13 +41,29 @@ WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
 
 
 def log_lines(output: Path) -> list[dict[str, Any]]:
-    """Every line of every run's JSON-lines log (a line cut short by the full disk would
-    fail json.loads: there must be none)."""
+    """Every line of every run's JSON-lines log, each with its run's name (a line cut
+    short by the full disk would fail json.loads: there must be none)."""
     lines = []
     for path in sorted((output / "logs").glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
-            lines.append(json.loads(line))
+            lines.append({**json.loads(line), "run": path.stem})
     return lines
+
+
+def recorded_writes(output: Path) -> list[dict[str, Any]]:
+    """The write-ahead records of every run, one per write (its seq within its run):
+    intents still in a log (a run that could not finish), and the changes and errors
+    of finished runs, which carry their intent's seq, target and record id."""
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    for line in log_lines(output):
+        if line["type"] == "intent":
+            found[(line["run"], line["seq"])] = line
+    for folder, items in (("changes", "changes"), ("errors", "errors")):
+        for path in (output / folder).glob("*.json"):
+            for entry in json.loads(path.read_text(encoding="utf-8"))[items]:
+                if "intent" in entry:
+                    found.setdefault((path.stem, entry["intent"]), {**entry, "seq": entry["intent"], "run": path.stem})
+    return list(found.values())
 
 
 def _norm(value: Any) -> str:
@@ -75,6 +91,7 @@ def test_full_disk_no_write_goes_out_unrecorded_and_every_sync_reports(tmp_path:
     with small_tmpfs(batch.output, 256, used_kb=200):
         summary = batch.run(expect=(1,))
         lines = log_lines(batch.output)
+        intents = recorded_writes(batch.output)
 
     stderr = summary["_stderr"]
     assert "Traceback" not in stderr, stderr[-3000:]
@@ -92,7 +109,6 @@ def test_full_disk_no_write_goes_out_unrecorded_and_every_sync_reports(tmp_path:
     acknowledged = [r for r in sent if r["method"] in WRITE_METHODS and 200 <= r["status"] < 300 and r["service"] in ("safetyamp", "scim")]
     assert acknowledged, "the disk filled before any write: the scenario tests nothing"
 
-    intents = [line for line in lines if line["type"] == "intent"]
     creates = Counter(i["target"] for i in intents if i["action"] == "create")
     by_id = {(i["target"], str(i["id"])) for i in intents if i.get("id") is not None}
     posts = Counter(_target_of(r)[0] for r in acknowledged if r["method"] == "POST")
@@ -108,10 +124,11 @@ def test_full_disk_no_write_goes_out_unrecorded_and_every_sync_reports(tmp_path:
         for key in keys - before[collection]:
             assert (collection, key) in intended_keys, f"{collection} {key} was created without an intent record"
 
-    # every intent that went out has its outcome, unless the outcome itself could not be written
-    outcomes = {line.get("intent") for line in lines if line["type"] in ("change", "error")}
-    missing = [i for i in intents if i["seq"] not in outcomes]
-    assert len(missing) <= len(unrecorded) * 8, missing  # at most the writes in flight (8 workers) per stopped sync
+    # an intent left in a log has its outcome after it, unless that could not be written
+    # either: at most the writes in flight (8 workers) when a sync stopped
+    outcomes = {(line["run"], line.get("intent")) for line in lines if line["type"] in ("change", "error", "settled")}
+    missing = [i for i in lines if i["type"] == "intent" and (i["run"], i["seq"]) not in outcomes]
+    assert len(missing) <= len(unrecorded) * 8, missing
     print(
         f"\nfull disk: {len(acknowledged)} writes acknowledged, {len(intents)} intents recorded, "
         f"{len(missing)} without a recorded outcome; syncs: "
@@ -223,18 +240,21 @@ def test_quiet_runs_write_one_small_file_per_sync_and_old_output_is_pruned(tmp_p
     quiet = batch.run(OUTPUT_RETENTION_RUNS="2")
     new = files_of(out) - files
     per_sync = Counter(sync_of(name) for name in new)
+    silent = []
     for run in quiet["runs"]:
         assert run["created"] == run["updated"] == run["deactivated"] == 0, run
-        wanted = 1 if run["failed"] == 0 else 2  # changes file (+ errors file only when records were refused)
-        assert per_sync[run["sync"]] == wanted, (run, sorted(new))
-    for name in new:
-        if name.startswith("changes/"):
-            size = (out / name).stat().st_size
-            assert size < 2048, f"{name}: {size} bytes for a run with nothing to say"
-            assert json.loads((out / name).read_text())["changes"] == []
+        (changes,) = [out / n for n in new if n.startswith("changes/") and sync_of(n) == run["sync"]]
+        doc = json.loads(changes.read_text(encoding="utf-8"))
+        assert doc["changes"] == [] and doc["counts"]["unchanged"] == run["unchanged"]
+        # an errors file only when there is something to say: records refused or fields dropped
+        assert per_sync[run["sync"]] == (2 if doc["errors_file"] else 1), (run, sorted(new))
+        if not doc["errors_file"]:
+            silent.append(run["sync"])
+            assert changes.stat().st_size < 1024, f"{changes.name}: {changes.stat().st_size} bytes for nothing to say"
+    assert {"departments", "jobs", "titles", "rosters"} <= set(silent), silent
 
     batch.run(OUTPUT_RETENTION_RUNS="2")  # a third run: only the newest two runs per sync stay
-    kept = Counter(sync_of(name) for name in files_of(out) if name.startswith("changes/") and "2020" not in name)
+    kept = Counter(sync_of(n) for n in files_of(out) if n.startswith("changes/") and n.endswith(".json") and "2020" not in n)
     assert kept == dict.fromkeys(ALL_SYNCS, 2), kept
     assert in_progress[0].exists() and foreign.exists()
 
