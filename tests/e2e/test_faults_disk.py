@@ -132,7 +132,7 @@ def test_full_disk_no_write_goes_out_unrecorded_and_every_sync_reports(tmp_path:
     print(
         f"\nfull disk: {len(acknowledged)} writes acknowledged, {len(intents)} intents recorded, "
         f"{len(missing)} without a recorded outcome; syncs: "
-        + ", ".join(f"{s}={r['status']}" for s, r in runs.items())
+        + ", ".join(f"{s}={r['status']} (created {r['created']})" for s, r in runs.items())
         + "\n  "
         + next(iter(unrecorded.values()))["error"]
     )
