@@ -36,7 +36,13 @@ from tests.support.disk import small_tmpfs
 pytestmark = pytest.mark.e2e
 
 ALL_SYNCS = ("departments", "jobs", "titles", "employees", "vehicles", "rosters")
-KEY_FIELDS = {"site_clusters": "external_code", "sites": "external_code", "user_titles": "name", "users": "emp_id", "assets": "code"}
+KEY_FIELDS = {
+    "site_clusters": "external_code",
+    "sites": "external_code",
+    "user_titles": "name",
+    "users": "emp_id",
+    "assets": "code",
+}
 WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
 
 
@@ -106,7 +112,9 @@ def test_full_disk_no_write_goes_out_unrecorded_and_every_sync_reports(tmp_path:
             assert sync in unrecorded, f"{sync} failed for another reason: {run}"
     # the summary's request counts are what the emulators saw
     sent = batch.requests(since=mark)
-    acknowledged = [r for r in sent if r["method"] in WRITE_METHODS and 200 <= r["status"] < 300 and r["service"] in ("safetyamp", "scim")]
+    acknowledged = [
+        r for r in sent if r["method"] in WRITE_METHODS and 200 <= r["status"] < 300 and r["service"] in ("safetyamp", "scim")
+    ]
     assert acknowledged, "the disk filled before any write: the scenario tests nothing"
 
     creates = Counter(i["target"] for i in intents if i["action"] == "create")
@@ -150,7 +158,7 @@ def test_daemon_with_unwritable_output_counts_failed_runs_and_says_why(tmp_path:
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=open(log_path, "w"),  # noqa: SIM115 - closed with the process
+        stderr=open(log_path, "w"),
     )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -39,4 +39,3 @@ def small_tmpfs(path: Path, size_kb: int, *, used_kb: int = 0) -> Iterator[Path]
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
-
