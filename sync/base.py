@@ -415,8 +415,11 @@ class BaseSync:
         target = self.ctx.safetyamp
         collection = collection or self.collection
         key_field = key_field or self.key_field
-        slog = None if intent is not None else self._slog
-        if slog is not None:
+        slog = None
+        if intent is None:
+            if self._slog is None:
+                raise RuntimeError(f"{self.name}: a create outside a run would go out without a change log record")
+            slog = self._slog
             intent = slog.intent(key, "create", target=collection)
         try:
             created = create_once(
@@ -505,9 +508,10 @@ def apply_in_order(
 
     ``settle(item, outcome, done, total)`` runs in the calling thread with what ``write``
     returned, or ``"failed"`` when it raised FatalError, or ``"abandoned"`` when it never
-    ran or its change log refused it (ChangeLogError). No new write starts once shutdown is requested (``ctx.stop``), the sync's lock
-    was lost (``ctx.lock_lost``: another runner may own the target now) or a write raised
-    FatalError; the first such reason is raised when the in-flight writes have settled."""
+    ran or its change log refused it (ChangeLogError). No new write starts once shutdown
+    is requested (``ctx.stop``), the sync's lock was lost (``ctx.lock_lost``: another
+    runner may own the target now) or a write raised FatalError; the first such reason is
+    raised when the in-flight writes have settled."""
     total = len(items)
     if not total:
         return
