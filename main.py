@@ -30,6 +30,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -133,6 +134,7 @@ class Daemon:
         from sync.runner import run_syncs
 
         run_id = new_run_id()
+        reported: set[str] = set()
 
         def progress(sync: str, done: int, total: int) -> None:
             self.state.beat()
@@ -143,18 +145,44 @@ class Daemon:
             entry.update(run_id=run_id, finished_at=datetime.now(UTC).isoformat(timespec="seconds"))
             with self.state.lock:
                 self.state.last_runs[result.sync] = entry
+            reported.add(result.sync)
             self.state.beat()
 
-        ctx = new_context(self.runtime, run_id=run_id, progress=progress, force=force)
-        ctx.on_result = finished
+        ctx = None
         try:
-            return run_syncs(ctx, syncs)
-        except Exception:  # the loop must survive anything a cycle throws
+            ctx = new_context(self.runtime, run_id=run_id, progress=progress, force=force)
+            ctx.on_result = finished
+            results = run_syncs(ctx, syncs)
+            settings = self.runtime.settings
+            ctx.events.prune(settings.output_retention_days, settings.output_retention_runs)
+            return results
+        except Exception as exc:  # the loop must survive anything a cycle throws
             log.exception("sync cycle crashed", extra={"run_id": run_id})
-            return []
+            return self._cycle_failed(ctx, [s for s in syncs if s not in reported], exc, finished)
         finally:
             self.state.running = None
             self.state.beat()
+
+    def _cycle_failed(self, ctx: Any, syncs: list[str], exc: Exception, finished: Any) -> list[Any]:
+        """A cycle that could not run is a failed run of every sync it covered (and had
+        not reported yet): counted in sync_runs_total{status="failed"} and shown in
+        /health last_runs with the reason, so the alerts on failed runs fire."""
+        from sync.base import RunResult
+        from sync.runner import record_metrics
+
+        reason = f"the sync cycle could not run: {type(exc).__name__}: {exc}"
+        # record_metrics needs only these three of a context, when the context itself failed
+        recorder: Any = ctx or SimpleNamespace(metrics=self.runtime.metrics, dry_run=False, tracker=self.runtime.tracker)
+        results = []
+        for name in syncs:
+            result = RunResult(name, status="failed", error=reason)
+            try:
+                record_metrics(recorder, result)
+            except Exception:
+                log.warning("could not record the failed run in the metrics", extra={"sync": name}, exc_info=True)
+            finished(result)
+            results.append(result)
+        return results
 
     # ---- probes -------------------------------------------------------------------
     def live(self) -> tuple[bool, float]:

@@ -403,6 +403,7 @@ def push_metrics(url: str, registry: Any, job: str = "safetyamp_sync_batch") -> 
 
 def run_once(settings: Settings, syncs: tuple[str, ...], args: argparse.Namespace) -> int:
     from config.bootstrap import build_runtime, new_context, new_run_id
+    from sync.base import RunResult
     from sync.runner import overall_status, run_syncs
 
     try:
@@ -411,8 +412,8 @@ def run_once(settings: Settings, syncs: tuple[str, ...], args: argparse.Namespac
         for problem in exc.problems:
             print(f"configuration error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    run_id = new_run_id()
     try:
-        run_id = new_run_id()
         progress = Progress(sys.stderr.isatty() and not args.no_progress)
         ctx = new_context(
             rt,
@@ -423,6 +424,11 @@ def run_once(settings: Settings, syncs: tuple[str, ...], args: argparse.Namespac
             force=syncs if getattr(args, "force", False) else (),
         )
         results = run_syncs(ctx, syncs)
+        if not args.dry_run:
+            ctx.events.prune(settings.output_retention_days, settings.output_retention_runs)
+    except Exception as exc:  # the summary still goes out (stdout needs no disk): every sync failed
+        log.exception("run crashed")
+        results = [RunResult(name, status="failed", error=f"internal error: {type(exc).__name__}: {exc}") for name in syncs]
     finally:
         rt.close()
     status = overall_status(results)

@@ -73,6 +73,26 @@ class Settings(BaseModel):
     )
     sync_interval_minutes: float = Field(60, alias="SYNC_INTERVAL_MINUTES", gt=0, description="Minutes between daemon runs.")
     output_dir: Path = Field(Path("output"), alias="OUTPUT_DIR", description="Root of changes/, errors/, logs/.")
+    output_retention_days: float = Field(
+        30,
+        alias="OUTPUT_RETENTION_DAYS",
+        ge=0,
+        description=(
+            "Runs whose files under OUTPUT_DIR (changes/, errors/, logs/) are older than this are deleted "
+            "at the end of each run, by the daemon and by sync_batch; 0 keeps them whatever their age."
+        ),
+        json_schema_extra=_unit("days"),
+    )
+    output_retention_runs: int = Field(
+        1000,
+        alias="OUTPUT_RETENTION_RUNS",
+        ge=0,
+        description=(
+            "Runs kept per sync under OUTPUT_DIR (the newest, the one just finished included); older ones "
+            "are deleted at the end of each run; 0 keeps any number. A run still being written is never deleted."
+        ),
+        json_schema_extra=_unit("runs per sync"),
+    )
     log_format: Literal["json", "text"] = Field(
         "json", alias="LOG_FORMAT", description="Log line format: `json` (one object per line) or `text`."
     )

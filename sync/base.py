@@ -27,6 +27,7 @@ from sync.engine import Action, guard_allows, plan
 from sync.ports import FailedRecords, GraphDirectory, Row, SafetyAmpTarget, SamsaraFleet, ViewpointSource
 from utils.errors import (
     AmbiguousWriteError,
+    ChangeLogError,
     ConfigurationError,
     FatalError,
     RecordError,
@@ -206,6 +207,7 @@ class BaseSync:
         self.settings = ctx.settings
         self._lock = threading.Lock()
         self._consecutive_errors = 0
+        self._slog: Any = None  # the running sync's change log (set by _run)
 
     @property
     def viewpoint(self) -> ViewpointSource:
@@ -267,10 +269,9 @@ class BaseSync:
         return run_recorded(self.name, self.ctx, self._run)
 
     def _run(self, result: RunResult, slog: Any) -> None:
-        for row in self.prepare():
+        self._slog = slog
+        for _row in self.prepare():  # each one recorded, intent and outcome, by _create
             result.counts["created"] += 1
-            key = self.key_of(row) or str(row.get("id"))
-            slog.change(key, "create", None, dict(row), None)
         desired = self.load()
         for rej in desired.rejected:
             slog.error(rej.key, rej.reason, payload=rej.payload, fields=list(rej.fields), kind=rej.kind)
@@ -349,10 +350,12 @@ class BaseSync:
     def _apply_one(self, action: Action, row: Row | None, slog: Any, desired: Desired) -> str:
         target = self.ctx.safetyamp
         fp = desired.fingerprints.get(action.key, "")
+        # Write-ahead: on disk before the request, or ChangeLogError and nothing is sent.
+        intent = slog.intent(action.key, action.kind, target=self.collection, target_id=action.target_id)
         try:
             if action.kind == "create":
                 payload = self.create_payload(action)
-                created = self._create(payload, action.key)
+                created = self._create(payload, action.key, intent=intent)
                 self.ctx.targets.put(self.collection, created)
                 outcome = "created"
             else:
@@ -373,11 +376,14 @@ class BaseSync:
                 payload=dict(action.payload),
                 fields=list(exc.field_errors),
                 kind="failed",
+                intent=intent,
             )
             self._consecutive_errors = 0
             return "failed"
         except RetriableError as exc:
-            slog.error(action.key, f"gave up after retries: {exc.message}", payload=dict(action.payload), kind="failed")
+            slog.error(
+                action.key, f"gave up after retries: {exc.message}", payload=dict(action.payload), kind="failed", intent=intent
+            )
             with self._lock:
                 self._consecutive_errors += 1
                 too_many = self._consecutive_errors >= self.settings.consecutive_error_limit
@@ -395,19 +401,45 @@ class BaseSync:
             _subset(row, action.payload),
             dict(action.payload),
             {c.field: c.as_dict() for c in action.changes},
+            intent=intent,
         )
         return outcome
 
-    def _create(self, payload: dict[str, Any], key: str, collection: str | None = None, key_field: str | None = None) -> Row:
+    def _create(
+        self,
+        payload: dict[str, Any],
+        key: str,
+        collection: str | None = None,
+        key_field: str | None = None,
+        *,
+        intent: int | None = None,
+    ) -> Row:
+        """Create one record (re-checked by key when the answer is lost). ``intent``: the
+        write-ahead record the caller made; without one (``prepare`` hooks) the create
+        records its own intent before sending and its outcome after."""
         target = self.ctx.safetyamp
         collection = collection or self.collection
         key_field = key_field or self.key_field
-        return create_once(
-            lambda: target.create(collection, payload),
-            lambda: target.find_by(collection, key_field, payload.get(key_field, key)),
-            sync=self.name,
-            key=key,
-        )
+        slog = None
+        if intent is None:
+            if self._slog is None:
+                raise RuntimeError(f"{self.name}: a create outside a run would go out without a change log record")
+            slog = self._slog
+            intent = slog.intent(key, "create", target=collection)
+        try:
+            created = create_once(
+                lambda: target.create(collection, payload),
+                lambda: target.find_by(collection, key_field, payload.get(key_field, key)),
+                sync=self.name,
+                key=key,
+            )
+        except SyncError as exc:
+            if slog is not None and not isinstance(exc, ChangeLogError):
+                slog.error(key, exc.message, payload=payload, kind="failed", intent=intent)
+            raise
+        if slog is not None:
+            slog.change(key, "create", None, dict(created), None, intent=intent)
+        return created
 
 
 def run_recorded(name: str, ctx: SyncContext, body: Callable[[RunResult, Any], Mapping[str, Any] | None]) -> RunResult:
@@ -417,33 +449,58 @@ def run_recorded(name: str, ctx: SyncContext, body: Callable[[RunResult, Any], M
     daemon or the other syncs of the cycle."""
     result = RunResult(name)
     started = time.monotonic()
-    slog = ctx.events.start(name, dry_run=ctx.dry_run)
+    try:
+        slog = ctx.events.start(name, dry_run=ctx.dry_run)
+    except ChangeLogError as exc:  # nothing was read or sent: say so and let the next sync try
+        result.status, result.error = "failed", exc.message
+        result.duration_seconds = time.monotonic() - started
+        log.error("sync failed: %s", result.error, extra={"sync": name})
+        _change_log_failed(ctx, name)
+        return result
     extra: Mapping[str, Any] | None = None
+    log_failed = False
     try:
         extra = body(result, slog)
     except SourceUnavailableError as exc:
         result.status, result.error = "failed", f"source unavailable: {exc.message}"
-    except SyncError as exc:  # FatalError, a page that failed to load, ...
+    except SyncError as exc:  # FatalError, a page that failed to load, the change log, ...
         result.status, result.error = "failed", exc.message
+        log_failed = isinstance(exc, ChangeLogError)
     except Exception as exc:
         log.exception("sync crashed", extra={"sync": name})
         result.status, result.error = "failed", f"internal error: {type(exc).__name__}: {exc}"
     result.duration_seconds = time.monotonic() - started
+    try:
+        files = slog.finish(
+            result.counts,
+            result.status,
+            {
+                "error": result.error,
+                "guard_tripped": result.guard_tripped,
+                "plan": result.plan if ctx.dry_run else None,
+                **(extra or {}),
+            },
+        )
+    except ChangeLogError as exc:
+        if not log_failed:  # the writes are in the log; the run's files are not: it failed
+            result.status = "failed"
+            result.error = f"{result.error}; {exc.message}" if result.error else exc.message
+            log_failed = True
+    else:
+        if files.errors is not None:
+            result.errors_file = str(files.errors)
     if result.status == "failed":
         log.error("sync failed: %s", result.error, extra={"sync": name})
-    files = slog.finish(
-        result.counts,
-        result.status,
-        {
-            "error": result.error,
-            "guard_tripped": result.guard_tripped,
-            "plan": result.plan if ctx.dry_run else None,
-            **(extra or {}),
-        },
-    )
-    if files.errors is not None:
-        result.errors_file = str(files.errors)
+    if log_failed:
+        _change_log_failed(ctx, name)
     return result
+
+
+def _change_log_failed(ctx: SyncContext, name: str) -> None:
+    """Count a run stopped by its change log (the SyncChangeLogUnwritable alert)."""
+    counter = getattr(ctx.metrics, "change_log_failures", None)
+    if counter is not None and not ctx.dry_run:
+        counter.labels(name).inc()
 
 
 def apply_in_order(
@@ -459,9 +516,10 @@ def apply_in_order(
 
     ``settle(item, outcome, done, total)`` runs in the calling thread with what ``write``
     returned, or ``"failed"`` when it raised FatalError, or ``"abandoned"`` when it never
-    ran. No new write starts once shutdown is requested (``ctx.stop``), the sync's lock
-    was lost (``ctx.lock_lost``: another runner may own the target now) or a write raised
-    FatalError; the first such reason is raised when the in-flight writes have settled."""
+    ran or its change log refused it (ChangeLogError). No new write starts once shutdown
+    is requested (``ctx.stop``), the sync's lock was lost (``ctx.lock_lost``: another
+    runner may own the target now) or a write raised FatalError; the first such reason is
+    raised when the in-flight writes have settled."""
     total = len(items)
     if not total:
         return
@@ -484,7 +542,8 @@ def apply_in_order(
         except FatalError as exc:
             if not abort:
                 abort.append(exc)
-            outcome = "failed"
+            # a write stopped by its change log was not sent, or its outcome is unknown: not a failed record
+            outcome = "abandoned" if isinstance(exc, ChangeLogError) else "failed"
         done += 1
         settle(item, outcome, done, total)
 

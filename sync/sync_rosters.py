@@ -625,15 +625,19 @@ class RosterSync:
         return done
 
     def _apply_one(self, w: _Write, slog: Any) -> tuple[str, str | None]:
+        # Write-ahead: on disk before the request, or ChangeLogError and nothing is sent.
+        intent = slog.intent(w.log_key, w.kind, target=w.resource, target_id=str(w.row["id"]) if w.row else None)
         try:
             outcome, sid = self._write(w)
         except RecordError as exc:
             reason = exc.message
             self.ctx.tracker.record_failure(self.name, w.log_key, w.fingerprint, reason, list(exc.field_errors))
-            slog.error(w.log_key, reason, target_body=exc.body, payload=w.describe()["changes"], kind="failed")
+            slog.error(w.log_key, reason, target_body=exc.body, payload=w.describe()["changes"], kind="failed", intent=intent)
             return "failed", None
         except RetriableError as exc:
-            slog.error(w.log_key, f"gave up after retries: {exc.message}", payload=w.describe()["changes"], kind="failed")
+            slog.error(
+                w.log_key, f"gave up after retries: {exc.message}", payload=w.describe()["changes"], kind="failed", intent=intent
+            )
             with self._lock:
                 self._consecutive_errors += 1
                 too_many = self._consecutive_errors >= int(self.settings.consecutive_error_limit)
@@ -646,7 +650,11 @@ class RosterSync:
             self._consecutive_errors = 0
         self.ctx.tracker.record_success(self.name, w.log_key)
         if outcome != "unchanged":
-            slog.change(w.log_key, w.kind if outcome != "adopted" else "adopted", None, None, w.describe()["changes"])
+            slog.change(
+                w.log_key, w.kind if outcome != "adopted" else "adopted", None, None, w.describe()["changes"], intent=intent
+            )
+        else:
+            slog.settled(intent, "nothing left to change after re-reading the record")
         return ("updated" if outcome == "adopted" else outcome), sid
 
     def _etag(self, row: Mapping[str, Any] | None) -> str | None:

@@ -16,6 +16,8 @@ Every adapter translates its vendor's failures into these classes in one place
         |                          partial list read): fail the sync, not the process
         +-- SourceUnavailableError the system of record could not be read completely
         +-- GuardTrippedError      a deactivation guard refused to act
+        +-- ChangeLogError         the run's change log (OUTPUT_DIR) cannot be written: stop
+                                   sending, since a write must never go out unrecorded
 """
 
 from __future__ import annotations
@@ -109,3 +111,12 @@ class SourceUnavailableError(FatalError):
 
 class GuardTrippedError(FatalError):
     """A safety guard (deactivation percentage, empty read) refused to apply a plan."""
+
+
+class ChangeLogError(FatalError):
+    """The change log of a run could not be written (disk full, read-only or missing
+    OUTPUT_DIR). Raised before a write is sent, so the sync stops instead of writing to a
+    target without a record of it; the message starts with "cannot write the change log"."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"cannot write the change log: {reason}")

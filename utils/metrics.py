@@ -68,6 +68,12 @@ class Metrics:
         self.quarantined = Gauge(
             "sync_quarantined", "1 while a sync is quarantined after a failing run.", ["sync"], registry=r
         )
+        self.change_log_failures = Counter(
+            "sync_change_log_write_failures_total",
+            "Runs stopped because their change log under OUTPUT_DIR could not be written (disk full, read-only).",
+            ["sync"],
+            registry=r,
+        )
 
     def initialise(self, syncs: tuple[str, ...] | list[str], services: tuple[str, ...], interval_seconds: float) -> None:
         """Create every series at 0 so ``increase()`` sees a counter's first step and a
@@ -81,6 +87,7 @@ class Metrics:
                 self.sync_records.labels(sync, action)
             self.deactivation_guard.labels(sync)
             self.quarantined.labels(sync)
+            self.change_log_failures.labels(sync)
             self.interval.labels(sync).set(interval_seconds)
         for service in services:
             self.rate_limit_wait.labels(service)

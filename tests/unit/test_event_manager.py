@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 
 from services.event_manager import MAX_BODY_CHARS, EventManager, _write_atomic
+from tests.support.disk import small_tmpfs
+from utils.errors import ChangeLogError
 from utils.logger import MASK, add_secrets
 
 pytestmark = pytest.mark.unit
@@ -159,12 +162,13 @@ def test_payloads_and_bodies_are_scrubbed(events: EventManager) -> None:
         after={"emp_id": "1", "date_of_birth": "1980-01-01", "SAFETYAMP_TOKEN": TOKEN},
         fields={"date_of_birth": {"before": None, "after": "1980-01-01"}, "first_name": {"before": None, "after": "A"}},
     )
+    log_text = (events.output_dir / "logs" / f"{log.name}.jsonl").read_text(encoding="utf-8")
     files = log.finish({}, "partial", {"note": f"token {TOKEN}"})
     assert files.errors is not None
-    for path in (files.errors, files.changes, files.log):
-        text = path.read_text(encoding="utf-8")
+    for path, text in ((files.errors, None), (files.changes, None), ("the run's log", log_text)):
+        text = text or Path(path).read_text(encoding="utf-8")
         for leaked in (TOKEN, "evt-global-secret-99", "abc.def", "123-45-6789", "1980-01-01"):
-            assert leaked not in text, (path.name, leaked)
+            assert leaked not in text, (str(path), leaked)
     error = read(files.errors)["errors"][0]
     assert error["reason"] == f"401 with token {MASK}"
     assert error["payload"] == {"emp_id": "1", "email": "a@x.com", "nested": {"note": f"uses {MASK}"}}
@@ -214,13 +218,11 @@ def test_jsonl_log_holds_evidence_before_finish(events: EventManager) -> None:
     assert rows[0]["run_id"] == "run-1" and rows[0]["sync"] == "employees"
     assert rows[1]["key"] == 1 and rows[2]["reason"] == "bad phone"
     assert not (events.output_dir / "changes" / f"{log.name}.json").exists()
-    log.finish({"created": 1, "failed": 1}, "partial")
-    assert jsonl(path)[-1] == {
-        "type": "finish",
-        "status": "partial",
-        "finished_at": "2026-11-22T01:02:03.250Z",
-        "counts": {"created": 1, "failed": 1},
-    }
+    files = log.finish({"created": 1, "failed": 1}, "partial")
+    # the changes and errors files now hold all of it: a finished run leaves no log behind
+    assert files.log is None and not path.exists()
+    assert [c["key"] for c in read(files.changes)["changes"]] == [1]
+    assert files.errors is not None and read(files.errors)["errors"][0]["reason"] == "bad phone"
 
 
 def test_folders_are_created_and_no_temp_files_remain(tmp_path: Path, clock: Clock) -> None:
@@ -325,9 +327,141 @@ def test_concurrent_workers_lose_nothing(events: EventManager) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+    rows = jsonl(events.output_dir / "logs" / f"{log.name}.jsonl")  # every line intact
+    assert len(rows) == 1 + 1600 + 160
     files = log.finish({"updated": 1600, "failed": 160}, "partial")
     assert files.errors is not None
     assert len(read(files.changes)["changes"]) == 1600
     assert len(read(files.errors)["errors"]) == 160
-    rows = jsonl(files.log)  # every line intact
-    assert len(rows) == 1 + 1600 + 160 + 1
+
+
+# ------------------------------------------------------------ write-ahead intents
+def test_intent_is_on_disk_before_the_write_and_its_outcome_closes_it(events: EventManager) -> None:
+    log = events.start("employees")
+    path = events.output_dir / "logs" / f"{log.name}.jsonl"
+    first = log.intent("101", "create", target="users")
+    second = log.intent("102", "update", target="users", target_id=7)
+    third = log.intent("103", "update", target="users", target_id=8)
+    fourth = log.intent("104", "deactivate", target="users", target_id=9)
+    rows = jsonl(path)  # what a SIGKILL (or a power cut: fsynced) would leave now
+    assert [(r["type"], r.get("seq"), r.get("key"), r.get("target"), r.get("id")) for r in rows] == [
+        ("start", None, None, None, None),
+        ("intent", first, "101", "users", None),
+        ("intent", second, "102", "users", 7),
+        ("intent", third, "103", "users", 8),
+        ("intent", fourth, "104", "users", 9),
+    ]
+    log.change("101", "create", None, {"emp_id": "101"}, intent=first)
+    log.error("102", "422 email taken", kind="failed", intent=second)
+    log.settled(third, "nothing left to change after re-reading")
+    files = log.finish({"created": 1, "failed": 1}, "partial")  # the fourth never got an answer
+    doc = read(files.changes)
+    assert doc["changes"][0]["intent"] == first and doc["changes"][0]["target"] == "users"
+    assert files.errors is not None
+    error = read(files.errors)["errors"][0]
+    assert (error["intent"], error["action"], error["target"], error["id"]) == (second, "update", "users", 7)
+    assert [(u["seq"], u["key"], u["action"], u["id"]) for u in doc["unconfirmed"]] == [(fourth, "104", "deactivate", 9)]
+
+
+def test_a_quiet_run_leaves_one_small_changes_file(events: EventManager) -> None:
+    files = events.start("titles").finish({"unchanged": 16}, "success")
+    out = events.output_dir
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [f"changes/{files.changes.name}"]
+    assert files.changes.stat().st_size < 600
+    assert read(files.changes)["changes"] == [] and read(files.changes)["unconfirmed"] == []
+
+
+def test_unwritable_output_dir_is_a_change_log_error(tmp_path: Path, clock: Clock) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(ChangeLogError, match=r"^cannot write the change log: Not a directory \(.*a-file/out/changes\)$"):
+        EventManager(blocker / "out", "run-1", clock=clock).start("jobs")
+
+
+def test_a_full_disk_stops_intents_and_leaves_whole_lines(tmp_path: Path, clock: Clock) -> None:
+    with small_tmpfs(tmp_path / "disk", 64, used_kb=40) as disk:
+        events = EventManager(disk / "out", "run-1", clock=clock)
+        log = events.start("employees")
+        accepted = []
+        with pytest.raises(ChangeLogError, match="No space left on device"):
+            for n in range(100_000):
+                seq = log.intent(f"key-{n}", "create", target="users")
+                accepted.append(seq)
+                log.change(f"key-{n}", "create", None, {"emp_id": f"key-{n}", "note": "x" * 300}, intent=seq)
+        assert accepted, "the disk filled before the first intent: the test proves nothing"
+        path = disk / "out" / "logs" / f"{log.name}.jsonl"
+        rows = jsonl(path)  # json.loads of every line: none was cut in half
+        assert [r["seq"] for r in rows if r["type"] == "intent"] == accepted
+        (disk / "filler").unlink()  # space again, but this run's log already failed: it stays stopped
+        with pytest.raises(ChangeLogError, match="No space left on device"):
+            log.intent("after", "create", target="users")
+        files = log.finish({"created": len(accepted)}, "failed", {"error": "cannot write the change log"})
+        assert files.log == path and path.exists(), "a log that refused a line is kept: the files may lack what it holds"
+        assert len(read(files.changes)["changes"]) in (len(accepted), len(accepted) - 1)
+
+
+def test_a_full_disk_at_start_leaves_no_empty_log(tmp_path: Path, clock: Clock) -> None:
+    with small_tmpfs(tmp_path / "disk", 16) as disk:
+        (disk / "out" / "logs").mkdir(parents=True)
+        with open(disk / "filler", "wb", buffering=0) as filler, pytest.raises(OSError, match="No space left"):
+            while True:  # every last block
+                filler.write(b"\0" * 512)
+        with pytest.raises(ChangeLogError, match="No space left on device"):
+            EventManager(disk / "out", "run-1", clock=clock).start("rosters")
+        assert list((disk / "out" / "logs").iterdir()) == []
+
+
+# --------------------------------------------------------------------- retention
+def _run_files(out: Path, name: str, *, finished: bool = True, age_seconds: float = 0) -> list[Path]:
+    paths = [out / "changes" / f"{name}.json", out / "errors" / f"{name}.json"] if finished else [out / "logs" / f"{name}.jsonl"]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+        if age_seconds:
+            when = path.stat().st_mtime - age_seconds
+            os.utime(path, (when, when))
+    return paths
+
+
+def test_prune_by_age_and_by_count_per_sync(tmp_path: Path, clock: Clock) -> None:
+    out = tmp_path / "out"
+    events = EventManager(out, "run-1", clock=clock)  # now: 2026-11-22 01:02:03
+    old = _run_files(out, "jobs-20261020T000000Z")  # 33 days old
+    recent = [_run_files(out, f"jobs-20261121T0{h}0000Z") for h in range(5)]
+    same_second = _run_files(out, "jobs-20261121T040000Z-2")  # newest: "-2" after the plain name
+    other_sync = _run_files(out, "vehicles-20261101T000000Z")
+    deleted = events.prune(30, 3)
+    assert sorted(deleted) == sorted(old + recent[0] + recent[1] + recent[2])
+    assert all(p.exists() for p in recent[3] + recent[4] + same_second + other_sync)
+    assert events.prune(0, 0) == []  # both rules off
+
+
+def test_prune_spares_runs_in_progress_foreign_files_and_its_own_runs(tmp_path: Path, clock: Clock) -> None:
+    out = tmp_path / "out"
+    events = EventManager(out, "run-1", clock=clock)
+    mine = events.start("jobs")  # in progress, and this manager's: never deleted
+    killed = _run_files(out, "jobs-20260101T000000Z", finished=False, age_seconds=200 * 86400)
+    running = _run_files(out, "jobs-20260102T000000Z", finished=False)  # old name, written to just now
+    stale_tmp = out / "changes" / ".jobs-20260101T000000Z.json.abc123.tmp"
+    stale_tmp.write_text("{")
+    os.utime(stale_tmp, (0, 0))
+    foreign = [out / "changes" / "README.txt", out / "errors" / "jobs-latest.json", out / "logs" / "jobs-notes.jsonl"]
+    for path in foreign:
+        path.write_text("operator's")
+        os.utime(path, (0, 0))
+    finished = [_run_files(out, f"jobs-20261121T0{h}0000Z") for h in range(3)]
+    deleted = events.prune(30, 1)  # the newest finished run stays; "mine" is not finished yet
+    assert sorted(deleted) == sorted(killed + [stale_tmp] + finished[0] + finished[1])
+    assert all(p.exists() for p in running + foreign + finished[2])
+    assert (out / "logs" / f"{mine.name}.jsonl").exists()
+    files = mine.finish({}, "success")
+    assert sorted(events.prune(30, 1)) == sorted(finished[2])  # now its own run is the newest
+    assert files.changes.exists() and all(p.exists() for p in running + foreign)
+
+
+def test_prune_never_raises(tmp_path: Path, clock: Clock) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "changes").write_text("a file where a folder should be")
+    assert EventManager(out, "run-1", clock=clock).prune(30, 10) == []
+    assert EventManager(tmp_path / "missing", "run-1", clock=clock).prune(30, 10) == []

@@ -153,7 +153,7 @@ def test_endpoint_answers_400_for_a_signed_body_that_is_not_an_event(tmp_path, b
     )
     assert resp.status_code == 400, resp.data
     assert "error" in resp.get_json()
-    assert daemon.state.webhook_due_at is None  # nothing scheduled
+    assert daemon.state.triggers.request_after("vehicles", 0) is True  # no event run was pending
 
 
 def test_endpoint_refuses_a_body_over_the_limit_with_413_before_reading_it(tmp_path):
