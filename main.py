@@ -34,7 +34,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-from config.settings import Settings, load_settings
+from config.settings import Settings, load_settings, logging_options
 from utils.errors import ConfigurationError
 
 log = logging.getLogger("main")
@@ -357,9 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     environ = dict(os.environ)
     from utils.logger import configure_logging
 
-    configure_logging(environ.get("LOG_LEVEL", "INFO"), environ.get("LOG_FORMAT", "json"))
-    raw_port = environ.get("PORT", "8080")
-    if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
+    # Only valid values before the settings are validated: a bad LOG_LEVEL or LOG_FORMAT
+    # becomes the configuration error naming it, as it does from .env or a secret file.
+    configure_logging(*logging_options(environ, "INFO", "json"))
+    raw_port = environ.get("PORT") or "8080"
+    # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+    if not (raw_port.isascii() and raw_port.isdigit() and len(raw_port) <= 5) or not 0 < int(raw_port) < 65536:
         log.error("configuration error: PORT=%r is not a TCP port", raw_port)
         return 2
     # The probes answer first (/live 200, /ready 503 "starting"), then everything slow
