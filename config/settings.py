@@ -37,6 +37,7 @@ import base64
 import binascii
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
@@ -100,7 +101,7 @@ SYNC_SOURCES: dict[str, tuple[str, ...]] = {
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
 _HOST_NAME = re.compile(
-    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
 
 
@@ -569,6 +570,16 @@ class Settings(BaseModel):
             if bad:
                 raise ValueError(f"not a comma list of status numbers: {', '.join(map(repr, bad))}")
             return tuple(int(p) for p in parts)
+        return value
+
+    @field_validator("*")
+    @classmethod
+    def _no_control_characters(cls, value: object) -> object:
+        # A line break pasted into a code, a name or a host is never meant, and would be
+        # sent to a target or put in a header. Secrets have their own rules; paths are paths.
+        texts = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(t, str) and any(unicodedata.category(c) == "Cc" for c in t) for t in texts):
+            raise ValueError("contains a control character (a line break or tab copied with the value?)")
         return value
 
     @field_validator("log_level", "log_format", mode="before")

@@ -126,6 +126,7 @@ CORPUS: list[tuple[str, dict[str, str], list[str]]] = [
     ("pushgateway-no-host", {"PUSHGATEWAY_URL": "http://"}, ["PUSHGATEWAY_URL"]),
     ("breaker-threshold-zero", {"BREAKER_FAILURE_THRESHOLD": "0"}, ["BREAKER_FAILURE_THRESHOLD"]),
     ("breaker-recovery-zero", {"BREAKER_RECOVERY_SECONDS": "0"}, ["BREAKER_RECOVERY_SECONDS"]),
+    ("breaker-successes-zero", {"BREAKER_SUCCESS_THRESHOLD": "0"}, ["BREAKER_SUCCESS_THRESHOLD"]),
     ("breaker-lease-inf", {"BREAKER_PROBE_LEASE_SECONDS": "inf"}, ["BREAKER_PROBE_LEASE_SECONDS"]),
     ("lock-ttl-zero", {"LOCK_TTL_SECONDS": "0"}, ["LOCK_TTL_SECONDS"]),
     ("lock-required-maybe", {"LOCK_REQUIRED": "maybe"}, ["LOCK_REQUIRED"]),
@@ -165,6 +166,11 @@ CORPUS: list[tuple[str, dict[str, str], list[str]]] = [
     ("home-site-negative", {"DEFAULT_HOME_SITE_ID": "-1"}, ["DEFAULT_HOME_SITE_ID"]),
     ("home-site-text", {"DEFAULT_HOME_SITE_ID": "main"}, ["DEFAULT_HOME_SITE_ID"]),
     ("deactivation-mode", {"EMPLOYEE_DEACTIVATION_MODE": "delete"}, ["EMPLOYEE_DEACTIVATION_MODE"]),
+    ("root-cluster-code-newline", {"DEPARTMENT_ROOT_CLUSTER_CODE": "VISTA\n"}, ["DEPARTMENT_ROOT_CLUSTER_CODE"]),
+    ("root-cluster-name-bell", {"DEPARTMENT_ROOT_CLUSTER_NAME": "Viewpoint\x07"}, ["DEPARTMENT_ROOT_CLUSTER_NAME"]),
+    ("default-role-tab", {"SAFETYAMP_DEFAULT_ROLE": "Field\t"}, ["SAFETYAMP_DEFAULT_ROLE"]),
+    ("redis-prefix-newline", {"REDIS_PREFIX": "sync:\n"}, ["REDIS_PREFIX"]),
+    ("sql-server-newline", {"SQL_SERVER": "vista\n"}, ["SQL_SERVER"]),
     # Graph
     ("graph-url-no-scheme", {"MS_GRAPH_URL": "graph.microsoft.com"}, ["MS_GRAPH_URL"]),
     ("authority-no-scheme", {"MS_GRAPH_AUTHORITY_URL": "login.microsoftonline.com"}, ["MS_GRAPH_AUTHORITY_URL"]),
@@ -180,6 +186,8 @@ CORPUS: list[tuple[str, dict[str, str], list[str]]] = [
     ("samsara-rate-zero", {"SAMSARA_RATE_LIMIT_PER_SECOND": "0"}, ["SAMSARA_RATE_LIMIT_PER_SECOND"]),
     ("driver-field-empty-part", {"SAMSARA_DRIVER_EMPLOYEE_FIELD": "externalIds..payrollId"}, ["SAMSARA_DRIVER_EMPLOYEE_FIELD"]),
     ("vehicle-site-zero", {"VEHICLE_SITE_ID": "0"}, ["VEHICLE_SITE_ID"]),
+    ("vehicle-site-code-cr", {"VEHICLE_SITE_CODE": "FLEET\r"}, ["VEHICLE_SITE_CODE"]),
+    ("asset-type-name-escape", {"VEHICLE_ASSET_TYPE_NAME": "Vehicle\x1b[31m"}, ["VEHICLE_ASSET_TYPE_NAME"]),
     ("asset-type-text", {"VEHICLE_ASSET_TYPE_ID": "truck"}, ["VEHICLE_ASSET_TYPE_ID"]),
     # OneRoster / SCIM
     ("oneroster-url-no-scheme", {"ONEROSTER_URL": "sis.example.com/ims/oneroster"}, ["ONEROSTER_URL"]),
@@ -194,6 +202,11 @@ CORPUS: list[tuple[str, dict[str, str], list[str]]] = [
     ("roster-overlap-negative", {"ROSTER_DELTA_OVERLAP_SECONDS": "-1"}, ["ROSTER_DELTA_OVERLAP_SECONDS"]),
     ("roster-username-field", {"ROSTER_USERNAME_FIELD": "nickname"}, ["ROSTER_USERNAME_FIELD"]),
     ("roster-role-attribute", {"ROSTER_ROLE_ATTRIBUTE": "groups"}, ["ROSTER_ROLE_ATTRIBUTE"]),
+    ("roster-schools-control", {"ROSTER_SCHOOLS": "s1,s\x012"}, ["ROSTER_SCHOOLS"]),
+    ("roster-roles-control", {"ROSTER_ROLES": "student,\x07teacher"}, ["ROSTER_ROLES"]),
+    ("roster-cursor-scope-newline", {"ROSTER_CURSOR_SCOPE": "district\n"}, ["ROSTER_CURSOR_SCOPE"]),
+    ("oneroster-scopes-newline", {"ONEROSTER_SCOPES": "roster-core.readonly\n"}, ["ONEROSTER_SCOPES"]),
+    ("oneroster-client-id-newline", {"ONEROSTER_CLIENT_ID": "client\n"}, ["ONEROSTER_CLIENT_ID"]),
     ("scim-url-no-scheme", {"SCIM_URL": "scim.example.com/v2"}, ["SCIM_URL"]),
     ("scim-token-newline", {"SCIM_TOKEN": "scim-token\n"}, ["SCIM_TOKEN"]),
     ("scim-delete-mode", {"SCIM_DELETE_MODE": "purge"}, ["SCIM_DELETE_MODE"]),
@@ -218,10 +231,42 @@ def test_the_valid_base_is_not_a_configuration_error(tmp_path: Path) -> None:
     assert summary["status"] == "failed" and [r["sync"] for r in summary["runs"]] == ["vehicles"]
 
 
-@pytest.mark.parametrize(("values", "fragments"), [pytest.param(v, f, id=i) for i, v, f in CORPUS])
-def test_every_bad_value_is_a_clean_configuration_error(tmp_path: Path, values: dict[str, str], fragments: list[str]) -> None:
+THROUGH_THE_CLI = {
+    # One process per case for every distinct way of checking a value (the rest are more
+    # bounds of the same kind: they are run in-process below, and all in one process by
+    # test_every_bad_setting_is_named_at_once).
+    "interval-nan", "interval-inf", "output-dir-is-a-file", "log-level", "log-format", "port-unicode-digit",
+    "redis-url-garbage", "redis-url-port", "trigger-token-1-char", "trigger-token-space", "guard-nan",
+    "key-vault-url-garbage", "key-vault-name", "secrets-dir-missing", "secrets-dir-is-a-file", "pushgateway-no-host",
+    "db-url-not-a-url", "db-url-unknown-dialect", "db-url-unknown-driver", "sql-auth-mode", "company-too-big",
+    "title-column-email", "title-column-ssn", "title-column-injection", "closed-statuses-text",
+    "open-statuses-unicode-digit", "safetyamp-url-no-scheme", "safetyamp-token-newline", "safetyamp-fqdn-url",
+    "user-agent-crlf", "timezone-unknown", "ca-bundle-missing", "webhook-secret-not-base64", "webhook-secret-1-byte",
+    "driver-field-empty-part", "oneroster-version", "scim-token-newline", "root-cluster-code-newline",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("values", "fragments"), [pytest.param(v, f, id=i) for i, v, f in CORPUS if i in THROUGH_THE_CLI])
+def test_every_kind_of_bad_value_is_a_clean_configuration_error(
+    tmp_path: Path, values: dict[str, str], fragments: list[str]
+) -> None:
     proc = run_batch(tmp_path, clean_env(tmp_path, **{**VALID, **_fill(values, tmp_path)}))
     assert_configuration_error(proc, fragments)
+
+
+@pytest.mark.parametrize(("values", "fragments"), [pytest.param(v, f, id=i) for i, v, f in CORPUS])
+def test_every_bad_value_is_a_configuration_error_naming_it(tmp_path: Path, values: dict[str, str], fragments: list[str]) -> None:
+    """The whole corpus through the same loading and checking the entry points do."""
+    from config.settings import load_settings
+    from utils.errors import ConfigurationError
+
+    env = {**VALID, "OUTPUT_DIR": str(tmp_path / "output"), **_fill(values, tmp_path)}
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(env, dotenv_path=None).check()
+    text = "\n".join(caught.value.problems)
+    for fragment in fragments:
+        assert fragment in text, (fragment, caught.value.problems)
+    assert SECRET not in text
 
 
 def test_every_bad_setting_is_named_at_once(tmp_path: Path) -> None:
@@ -361,7 +406,7 @@ def test_a_bogus_odbc_driver_is_named_and_the_advice_matches_what_is_set(tmp_pat
 
 @pytest.mark.parametrize("source", ["env", "dotenv", "secrets_dir"])
 @pytest.mark.parametrize(("name", "value"), [("LOG_LEVEL", "LOUD"), ("LOG_FORMAT", "xml")])
-def test_bad_logging_settings_from_every_source_with_the_sandbox(tmp_path: Path, source: str, name: str, value: str) -> None:
+def test_bad_logging_settings_from_every_source(tmp_path: Path, source: str, name: str, value: str) -> None:
     env = clean_env(tmp_path)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -373,7 +418,7 @@ def test_bad_logging_settings_from_every_source_with_the_sandbox(tmp_path: Path,
         (tmp_path / "secrets").mkdir()
         (tmp_path / "secrets" / name.lower().replace("_", "-")).write_text(value + "\n")
         env["SECRETS_DIR"] = str(tmp_path / "secrets")
-    proc = run_batch(tmp_path, env, sandbox=True, cwd=cwd)
+    proc = run_batch(tmp_path, env, sandbox=source == "env", cwd=cwd)  # the sandbox path once per value
     assert_configuration_error(proc, [name, value])
 
 
@@ -492,3 +537,14 @@ def test_the_daemon_names_every_bad_setting_with_the_sandbox(tmp_path: Path) -> 
         assert name in body.get("reason", ""), body
         assert name in log
     assert SECRET not in log and SECRET not in json.dumps(body)
+
+
+@pytest.mark.parametrize("command", [["failed", "list"], ["diagnose", "employees", "1001"]])
+def test_operator_commands_name_bad_settings_without_a_traceback(tmp_path: Path, command: list[str]) -> None:
+    env = clean_env(tmp_path, **VALID, LOG_FORMAT="xml", VIEWPOINT_DB_URL="notaurl")
+    proc = subprocess.run(
+        [sys.executable, "sync_batch.py", *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 2
+    assert "LOG_FORMAT='xml'" in proc.stderr and "VIEWPOINT_DB_URL=<hidden>" in proc.stderr
