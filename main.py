@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hmac
 import logging
+import math
 import os
 import random
 import signal
@@ -346,6 +347,13 @@ def wait_and_stop(daemon: Daemon, server: Any) -> int:
     return 0
 
 
+def _positive_seconds(text: str) -> bool:
+    try:
+        return 0 < float(text) < math.inf
+    except ValueError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="main.py", description="Sync daemon: probes, metrics and a worker running every enabled sync."
@@ -365,6 +373,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (raw_port.isascii() and raw_port.isdigit() and len(raw_port) <= 5) or not 0 < int(raw_port) < 65536:
         log.error("configuration error: PORT=%r is not a TCP port", raw_port)
         return 2
+    if not _positive_seconds(environ.get("LIVENESS_STALE_SECONDS") or "600"):
+        log.error(
+            "configuration error: LIVENESS_STALE_SECONDS=%r is not a positive number of seconds",
+            environ["LIVENESS_STALE_SECONDS"],
+        )
+        return 2
+    if environ.get("LIVENESS_STALE_SECONDS") == "":
+        os.environ.pop("LIVENESS_STALE_SECONDS")  # empty means unset, as for every setting; /live reads os.environ
     # The probes answer first (/live 200, /ready 503 "starting"), then everything slow
     # (sandbox seeding, Key Vault, clients) happens: a slow start never looks like a hang.
     daemon = Daemon(None, ())
@@ -376,7 +392,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = start_http(daemon, int(raw_port))
+    try:
+        server = start_http(daemon, int(raw_port))
+    except (OSError, ValueError) as exc:  # address in use, a HOST that does not resolve...
+        log.error("cannot listen on %s port %s: %s", environ.get("HOST", "0.0.0.0"), raw_port, exc)  # noqa: S104
+        return 2
     daemon.worker.start()
     with ExitStack() as stack:
         overrides: dict[str, str] = {}

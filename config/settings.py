@@ -994,9 +994,12 @@ def _describe(exc: ValidationError, merged: Mapping[str, str]) -> list[str]:
         field = _FIELD_OF.get(field, field)  # errors are located by alias (the input's key)
         info = Settings.model_fields.get(field)
         alias = str(info.alias) if info is not None and info.alias else field
-        value = "<hidden>" if info is not None and _is_secret(info) else repr(scrub(str(merged.get(alias, ""))))
         message = str(err["msg"]).removeprefix("Value error, ")
-        problems.append(f"{alias}={value}: {message}")
+        if info is not None and _is_secret(info):
+            # No "NAME=" either: log scrubbers rightly mask whatever follows "TOKEN=".
+            problems.append(f"{alias} (secret, not shown): {message}")
+        else:
+            problems.append(f"{alias}={scrub(str(merged.get(alias, '')))!r}: {message}")
     return problems
 
 

@@ -547,4 +547,24 @@ def test_operator_commands_name_bad_settings_without_a_traceback(tmp_path: Path,
     )
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.returncode == 2
-    assert "LOG_FORMAT='xml'" in proc.stderr and "VIEWPOINT_DB_URL=<hidden>" in proc.stderr
+    assert "LOG_FORMAT='xml'" in proc.stderr and "VIEWPOINT_DB_URL (secret, not shown)" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        pytest.param({"PORT": "\u00b2"}, "PORT", id="port-unicode-digit"),
+        pytest.param({"PORT": "70000"}, "PORT", id="port-range"),
+        pytest.param({"LIVENESS_STALE_SECONDS": "soon"}, "LIVENESS_STALE_SECONDS", id="liveness-text"),
+        pytest.param({"LIVENESS_STALE_SECONDS": "nan"}, "LIVENESS_STALE_SECONDS", id="liveness-nan"),
+        pytest.param({"HOST": "no.such.host.invalid"}, "cannot listen on no.such.host.invalid", id="host"),
+    ],
+)
+def test_the_daemon_exits_2_when_it_cannot_serve_its_probes(tmp_path: Path, values: dict[str, str], fragment: str) -> None:
+    """What the listener needs is read before the settings (the probes answer first): a
+    daemon that cannot serve /live cannot stay up to explain, so it says why and exits 2."""
+    env = {**clean_env(tmp_path, **VALID), "PORT": str(_free_port()), **values}
+    proc = subprocess.run([sys.executable, "main.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert fragment in proc.stderr
