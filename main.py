@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hmac
 import logging
+import math
 import os
 import random
 import signal
@@ -35,7 +36,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-from config.settings import Settings, load_settings
+from config.settings import Settings, load_settings, logging_options
 from utils.errors import ConfigurationError
 from utils.triggers import Pending, TriggerQueue
 
@@ -457,6 +458,13 @@ def wait_and_stop(daemon: Daemon, server: Any) -> int:
     return 0
 
 
+def _positive_seconds(text: str) -> bool:
+    try:
+        return 0 < float(text) < math.inf
+    except ValueError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="main.py", description="Sync daemon: probes, metrics and a worker running every enabled sync."
@@ -468,11 +476,22 @@ def main(argv: list[str] | None = None) -> int:
     environ = dict(os.environ)
     from utils.logger import configure_logging
 
-    configure_logging(environ.get("LOG_LEVEL", "INFO"), environ.get("LOG_FORMAT", "json"))
-    raw_port = environ.get("PORT", "8080")
-    if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
+    # Only valid values before the settings are validated: a bad LOG_LEVEL or LOG_FORMAT
+    # becomes the configuration error naming it, as it does from .env or a secret file.
+    configure_logging(*logging_options(environ, "INFO", "json"))
+    raw_port = environ.get("PORT") or "8080"
+    # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+    if not (raw_port.isascii() and raw_port.isdigit() and len(raw_port) <= 5) or not 0 < int(raw_port) < 65536:
         log.error("configuration error: PORT=%r is not a TCP port", raw_port)
         return 2
+    if not _positive_seconds(environ.get("LIVENESS_STALE_SECONDS") or "600"):
+        log.error(
+            "configuration error: LIVENESS_STALE_SECONDS=%r is not a positive number of seconds",
+            environ["LIVENESS_STALE_SECONDS"],
+        )
+        return 2
+    if environ.get("LIVENESS_STALE_SECONDS") == "":
+        os.environ.pop("LIVENESS_STALE_SECONDS")  # empty means unset, as for every setting; /live reads os.environ
     # The probes answer first (/live 200, /ready 503 "starting"), then everything slow
     # (sandbox seeding, Key Vault, clients) happens: a slow start never looks like a hang.
     daemon = Daemon(None, ())
@@ -484,7 +503,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = start_http(daemon, int(raw_port))
+    try:
+        server = start_http(daemon, int(raw_port))
+    except (OSError, ValueError) as exc:  # address in use, a HOST that does not resolve...
+        log.error("cannot listen on %s port %s: %s", environ.get("HOST", "0.0.0.0"), raw_port, exc)  # noqa: S104
+        return 2
     daemon.worker.start()
     with ExitStack() as stack:
         overrides: dict[str, str] = {}

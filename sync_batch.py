@@ -26,7 +26,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from config.settings import ALL_SYNCS, DEPENDENCIES, Settings, load_settings
+from config.settings import ALL_SYNCS, DEPENDENCIES, Settings, load_settings, logging_options
 from utils.errors import ConfigurationError
 from utils.scrub import scrub, scrub_value
 
@@ -241,7 +241,7 @@ def print_plan(results: list[Any], out: Any) -> None:
 def operator_main(args: argparse.Namespace, environ: dict[str, str]) -> int:
     from utils.logger import configure_logging
 
-    configure_logging(environ.get("LOG_LEVEL", "WARNING"), environ.get("LOG_FORMAT", "text"))
+    configure_logging(*logging_options(environ, "WARNING", "text"))
     with ExitStack() as stack:
         overrides: dict[str, str] = {}
         if args.sandbox:
@@ -261,7 +261,12 @@ def operator_main(args: argparse.Namespace, environ: dict[str, str]) -> int:
         from config.bootstrap import build_runtime
 
         syncs = (args.sync,) if args.command == "diagnose" else ()
-        rt = build_runtime(settings, syncs)
+        try:
+            rt = build_runtime(settings, syncs)
+        except ConfigurationError as exc:
+            for problem in exc.problems:
+                print(f"configuration error: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
         try:
             if args.command == "failed":
                 return _failed(rt, args)
@@ -358,7 +363,9 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
         return operator_main(args, environ)
     from utils.logger import configure_logging
 
-    configure_logging(environ.get("LOG_LEVEL", "INFO"), environ.get("LOG_FORMAT", "text" if sys.stderr.isatty() else "json"))
+    # Only valid values before the settings are validated: a bad LOG_LEVEL is then named
+    # with every other problem (exit 2), from the environment as from .env or a secret file.
+    configure_logging(*logging_options(environ, "INFO", "text" if sys.stderr.isatty() else "json"))
     with ExitStack() as stack:
         overrides: dict[str, str] = {}
         if args.sandbox:
@@ -373,18 +380,23 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
             syncs, notes = choose_syncs(settings, args.only)
             settings.check(syncs)
         except ConfigurationError as exc:
-            print("configuration error:", file=sys.stderr)
-            for problem in exc.problems:
-                print(f"  - {problem}", file=sys.stderr)
-            if args.json:
-                print(json.dumps({"status": "failed", "error": "configuration", "problems": exc.problems}))
-            return EXIT_CONFIG
+            return report_configuration_error(exc.problems, args.json)
         # JSON lines for machines (CronJob logs); plain text when a person watches a terminal.
         log_format = settings.log_format if "LOG_FORMAT" in environ else ("text" if sys.stderr.isatty() else "json")
         configure_logging(settings.log_level, log_format, secrets=settings.secret_values())
         for note in notes:
             log.warning(note)
         return run_once(settings, syncs, args)
+
+
+def report_configuration_error(problems: list[str], as_json: bool) -> int:
+    """Every problem on stderr and, with --json, the summary line on stdout; exit 2."""
+    print("configuration error:", file=sys.stderr)
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"status": "failed", "error": "configuration", "problems": problems}))
+    return EXIT_CONFIG
 
 
 def push_metrics(url: str, registry: Any, job: str = "safetyamp_sync_batch") -> bool:
@@ -409,9 +421,7 @@ def run_once(settings: Settings, syncs: tuple[str, ...], args: argparse.Namespac
     try:
         rt = build_runtime(settings, syncs)
     except ConfigurationError as exc:
-        for problem in exc.problems:
-            print(f"configuration error: {problem}", file=sys.stderr)
-        return EXIT_CONFIG
+        return report_configuration_error(exc.problems, args.json)
     run_id = new_run_id()
     try:
         progress = Progress(sys.stderr.isatty() and not args.no_progress)

@@ -65,8 +65,12 @@ def vault_url_from(values: Mapping[str, str]) -> str | None:
     when neither is set. Raises ConfigurationError for a malformed value."""
     url = (values.get("AZURE_KEY_VAULT_URL") or "").strip()
     if url:
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+        except ValueError:  # a malformed port or IPv6 literal
+            host = None
+        if not host or parts.scheme != "https":
             raise ConfigurationError(f"AZURE_KEY_VAULT_URL={url!r}: must be an https URL such as https://<name>.vault.azure.net")
         return url.rstrip("/")
     name = (values.get("AZURE_KEY_VAULT_NAME") or "").strip()

@@ -33,10 +33,15 @@ environment or touches the network at import time. ``python -m config.settings
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import re
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -56,6 +61,68 @@ DEPENDENCIES: dict[str, tuple[str, ...]] = {
 }
 """What each sync reads that another sync writes (used to warn on --only)."""
 
+MIN_TRIGGER_TOKEN_CHARS = 32
+"""SYNC_TRIGGER_TOKEN guards POST /sync and GET /diagnose: at least this long (what
+``secrets.token_urlsafe(24)`` or ``openssl rand -hex 16`` gives)."""
+
+MIN_WEBHOOK_SECRET_BYTES = 16
+"""SAMSARA_WEBHOOK_SECRET is the base64 text of an HMAC-SHA256 key; decoded, it must be
+at least this long (128 bits). Samsara generates the key; a shorter one is a paste error."""
+
+SOURCE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "viewpoint": ("VIEWPOINT_DB_URL", "SQL_SERVER", "SQL_DATABASE", "SQL_USERNAME", "SQL_PASSWORD"),
+    "graph": ("MS_GRAPH_TENANT_ID", "MS_GRAPH_CLIENT_ID", "MS_GRAPH_CLIENT_SECRET"),
+    "samsara": ("SAMSARA_API_KEY",),
+    "oneroster": (
+        "ONEROSTER_URL",
+        "ONEROSTER_CSV_PATH",
+        "ONEROSTER_CLIENT_ID",
+        "ONEROSTER_CLIENT_SECRET",
+        "ONEROSTER_TOKEN",
+        "ONEROSTER_TOKEN_URL",
+    ),
+    "scim": ("SCIM_URL", "SCIM_TOKEN"),
+}
+"""The connection settings of each source system. Any one of them set means the
+operator meant to run the syncs reading that source (SYNC_SOURCES), so such a sync
+with settings missing is a configuration error naming them, not silently left out.
+Tuning settings (SQL_AUTH_MODE, VIEWPOINT_COMPANY...) have defaults and say nothing."""
+
+SYNC_SOURCES: dict[str, tuple[str, ...]] = {
+    "departments": ("viewpoint",),
+    "jobs": ("viewpoint",),
+    "titles": ("viewpoint",),
+    "employees": ("viewpoint", "graph"),
+    "vehicles": ("samsara",),
+    "rosters": ("oneroster", "scim"),
+}
+"""Which sources' settings show that a sync is wanted (see SOURCE_SETTINGS)."""
+
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def http_url_problem(text: str, *, scheme_optional: bool = False) -> str | None:
+    """Why ``text`` is not an http(s) URL with a host, or None. ``scheme_optional``: a
+    bare ``host:port`` means http (as the Prometheus client reads PUSHGATEWAY_URL)."""
+    if any(c.isspace() or not c.isprintable() for c in text):
+        return "contains a space or a control character"
+    if scheme_optional and "://" not in text:
+        text = "http://" + text
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number or out of range
+    except ValueError:
+        return "is not a valid URL (check the host and port)"
+    if parts.scheme not in ("http", "https"):
+        return "must be an https:// URL (http:// only for a local test server), such as https://api.example.com"
+    if not parts.hostname:
+        return "has no host name"
+    return None
+
 
 def _unit(unit: str) -> dict[str, Any]:
     """``json_schema_extra`` carrying a unit for the generated reference table."""
@@ -65,7 +132,9 @@ def _unit(unit: str) -> dict[str, Any]:
 class Settings(BaseModel):
     """All settings. Field aliases are the environment names (the contract)."""
 
-    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+    # allow_inf_nan=False: "nan" fails every bound check silently and "inf" passes them
+    # (an interval of inf never runs again), so neither is a number here.
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore", allow_inf_nan=False)
 
     # --- general -------------------------------------------------------------------
     sync_types: tuple[str, ...] | None = Field(
@@ -109,7 +178,10 @@ class Settings(BaseModel):
     sync_trigger_token: SecretStr | None = Field(
         None,
         alias="SYNC_TRIGGER_TOKEN",
-        description="Bearer token for POST /sync and GET /diagnose; those endpoints are disabled when unset.",
+        description=(
+            f"Bearer token for POST /sync and GET /diagnose (at least {MIN_TRIGGER_TOKEN_CHARS} printable ASCII "
+            "characters, no spaces); those endpoints are disabled when unset."
+        ),
     )
     deactivation_guard_percent: float = Field(
         10,
@@ -225,7 +297,6 @@ class Settings(BaseModel):
     viewpoint_title_column: str = Field(
         "udEmpTitle",
         alias="VIEWPOINT_TITLE_COLUMN",
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
         description="bPREH column holding the job title (often a ud column).",
     )
     job_history_days: int = Field(365, alias="JOB_HISTORY_DAYS", ge=1, description="Look-back for 'latest job worked' in bPRJC.")
@@ -303,7 +374,10 @@ class Settings(BaseModel):
         "Viewpoint departments", alias="DEPARTMENT_ROOT_CLUSTER_NAME", description="Name of that root cluster when it is created."
     )
     default_home_site_id: int | None = Field(
-        None, alias="DEFAULT_HOME_SITE_ID", description="Home site for employees with neither job history nor a default job."
+        None,
+        alias="DEFAULT_HOME_SITE_ID",
+        ge=1,
+        description="Home site for employees with neither job history nor a default job.",
     )
     employee_deactivation_mode: Literal["revoke_access", "none"] = Field(
         "revoke_access",
@@ -339,10 +413,16 @@ class Settings(BaseModel):
     samsara_webhook_secret: SecretStr | None = Field(
         None,
         alias="SAMSARA_WEBHOOK_SECRET",
-        description="Base64 secret key of the Samsara webhook; enables POST /webhooks/samsara.",
+        description=(
+            "Base64 secret key of the Samsara webhook (as Samsara shows it; it must decode to at least "
+            f"{MIN_WEBHOOK_SECRET_BYTES} bytes); enables POST /webhooks/samsara."
+        ),
     )
     webhook_debounce_seconds: float = Field(
-        60, alias="WEBHOOK_DEBOUNCE_SECONDS", ge=0, description="Seconds a webhook-triggered vehicle sync waits to gather more events."
+        60,
+        alias="WEBHOOK_DEBOUNCE_SECONDS",
+        ge=0,
+        description="Seconds a webhook-triggered vehicle sync waits to gather more events.",
     )
     samsara_page_size: int = Field(
         512,
@@ -360,14 +440,14 @@ class Settings(BaseModel):
         alias="SAMSARA_DRIVER_EMPLOYEE_FIELD",
         description="Driver field holding the Vista employee number (dotted path).",
     )
-    vehicle_site_id: int | None = Field(None, alias="VEHICLE_SITE_ID", description="SafetyAmp site id vehicles belong to.")
+    vehicle_site_id: int | None = Field(None, alias="VEHICLE_SITE_ID", ge=1, description="SafetyAmp site id vehicles belong to.")
     vehicle_site_code: str | None = Field(
         "FLEET",
         alias="VEHICLE_SITE_CODE",
         description="external_code of the site vehicles belong to (when VEHICLE_SITE_ID is unset).",
     )
     vehicle_asset_type_id: int | None = Field(
-        None, alias="VEHICLE_ASSET_TYPE_ID", description="SafetyAmp asset type id of vehicles."
+        None, alias="VEHICLE_ASSET_TYPE_ID", ge=1, description="SafetyAmp asset type id of vehicles."
     )
     vehicle_asset_type_name: str = Field(
         "Vehicle",
@@ -391,23 +471,91 @@ class Settings(BaseModel):
     scim_url: str | None = Field(None, alias="SCIM_URL", description="SCIM 2.0 base URL of the roster target.")
     scim_token: SecretStr | None = Field(None, alias="SCIM_TOKEN", description="SCIM bearer token.")
     # rosters (issue 4) additions; docs/rosters.md explains each with vendor examples
-    oneroster_auth: Literal["oauth2", "oauth1", "bearer"] = Field("oauth2", alias="ONEROSTER_AUTH", description="`oauth2` (client credentials at ONEROSTER_TOKEN_URL), `oauth1` (OAuth 1.0a HMAC-SHA256 request signing, OneRoster 1.1 servers) or `bearer` (a static ONEROSTER_TOKEN, e.g. ClassLink's proxy).")
-    oneroster_token: SecretStr | None = Field(None, alias="ONEROSTER_TOKEN", description="Static bearer token when ONEROSTER_AUTH=bearer.")
-    oneroster_scopes: str | None = Field(None, alias="ONEROSTER_SCOPES", description="OAuth2 scopes (space or comma list); default: the version's roster-core.readonly scope.")
-    oneroster_token_auth_method: Literal["basic", "post"] = Field("basic", alias="ONEROSTER_TOKEN_AUTH_METHOD", description="How the client authenticates at the token endpoint: HTTP Basic (`basic`) or client_id/client_secret in the body (`post`).")
-    oneroster_page_size: int = Field(1000, alias="ONEROSTER_PAGE_SIZE", ge=1, le=10000, description="`limit` per OneRoster page (servers may cap it; paging follows X-Total-Count/Link). Large: every page is a request.", json_schema_extra=_unit("records"))
-    oneroster_rate_limit_per_second: float = Field(10, alias="ONEROSTER_RATE_LIMIT_PER_SECOND", gt=0, description="Requests per second sent to the OneRoster server.")
-    roster_full_sync_hours: float = Field(24, alias="ROSTER_FULL_SYNC_HOURS", ge=0, description="A full OneRoster read at least this often; delta reads (dateLastModified filter) in between; 0 = always full.", json_schema_extra=_unit("hours"))
-    roster_delta_overlap_seconds: float = Field(300, alias="ROSTER_DELTA_OVERLAP_SECONDS", ge=0, description="A delta reads from the previous run's start minus this much (clock skew between us and the SIS).")
-    roster_schools: tuple[str, ...] = Field((), alias="ROSTER_SCHOOLS", description="Comma list of school sourcedIds to sync; empty = every school.")
-    roster_roles: tuple[str, ...] = Field(("student", "teacher"), alias="ROSTER_ROLES", description="OneRoster roles that become SCIM Users (and group members).")
-    roster_username_field: Literal["username", "email", "identifier", "sourcedId"] = Field("username", alias="ROSTER_USERNAME_FIELD", description="OneRoster user field used as the SCIM userName.")
-    roster_role_attribute: Literal["title", "roles", "none"] = Field("title", alias="ROSTER_ROLE_ATTRIBUTE", description="Where the OneRoster role goes in SCIM: `title`, `roles` (multi-valued) or `none`.")
-    roster_cursor_scope: str | None = Field(None, alias="ROSTER_CURSOR_SCOPE", description="Which SIS and SCIM service the roster delta cursor belongs to (default: ONEROSTER_URL or ONEROSTER_CSV_PATH, and SCIM_URL). A cursor of another scope is not used: the next run reads everything. Set it to keep the cursor across a URL change that still points at the same SIS and tenant.")
-    scim_delete_mode: Literal["deactivate", "delete"] = Field("deactivate", alias="SCIM_DELETE_MODE", description="`deactivate` (PATCH active=false; Groups lose their members) or `delete` (DELETE, explicit opt-in).")
-    scim_page_size: int = Field(1000, alias="SCIM_PAGE_SIZE", ge=1, le=1000, description="`count` per SCIM list page (a server returns at most its maxResults; paging follows totalResults).", json_schema_extra=_unit("records"))
-    scim_rate_limit_per_second: float = Field(20, alias="SCIM_RATE_LIMIT_PER_SECOND", gt=0, description="Requests per second sent to the SCIM service.")
-    scim_max_concurrency: int = Field(4, alias="SCIM_MAX_CONCURRENCY", ge=1, le=32, description="Parallel SCIM writes, still bounded by the rate limit.", json_schema_extra=_unit("threads"))
+    oneroster_auth: Literal["oauth2", "oauth1", "bearer"] = Field(
+        "oauth2",
+        alias="ONEROSTER_AUTH",
+        description="`oauth2` (client credentials at ONEROSTER_TOKEN_URL), `oauth1` (OAuth 1.0a HMAC-SHA256 request signing, OneRoster 1.1 servers) or `bearer` (a static ONEROSTER_TOKEN, e.g. ClassLink's proxy).",
+    )
+    oneroster_token: SecretStr | None = Field(
+        None, alias="ONEROSTER_TOKEN", description="Static bearer token when ONEROSTER_AUTH=bearer."
+    )
+    oneroster_scopes: str | None = Field(
+        None,
+        alias="ONEROSTER_SCOPES",
+        description="OAuth2 scopes (space or comma list); default: the version's roster-core.readonly scope.",
+    )
+    oneroster_token_auth_method: Literal["basic", "post"] = Field(
+        "basic",
+        alias="ONEROSTER_TOKEN_AUTH_METHOD",
+        description="How the client authenticates at the token endpoint: HTTP Basic (`basic`) or client_id/client_secret in the body (`post`).",
+    )
+    oneroster_page_size: int = Field(
+        1000,
+        alias="ONEROSTER_PAGE_SIZE",
+        ge=1,
+        le=10000,
+        description="`limit` per OneRoster page (servers may cap it; paging follows X-Total-Count/Link). Large: every page is a request.",
+        json_schema_extra=_unit("records"),
+    )
+    oneroster_rate_limit_per_second: float = Field(
+        10, alias="ONEROSTER_RATE_LIMIT_PER_SECOND", gt=0, description="Requests per second sent to the OneRoster server."
+    )
+    roster_full_sync_hours: float = Field(
+        24,
+        alias="ROSTER_FULL_SYNC_HOURS",
+        ge=0,
+        description="A full OneRoster read at least this often; delta reads (dateLastModified filter) in between; 0 = always full.",
+        json_schema_extra=_unit("hours"),
+    )
+    roster_delta_overlap_seconds: float = Field(
+        300,
+        alias="ROSTER_DELTA_OVERLAP_SECONDS",
+        ge=0,
+        description="A delta reads from the previous run's start minus this much (clock skew between us and the SIS).",
+    )
+    roster_schools: tuple[str, ...] = Field(
+        (), alias="ROSTER_SCHOOLS", description="Comma list of school sourcedIds to sync; empty = every school."
+    )
+    roster_roles: tuple[str, ...] = Field(
+        ("student", "teacher"), alias="ROSTER_ROLES", description="OneRoster roles that become SCIM Users (and group members)."
+    )
+    roster_username_field: Literal["username", "email", "identifier", "sourcedId"] = Field(
+        "username", alias="ROSTER_USERNAME_FIELD", description="OneRoster user field used as the SCIM userName."
+    )
+    roster_role_attribute: Literal["title", "roles", "none"] = Field(
+        "title",
+        alias="ROSTER_ROLE_ATTRIBUTE",
+        description="Where the OneRoster role goes in SCIM: `title`, `roles` (multi-valued) or `none`.",
+    )
+    roster_cursor_scope: str | None = Field(
+        None,
+        alias="ROSTER_CURSOR_SCOPE",
+        description="Which SIS and SCIM service the roster delta cursor belongs to (default: ONEROSTER_URL or ONEROSTER_CSV_PATH, and SCIM_URL). A cursor of another scope is not used: the next run reads everything. Set it to keep the cursor across a URL change that still points at the same SIS and tenant.",
+    )
+    scim_delete_mode: Literal["deactivate", "delete"] = Field(
+        "deactivate",
+        alias="SCIM_DELETE_MODE",
+        description="`deactivate` (PATCH active=false; Groups lose their members) or `delete` (DELETE, explicit opt-in).",
+    )
+    scim_page_size: int = Field(
+        1000,
+        alias="SCIM_PAGE_SIZE",
+        ge=1,
+        le=1000,
+        description="`count` per SCIM list page (a server returns at most its maxResults; paging follows totalResults).",
+        json_schema_extra=_unit("records"),
+    )
+    scim_rate_limit_per_second: float = Field(
+        20, alias="SCIM_RATE_LIMIT_PER_SECOND", gt=0, description="Requests per second sent to the SCIM service."
+    )
+    scim_max_concurrency: int = Field(
+        4,
+        alias="SCIM_MAX_CONCURRENCY",
+        ge=1,
+        le=32,
+        description="Parallel SCIM writes, still bounded by the rate limit.",
+        json_schema_extra=_unit("threads"),
+    )
 
     @field_validator("roster_schools", "roster_roles", mode="before")
     @classmethod
@@ -437,7 +585,178 @@ class Settings(BaseModel):
     @classmethod
     def _split_ints(cls, value: object) -> object:
         if isinstance(value, str):
-            return tuple(int(p) for p in value.split(",") if p.strip())
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            bad = [p for p in parts if not re.fullmatch(r"[0-9]{1,3}", p)]  # ASCII only: int() takes "²"
+            if bad:
+                raise ValueError(f"not a comma list of status numbers: {', '.join(map(repr, bad))}")
+            return tuple(int(p) for p in parts)
+        return value
+
+    @field_validator("*")
+    @classmethod
+    def _no_control_characters(cls, value: object) -> object:
+        # A line break pasted into a code, a name or a host is never meant, and would be
+        # sent to a target or put in a header. Secrets have their own rules; paths are paths.
+        texts = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(t, str) and any(unicodedata.category(c) == "Cc" for c in t) for t in texts):
+            raise ValueError("contains a control character (a line break or tab copied with the value?)")
+        return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _case_of_choices(cls, value: object, info: Any) -> object:
+        if isinstance(value, str):
+            return value.strip().upper() if info.field_name == "log_level" else value.strip().lower()
+        return value
+
+    @field_validator("output_dir")
+    @classmethod
+    def _folder(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError("exists and is not a folder")
+        return value
+
+    @field_validator(
+        "safetyamp_url",
+        "samsara_url",
+        "ms_graph_url",
+        "ms_graph_authority_url",
+        "oneroster_url",
+        "oneroster_token_url",
+        "scim_url",
+    )
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        problem = http_url_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("pushgateway_url")
+    @classmethod
+    def _pushgateway_url(cls, value: str | None) -> str | None:
+        problem = http_url_problem(value, scheme_optional=True) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr) -> SecretStr:
+        from redis.connection import parse_url  # the client's own parser: what it accepts, we accept
+
+        text = value.get_secret_value()
+        try:
+            parsed = parse_url(text)
+        except ValueError as exc:
+            # redis' messages name the scheme or the port, never the password
+            raise ValueError(f"not a Redis URL: {exc}") from None
+        path = urlsplit(text).path.strip("/")
+        if not text.startswith("unix://") and "db" not in parsed and path:
+            raise ValueError("the path must be a database number, as in redis://host:6379/0")
+        return value
+
+    @field_validator("sync_trigger_token")
+    @classmethod
+    def _strong_trigger_token(cls, value: SecretStr | None) -> SecretStr | None:
+        text = value.get_secret_value() if value is not None else ""
+        if value is not None and not _VISIBLE_ASCII.fullmatch(text):
+            raise ValueError("must be printable ASCII without spaces or line breaks (it is sent in an Authorization header)")
+        if value is not None and len(text) < MIN_TRIGGER_TOKEN_CHARS:
+            raise ValueError(
+                f"too short: use at least {MIN_TRIGGER_TOKEN_CHARS} characters, "
+                "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value
+
+    @field_validator("samsara_webhook_secret")
+    @classmethod
+    def _webhook_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
+        try:
+            key = base64.b64decode(value.get_secret_value(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("not base64: paste the secret key exactly as Samsara shows it for the webhook") from None
+        if len(key) < MIN_WEBHOOK_SECRET_BYTES:
+            raise ValueError(f"decodes to fewer than {MIN_WEBHOOK_SECRET_BYTES} bytes: not a Samsara webhook secret key")
+        return value
+
+    @field_validator("safetyamp_token", "samsara_api_key", "scim_token", "oneroster_token")
+    @classmethod
+    def _header_credential(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _VISIBLE_ASCII.fullmatch(value.get_secret_value()):
+            raise ValueError(
+                "must be printable ASCII without spaces or line breaks (it is sent in an HTTP header; "
+                "a stray newline or space from copying it?)"
+            )
+        return value
+
+    @field_validator("safetyamp_fqdn")
+    @classmethod
+    def _fqdn(cls, value: str | None) -> str | None:
+        if value is not None and not _HOST_NAME.fullmatch(value):
+            raise ValueError("must be a host name such as acme.safetyamp.com (no https://, no path)")
+        return value
+
+    @field_validator("safetyamp_user_agent")
+    @classmethod
+    def _user_agent(cls, value: str) -> str:
+        if not _PRINTABLE_ASCII.fullmatch(value):
+            raise ValueError("must be printable ASCII on one line (it is sent as the User-Agent header)")
+        return value
+
+    @field_validator("safetyamp_timezone")
+    @classmethod
+    def _time_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            if available_timezones():  # without a time zone database nothing can be judged
+                raise ValueError("not an IANA time zone name, such as America/Chicago") from None
+        return value
+
+    @field_validator("ms_graph_ca_bundle")
+    @classmethod
+    def _ca_file(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError("no such file")
+        return value
+
+    @field_validator("viewpoint_db_url")
+    @classmethod
+    def _db_url(cls, value: SecretStr | None) -> SecretStr | None:
+        from services.viewpoint_api import db_url_problem  # the adapter owns what a usable URL is
+
+        problem = db_url_problem(value.get_secret_value()) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("samsara_driver_employee_field")
+    @classmethod
+    def _dotted_path(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*", value):
+            raise ValueError("must be a dotted path of field names, such as externalIds.payrollId")
+        return value
+
+    @field_validator("viewpoint_title_column")
+    @classmethod
+    def _title_column(cls, value: str) -> str:
+        # A bare identifier: the name becomes a quoted column in the statement, so no
+        # brackets, quotes, spaces or semicolons can reach SQL, even quoted.
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", value):
+            raise ValueError(
+                "must be a plain column name: letters, digits and _ (no brackets, quotes, spaces or semicolons), "
+                "at most 128 characters"
+            )
+        from services.viewpoint_api import title_column_problem
+
+        problem = title_column_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     # --- derived -------------------------------------------------------------------
@@ -445,13 +764,25 @@ class Settings(BaseModel):
     def jc_company(self) -> int:
         return self.viewpoint_company if self.viewpoint_jc_company is None else self.viewpoint_jc_company
 
+    def _is_set(self, env_name: str) -> bool:
+        field = _FIELD_OF[env_name]
+        return bool(getattr(self, field))
+
+    def wanted(self, sync: str) -> bool:
+        """Whether a connection setting of a source this sync reads is set (SOURCE_SETTINGS)."""
+        return any(self._is_set(n) for source in SYNC_SOURCES[sync] for n in SOURCE_SETTINGS[source])
+
     def missing_for(self, sync: str) -> list[str]:
-        """Names of required settings that are absent for one sync."""
+        """Names of required settings that are absent for one sync (alternatives in words)."""
         need: list[str] = []
         if sync in ("departments", "jobs", "titles", "employees"):
             need += self._missing_viewpoint()
         if sync in ("departments", "jobs", "titles", "employees", "vehicles"):
-            need += [n for n, v in (("SAFETYAMP_TOKEN", self.safetyamp_token), ("SAFETYAMP_FQDN", self.safetyamp_fqdn)) if not v]
+            need += [n for n in ("SAFETYAMP_TOKEN", "SAFETYAMP_FQDN") if not self._is_set(n)]
+        if sync == "employees":
+            graph = SOURCE_SETTINGS["graph"]
+            if any(self._is_set(n) for n in graph):  # optional, but all three or none
+                need += [n for n in graph if not self._is_set(n)]
         if sync == "vehicles" and not self.samsara_api_key:
             need.append("SAMSARA_API_KEY")
         if sync == "rosters":
@@ -460,17 +791,65 @@ class Settings(BaseModel):
             elif self.oneroster_url and self.oneroster_auth == "bearer" and not self.oneroster_token:
                 need.append("ONEROSTER_TOKEN (ONEROSTER_AUTH=bearer)")
             elif self.oneroster_url and self.oneroster_auth != "bearer":
-                need += [n for n, v in (("ONEROSTER_CLIENT_ID", self.oneroster_client_id), ("ONEROSTER_CLIENT_SECRET", self.oneroster_client_secret)) if not v]
-            need += [n for n, v in (("SCIM_URL", self.scim_url), ("SCIM_TOKEN", self.scim_token)) if not v]
+                need += [n for n in ("ONEROSTER_CLIENT_ID", "ONEROSTER_CLIENT_SECRET") if not self._is_set(n)]
+            need += [n for n in ("SCIM_URL", "SCIM_TOKEN") if not self._is_set(n)]
         return need
 
     def _missing_viewpoint(self) -> list[str]:
         if self.viewpoint_db_url:
             return []
-        missing = [n for n, v in (("SQL_SERVER", self.sql_server), ("SQL_DATABASE", self.sql_database)) if not v]
+        parts = ["SQL_SERVER", "SQL_DATABASE"]
         if self.sql_auth_mode == "sql_auth":
-            missing += [n for n, v in (("SQL_USERNAME", self.sql_username), ("SQL_PASSWORD", self.sql_password)) if not v]
-        return [f"{m} (or VIEWPOINT_DB_URL)" for m in missing]
+            parts += ["SQL_USERNAME", "SQL_PASSWORD"]
+        if not any(self._is_set(n) for n in SOURCE_SETTINGS["viewpoint"]):
+            return [f"VIEWPOINT_DB_URL (or {', '.join(parts)})"]
+        # Some SQL_* are set: the operator chose that way; name exactly what it lacks.
+        return [n for n in parts if not self._is_set(n)]
+
+    @property
+    def graph_configured(self) -> bool:
+        return bool(self.ms_graph_tenant_id and self.ms_graph_client_id and self.ms_graph_client_secret)
+
+    def enabled_syncs(self) -> tuple[str, ...]:
+        """SYNC_TYPES if given, else every sync whose source settings are (even partly)
+        present, in run order; ``check`` then names whatever those lack."""
+        if self.sync_types:
+            return tuple(s for s in ALL_SYNCS if s in self.sync_types)
+        return tuple(s for s in ALL_SYNCS if self.wanted(s))
+
+    def check(self, syncs: tuple[str, ...] | None = None) -> None:
+        """Raise ConfigurationError naming, per sync, every missing setting of the given
+        syncs, and every problem loading the database driver they need."""
+        syncs = syncs if syncs is not None else self.enabled_syncs()
+        if not syncs:
+            if self._is_set("SAFETYAMP_TOKEN") or self._is_set("SAFETYAMP_FQDN"):
+                raise ConfigurationError(
+                    "no sync is configured: SafetyAmp is set but no source is: add VIEWPOINT_DB_URL (or SQL_*) "
+                    "for departments, jobs, titles and employees, or SAMSARA_API_KEY for vehicles"
+                )
+            raise ConfigurationError(
+                "no sync is configured: set VIEWPOINT_DB_URL (or SQL_*) and SAFETYAMP_TOKEN/SAFETYAMP_FQDN, "
+                "SAMSARA_API_KEY, or ONEROSTER_*/SCIM_* (or run with --sandbox)"
+            )
+        # One line per group of syncs lacking the same settings, in run order:
+        # "departments, jobs, titles, employees: SAFETYAMP_FQDN is missing".
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for sync in syncs:
+            missing = tuple(self.missing_for(sync))
+            if missing:
+                groups.setdefault(missing, []).append(sync)
+        problems = []
+        for missing, names in groups.items():
+            line = f"{', '.join(names)}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
+            if any(m.startswith("MS_GRAPH_") for m in missing):
+                line += f" (the Graph e-mail lookup needs all of {', '.join(SOURCE_SETTINGS['graph'])}, or none)"
+            problems.append(line)
+        if not problems and {"departments", "jobs", "titles", "employees"} & set(syncs):
+            from services.viewpoint_api import connection_problems
+
+            problems += connection_problems(self)
+        if problems:
+            raise ConfigurationError(problems)
 
     @property
     def key_vault_url(self) -> str | None:
@@ -480,33 +859,6 @@ class Settings(BaseModel):
         return vault_url_from(
             {"AZURE_KEY_VAULT_URL": self.azure_key_vault_url or "", "AZURE_KEY_VAULT_NAME": self.azure_key_vault_name or ""}
         )
-
-    @property
-    def graph_configured(self) -> bool:
-        return bool(self.ms_graph_tenant_id and self.ms_graph_client_id and self.ms_graph_client_secret)
-
-    def enabled_syncs(self) -> tuple[str, ...]:
-        """SYNC_TYPES if given (every one must be configured), else all configured, in run order."""
-        if self.sync_types:
-            return tuple(s for s in ALL_SYNCS if s in self.sync_types)
-        return tuple(s for s in ALL_SYNCS if not self.missing_for(s))
-
-    def check(self, syncs: tuple[str, ...] | None = None) -> None:
-        """Raise ConfigurationError naming every missing setting of the given syncs."""
-        syncs = syncs if syncs is not None else self.enabled_syncs()
-        if not syncs:
-            raise ConfigurationError(
-                "no sync is configured: set VIEWPOINT_DB_URL (or SQL_*) and SAFETYAMP_TOKEN/SAFETYAMP_FQDN, "
-                "SAMSARA_API_KEY, or ONEROSTER_*/SCIM_* (or run with --sandbox)"
-            )
-        problems: list[str] = []
-        for sync in syncs:
-            for name in self.missing_for(sync):
-                msg = f"{name} is required by the {sync} sync"
-                if msg not in problems:
-                    problems.append(msg)
-        if problems:
-            raise ConfigurationError(problems)
 
     def secret_values(self) -> list[str]:
         """Every secret's plain value (for scrubbing logs and output), plus the
@@ -525,18 +877,42 @@ class Settings(BaseModel):
         return out
 
 
+_FIELD_OF: dict[str, str] = {str(f.alias): name for name, f in Settings.model_fields.items() if f.alias}
+"""Environment name -> field name."""
+
+
 def _read_secrets_dir(path: Path) -> dict[str, str]:
     values: dict[str, str] = {}
     if not path.is_dir():
-        raise ConfigurationError(f"SECRETS_DIR {path} is not a directory")
-    for item in sorted(path.iterdir()):
+        raise ConfigurationError(f"SECRETS_DIR={str(path)!r}: {'not a folder' if path.exists() else 'no such folder'}")
+    try:
+        items = sorted(path.iterdir())
+    except OSError as exc:
+        raise ConfigurationError(f"SECRETS_DIR={str(path)!r}: cannot be listed ({type(exc).__name__})") from None
+    problems = []
+    for item in items:
         if item.is_file() and not item.name.startswith("."):
             try:
                 text = item.read_text(encoding="utf-8").strip()
             except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigurationError(f"SECRETS_DIR file {item.name} cannot be read ({type(exc).__name__})") from None
+                problems.append(f"SECRETS_DIR file {item.name} cannot be read ({type(exc).__name__})")
+                continue
             values[item.name.upper().replace("-", "_")] = text
+    if problems:
+        raise ConfigurationError(problems)
     return values
+
+
+def logging_options(environ: Mapping[str, str], level: str, fmt: str) -> tuple[str, str]:
+    """LOG_LEVEL and LOG_FORMAT from ``environ`` where they are valid, else ``level``
+    and ``fmt``. Entry points configure logging before settings are loaded (so start-up
+    can log); an invalid value must then become the configuration error naming it, as
+    it does from .env or a secret file, not a crash inside the logging set-up."""
+    levels = get_args(Settings.model_fields["log_level"].annotation)
+    formats = get_args(Settings.model_fields["log_format"].annotation)
+    wanted_level = (environ.get("LOG_LEVEL") or "").strip().upper()
+    wanted_fmt = (environ.get("LOG_FORMAT") or "").strip().lower()
+    return (wanted_level if wanted_level in levels else level, wanted_fmt if wanted_fmt in formats else fmt)
 
 
 class SecretSource(Protocol):
@@ -591,7 +967,12 @@ def load_settings(
 
     problems: list[str] = []
     secrets_dir = over.get("SECRETS_DIR") or env.get("SECRETS_DIR") or dotenv.get("SECRETS_DIR")
-    files = _present(_read_secrets_dir(Path(secrets_dir))) if secrets_dir else {}
+    files: dict[str, str] = {}
+    if secrets_dir:
+        try:
+            files = _present(_read_secrets_dir(Path(secrets_dir)))
+        except ConfigurationError as exc:  # named with every other problem below
+            problems += exc.problems
     above_vault = {**files, **env, **over}
 
     vault: dict[str, str] = {}
@@ -632,13 +1013,20 @@ def _float_or(text: str | None, default: float) -> float:
 
 
 def _describe(exc: ValidationError, merged: Mapping[str, str]) -> list[str]:
+    from utils.logger import scrub  # a URL setting may carry a credential in its query
+
     problems = []
     for err in exc.errors():
         field = str(err["loc"][0]) if err["loc"] else "?"
+        field = _FIELD_OF.get(field, field)  # errors are located by alias (the input's key)
         info = Settings.model_fields.get(field)
         alias = str(info.alias) if info is not None and info.alias else field
-        value = "<hidden>" if info is not None and _is_secret(info) else repr(merged.get(alias, ""))
-        problems.append(f"{alias}={value}: {err['msg']}")
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if info is not None and _is_secret(info):
+            # No "NAME=" either: log scrubbers rightly mask whatever follows "TOKEN=".
+            problems.append(f"{alias} (secret, not shown): {message}")
+        else:
+            problems.append(f"{alias}={scrub(str(merged.get(alias, '')))!r}: {message}")
     return problems
 
 

@@ -10,7 +10,13 @@ PostgreSQL in tests; ``compiled_queries`` shows the SQL Server form.
 Errors: any database failure (sqlalchemy OperationalError, DBAPIError, ...) becomes
 ``SourceUnavailableError`` (``raise ... from exc``) with a message that never contains
 the password; a read returns every row or raises, never a partial list. A missing ODBC
-stack (pyodbc / libodbc) or incomplete settings raise ``ConfigurationError``.
+stack (pyodbc / libodbc), an ODBC driver name that is not installed, a URL SQLAlchemy
+cannot use, or incomplete settings raise ``ConfigurationError`` (settings validation
+asks ``db_url_problem``, ``title_column_problem`` and ``connection_problems`` at start,
+so these are named before any run). A title column the database lacks, or one that
+does not hold text, can only be known by asking the database: the first employees read
+checks it and raises ``ConfigurationError`` naming VIEWPOINT_TITLE_COLUMN, which fails
+the titles and employees syncs only.
 
 Vendor libraries are imported lazily: pyodbc only when a ``mssql+pyodbc`` engine is
 created (libodbc is often absent on developer machines), azure-identity only in the
@@ -25,9 +31,9 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Select, create_engine, event, func, literal, select
+from sqlalchemy import Select, String, create_engine, event, func, inspect, literal, select
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from services.viewpoint_schema import build_metadata
 from sync.ports import Row
@@ -43,6 +49,93 @@ EMPLOYEE_COLUMNS = (
     "Address", "City", "State", "Zip", "PRDept", "HireDate", "TermDate", "RecentRehireDate",
     "ActiveYN", "JCCo", "Job",
 )  # fmt: skip
+
+
+NEVER_TITLE_COLUMNS = ("SSN",)
+"""bPREH columns that are deliberately absent from our metadata (nothing may select them)
+and so can never be the title column either."""
+
+
+def title_column_problem(name: str) -> str | None:
+    """Why ``name`` cannot be VIEWPOINT_TITLE_COLUMN, as far as it can be told without the
+    database, or None. A column this product reads as something else (Email, PRDept...)
+    would put that data into SafetyAmp as titles; comparison ignores case, as SQL Server's
+    default collation does."""
+    placeholder = "__title__"
+    known = [c for c in build_metadata(placeholder).tables["bPREH"].columns.keys() if c != placeholder]
+    for column in (*known, *NEVER_TITLE_COLUMNS):
+        if column.lower() == name.lower():
+            return (
+                f"{column} is a bPREH column that is not a job title (this product reads it for something else, "
+                "or never reads it); name the column holding the title, usually a ud column such as udEmpTitle"
+            )
+    return None
+
+
+def db_url_problem(text: str) -> str | None:
+    """Why ``text`` is not a SQLAlchemy URL this installation knows, or None. Never
+    quotes the URL (it may hold a password); the dialect name is not secret."""
+    try:
+        url = make_url(text)
+    except (ArgumentError, ValueError):
+        return (
+            "not a database URL: expected dialect+driver://user:password@host/database, e.g. "
+            "mssql+pyodbc://user:password@host/Viewpoint?driver=ODBC+Driver+18+for+SQL+Server"
+        )
+    try:
+        url.get_dialect()
+    except NoSuchModuleError:
+        return f"unknown database dialect or driver {url.drivername!r} (e.g. mssql+pyodbc, postgresql+psycopg, sqlite)"
+    return None
+
+
+def connection_problems(settings: Any, *, odbc_drivers: Callable[[], list[str]] | None = None) -> list[str]:
+    """Whether the database driver the settings choose can be loaded and, for pyodbc, the
+    ODBC driver named is installed; each problem names the setting that chose it and the
+    advice matches what is set (VIEWPOINT_DB_URL, else SQL_DRIVER). ``odbc_drivers`` lists
+    the installed ODBC drivers (default ``pyodbc.drivers``; tests pass their own)."""
+    try:
+        url = viewpoint_url(settings)
+    except ConfigurationError as exc:
+        return exc.problems
+    by_url = bool(settings.viewpoint_db_url)
+    try:
+        url.get_dialect().import_dbapi()
+    except ImportError as exc:
+        return [_driver_advice(settings, url, exc)]
+    if url.get_driver_name() != "pyodbc":
+        return []
+    odbc_driver = url.query.get("driver")
+    if not isinstance(odbc_driver, str):  # a DSN or odbc_connect: the driver manager resolves it
+        return []
+    if odbc_drivers is None:
+        import pyodbc
+
+        odbc_drivers = pyodbc.drivers
+    installed = odbc_drivers()
+    if any(d.lower() == odbc_driver.lower() for d in installed):
+        return []
+    listed = ", ".join(repr(d) for d in installed) or "none"
+    where = f"VIEWPOINT_DB_URL: its driver={odbc_driver!r}" if by_url else f"SQL_DRIVER={odbc_driver!r}"
+    return [f"{where} is not an installed ODBC driver (installed: {listed}); install it or name one of those"]
+
+
+def _driver_advice(settings: Any, url: URL, exc: ImportError) -> str:
+    """The message for a DBAPI that cannot be imported, naming what the settings chose."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if settings.viewpoint_db_url:
+        odbc = url.query.get("driver")
+        what = url.get_driver_name()
+        if what == "pyodbc":
+            what = "unixODBC, pyodbc" + (f" and the {odbc!r} ODBC driver the URL names" if isinstance(odbc, str) else "")
+        return (
+            f"VIEWPOINT_DB_URL: the {url.drivername} database driver cannot be loaded ({reason}); "
+            f"install {what}, or use another driver in the URL"
+        )
+    return (
+        f"SQL_DRIVER={settings.sql_driver!r}: pyodbc cannot be loaded ({reason}); install unixODBC and the "
+        f"{settings.sql_driver!r} ODBC driver, or set VIEWPOINT_DB_URL to use another database driver"
+    )
 
 
 class ViewpointQueries:
@@ -150,6 +243,7 @@ class ViewpointAPI:
         )
         password = engine.url.password
         self._secrets = [s for s in (*secrets, password if isinstance(password, str) else None) if s]
+        self._title_checked = False
 
     def departments(self) -> list[Row]:
         """bPRDP rows: PRDept, Description."""
@@ -165,6 +259,7 @@ class ViewpointAPI:
 
     def employees(self) -> list[Row]:
         """bPREH rows, active and terminated; title column aliased ``Title``."""
+        self._check_title_column()
         rows = self._rows("employees", self.queries.employees())
         for row in rows:
             if row["Employee"] is not None:  # NULL (a view, a damaged row): the sync rejects it with a reason
@@ -181,6 +276,33 @@ class ViewpointAPI:
     def ping(self) -> None:
         """SELECT 1; raises SourceUnavailableError."""
         self._rows("ping", self.queries.ping())
+
+    def _check_title_column(self) -> None:
+        """VIEWPOINT_TITLE_COLUMN must exist in bPREH and hold text; only the database can
+        tell. Asked once per adapter; if the catalogue cannot be read, the read that
+        follows reports the database's own error instead."""
+        if self._title_checked:
+            return
+        name = self.queries.title_column
+        try:
+            columns = inspect(self.engine).get_columns("bPREH")
+        except SQLAlchemyError:
+            return
+        if not columns:
+            return
+        found = next((c for c in columns if c["name"] == name), None) or next(
+            (c for c in columns if str(c["name"]).lower() == name.lower()), None
+        )
+        if found is None:
+            ud = sorted(str(c["name"]) for c in columns if str(c["name"]).lower().startswith("ud"))
+            hint = f"; its ud columns: {', '.join(ud[:20])}" if ud else ""
+            raise ConfigurationError(f"VIEWPOINT_TITLE_COLUMN={name!r}: bPREH has no such column{hint}")
+        kind = found["type"]
+        if not isinstance(kind, String) and type(kind).__name__ != "NullType":
+            raise ConfigurationError(
+                f"VIEWPOINT_TITLE_COLUMN={name!r}: bPREH.{found['name']} holds {kind}, not text: it cannot be a job title"
+            )
+        self._title_checked = True
 
     def _rows(self, what: str, stmt: Select[Any]) -> list[Row]:
         try:
@@ -274,10 +396,7 @@ def build_viewpoint_engine(settings: Any, *, credential: Any = None) -> Engine:
             return create_engine(url, pool_pre_ping=True)
         engine = create_engine(url, pool_pre_ping=True, connect_args={"timeout": CONNECT_TIMEOUT_SECONDS})
     except ImportError as exc:  # pyodbc missing, or libodbc.so absent underneath it
-        raise ConfigurationError(
-            f"the database driver for {url.drivername} cannot be loaded ({exc}); install pyodbc and the "
-            f"'{settings.sql_driver}' ODBC driver, or set VIEWPOINT_DB_URL"
-        ) from exc
+        raise ConfigurationError(_driver_advice(settings, url, exc)) from exc
     if settings.sql_auth_mode == "entra_token":
         if credential is None:
             try:

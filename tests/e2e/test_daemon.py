@@ -56,7 +56,7 @@ def daemon(tmp_path: Path):
     env = BatchRunner(tmp_path).env(
         PORT=str(port),
         HOST="127.0.0.1",
-        SYNC_TRIGGER_TOKEN="operator-token-123",
+        SYNC_TRIGGER_TOKEN="operator-token-123-0123456789abcdef",
         SAMSARA_WEBHOOK_SECRET=WEBHOOK_SECRET,
         WEBHOOK_DEBOUNCE_SECONDS="0",
     )
@@ -107,14 +107,14 @@ def test_daemon_probes_metrics_operator_endpoints_and_sigterm(daemon) -> None:
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     health = get(base + "/health").json()
     assert health["last_runs"] and health["dependencies"]["safetyamp"]["breaker"]["state"] == "closed"
-    assert "operator-token-123" not in json.dumps(health)
+    assert "operator-token-123-0123456789abcdef" not in json.dumps(health)
 
     assert requests.post(base + "/sync", timeout=5).status_code == 401
     assert requests.post(base + "/sync", headers={"Authorization": "Bearer wrong"}, timeout=5).status_code == 401
     assert get(base + "/diagnose/employees/1001").status_code == 401
-    ok = requests.post(base + "/sync/jobs", headers={"Authorization": "Bearer operator-token-123"}, timeout=5)
+    ok = requests.post(base + "/sync/jobs", headers={"Authorization": "Bearer operator-token-123-0123456789abcdef"}, timeout=5)
     assert ok.status_code == 202
-    diag = get(base + "/diagnose/employees/1001", headers={"Authorization": "Bearer operator-token-123"})
+    diag = get(base + "/diagnose/employees/1001", headers={"Authorization": "Bearer operator-token-123-0123456789abcdef"})
     assert diag.status_code == 200 and diag.json()["verdict"] in (
         "IN_SYNC",
         "PENDING",

@@ -27,7 +27,7 @@ from tests.e2e.test_daemon import WEBHOOK_SECRET, free_port, get, wait_for
 
 pytestmark = pytest.mark.e2e
 
-TOKEN = "operator-token-limits-123"
+TOKEN = "operator-token-limits-123-0123456789abcdef"
 BODY_BYTES = 200 * 1024 * 1024
 PIECE = b"x" * 65536
 

@@ -40,7 +40,7 @@ pytestmark = [
 ]
 
 SIZE = 60
-TOKEN = "redis-outage-operator-token"
+TOKEN = "redis-outage-operator-token-0123456789"
 CONFLICTS = 3
 
 

@@ -19,7 +19,7 @@ from tests.e2e.test_daemon import WEBHOOK_SECRET, free_port, get, wait_for
 
 pytestmark = pytest.mark.e2e
 
-TOKEN = "operator-token-123"
+TOKEN = "operator-token-123-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SYNCS = ("departments", "jobs", "titles", "employees", "vehicles", "rosters")
 

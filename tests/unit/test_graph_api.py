@@ -261,7 +261,7 @@ def test_mail_by_employee_id_rules():
     assert [u["id"] for u in duplicates["42"]] == ["i1", "i2"]
 
 
-def test_ca_bundle_is_passed_on_every_request_including_msal(monkeypatch):
+def test_ca_bundle_is_passed_on_every_request_including_msal(monkeypatch, tmp_path):
     # requests lets REQUESTS_CA_BUNDLE override session.verify; the bundle must go per request.
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
     t = FakeTransport()
@@ -275,9 +275,10 @@ def test_ca_bundle_is_passed_on_every_request_including_msal(monkeypatch):
         "MS_GRAPH_CLIENT_SECRET": SECRET,
         "MS_GRAPH_AUTHORITY_URL": AUTHORITY,
         "MS_GRAPH_URL": GRAPH,
-        "MS_GRAPH_CA_BUNDLE": "/sandbox/ca.pem",
+        "MS_GRAPH_CA_BUNDLE": str(tmp_path / "ca.pem"),
     }
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")  # settings check the file exists
     api = build_graph(load_settings(env, dotenv_path=None), RequestStats(), session)
     api.users()
     assert len(t.requests) == 3
-    assert {r.verify for r in t.requests} == {"/sandbox/ca.pem"}
+    assert {r.verify for r in t.requests} == {str(tmp_path / "ca.pem")}

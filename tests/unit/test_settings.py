@@ -57,7 +57,11 @@ def test_every_missing_setting_is_named_at_once() -> None:
         "ONEROSTER_URL",
     ):
         assert name in text
-    assert text.count("SAFETYAMP_TOKEN is required by the employees sync") == 1
+    problems = caught.value.problems
+    assert problems[0].startswith("employees: VIEWPOINT_DB_URL (or SQL_SERVER, SQL_DATABASE, SQL_USERNAME, SQL_PASSWORD), ")
+    assert problems[1] == "vehicles: SAFETYAMP_TOKEN, SAFETYAMP_FQDN, SAMSARA_API_KEY are missing"
+    assert problems[2] == "rosters: ONEROSTER_URL or ONEROSTER_CSV_PATH, SCIM_URL, SCIM_TOKEN are missing"
+    assert text.count("SAFETYAMP_TOKEN") == 2  # once per sync, each line saying all that sync lacks
 
 
 def test_nothing_configured_says_how_to_start() -> None:
@@ -76,9 +80,9 @@ def test_bad_values_are_shown_but_secret_ones_never() -> None:
 def test_a_problem_with_a_secret_setting_shows_hidden_not_the_value() -> None:
     from config import settings as module
 
-    # a SecretStr field cannot fail from a string; drive the error path directly
+    # errors located by field name (as here) and by alias (as from load_settings) alike
     problems = module._describe(_validation_error_for("sql_password"), {"SQL_PASSWORD": SECRET})
-    assert problems == ["SQL_PASSWORD=<hidden>: boom"]
+    assert problems == ["SQL_PASSWORD (secret, not shown): boom"]
 
 
 def _validation_error_for(field: str):  # type: ignore[no-untyped-def]
@@ -144,8 +148,12 @@ def test_secrets_dir_files_feed_settings(tmp_path: Path) -> None:
 
 
 def test_missing_secrets_dir_is_a_configuration_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match=r"SECRETS_DIR .* is not a directory"):
+    with pytest.raises(ConfigurationError, match=r"SECRETS_DIR='.*nope': no such folder"):
         load({"SECRETS_DIR": str(tmp_path / "nope")})
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigurationError) as caught:  # named together with the other problems
+        load({"SECRETS_DIR": str(tmp_path / "a-file"), "PORT": "0"})
+    assert [p.split("=")[0] for p in caught.value.problems] == ["SECRETS_DIR", "PORT"]
 
 
 def test_dotenv_is_the_lowest_source(tmp_path: Path) -> None:
@@ -219,3 +227,161 @@ def test_markdown_lists_every_setting_with_default_and_unit(capsys: pytest.Captu
 def test_docs_configuration_md_is_current() -> None:
     doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
     assert settings_markdown() in doc.read_text(encoding="utf-8"), "regenerate: python -m config.settings --markdown"
+
+
+# --------------------------------------------------------------------------- issue 10: bad values, weak secrets, half-set groups
+
+
+def _problems(env: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigurationError) as caught:
+        load(env).check()
+    return caught.value.problems
+
+
+def test_logging_options_take_only_valid_values_from_the_environment() -> None:
+    from config.settings import logging_options
+
+    assert logging_options({"LOG_LEVEL": "LOUD", "LOG_FORMAT": "xml"}, "INFO", "json") == ("INFO", "json")
+    assert logging_options({"LOG_LEVEL": " debug ", "LOG_FORMAT": "TEXT"}, "INFO", "json") == ("DEBUG", "text")
+    assert logging_options({}, "WARNING", "text") == ("WARNING", "text")
+    assert (load({"LOG_LEVEL": "debug", "LOG_FORMAT": "Text"}).log_level, load({"LOG_FORMAT": "Text"}).log_format) == (
+        "DEBUG",
+        "text",
+    )
+
+
+@pytest.mark.parametrize("token", ["x", "a" * 31, "a" * 20 + " " + "b" * 20, "a" * 40 + "\n", "é" * 40])
+def test_a_weak_or_unsendable_trigger_token_is_refused(token: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load({"SYNC_TRIGGER_TOKEN": token})
+    (problem,) = caught.value.problems
+    assert problem.startswith("SYNC_TRIGGER_TOKEN (secret, not shown): ") and token.strip() not in problem
+
+
+def test_a_trigger_token_of_32_visible_characters_is_accepted() -> None:
+    token = "0123456789abcdef0123456789ABCDEF"
+    settings = load({"SYNC_TRIGGER_TOKEN": token})
+    assert settings.sync_trigger_token is not None and settings.sync_trigger_token.get_secret_value() == token
+
+
+@pytest.mark.parametrize(
+    ("secret", "reason"),
+    [("not base64!", "not base64"), ("QQ==", "fewer than 16 bytes"), ("c2hvcnQ", "not base64"), ("x" * 40 + "\n", "not base64")],
+)
+def test_a_webhook_secret_must_be_base64_of_at_least_16_bytes(secret: str, reason: str) -> None:
+    with pytest.raises(ConfigurationError, match=reason):
+        load({"SAMSARA_WEBHOOK_SECRET": secret})
+    import base64
+
+    assert load({"SAMSARA_WEBHOOK_SECRET": base64.b64encode(b"k" * 16).decode()}).samsara_webhook_secret is not None
+
+
+def test_non_finite_numbers_are_refused() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load({"SYNC_INTERVAL_MINUTES": "inf", "DEACTIVATION_GUARD_PERCENT": "nan", "LOCK_TTL_SECONDS": "Infinity"})
+    assert [p.split("=")[0] for p in caught.value.problems] == [
+        "SYNC_INTERVAL_MINUTES",
+        "DEACTIVATION_GUARD_PERCENT",
+        "LOCK_TTL_SECONDS",
+    ]
+
+
+def test_url_settings_need_an_http_scheme_and_a_host() -> None:
+    from config.settings import http_url_problem
+
+    assert http_url_problem("https://api.safetyamp.com") is None
+    assert http_url_problem("http://127.0.0.1:8443/api") is None
+    for bad in ("api.safetyamp.com", "ftp://x", "https://", "https://host:99999", "https://ho st", "https://[::1"):
+        assert http_url_problem(bad), bad
+    assert http_url_problem("gateway:9091", scheme_optional=True) is None
+
+
+def test_a_credential_in_a_shown_url_is_masked() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load({"SAFETYAMP_URL": f"api.safetyamp.com/?api_key={SECRET}"})
+    assert SECRET not in str(caught.value) and "SAFETYAMP_URL=" in str(caught.value)
+
+
+def test_every_secret_setting_that_fails_shows_hidden() -> None:
+    env = {
+        "REDIS_URL": f"http://:{SECRET}@cache",
+        "VIEWPOINT_DB_URL": f"nosuchdb://sa:{SECRET}@h/db",
+        "SAFETYAMP_TOKEN": SECRET + " ",
+        "SCIM_TOKEN": SECRET + "\n",
+        "SYNC_TRIGGER_TOKEN": SECRET,
+        "SAMSARA_WEBHOOK_SECRET": SECRET,
+    }
+    with pytest.raises(ConfigurationError) as caught:
+        load(env)
+    assert len(caught.value.problems) == len(env)
+    assert all(" (secret, not shown): " in p for p in caught.value.problems)
+    assert SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("column", "reason"),
+    [
+        ("Email", "not a job title"),
+        ("email", "not a job title"),
+        ("SSN", "not a job title"),
+        ("udTitle; DROP TABLE bPREH", "plain column name"),
+        ("[udTitle]", "plain column name"),
+        ("x" * 129, "plain column name"),
+    ],
+)
+def test_a_title_column_that_cannot_be_a_title_is_refused(column: str, reason: str) -> None:
+    with pytest.raises(ConfigurationError, match=reason):
+        load({"VIEWPOINT_TITLE_COLUMN": column})
+    assert load({"VIEWPOINT_TITLE_COLUMN": "udJobTitle"}).viewpoint_title_column == "udJobTitle"
+
+
+def test_syncs_whose_sources_are_partly_set_are_named_with_what_they_lack() -> None:
+    problems = _problems({"SAFETYAMP_TOKEN": "t", "VIEWPOINT_DB_URL": "sqlite://", "ONEROSTER_CSV_PATH": "/drop"})
+    assert problems == [
+        "departments, jobs, titles, employees: SAFETYAMP_FQDN is missing",
+        "rosters: SCIM_URL, SCIM_TOKEN are missing",
+    ]
+    assert _problems({"SQL_SERVER": "h", "SQL_AUTH_MODE": "entra_token", "SAFETYAMP_TOKEN": "t", "SAFETYAMP_FQDN": "a.b"}) == [
+        "departments, jobs, titles, employees: SQL_DATABASE is missing"
+    ]
+
+
+def test_enabled_syncs_are_those_whose_source_settings_are_present() -> None:
+    s = load({"SAMSARA_API_KEY": "k", "SAFETYAMP_TOKEN": "t", "SAFETYAMP_FQDN": "a.b", "SQL_AUTH_MODE": "entra_token"})
+    assert s.enabled_syncs() == ("vehicles",)  # a tuning setting (SQL_AUTH_MODE) is no sign of intent
+    assert load({"MS_GRAPH_TENANT_ID": "t"}).enabled_syncs() == ("employees",)
+    assert load({"SCIM_URL": "https://scim.example.com"}).enabled_syncs() == ("rosters",)
+
+
+def test_safetyamp_without_a_source_says_what_to_add() -> None:
+    (problem,) = _problems({"SAFETYAMP_TOKEN": "t", "SAFETYAMP_FQDN": "a.safetyamp.com"})
+    assert problem.startswith("no sync is configured: SafetyAmp is set") and "SAMSARA_API_KEY" in problem
+
+
+class _FakePyodbc:
+    """Stands in for the pyodbc module where unixODBC is not installed."""
+
+    @staticmethod
+    def drivers() -> list[str]:
+        return ["ODBC Driver 18 for SQL Server"]
+
+
+def test_an_odbc_driver_that_is_not_installed_is_named_by_the_setting_that_chose_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from services.viewpoint_api import connection_problems
+
+    monkeypatch.setitem(sys.modules, "pyodbc", _FakePyodbc)
+    base = {"SAFETYAMP_TOKEN": "t", "SAFETYAMP_FQDN": "a.safetyamp.com"}
+    by_parts = load({**base, "SQL_SERVER": "h", "SQL_DATABASE": "d", "SQL_USERNAME": "u", "SQL_PASSWORD": "p"})
+    assert connection_problems(by_parts) == []
+    (problem,) = connection_problems(
+        load({**base, "SQL_SERVER": "h", "SQL_DATABASE": "d", "SQL_AUTH_MODE": "entra_token", "SQL_DRIVER": "Nope"})
+    )
+    assert problem.startswith("SQL_DRIVER='Nope' is not an installed ODBC driver")
+    assert "ODBC Driver 18 for SQL Server" in problem
+    by_url = load({**base, "VIEWPOINT_DB_URL": f"mssql+pyodbc://u:{SECRET}@h/db?driver=Nope"})
+    (problem,) = connection_problems(by_url)
+    assert problem.startswith("VIEWPOINT_DB_URL: its driver='Nope'") and "set VIEWPOINT_DB_URL" not in problem
+    assert SECRET not in problem
+    assert connection_problems(load({**base, "VIEWPOINT_DB_URL": "mssql+pyodbc://u:p@my_dsn"})) == []  # a DSN: nothing to judge

@@ -132,7 +132,7 @@ def _app_and_client(tmp_path):
     from main import Daemon, create_app
 
     settings = load_settings(
-        {"SAMSARA_WEBHOOK_SECRET": SECRET, "SYNC_TRIGGER_TOKEN": "operator-token-1234567", "OUTPUT_DIR": str(tmp_path)},
+        {"SAMSARA_WEBHOOK_SECRET": SECRET, "SYNC_TRIGGER_TOKEN": "operator-token-1234567-0123456789abcdef", "OUTPUT_DIR": str(tmp_path)},
         dotenv_path=None,
     )
     daemon = Daemon(None, ())
@@ -162,6 +162,6 @@ def test_endpoint_refuses_a_body_over_the_limit_with_413_before_reading_it(tmp_p
     _daemon, client = _app_and_client(tmp_path)
     big = b"{" + b" " * (main.MAX_REQUEST_BODY_BYTES + 1) + b"}"
     for path in ("/webhooks/samsara", "/sync", "/sync/vehicles"):
-        resp = client.post(path, data=big, headers={"Authorization": "Bearer operator-token-1234567"})
+        resp = client.post(path, data=big, headers={"Authorization": "Bearer operator-token-1234567-0123456789abcdef"})
         assert resp.status_code == 413, (path, resp.status_code)
         assert "limit" in resp.get_json()["error"]
