@@ -16,6 +16,8 @@ Every adapter translates its vendor's failures into these classes in one place
         |                          partial list read): fail the sync, not the process
         +-- SourceUnavailableError the system of record could not be read completely
         +-- GuardTrippedError      a deactivation guard refused to act
+        +-- LockLostError          this runner's single-writer lock is no longer its own:
+                                   stop writing at once (another runner may own the target)
 """
 
 from __future__ import annotations
@@ -105,3 +107,9 @@ class SourceUnavailableError(FatalError):
 
 class GuardTrippedError(FatalError):
     """A safety guard (deactivation percentage, empty read) refused to apply a plan."""
+
+
+class LockLostError(FatalError):
+    """The single-writer lock a write needs is no longer this runner's (Redis restarted
+    empty, the key expired and was taken, or Redis could not confirm it for too long):
+    no further write may go out; the message starts with "lock lost"."""
