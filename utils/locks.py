@@ -44,10 +44,12 @@ Why this design:
     it; wait until Redis time T + H. After a crash the key itself expired TTL after T,
     so the wait is ``max(0, H - TTL)``;
   - no marker: Redis lost everything (restart without persistence), or this lock was
-    never taken with this prefix. Redis's ``uptime_in_seconds`` tells them apart:
-    every holder of the lost keyspace confirmed before Redis started, so wait until
-    start + hold. On a Redis that has been up longer than that (a first run ever on a
-    long-running Redis) there is nothing to wait for.
+    never taken with this prefix. Redis's ``uptime_in_seconds`` tells them apart: a
+    holder of the lost keyspace checked its last write before Redis started (its
+    checks fail as soon as Redis answers again), so wait until start + settle. On a
+    Redis that has been up longer than that (a first run ever on a long-running
+    Redis) there is nothing to wait for; a first run on a Redis started with it (a
+    new deployment) waits out the rest of the settle time once.
 
   The wait happens inside ``acquire`` (the renewal thread keeps the key meanwhile; a
   ``stop`` event ends it early, and such a lock is then not marked released), so when
@@ -72,7 +74,9 @@ process frozen between its check and its send (the check is immediately before t
 send; only a stop-the-world pause there could do it). A ``FLUSHALL`` on a long-running
 Redis, an eviction policy that drops the ``:state`` markers (``allkeys-*``), or a
 failover that loses the last acquire (asynchronous replication) look like a first run;
-run Redis with ``noeviction`` and do not flush it under a running sync. All runners
+run Redis with ``noeviction`` and do not flush it under a running sync. A holder that
+cannot reach a restarted Redis while the next runner can (a partition at the same
+moment as the restart) writes on within its grace, unseen by the next runner. All runners
 should share LOCK_TTL_SECONDS and the write timeouts (one ConfigMap): the ``held``
 marker carries the previous holder's own ``hold``, but after a restart without data a
 taker can only go by its own. One Redis, not Redis Cluster (the check script spans
@@ -395,11 +399,12 @@ class RedisLock(_LockBase):
             why = "its previous holder did not release it (it crashed, or the key expired or vanished under it)"
         elif before == "":
             uptime = self._uptime_seconds()
+            settle_ms = int(self.settle_seconds * 1000)
             if uptime is None:
-                until, why = now_ms + self._hold_ms, "Redis keeps no record of it and its uptime is unknown"
+                until, why = now_ms + settle_ms, "Redis keeps no record of it and its uptime is unknown"
             else:
-                until = now_ms - uptime * 1000 + self._hold_ms
-                why = f"Redis restarted {uptime} s ago without its data (or this lock is new)"
+                until = now_ms - uptime * 1000 + settle_ms
+                why = f"Redis started {uptime} s ago and keeps no record of it (restarted without its data, or a new lock)"
         else:
             until, why = now_ms + self._hold_ms, "its record in Redis is unreadable"
         return max(0.0, (until - now_ms) / 1000), why
