@@ -175,7 +175,9 @@ def batch_first(tmp: Path, template: Path, server: RedisProcess, rng: random.Ran
             r = requests.post(base + "/sync", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
             assert r.status_code == 202
             out = g.communicate(timeout=120)[0]
-            done = wait_for(lambda: (r := last_runs(base)).get("departments", {}).get("run_id") not in (None, before) and r, 120, 0.1)
+            done = wait_for(
+                lambda: (r := last_runs(base)).get("departments", {}).get("run_id") not in (None, before) and r, 120, 0.1
+            )
             assert done, "the daemon's triggered cycle never finished"
             elapsed = time.monotonic() - restarted
         finally:

@@ -488,7 +488,7 @@ def test_a_lost_lock_stops_writes_before_they_are_sent_but_not_reads(tmp_path):
     with fenced(WriteFence([lock])):
         assert client.request_json("POST", "/things", json={"a": 1}) == {"id": 1}  # held: sent
         lock.lost.set()
-        with pytest.raises(LockLostError, match="^lock lost: the sync-jobs lock"):
+        with pytest.raises(LockLostError, match=r"^lock lost: the sync-jobs lock"):
             client.request("POST", "/things", json={"a": 2})
         assert client.request_json("GET", "/things") == {"ok": True}  # reads are not fenced
     assert [r.json for r in t.sent("POST", "/things")] == [{"a": 1}]
