@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -78,6 +79,12 @@ class Outcome:
     duplicates: dict[str, list[str]]
     diff: list[str]
     restart_to_done: float
+    handover: list[float]
+    """Seconds the second runner's locks waited for the first runner's writes to land."""
+
+
+def handover_waits(log: Path) -> list[float]:
+    return [float(w) for w in re.findall(r"waiting ([0-9.]+) s for writes", log.read_text())]
 
 
 def posts(batch: BatchRunner) -> int:
@@ -186,7 +193,7 @@ def batch_first(tmp: Path, template: Path, server: RedisProcess, rng: random.Ran
                 stop(n)
     first = by_sync(json.loads(out.strip().splitlines()[-1])["runs"])
     return Outcome("sync_batch, then the daemon", first, g_log.read_text(), by_sync(done), duplicates(batch.dir),
-                   state_diff(ours(target_state(batch.dir)), want), elapsed)  # fmt: skip
+                   state_diff(ours(target_state(batch.dir)), want), elapsed, handover_waits(tmp / "second.log"))  # fmt: skip
 
 
 def daemon_first(tmp: Path, template: Path, server: RedisProcess, rng: random.Random, want: dict[str, Any]) -> Outcome:
@@ -207,6 +214,7 @@ def daemon_first(tmp: Path, template: Path, server: RedisProcess, rng: random.Ra
             restart_right_after_a_confirmation(server, sandbox_prefix(batch.dir) + "lock:sync-departments")
             restarted = time.monotonic()
             n = subprocess.run(batch_cmd(batch), cwd=ROOT, env=batch.env(**env), capture_output=True, text=True, timeout=180)
+            (tmp / "second.log").write_text(n.stderr)
             assert n.returncode == 0, n.stderr[-3000:]
             done = wait_for(lambda: (r := last_runs(base)).get("departments") and r, 120, 0.1)
             assert done, "the daemon's cycle never finished"
@@ -215,7 +223,7 @@ def daemon_first(tmp: Path, template: Path, server: RedisProcess, rng: random.Ra
             stop(g)
     second = by_sync(json.loads(n.stdout.strip().splitlines()[-1])["runs"])
     return Outcome("the daemon, then sync_batch", by_sync(done), g_log.read_text(), second, duplicates(batch.dir),
-                   state_diff(ours(target_state(batch.dir)), want), elapsed)  # fmt: skip
+                   state_diff(ours(target_state(batch.dir)), want), elapsed, handover_waits(tmp / "second.log"))  # fmt: skip
 
 
 def ours(state: dict[str, Any]) -> dict[str, Any]:
@@ -240,7 +248,8 @@ def run_repetitions(tmp_path: Path, count: int) -> list[Outcome]:
             outcome = arrange(tmp_path / f"rep-{i}", template, server, rng, want)
             outcomes.append(outcome)
             print(f"\nrep {i} ({outcome.arrangement}): first {outcome.first}; second {outcome.second}; "
-                  f"duplicates {outcome.duplicates}; {outcome.restart_to_done:.1f} s from the restart to the end")  # fmt: skip
+                  f"duplicates {outcome.duplicates}; handover waits {outcome.handover}; "
+                  f"{outcome.restart_to_done:.1f} s from the restart to the end")  # fmt: skip
     finally:
         server.stop()
     return outcomes
