@@ -95,8 +95,8 @@ def _run_all(ctx: SyncContext, names: list[str], factories: dict[str, Any], cycl
             result = RunResult(name, status="failed", error=f"the {name} sync is not available in this build")
         else:
             result, lock_lost = _run_guarded(ctx, name, cls, cycle)
-        # A lost lock says nothing about the sync (Redis restarted): no back-off for it.
-        if not ctx.dry_run and ctx.quarantine is not None and not lock_lost:
+        # A sync stopped by a lost lock says nothing about itself (Redis restarted): no back-off.
+        if not ctx.dry_run and ctx.quarantine is not None and not (lock_lost and result.status == "failed"):
             # Records refused by validation are the source's business (errors file, diagnose):
             # a steady run with a few known-bad rows must not back the whole sync off.
             attempted = {**result.counts, "failed": max(0, result.counts["failed"] - result.rejected)}

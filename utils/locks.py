@@ -22,13 +22,14 @@ Why this design:
   retry: one Lua script compares every token and extends every key atomically. A key
   that is gone or holds another token raises ``LockLostError`` ("lock lost: ..."),
   logged once as "lock lost"; the sync fails with that message and no further write of
-  this runner goes out. The check is one Redis round trip per write request (well under
-  a millisecond next to the target's tens of milliseconds), and nothing else: no read
-  of the target.
+  this runner goes out (``sync.runner`` builds the fence, ``sync.base.apply_in_order``
+  activates it in its worker threads). The check is one Redis round trip per write
+  request (well under a millisecond next to the target's tens of milliseconds), and
+  nothing else: no read of the target.
 * **A holder that cannot reach Redis** keeps writing for at most ``grace_seconds``
   (half the TTL) after its last successful confirmation, then stops with "lock lost":
-  a short Redis outage does not fail a running sync, and a key that still exists
-  outlives every write the holder may send.
+  a short Redis outage does not fail a running sync, and whoever takes the key after
+  it expired waits for what the holder may have sent meanwhile (next point).
 * **Handing over a lock that was not released cleanly.** A write that passed its check
   an instant before Redis restarted is still in flight; the next holder must not read
   the target before it has landed, or it plans (and sends) the same create. A clean
@@ -74,7 +75,8 @@ process frozen between its check and its send (the check is immediately before t
 send; only a stop-the-world pause there could do it). A ``FLUSHALL`` on a long-running
 Redis, an eviction policy that drops the ``:state`` markers (``allkeys-*``), or a
 failover that loses the last acquire (asynchronous replication) look like a first run;
-run Redis with ``noeviction`` and do not flush it under a running sync. A holder that
+run Redis with ``noeviction`` or a ``volatile-*`` policy and do not flush it under a
+running sync. A holder that
 cannot reach a restarted Redis while the next runner can (a partition at the same
 moment as the restart) writes on within its grace, unseen by the next runner. All runners
 should share LOCK_TTL_SECONDS and the write timeouts (one ConfigMap): the ``held``
