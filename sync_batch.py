@@ -165,6 +165,10 @@ def sandbox_overrides(endpoints: dict[str, Any], sandbox_dir: Path, environ: dic
         "SAMSARA_RATE_LIMIT_PER_SECOND": "1000",
         "REDIS_PREFIX": f"sandbox-{digest}:",
         "HTTP_MAX_RETRY_SECONDS": "30",
+        # The emulators answer in milliseconds (seconds under latency faults). A short
+        # timeout also keeps short the wait of a runner that takes a lock on a Redis that
+        # just started (utils/locks.py): about twice the timeout.
+        "SAFETYAMP_TIMEOUT_SECONDS": "5",
         # Without Redis the sandbox still works: file locks exclude runs on this machine.
         "LOCK_REQUIRED": "false",
     }
@@ -175,6 +179,7 @@ def sandbox_overrides(endpoints: dict[str, Any], sandbox_dir: Path, environ: dic
             "ONEROSTER_RATE_LIMIT_PER_SECOND": "1000",
             "SCIM_RATE_LIMIT_PER_SECOND": "1000",
             "SCIM_MAX_CONCURRENCY": "8",
+            "SCIM_TIMEOUT_SECONDS": "5",
         })  # fmt: skip
     out = {k: v for k, v in defaults.items() if k not in environ}
     out.update(forced)

@@ -114,12 +114,25 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
+def write_settle_seconds(rt: Runtime) -> float:
+    """The longest a write request may take to land after its lock check: the write
+    clients' (SafetyAmp, SCIM) connect + read timeout, plus a second. A runner taking
+    over a lock that was lost, not released, waits this long (plus the holder's grace)
+    before it reads the target (utils/locks.py)."""
+    from utils.locks import request_bound_seconds
+
+    clients = (getattr(adapter, "http", None) for adapter in (rt.safetyamp, rt.scim))
+    return max([request_bound_seconds(getattr(c, "timeout", None)) for c in clients if c is not None], default=0.0)
+
+
 def lock_factory(rt: Runtime) -> Any:
     """name -> a fresh lock for that sync (Redis, or a file lock when allowed)."""
     from utils.locks import build_lock
 
+    settle = write_settle_seconds(rt)
+
     def make(name: str) -> Any:
-        return build_lock(rt.settings, f"sync-{name}", rt.redis)
+        return build_lock(rt.settings, f"sync-{name}", rt.redis, settle_seconds=settle, stop=rt.stop)
 
     return make
 

@@ -263,7 +263,10 @@ class Settings(BaseModel):
         60,
         alias="LOCK_TTL_SECONDS",
         ge=1,
-        description="Expiry of a sync's single-writer lock in Redis; renewed every third of it while the holder runs.",
+        description=(
+            "Expiry of a single-writer lock in Redis; confirmed before every write and every third of it. "
+            "A holder that cannot reach Redis writes on for half of it, then stops."
+        ),
     )
     lock_required: bool = Field(
         True,
@@ -359,7 +362,13 @@ class Settings(BaseModel):
         json_schema_extra=_unit("threads"),
     )
     safetyamp_timeout_seconds: float = Field(
-        30, alias="SAFETYAMP_TIMEOUT_SECONDS", gt=0, description="Timeout of one SafetyAmp request."
+        30,
+        alias="SAFETYAMP_TIMEOUT_SECONDS",
+        gt=0,
+        description=(
+            "Timeout of one SafetyAmp request (to connect, and to answer). A runner taking over a lock "
+            "that was lost waits twice this plus 1 s for the old holder's writes to land."
+        ),
     )
     safetyamp_default_role: str = Field("Field", alias="SAFETYAMP_DEFAULT_ROLE", description="Role name given to new users.")
     safetyamp_timezone: str = Field(
@@ -555,6 +564,13 @@ class Settings(BaseModel):
         le=32,
         description="Parallel SCIM writes, still bounded by the rate limit.",
         json_schema_extra=_unit("threads"),
+    )
+    scim_timeout_seconds: float = Field(
+        30,
+        alias="SCIM_TIMEOUT_SECONDS",
+        gt=0,
+        description="Timeout of one SCIM request (to connect, and to answer).",
+        json_schema_extra=_unit("seconds"),
     )
 
     @field_validator("roster_schools", "roster_roles", mode="before")

@@ -30,6 +30,10 @@ count neither as attempts nor against the time budget (STYLE.md item 6): they ha
 own generous cap (``max_throttles``), and a single Retry-After longer than
 ``max_retry_after`` gives up at once instead of blocking a worker for an hour.
 
+A write (any method but GET, HEAD, OPTIONS) goes out only while the runner's
+single-writer lock is still its own: ``utils.locks.check_write`` confirms it in Redis
+before every attempt and raises LockLostError (a FatalError) otherwise.
+
 Error messages and bodies never carry credentials: every known secret value (and the
 value of any Authorization header sent) and every credential shape (URL userinfo,
 secret-named query parameters: ``utils.scrub``, the one scrub) is replaced by ``***``;
@@ -60,6 +64,7 @@ from utils.errors import (
     RetriableError,
     SyncError,
 )
+from utils.locks import check_write
 from utils.metrics import Metrics
 from utils.scrub import scrub
 
@@ -570,6 +575,10 @@ class HttpClient:
             raise FatalError(f"{self.service}: circuit breaker is open; request not sent", service=self.service)
         if self.limiter is not None:
             self.stats.add_wait(self.service, self.limiter.acquire())
+        if method not in _READ_METHODS:
+            # The writer's single-writer lock, confirmed in Redis as late as possible:
+            # after the rate limiter's wait, before this attempt (utils/locks.py).
+            check_write()
         started = self._clock()
         try:
             resp = self.session.request(

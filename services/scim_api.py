@@ -190,7 +190,7 @@ def build_scim(
         session or requests.Session(),
         stats=stats,
         limiter=RateLimiter(rate, burst=max(1, int(rate)), clock=clock, sleep=sleep),
-        timeout=30.0,
+        timeout=float(getattr(settings, "scim_timeout_seconds", 30.0)),
         max_attempts=settings.http_max_attempts,
         max_retry_seconds=settings.http_max_retry_seconds,
         default_headers={

@@ -35,6 +35,7 @@ from utils.errors import (
     SourceUnavailableError,
     SyncError,
 )
+from utils.locks import fenced
 
 log = logging.getLogger("sync")
 
@@ -121,8 +122,9 @@ class SyncContext:
     locks: Callable[[str], Any] | None = None
     """name -> lock (acquire(blocking=False) -> bool, release(), holder()); None: no locking."""
     quarantine: Any = None
-    lock_lost: threading.Event | None = None
-    """Set when this runner's lock expired under it: the apply loop stops writing."""
+    fence: Any = None
+    """utils.locks.WriteFence: the locks this runner must still own for a write to go out
+    (checked in Redis before every write request); None: no locking (dry runs, tests)."""
     on_result: Callable[[RunResult], None] | None = None
     """Called after each sync of the cycle (the daemon's /health shows it at once)."""
     forced: frozenset[str] = frozenset()
@@ -517,9 +519,9 @@ def apply_in_order(
     ``settle(item, outcome, done, total)`` runs in the calling thread with what ``write``
     returned, or ``"failed"`` when it raised FatalError, or ``"abandoned"`` when it never
     ran or its change log refused it (ChangeLogError). No new write starts once shutdown
-    is requested (``ctx.stop``), the sync's lock was lost (``ctx.lock_lost``: another
-    runner may own the target now) or a write raised FatalError; the first such reason is
-    raised when the in-flight writes have settled."""
+    is requested (``ctx.stop``), a lock of ``ctx.fence`` was lost (another runner may own
+    the target now: every write request is checked, see utils/locks.py) or a write raised
+    FatalError; the first such reason is raised when the in-flight writes have settled."""
     total = len(items)
     if not total:
         return
@@ -528,10 +530,12 @@ def apply_in_order(
     def one(item: T) -> R | str:
         if abort or ctx.stop.is_set():
             return "abandoned"
-        lost = ctx.lock_lost
-        if lost is not None and lost.is_set():
-            raise FatalError(f"the {name} lock was lost (Redis expired it); stopped writing")
-        return write(item)
+        fence = ctx.fence
+        if fence is None:
+            return write(item)
+        fence.raise_if_lost()
+        with fenced(fence):  # worker threads do not inherit the runner's context
+            return write(item)
 
     done = 0
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from sync.base import COUNT_KEYS, RunResult, SyncContext
 from sync.registry import SYNCS
-from utils.errors import SyncError
+from utils.errors import LockLostError, SyncError
+from utils.locks import WriteFence, fenced
 from utils.logger import set_run_id
 
 log = logging.getLogger("sync.runner")
@@ -29,18 +30,22 @@ def run_syncs(ctx: SyncContext, names: Iterable[str], *, factories: dict[str, An
     cycle = None
     if ctx.locks is not None and not ctx.dry_run:
         # One runner per cycle: the daemon and a CronJob started the same minute must not
-        # interleave (per-sync locks alone would let them alternate sync by sync).
+        # interleave (per-sync locks alone would let them alternate sync by sync). The
+        # acquire returns once a previous holder's writes can no longer land (it waits
+        # if that holder lost the lock instead of releasing it): everything this cycle
+        # reads from the targets comes after it.
         try:
             cycle = ctx.locks("cycle")
+            taken = cycle.acquire(blocking=False)
         except SyncError as exc:
             return _reported(ctx, [RunResult(n, status="failed", error=exc.message) for n in names])
-        if not cycle.acquire(blocking=False):
+        if not taken:
             holder = cycle.holder() or {}
             who = f"{holder.get('host', '?')} pid {holder.get('pid', '?')} since {holder.get('since', '?')}"
             log.info("run skipped: another runner holds the cycle lock (%s)", who)
             return _reported(ctx, [RunResult(n, status="skipped", error=f"another runner is syncing ({who})") for n in names])
     try:
-        return _run_all(ctx, names, factories)
+        return _run_all(ctx, names, factories, cycle)
     finally:
         if cycle is not None:
             cycle.release()
@@ -67,7 +72,7 @@ TARGET_READS: dict[str, tuple[str, ...]] = {
 """SafetyAmp collections each sync always reads: read ahead in the background."""
 
 
-def _run_all(ctx: SyncContext, names: list[str], factories: dict[str, Any]) -> list[RunResult]:
+def _run_all(ctx: SyncContext, names: list[str], factories: dict[str, Any], cycle: Any = None) -> list[RunResult]:
     results: list[RunResult] = []
     if factories is SYNCS:
         # Read ahead, on background threads: the target's collections and the sources
@@ -86,11 +91,13 @@ def _run_all(ctx: SyncContext, names: list[str], factories: dict[str, Any]) -> l
         if ctx.stop.is_set():
             break
         cls = factories.get(name)
+        lock_lost = False
         if cls is None:
             result = RunResult(name, status="failed", error=f"the {name} sync is not available in this build")
         else:
-            result = _run_guarded(ctx, name, cls)
-        if not ctx.dry_run and ctx.quarantine is not None:
+            result, lock_lost = _run_guarded(ctx, name, cls, cycle)
+        # A sync stopped by a lost lock says nothing about itself (Redis restarted): no back-off.
+        if not ctx.dry_run and ctx.quarantine is not None and not (lock_lost and result.status == "failed"):
             # Records refused by validation are the source's business (errors file, diagnose):
             # a steady run with a few known-bad rows must not back the whole sync off.
             attempted = {**result.counts, "failed": max(0, result.counts["failed"] - result.rejected)}
@@ -102,8 +109,10 @@ def _run_all(ctx: SyncContext, names: list[str], factories: dict[str, Any]) -> l
     return results
 
 
-def _run_guarded(ctx: SyncContext, name: str, cls: Any) -> RunResult:
-    """Quarantine check, then the single-writer lock, then the sync itself.
+def _run_guarded(ctx: SyncContext, name: str, cls: Any, cycle: Any = None) -> tuple[RunResult, bool]:
+    """Quarantine check, then the single-writer lock, then the sync itself, its writes
+    fenced by the cycle lock and its own (utils.locks.WriteFence). Returns the result
+    and whether a lock was lost.
 
     The quarantine rule, the same for the daemon and sync_batch.py: a run that is not a
     dry run waits out the quarantine unless an operator forced it (``--force``, or an
@@ -115,36 +124,48 @@ def _run_guarded(ctx: SyncContext, name: str, cls: Any) -> RunResult:
             log.warning("quarantine overridden by an operator: %s", reason, extra={"sync": name})
         elif reason:
             log.warning("sync skipped: %s", reason, extra={"sync": name})
-            return RunResult(name, status="skipped", error=reason)
+            return RunResult(name, status="skipped", error=reason), False
     lock = None
+    fence = ctx.fence
     if ctx.locks is not None and not ctx.dry_run:
+        if cycle is not None:
+            try:
+                WriteFence([cycle]).check()  # lost while an earlier sync ran: another runner may be syncing
+            except LockLostError as exc:
+                log.warning("sync not started: %s", exc.message, extra={"sync": name})
+                return RunResult(name, status="skipped", error=f"not started: {exc.message}"), False
         try:
             lock = ctx.locks(name)
+            taken = lock.acquire(blocking=False)
         except SyncError as exc:
-            return RunResult(name, status="failed", error=exc.message)
-        if not lock.acquire(blocking=False):
+            return RunResult(name, status="failed", error=exc.message), False
+        if not taken:
             holder = lock.holder() or {}
             who = f"{holder.get('host', '?')} pid {holder.get('pid', '?')} since {holder.get('since', '?')}"
             log.info("sync skipped: another runner holds the lock (%s)", who, extra={"sync": name})
-            return RunResult(name, status="skipped", error=f"another runner holds the {name} lock ({who})")
+            return RunResult(name, status="skipped", error=f"another runner holds the {name} lock ({who})"), False
+        fence = WriteFence([cycle, lock])
+    previous, ctx.fence = ctx.fence, fence
     try:
         log.info("sync starting", extra={"sync": name, "dry_run": ctx.dry_run})
-        if lock is not None:
-            ctx.lock_lost = getattr(lock, "lost", None)
-        result = cls(ctx).run()
-        if lock is not None and getattr(lock, "lost", None) is not None and lock.lost.is_set():
-            result.error = (result.error + "; " if result.error else "") + "the lock was lost during the run"
-            log.error("lock lost during the run", extra={"sync": name})
+        with fenced(fence):
+            result = cls(ctx).run()
     finally:
+        ctx.fence = previous
         if lock is not None:
             lock.release()
+    lost = fence is not None and fence.is_lost()
+    if lost and "lock lost" not in (result.error or ""):
+        # Lost after the last write (no write went out unchecked): say so all the same.
+        result.error = (result.error + "; " if result.error else "") + "lock lost during the run, after its last write"
+        log.error("lock lost during the run, after its last write", extra={"sync": name})
     log.info(
         "sync finished: %s %s",
         result.status,
         " ".join(f"{k}={result.counts[k]}" for k in COUNT_KEYS),
         extra={"sync": name, "status": result.status, "duration_seconds": round(result.duration_seconds, 3)},
     )
-    return result
+    return result, lost
 
 
 SYNC_SERVICES: dict[str, tuple[str, ...]] = {

@@ -18,6 +18,8 @@ Every adapter translates its vendor's failures into these classes in one place
         +-- GuardTrippedError      a deactivation guard refused to act
         +-- ChangeLogError         the run's change log (OUTPUT_DIR) cannot be written: stop
                                    sending, since a write must never go out unrecorded
+        +-- LockLostError          this runner's single-writer lock is no longer its own:
+                                   stop writing at once (another runner may own the target)
 """
 
 from __future__ import annotations
@@ -120,3 +122,9 @@ class ChangeLogError(FatalError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"cannot write the change log: {reason}")
+
+
+class LockLostError(FatalError):
+    """The single-writer lock a write needs is no longer this runner's (Redis restarted
+    empty, the key expired and was taken, or Redis could not confirm it for too long):
+    no further write may go out; the message starts with "lock lost"."""

@@ -10,7 +10,11 @@ what SQLite committed survives, as after a real outage.
 
 The single-writer lock of a killed runner stays in Redis until it expires
 (``LOCK_TTL_SECONDS``, 60 s by default; 2 s here so the test does not wait a minute per
-kill): the test waits for the expiry instead of racing it.
+kill): the test waits for the expiry instead of racing it. The next runner then waits
+for writes the killed one may still have had in flight (it cannot tell a crash from a
+holder cut off from Redis: utils/locks.py), up to half the TTL plus twice the
+SafetyAmp timeout after the last check; ``SAFETYAMP_TIMEOUT_SECONDS=2`` keeps that at
+a few seconds.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ SIZE = 400
 KILLS = 10
 KILL_SEED = 20261122
 LOCK_TTL = "2"
+TIMEOUT = "2"  # SAFETYAMP_TIMEOUT_SECONDS: the in-process emulators answer in milliseconds
 
 
 def logged_writes(sandbox: Path, service: str | None = None) -> int:
@@ -81,7 +86,7 @@ def kill_after_writes(
 def test_sigkill_ten_times_during_a_large_initial_run(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     want = clean_state(tmp_path_factory, SIZE)
     batch = BatchRunner(tmp_path, size=SIZE)
-    env = batch.env(SYNC_TYPES=SAFETYAMP_SYNCS, LOCK_TTL_SECONDS=LOCK_TTL)
+    env = batch.env(SYNC_TYPES=SAFETYAMP_SYNCS, LOCK_TTL_SECONDS=LOCK_TTL, SAFETYAMP_TIMEOUT_SECONDS=TIMEOUT)
     cmd = [sys.executable, "sync_batch.py", "--sandbox", "--sandbox-dir", str(batch.dir), "--sandbox-size", str(SIZE), "--json"]
     rng = random.Random(KILL_SEED)
     kills: list[tuple[int, int, float]] = []
@@ -95,7 +100,7 @@ def test_sigkill_ten_times_during_a_large_initial_run(tmp_path: Path, tmp_path_f
         users_after.append(len(target_state(batch.dir)["users"]))
         time.sleep(float(LOCK_TTL) + 0.2)  # the dead runner's lock expires
     print(f"\nkills (after N writes, writes logged, seconds): {kills}; users after each kill: {users_after}")
-    final = batch.run(SYNC_TYPES=SAFETYAMP_SYNCS, LOCK_TTL_SECONDS=LOCK_TTL)
+    final = batch.run(SYNC_TYPES=SAFETYAMP_SYNCS, LOCK_TTL_SECONDS=LOCK_TTL, SAFETYAMP_TIMEOUT_SECONDS=TIMEOUT)
     assert final["status"] in ("success", "partial"), final
     print(f"next run: {[(r['sync'], r['status'], r['created'], r['updated']) for r in final['runs']]}")
     assert users_after[-1] > 0, "the killed runs made no progress: the test did not test much"

@@ -118,6 +118,9 @@ def test_redis_outage_mid_run(tmp_path: Path, tmp_path_factory: pytest.TempPathF
     env = batch.env(
         PORT=str(port), HOST="127.0.0.1", REDIS_URL=own.url, LOCK_REQUIRED="true", SYNC_TYPES=SAFETYAMP_SYNCS,
         SYNC_INTERVAL_MINUTES="60", SYNC_TRIGGER_TOKEN=TOKEN, SAFETYAMP_MAX_CONCURRENCY="2",
+        # A lock taken on a Redis younger than twice this + 1 s waits out the rest (it
+        # cannot tell a fresh Redis from one that lost a holder's keys): 5 s, not 61 s.
+        SAFETYAMP_TIMEOUT_SECONDS="2",
         SANDBOX_FAULTS=json.dumps({"safetyamp": {"latency_ms": 60}}),
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"

@@ -167,7 +167,10 @@ def test_sigkill_during_roster_writes_five_times(
     want = twin_state(tmp_path_factory, size)
     batch = rosters
     batch.size = size  # not seeded yet
-    env = batch.env(SYNC_TYPES="rosters", REDIS_URL=REDIS_URL, LOCK_TTL_SECONDS="2")
+    # A 2 s TTL: a killed runner's lock expires quickly; a 2 s SCIM timeout: the next runner
+    # waits only seconds for writes the killed one may have had in flight (utils/locks.py).
+    fast = {"LOCK_TTL_SECONDS": "2", "SCIM_TIMEOUT_SECONDS": "2"}
+    env = batch.env(SYNC_TYPES="rosters", REDIS_URL=REDIS_URL, **fast)
     cmd = [sys.executable, "sync_batch.py", "--sandbox", "--sandbox-dir", str(batch.dir), "--sandbox-size", str(size), "--json"]
     rng = random.Random(20261122)
     kills: list[tuple[int, int]] = []
@@ -179,7 +182,7 @@ def test_sigkill_during_roster_writes_five_times(
     users = len(scim_canonical(batch)["Users"])
     print(f"\nkills (after N SCIM writes, writes logged): {kills}; SCIM users after the kills: {users}")
     assert users > 0, "the killed runs made no progress: the test did not test much"
-    final = batch.run("--only", "rosters", REDIS_URL=REDIS_URL, LOCK_TTL_SECONDS="2")
+    final = batch.run("--only", "rosters", REDIS_URL=REDIS_URL, **fast)
     assert final["status"] == "success", final["runs"]
     assert full_dry_run_pending(batch) == 0
     assert scim_duplicates(batch) == {}

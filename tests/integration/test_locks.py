@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +28,20 @@ import pytest
 import redis
 
 from config.settings import load_settings
-from tests.support.redis_server import REDIS_URL, connect, free_port, key_prefix, shared_server
+from tests.support.redis_server import REDIS_URL, RedisProcess, connect, free_port, key_prefix, shared_server
 from utils.circuit_breaker import make_redis
-from utils.errors import FatalError
-from utils.locks import FileLock, LockHeldError, LockParams, RedisLock, build_lock, redis_location
+from utils.errors import FatalError, LockLostError
+from utils.locks import (
+    FileLock,
+    LockHeldError,
+    LockParams,
+    RedisLock,
+    WriteFence,
+    build_lock,
+    check_write,
+    fenced,
+    redis_location,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -171,6 +183,196 @@ def test_blocking_acquire_gives_up_after_timeout(redis_client: redis.Redis, pref
 def test_renew_every_must_be_shorter_than_ttl(redis_client: redis.Redis) -> None:
     with pytest.raises(ValueError):
         RedisLock(redis_client, "x", ttl_seconds=1, renew_every=1)
+
+
+# --------------------------------------------------------------- write fence and handover
+
+
+def _state(client: redis.Redis, lock: RedisLock) -> str | None:
+    return client.get(lock.state_key)
+
+
+def test_check_confirms_and_extends_every_lock_of_the_fence_at_once(redis_client: redis.Redis, prefix: str) -> None:
+    cycle = RedisLock(redis_client, "sync-cycle", prefix=prefix, ttl_seconds=30, settle_seconds=5)
+    sync = RedisLock(redis_client, "sync-jobs", prefix=prefix, ttl_seconds=30, settle_seconds=5)
+    assert cycle.acquire() and sync.acquire()
+    try:
+        for lock in (cycle, sync):
+            redis_client.pexpire(lock.key, 1_000)  # as if the TTL had almost run out
+        WriteFence([cycle, sync]).check()
+        for lock in (cycle, sync):
+            assert redis_client.pttl(lock.key) > 25_000  # both extended to the full TTL
+            word, stamp, hold = _state(redis_client, lock).split()  # type: ignore[union-attr]
+            assert word == "held" and int(hold) == 20_000  # grace (TTL/2) + settle, in ms
+            assert abs(int(stamp) / 1000 - time.time()) < 5  # Redis's clock
+    finally:
+        sync.release()
+        cycle.release()
+    assert _state(redis_client, sync) == "released" and _state(redis_client, cycle) == "released"
+
+
+def test_check_refuses_when_one_key_is_gone_and_extends_none(
+    redis_client: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cycle = RedisLock(redis_client, "sync-cycle", prefix=prefix, ttl_seconds=30)
+    sync = RedisLock(redis_client, "sync-departments", prefix=prefix, ttl_seconds=30)
+    assert cycle.acquire() and sync.acquire()
+    try:
+        redis_client.pexpire(cycle.key, 5_000)
+        redis_client.delete(sync.key)  # Redis lost it (restart, failover), or it expired
+        with caplog.at_level(logging.ERROR, logger="utils.locks"), pytest.raises(LockLostError) as caught:
+            WriteFence([cycle, sync]).check()
+        assert str(caught.value).startswith("lock lost: the sync-departments lock is no longer ours: its key is gone")
+        assert redis_client.pttl(cycle.key) <= 5_000  # all or nothing: the cycle lock was not extended
+        assert sync.lost.is_set() and not cycle.lost.is_set()
+        assert [r.getMessage() for r in caplog.records if "lock lost" in r.getMessage()] == [
+            "lock lost: sync-departments: " + str(caught.value).split("no longer ours: ")[1].replace("; stopped writing", "")
+            + "; stopped writing, another runner may hold it now"
+        ]  # fmt: skip
+        with pytest.raises(LockLostError):  # known lost: refused without asking Redis again
+            WriteFence([cycle, sync]).raise_if_lost()
+    finally:
+        sync.release()
+        cycle.release()
+    assert _state(redis_client, sync) != "released"  # a lost lock is never marked released
+
+
+def test_check_refuses_a_key_that_holds_another_runners_token(redis_client: redis.Redis, prefix: str) -> None:
+    mine = RedisLock(redis_client, "sync-titles", prefix=prefix, ttl_seconds=30)
+    assert mine.acquire()
+    redis_client.set(mine.key, json.dumps({"token": "the-next-holder"}), px=30_000)
+    with pytest.raises(LockLostError):
+        mine.confirm()
+    assert mine.release() is False
+    assert json.loads(redis_client.get(mine.key))["token"] == "the-next-holder"  # theirs stays, not marked
+    assert _state(redis_client, mine) != "released"
+
+
+def test_check_write_checks_only_inside_fenced(redis_client: redis.Redis, prefix: str, tmp_path: Path) -> None:
+    lock = RedisLock(redis_client, "sync-vehicles", prefix=prefix, ttl_seconds=30)
+    assert lock.acquire()
+    redis_client.delete(lock.key)
+    check_write()  # no fence active: tools, dry runs
+    with fenced(WriteFence([FileLock(tmp_path / "f.lock")])):
+        check_write()  # a file lock cannot be lost
+    with fenced(WriteFence([lock])), pytest.raises(LockLostError):
+        check_write()
+    lock.release()
+
+
+def test_clean_release_hands_over_without_waiting(redis_client: redis.Redis, prefix: str) -> None:
+    sleeps: list[float] = []
+    first = RedisLock(redis_client, "sync-cycle", prefix=prefix, ttl_seconds=30, settle_seconds=61)
+    assert first.acquire()
+    first.confirm()
+    assert first.release() is True
+    second = RedisLock(redis_client, "sync-cycle", prefix=prefix, ttl_seconds=30, settle_seconds=61, sleep=sleeps.append)
+    assert second.acquire() and second.handover_wait == 0 and sleeps == []
+    second.release()
+
+
+def test_a_first_run_on_a_long_running_redis_does_not_wait(
+    redis_client: redis.Redis, redis_server: tuple[str, Any], prefix: str
+) -> None:
+    if redis_server[0] != "real":
+        pytest.skip("fakeredis has no uptime")
+    if int(redis_client.info("server")["uptime_in_seconds"]) < 10:
+        pytest.skip("the shared Redis started less than 10 s ago")
+    sleeps: list[float] = []
+    lock = RedisLock(redis_client, "sync-cycle", prefix=prefix, ttl_seconds=4, settle_seconds=5, sleep=sleeps.append)
+    assert lock.acquire() and lock.handover_wait == 0 and sleeps == []
+    lock.release()
+
+
+def test_taking_over_a_lost_lock_waits_for_the_holders_last_writes(redis_client: redis.Redis, prefix: str) -> None:
+    holder = RedisLock(redis_client, "sync-departments", prefix=prefix, ttl_seconds=30, settle_seconds=9)
+    assert holder.acquire()
+    holder.confirm()  # the holder's last confirmation: a write of it may land until +15 s + 9 s
+    confirmed = time.monotonic()
+    redis_client.delete(holder.key)  # the key vanished (evicted, deleted) but not its state
+    sleeps: list[float] = []
+    taker = RedisLock(redis_client, "sync-departments", prefix=prefix, ttl_seconds=2, sleep=sleeps.append)
+    assert taker.acquire()
+    assert 23 < sleeps[0] + (time.monotonic() - confirmed) <= 24.1, sleeps  # the holder's hold, not the taker's
+    assert taker.handover_wait == sleeps[0]
+    with pytest.raises(LockLostError):
+        holder.confirm()  # and the old holder learns it at its next write
+    taker.release()
+    holder.release()
+
+
+def test_a_crashed_holder_needs_no_wait_beyond_its_expiry(redis_client: redis.Redis, prefix: str) -> None:
+    dead = RedisLock(redis_client, "sync-jobs", prefix=prefix, ttl_seconds=1.0, renew_every=0.9, settle_seconds=0.2)
+    assert dead.acquire()
+    dead.confirm()
+    dead._stop.set()  # SIGKILL: no renewal, no release
+    time.sleep(1.1)  # the key expires one TTL after the last confirmation
+    sleeps: list[float] = []
+    taker = RedisLock(redis_client, "sync-jobs", prefix=prefix, ttl_seconds=1.0, sleep=sleeps.append)
+    assert taker.acquire()
+    assert sleeps == [] and taker.handover_wait == 0  # grace 0.5 + settle 0.2 < TTL 1.0: all landed
+    taker.release()
+
+
+def test_a_handover_cut_short_by_shutdown_is_not_released_as_clean(redis_client: redis.Redis, prefix: str) -> None:
+    holder = RedisLock(redis_client, "sync-cycle", prefix=prefix, ttl_seconds=30, settle_seconds=30)
+    assert holder.acquire()
+    redis_client.delete(holder.key)
+    stop = threading.Event()
+    stop.set()  # SIGTERM arrived
+    taker = RedisLock(redis_client, "sync-cycle", prefix=prefix, ttl_seconds=30, stop=stop)
+    started = time.monotonic()
+    assert taker.acquire()
+    assert taker.handover_wait > 40 and time.monotonic() - started < 1
+    taker.release()
+    assert _state(redis_client, taker).startswith("held ")  # the next taker still waits  # type: ignore[union-attr]
+    holder.release()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None and os.environ.get("CI") != "true", reason="needs redis-server")
+def test_redis_restarted_empty_holder_stops_and_taker_waits_from_the_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisProcess(tmp_path).start()
+    try:
+        client = make_redis(server.url)
+        holder = RedisLock(client, "sync-departments", ttl_seconds=4, settle_seconds=3)  # grace 2 s
+        assert holder.acquire()
+        server.stop()
+        with caplog.at_level(logging.WARNING, logger="utils.locks"):
+            holder.confirm()  # unreachable, within the 2 s grace: writes go on
+        assert "writing on for at most" in caplog.text and holder.held
+        server.start()  # empty
+        restarted = time.monotonic()
+        with pytest.raises(LockLostError, match="its key is gone"):
+            holder.confirm()
+        sleeps: list[float] = []
+        taker = RedisLock(make_redis(server.url), "sync-departments", ttl_seconds=4, settle_seconds=3, sleep=sleeps.append)
+        assert taker.acquire()
+        waited_until = sleeps[0] + (time.monotonic() - restarted)
+        assert 2.5 <= waited_until <= 4.2, sleeps  # until Redis's start + settle (uptime is whole seconds)
+        taker.release()
+        holder.release()
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None and os.environ.get("CI") != "true", reason="needs redis-server")
+def test_redis_unreachable_past_the_grace_loses_the_lock(tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path).start()
+    try:
+        lock = RedisLock(make_redis(server.url), "sync-employees", ttl_seconds=1.0, renew_every=0.9)
+        assert lock.acquire()
+        lock._stop.set()  # only the explicit checks below
+        lock.confirm()
+        server.stop()
+        lock.confirm()  # within the 0.5 s grace
+        time.sleep(0.6)
+        with pytest.raises(LockLostError, match="could not confirm it for"):
+            lock.confirm()
+        assert lock.lost.is_set()
+    finally:
+        server.stop()
 
 
 # --------------------------------------------------------------------------- file lock

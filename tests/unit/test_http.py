@@ -475,6 +475,46 @@ def test_open_breaker_sends_nothing():
     assert t.requests == []
 
 
+# -- single-writer lock: checked before every write attempt ------------------------------
+def test_a_lost_lock_stops_writes_before_they_are_sent_but_not_reads(tmp_path):
+    from utils.errors import LockLostError
+    from utils.locks import FileLock, WriteFence, fenced
+
+    t = FakeTransport()
+    t.route("GET", "/things", {"ok": True})
+    t.route("POST", "/things", Reply(201, json={"id": 1}))
+    lock = FileLock(tmp_path / "sync-jobs.lock")
+    client = make_client(t)
+    with fenced(WriteFence([lock])):
+        assert client.request_json("POST", "/things", json={"a": 1}) == {"id": 1}  # held: sent
+        lock.lost.set()
+        with pytest.raises(LockLostError, match=r"^lock lost: the sync-jobs lock"):
+            client.request("POST", "/things", json={"a": 2})
+        assert client.request_json("GET", "/things") == {"ok": True}  # reads are not fenced
+    assert [r.json for r in t.sent("POST", "/things")] == [{"a": 1}]
+
+
+def test_the_lock_is_checked_again_before_each_retry(tmp_path):
+    from utils.errors import LockLostError
+    from utils.locks import FileLock, WriteFence, fenced
+
+    t = FakeTransport()
+    t.script("PUT", "/things/1", Reply(503, json={}))
+    t.route("PUT", "/things/1", Reply(200, json={"id": 1}))
+    lock = FileLock(tmp_path / "sync-jobs.lock")
+
+    class LosingClock(FakeClock):
+        def sleep(self, seconds: float) -> None:  # Redis restarts empty during the backoff
+            super().sleep(seconds)
+            lock.lost.set()
+
+    client = make_client(t, clock=LosingClock())
+    with fenced(WriteFence([lock])), pytest.raises(LockLostError):
+        client.request("PUT", "/things/1", json={"a": 1})
+    assert len(t.sent("PUT", "/things/1")) == 1  # the retry never went out
+    assert client.request_json("PUT", "/things/1", json={"a": 1}) == {"id": 1}  # outside a fence: no check
+
+
 # -- rate limiter ---------------------------------------------------------------------------
 def test_rate_limiter_steady_rate():
     clock = FakeClock(0.0)

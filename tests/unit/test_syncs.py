@@ -303,12 +303,16 @@ def test_dry_run_sends_no_write_and_reports_plan(tmp_path):
 
 
 def test_a_lost_lock_stops_writing(tmp_path):
-    import threading
+    from utils.locks import FileLock, WriteFence
+    from utils.quarantine import Quarantine
 
     target = seed_target()
     ctx = make_ctx(tmp_path, target, FakeViewpoint(DEPTS, JOBS, [emp(1), emp(2)], latest={1: "J1"}))
-    ctx.lock_lost = threading.Event()
-    ctx.lock_lost.set()
+    lock = FileLock(tmp_path / "sync-jobs.lock")
+    lock.lost.set()
+    ctx.fence = WriteFence([lock])
+    ctx.quarantine = Quarantine(None, prefix="t:", interval_seconds=60)
     result = run_syncs(ctx, ("jobs",))[0]
-    assert result.status == "failed" and "lock was lost" in result.error
+    assert result.status == "failed" and result.error.startswith("lock lost: the sync-jobs lock")
+    assert ctx.quarantine.blocks("jobs") is None  # a lost lock is no fault of the sync: no back-off
     assert target.rows("sites") == [{"id": 5, "name": "Fleet Yard", "external_code": "FLEET"}]
