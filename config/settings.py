@@ -129,6 +129,23 @@ def _unit(unit: str) -> dict[str, Any]:
     return {"unit": unit}
 
 
+def _redis_url_parameters(connection_class: Any) -> set[str]:
+    """Names a REDIS_URL may carry: what redis.Redis.from_url hands to the pool and the
+    connection class the scheme chose."""
+    import inspect
+
+    from redis.connection import AbstractConnection, Connection
+
+    names = {"connection_class", "host", "port", "db", "username", "password", "path", "max_connections"}
+    for cls in (connection_class or Connection, AbstractConnection):
+        for klass in inspect.getmro(cls):
+            init = klass.__dict__.get("__init__")
+            if init is not None:
+                names |= {n for n, p in inspect.signature(init).parameters.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+    names.discard("self")
+    return names
+
+
 class Settings(BaseModel):
     """All settings. Field aliases are the environment names (the contract)."""
 
@@ -670,6 +687,11 @@ class Settings(BaseModel):
         path = urlsplit(text).path.strip("/")
         if not text.startswith("unix://") and "db" not in parsed and path:
             raise ValueError("the path must be a database number, as in redis://host:6379/0")
+        # parse_url passes unknown query parameters through as keyword arguments, which
+        # the connection refuses later with a TypeError (a traceback at the first use).
+        unknown = sorted(set(parsed) - _redis_url_parameters(parsed.get("connection_class")))
+        if unknown:
+            raise ValueError(f"unknown query parameter(s) {', '.join(unknown)}: the Redis client does not accept them")
         return value
 
     @field_validator("sync_trigger_token")

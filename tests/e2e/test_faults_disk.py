@@ -291,3 +291,53 @@ def test_the_daemon_prunes_old_output_too(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ---------------------------------------------------------------- file-size limit (RLIMIT_FSIZE)
+def test_a_file_size_limit_stops_the_sync_cleanly_instead_of_killing_the_process(tmp_path: Path) -> None:
+    """Under RLIMIT_FSIZE the kernel sends SIGXFSZ at the write that passes the limit;
+    CPython ignores that signal from start-up, so the write fails with EFBIG like on a
+    full disk: the sync stops before its next request and reports why, the process lives
+    on (exit -25 would mean it was killed, with no summary). The emulators run in a process
+    of their own, without the limit (their SQLite files grow too)."""
+    import resource
+
+    port_file = tmp_path / "ports.json"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sandbox", "serve", "--dir", str(tmp_path / "sb"), "--port-file", str(port_file), "--size", "120"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_for(port_file.exists, 60), "sandbox serve wrote no port file"
+        ep = json.loads(port_file.read_text())
+        env = BatchRunner(tmp_path).env(
+            SYNC_TYPES="departments,jobs,titles,employees",
+            OUTPUT_DIR=str(tmp_path / "out"),
+            VIEWPOINT_DB_URL=ep["viewpoint"]["url"],
+            SAFETYAMP_URL=ep["safetyamp"]["url"],
+            SAFETYAMP_TOKEN=ep["safetyamp"]["token"],
+            SAFETYAMP_FQDN=ep["safetyamp"]["fqdn"],
+            SAFETYAMP_RATE_LIMIT_PER_MINUTE="60000",
+            LOCK_REQUIRED="false",
+            REDIS_PREFIX=f"test-fsize-{os.getpid()}-{tmp_path.name}:",
+        )
+
+        def limit() -> None:
+            # 64 KB per file: room for SQLite's 32 KB shared-memory file beside the source
+            # database; the employees change log (120 creates) passes it
+            resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+
+        run = subprocess.run(
+            [sys.executable, "sync_batch.py", "--json"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit,
+        )  # fmt: skip
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    assert run.returncode == 1, f"exit {run.returncode} (-25 is SIGXFSZ)\nstderr: {run.stderr[-3000:]}"
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    errors = [r.get("error") or "" for r in summary["runs"] if r["status"] == "failed"]
+    assert errors and all("cannot write the change log" in e for e in errors), summary
