@@ -360,6 +360,18 @@ def parse_retry_after(value: str | None, *, now: Callable[[], datetime] = lambda
     return max(0.0, seconds)
 
 
+def _json_int(digits: str) -> int | str:
+    # Python refuses to convert more than 4 300 digits (CVE-2020-10735): such a number
+    # stays text, so the one record holding it is refused by its sync, not the page.
+    return int(digits) if len(digits) <= 4300 else digits
+
+
+def parse_json(resp: requests.Response) -> Any:
+    """A response's JSON body (ValueError when it is not JSON); a number too long for
+    Python's int is kept as its digits instead of failing the whole body."""
+    return resp.json(parse_int=_json_int)
+
+
 def scrub(text: str, secrets: Iterable[str]) -> str:
     """Replace every secret value in ``text`` by ``***`` (longest first, so a token that
     contains another secret is hidden whole)."""
@@ -555,7 +567,7 @@ class HttpClient:
         if not resp.content:
             return None
         parsed = getattr(resp, _PARSED, _UNSET)
-        return resp.json() if parsed is _UNSET else parsed
+        return parse_json(resp) if parsed is _UNSET else parsed
 
     def scrub(self, text: str) -> str:
         return scrub(text, self._secrets)
@@ -669,7 +681,7 @@ class HttpClient:
                 try:
                     # Parsed once, here: request_json returns this value instead of parsing
                     # the body again (a 1000-record page takes longer to parse than to fetch).
-                    setattr(resp, _PARSED, resp.json())
+                    setattr(resp, _PARSED, parse_json(resp))
                 except ValueError:
                     snippet = truncate(" ".join(scrub(resp.text or "", secrets).split()), 200)
                     applied = "" if is_read else "; the write may have been applied"

@@ -53,7 +53,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from services.http import CountingHttpClient, HttpClient, RateLimiter, RequestStats, RetryPolicy
+from services.http import CountingHttpClient, HttpClient, RateLimiter, RequestStats, RetryPolicy, parse_json
 from sync.roster_model import ACTIVE, TOBEDELETED, RosterClass, RosterEnrollment, RosterSnapshot, RosterUser
 from utils.errors import ConfigurationError, FatalError, RetriableError, SourceUnavailableError, SyncError
 
@@ -284,7 +284,7 @@ class TokenProvider:
                 f"oneroster token endpoint answered HTTP {resp.status_code}", service=SERVICE, status=resp.status_code
             )
         try:
-            body = resp.json()
+            body = parse_json(resp)
         except ValueError:
             body = None
         if resp.status_code != 200 or not isinstance(body, dict) or not body.get("access_token"):
@@ -372,7 +372,7 @@ class OneRosterAPI:
                     f"oneroster: {path} could not be read completely (failed at offset {offset}): {exc.message}", service=SERVICE
                 ) from exc
             try:
-                body = resp.json()
+                body = parse_json(resp)
             except ValueError as exc:
                 raise FatalError(f"oneroster: {path} page is not JSON", service=SERVICE) from exc
             items = body.get(key) if isinstance(body, dict) else None

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from sync.engine import Action, guard_allows, plan
 from sync.ports import FailedRecords, GraphDirectory, Row, SafetyAmpTarget, SamsaraFleet, ViewpointSource
+from utils.data_validator import InvalidValue, clean_code
 from utils.errors import (
     AmbiguousWriteError,
     ConfigurationError,
@@ -230,12 +231,22 @@ class BaseSync:
             return None
         return str(value).strip()
 
+    @classmethod
+    def key_from_text(cls, text: str) -> str:
+        """The key an operator's ``text`` names (``diagnose``); InvalidValue with the
+        reason when no record of this sync can have it."""
+        key = clean_code(text, "key")
+        if key is None:
+            raise InvalidValue(f"a {cls.key_field} is needed (the key is blank)")
+        return key
+
     def current(self) -> dict[str, Row]:
-        """Target records by key (records without a key are not ours)."""
+        """Target records by key (records without a key, or without an id to write
+        them by, are not ours)."""
         out: dict[str, Row] = {}
         for row in self.ctx.targets.get(self.collection):
             key = self.key_of(row)
-            if key is not None:
+            if key is not None and isinstance(row.get("id"), (int, str)):
                 out.setdefault(key, row)
         return out
 

@@ -18,6 +18,7 @@ from typing import Any
 from sync.base import BaseSync
 from sync.engine import diff
 from sync.registry import SYNCS
+from utils.data_validator import InvalidValue
 from utils.errors import ConfigurationError
 
 SOURCE_NAMES = {
@@ -67,6 +68,12 @@ def diagnose(runtime: Any, sync: str, key: str) -> dict[str, Any]:
     known = [name for name, cls in SYNCS.items() if issubclass(cls, BaseSync)]
     if sync not in known:
         raise ConfigurationError(f"diagnose knows the syncs {', '.join(known)}; not {sync!r}")
+    rule = getattr(SYNCS[sync], "key_from_text", None)
+    if rule is not None:
+        try:
+            key = rule(key)
+        except InvalidValue as exc:  # refused before anything is read: a clean 400 / exit 2
+            raise ConfigurationError(f"not a key of the {sync} sync: {exc.reason}") from None
     from config.bootstrap import new_context, new_run_id
 
     ctx = new_context(runtime, run_id=new_run_id() + "-diagnose", dry_run=True)

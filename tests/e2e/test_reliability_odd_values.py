@@ -131,7 +131,7 @@ def test_cli_diagnose_with_a_key_no_employee_can_have_is_a_clean_error(tmp_path:
     proc = subprocess.run(cmd, cwd=ROOT, env=batch.env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-500:], proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr
-    assert "employee number" in proc.stderr and "cannot be" in proc.stderr, proc.stderr[-500:]
+    assert "not a key of the employees sync" in proc.stderr and "employee number" in proc.stderr, proc.stderr[-500:]
 
 
 def test_daemon_diagnose_with_a_key_no_employee_can_have_is_400(daemon: Any) -> None:  # noqa: F811
