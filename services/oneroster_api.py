@@ -135,7 +135,8 @@ def user_from_json(obj: Mapping[str, Any]) -> RosterUser:
     elif text(obj.get("role")) is not None:
         primary = text(obj.get("role"))
         assert primary is not None
-        orgs = [ref(o) for o in (obj.get("orgs") or [])]
+        listed = obj.get("orgs")
+        orgs = [ref(o) for o in listed] if isinstance(listed, list) else []
         orgs = [o for o in orgs if o]
         roles = [(primary, o) for o in orgs] or [(primary, None)]
     else:

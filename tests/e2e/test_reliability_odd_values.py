@@ -108,9 +108,7 @@ def test_samsara_driver_with_a_superscript_payroll_id_drops_only_the_driver(tmp_
     with batch.store() as st:
         assigned = {v["staticAssignedDriver"]["id"] for v in st.all("samsara", "vehicles") if v.get("staticAssignedDriver")}
     assert assigned
-    driver = edit(
-        batch, "samsara", "drivers", lambda d: d["id"] in assigned, lambda d: d.update(externalIds={"payrollId": "²"})
-    )
+    driver = edit(batch, "samsara", "drivers", lambda d: d["id"] in assigned, lambda d: d.update(externalIds={"payrollId": "²"}))
     summary = batch.run(SYNC_TYPES="departments,jobs,titles,employees,vehicles", expect=(0,))
     assert_held(summary, ("employees", "vehicles"))
     by = runs(summary)

@@ -17,13 +17,13 @@ from utils.data_validator import (
     clean_name,
     clean_text,
     employee_number,
-    shown_key,
-    whole_number,
     find_duplicates,
     is_secret_field,
     iso_date,
     normalize_email,
     normalize_phone,
+    shown_key,
+    whole_number,
 )
 from utils.errors import RecordError
 
