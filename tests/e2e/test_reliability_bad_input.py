@@ -7,8 +7,9 @@ server or a careless migration can return, not only what Vista's DDL allows.
 
 Asserted for every row: its expected outcome (tests/data/build_corpus.py explains the
 kinds) and *exactly one* error record with the expected reason when it is bad; nothing
-bad reached SafetyAmp (no refused key, no control character, no oversized value in any
-record); the valid rows end exactly as in a sandbox without the corpus; the process
+bad reached SafetyAmp (no refused key, no character the text policy refuses, no
+oversized value in any record); a line break inside a department or job name became one
+space; the valid rows end exactly as in a sandbox without the corpus; the process
 never crashed (exit 0, no "internal error"); the source tables are intact; and a
 second run is steady: no write, and no sync quarantined because of known-bad rows.
 """
@@ -74,12 +75,34 @@ def title_key(name: str) -> str:
     return " ".join(name.split()).casefold()
 
 
+def shown(key: str) -> str:
+    """A key as the errors file shows it (docs/configuration.md): at most 100 characters,
+    every character Python does not consider printable escaped."""
+    key = key if len(key) <= 100 else key[:100] + "..."
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in key)
+
+
+def refused_character(ch: str) -> bool:
+    """The text policy (docs/configuration.md), stated independently of the product's
+    code: controls, invisible formatting (ZWJ/ZWNJ aside, which the test checks sit
+    between two visible characters), line/paragraph separators, tags, private use."""
+    category = unicodedata.category(ch)
+    return (
+        category in ("Cc", "Cs", "Co", "Zl", "Zp")
+        or 0xE0000 <= ord(ch) <= 0xE007F
+        or (category == "Cf" and ch not in "\u200c\u200d")
+    )
+
+
 def bad_text(value: Any) -> bool:
     if not isinstance(value, str):
         return False
-    return len(value) > 255 or any(
-        unicodedata.category(ch) == "Cc" or ch in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069" for ch in value
-    )
+    for i, ch in enumerate(value):
+        if refused_character(ch):
+            return True
+        if ch in "\u200c\u200d" and not (0 < i < len(value) - 1 and not value[i - 1].isspace() and not value[i + 1].isspace()):
+            return True
+    return len(value) > 255
 
 
 def test_every_bad_row_gets_one_error_record_and_nothing_bad_is_sent(
@@ -111,15 +134,25 @@ def test_every_bad_row_gets_one_error_record_and_nothing_bad_is_sent(
             )
 
     blanks = Counter()
+    state = target_state(batch.dir)
     for entry in corpus:
         row, expect, eid = entry["row"], entry["expect"], entry["id"]
         if entry["table"] != "bPREH":
-            sync, column = ("departments", "PRDept") if entry["table"] == "bPRDP" else ("jobs", "Job")
+            sync, column, collection = (
+                ("departments", "PRDept", "site_clusters") if entry["table"] == "bPRDP" else ("jobs", "Job", "sites")
+            )
             key = (row[column] or "").strip()
             if not key:
                 blanks[sync] += 1
+            elif expect == "synced":
+                if by_key[sync][key]:
+                    problems.append(f"{eid}: valid {sync} row {key} got error records")
+                got_row = state[collection].get(key.lower()) or {}
+                for field, value in entry["want"].items():
+                    if got_row.get(field) != value:
+                        problems.append(f"{eid}: {collection} {key}.{field} = {got_row.get(field)!r}, want {value!r}")
             else:
-                one_error(sync, key, "rejected", entry["reason"], eid)
+                one_error(sync, shown(key), "rejected", entry["reason"], eid)
             continue
         if row["Employee"] is None:
             blanks["employees"] += 1
@@ -144,7 +177,7 @@ def test_every_bad_row_gets_one_error_record_and_nothing_bad_is_sent(
                     if user.get(field) != value:
                         problems.append(f"{eid}: {key}.{field} = {user.get(field)!r}, want {value!r}")
         if expect == "title_rejected":
-            tkey = title_key(row["udEmpTitle"])
+            tkey = shown(title_key(row["udEmpTitle"]))
             if sum(1 for e in errors["titles"] if e["key"] == tkey and e["reason"].startswith("title:")) != 1:
                 problems.append(f"{eid}: no single titles error for {tkey[:20]!r}")
     for sync, n in blanks.items():
@@ -161,6 +194,8 @@ def test_every_bad_row_gets_one_error_record_and_nothing_bad_is_sent(
     # Valid rows unaffected: the sandbox's own records are exactly as without the corpus.
     got = target_state(batch.dir)
     got["users"] = {k: v for k, v in got["users"].items() if not k.isdigit() or int(k) < FIRST_CORPUS_EMP}
+    got["site_clusters"] = {k: v for k, v in got["site_clusters"].items() if not k.startswith("cz")}  # corpus departments
+    got["sites"] = {k: v for k, v in got["sites"].items() if not k.startswith("cjz-")}  # corpus jobs
     got.pop("assets"), want_clean.pop("assets")  # vehicles are not part of this run
     assert state_diff(got, want_clean) == []
     # The source is intact (the SQL metacharacters stayed data).
