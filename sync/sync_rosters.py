@@ -368,6 +368,9 @@ class RosterSync:
         self._apply(group_writes, result, slog)
 
         # ---- status and cursor ----------------------------------------------------
+        # Refused source records are the source's business: the quarantine judges the
+        # writes (without this, five known-bad users quarantined a steady rosters sync).
+        result.rejected = rejected
         if result.guard_tripped:
             result.status = "failed"
         elif result.counts["failed"]:

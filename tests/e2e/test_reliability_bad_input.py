@@ -28,6 +28,7 @@ import pytest
 
 from tests.e2e.conftest import BatchRunner, writes
 from tests.e2e.test_faults_oracle import _raw, clean_state, duplicates, log_lines, state_diff, target_state
+from tests.e2e.test_rosters_e2e import rosters  # noqa: F401 - fixture (real Redis for the roster cursor)
 
 pytestmark = pytest.mark.e2e
 
@@ -213,3 +214,109 @@ def test_every_bad_row_gets_one_error_record_and_nothing_bad_is_sent(
     print(f"\ncorpus: {len(corpus)} rows ({n_bad} bad); error records run 1: "
           f"{ {s: len(e) for s, e in errors.items()} }; employees created from corpus: "
           f"{sum(1 for k in users if k.isdigit() and int(k) >= FIRST_CORPUS_EMP)}")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- OneRoster -> SCIM
+
+ROSTER_BAD_USERS = [
+    # (sourcedId, field, value, reason)
+    ("bad-zwsp", "givenName", "A\u200bnn", "givenName contains an invisible formatting character (U+200B)"),
+    ("bad-rlm", "familyName", "Lee\u200f", "familyName contains an invisible formatting character (U+200F)"),
+    ("bad-tag", "givenName", "Ann\U000e0041\U000e007f", "givenName contains a Unicode tag character (U+E0041)"),
+    ("bad-ls", "familyName", "Lee\u2028Smith", "familyName contains a line or paragraph separator (U+2028)"),
+    ("bad-bel", "givenName", "Ann\x07", "givenName contains a control character (U+0007)"),
+    ("bad-esc", "username", "bad\x1buser", "userName contains a control character (U+001B)"),
+    ("bad-mail", "email", "x\u200b@sandbox-district.org", "email contains an invisible formatting character (U+200B)"),
+    ("bad-\x07-id", "givenName", "Ann", "sourcedId contains a control character (U+0007)"),
+    ("bad-\U000e0041-id", "givenName", "Ann", "sourcedId contains a Unicode tag character (U+E0041)"),
+]
+ROSTER_GOOD_USERS = [  # hostile but valid: what real names need, and a line break that becomes a space
+    ("good-zwnj", {"familyName": "نیک\u200cنام"}, {"familyName": "نیک\u200cنام"}),
+    ("good-zwj", {"givenName": "Zoë 👷\u200d♀️"}, {"givenName": "Zoë 👷\u200d♀️"}),
+    ("good-crlf", {"givenName": "Ann\r\nMarie"}, {"givenName": "Ann Marie"}),
+]
+ROSTER_BAD_CLASSES = [
+    ("cls-bad-ls", {"title": "Math\u20287"}, "title contains a line or paragraph separator (U+2028)"),
+    ("cls-bad-zwsp", {"title": "Art\u200b"}, "title contains an invisible formatting character (U+200B)"),
+    ("cls-\x1b-bad", {"title": "Music"}, "class sourcedId contains a control character (U+001B)"),
+]
+
+
+def test_bad_roster_values_never_reach_scim(rosters: BatchRunner) -> None:  # noqa: F811
+    from datetime import UTC, datetime
+
+    from sandbox.roster_seed import ensure_roster, new_user, open_roster
+    from sandbox.seed import ensure_seeded
+    from tests.e2e.test_rosters_e2e import REDIS_URL, scim_state
+
+    batch = rosters
+    ensure_seeded(batch.dir, size=batch.size, seed=7)
+    ensure_roster(batch.dir, size=batch.size, seed=7)
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    db = open_roster(batch.dir)
+    try:
+        school = next(o["sourcedId"] for o in db.all("orgs") if o["type"] == "school")
+        rng = __import__("random").Random(5)
+
+        serial = iter(range(1, 1000))
+
+        def user(sid: str, **fields: Any) -> dict[str, Any]:
+            row = new_user(rng, datetime.now(UTC), "student", school, modified=now)
+            n = next(serial)
+            row.update({"sourcedId": sid, "username": f"corpus.user{n}", "email": f"corpus.user{n}@sandbox-district.org",
+                        **fields})  # fmt: skip
+            return row
+
+        with db.atomic():
+            for sid, field, value, _ in ROSTER_BAD_USERS:
+                db.put("users", user(sid, **{field: value}))
+            for sid, fields, _ in ROSTER_GOOD_USERS:
+                db.put("users", user(sid, **fields))
+            for sid, fields, _ in ROSTER_BAD_CLASSES:
+                db.put("classes", {"sourcedId": sid, "status": "active", "dateLastModified": now, "title": "x",
+                                   "classCode": "X-1", "classType": "scheduled", "school": school, **fields})  # fmt: skip
+    finally:
+        db.close()
+
+    first = batch.run("--only", "rosters", REDIS_URL=REDIS_URL)
+    assert first["_exit"] == 0 and first["status"] == "partial", (first["status"], first["_stderr"][-2000:])
+    logs = log_lines(first["_stderr"])
+    assert not [x for x in logs if "internal error" in x.get("message", "") or "crashed" in x.get("message", "")]
+    errors = latest_errors(batch.output, "rosters")
+    problems = []
+    for key, reason in [(f"user/{shown(s)}", r) for s, _, _, r in ROSTER_BAD_USERS] + [
+        (f"class/{shown(s)}", r) for s, _, r in ROSTER_BAD_CLASSES
+    ]:
+        mine = [e for e in errors if e["key"] == key]
+        if len(mine) != 1 or mine[0]["kind"] != "rejected" or reason not in mine[0]["reason"]:
+            problems.append(f"{key}: want one rejected error with {reason!r}, got {[(e['kind'], e['reason']) for e in mine]}")
+    assert problems == [], "\n".join(problems)
+
+    state = scim_state(batch)
+    users = {r.get("externalId"): r for (t, _), r in state.items() if t == "User"}
+    groups = {r.get("externalId"): r for (t, _), r in state.items() if t == "Group"}
+    sent: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            if bad_text(value):
+                sent.append(value)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(list(state.values()))
+    assert sent == [], sent  # nothing the text policy refuses reached SCIM
+    assert not {s for s, _, _, _ in ROSTER_BAD_USERS} & set(users)
+    assert not {s for s, _, _ in ROSTER_BAD_CLASSES} & set(groups)
+    for sid, _fields, want in ROSTER_GOOD_USERS:
+        name = users[sid]["name"]
+        assert {k: name.get(k) for k in want} == want, (sid, name)
+    assert len(users) > batch.size  # the rest of the district was provisioned
+
+    second = batch.run("--only", "rosters", REDIS_URL=REDIS_URL)
+    assert second["_exit"] == 0 and writes(second, "scim") == 0, second["requests"]
+    assert not [x for x in log_lines(second["_stderr"]) if "quarantined" in x.get("message", "")]
