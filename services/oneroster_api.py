@@ -300,7 +300,9 @@ class TokenProvider:
         self.fetched += 1
         try:
             lifetime = float(body.get("expires_in") or 3600)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
+            lifetime = 3600.0
+        if not 0 < lifetime < 10 * 365 * 86_400:  # NaN, inf, negative: the usual hour
             lifetime = 3600.0
         return str(body["access_token"]), lifetime
 

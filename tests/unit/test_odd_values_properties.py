@@ -335,3 +335,29 @@ def test_rosters_survive_any_sourced_id_reference_or_text(users, classes, enroll
     assert user["userName"] == "good.user" and user["name"]["familyName"] == "نیک\u200cنام"
     assert scim.members("good-class") == {"good-user"}
     assert refused(scim.sent) == []
+
+
+class OddIdSafetyAmp(RecordingSafetyAmp):
+    """A SafetyAmp whose list pages also hold records without a usable id."""
+
+    def list(self, collection: str) -> list[dict[str, Any]]:
+        rows = super().list(collection)
+        if collection == "users":
+            rows += [{"emp_id": GOOD_EMP, "email": "x@odd.example"}, {"id": None, "emp_id": GOOD_EMP},
+                     {"id": [1], "emp_id": GOOD_EMP}, {"id": {"a": 1}, "emp_id": "12"}]  # fmt: skip
+        if collection == "assets":
+            rows += [{"id": [2], "code": "samsara:v-good"}, {"code": "samsara:v-good"}]
+        return rows
+
+
+def test_target_records_without_a_usable_id_are_not_ours() -> None:
+    target = OddIdSafetyAmp({"roles": [{"id": 1, "name": "Field"}], "site_clusters": [],
+                             "sites": [{"id": 5, "name": "Fleet Yard", "external_code": "FLEET"},
+                                       {"id": 6, "name": "Good", "external_code": "JGOOD"}],
+                             "asset_types": [{"id": 7, "name": "Vehicle", "site_id": 5}]})  # fmt: skip
+    vp = FakeViewpoint(employees=[employee_row(int(GOOD_EMP), Email=GOOD_MAIL)])
+    samsara = FakeSamsara([{"id": "v-good", "name": "Truck 1"}])
+    with context(target, viewpoint=vp, samsara=samsara) as ctx:
+        assert_held(run_syncs(ctx, ["employees", "vehicles"]))
+    assert [u["emp_id"] for u in target.rows("users")] == [GOOD_EMP]  # created (the odd ones are not ours to update)
+    assert [a["code"] for a in target.rows("assets")] == ["samsara:v-good"]
