@@ -361,3 +361,15 @@ def test_target_records_without_a_usable_id_are_not_ours() -> None:
         assert_held(run_syncs(ctx, ["employees", "vehicles"]))
     assert [u["emp_id"] for u in target.rows("users")] == [GOOD_EMP]  # created (the odd ones are not ours to update)
     assert [a["code"] for a in target.rows("assets")] == ["samsara:v-good"]
+
+
+def test_a_vehicle_refused_for_its_name_keeps_its_asset() -> None:
+    # Still in Samsara: refusing to send its name must not read as "gone" and archive it.
+    target = seed_target(assets=[{"code": "samsara:v1", "name": "Truck 1", "status": 1}])
+    samsara = FakeSamsara([{"id": "v1", "name": "Truck\x071"}, {"id": "v2", "name": "Truck 2"}])
+    with context(target, samsara=samsara) as ctx:
+        (result,) = run_syncs(ctx, ["vehicles"])
+    assert result.status == "partial" and result.counts["deactivated"] == 0, result
+    assets = {a["code"]: a for a in target.rows("assets")}
+    assert assets["samsara:v1"]["status"] == 1 and assets["samsara:v1"]["name"] == "Truck 1"
+    assert assets["samsara:v2"]["status"] == 1
