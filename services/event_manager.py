@@ -270,7 +270,9 @@ class SyncLog:
             if (self._dirs["changes"] / f"{name}.json").exists() or (self._dirs["errors"] / f"{name}.json").exists():
                 continue
             try:
-                return name, open(self._dirs["logs"] / f"{name}.jsonl", "x", encoding="utf-8")
+                # backslashreplace: a lone surrogate (valid in JSON, e.g. "\ud800" from an
+                # API) is written as its JSON escape instead of failing the whole run.
+                return name, open(self._dirs["logs"] / f"{name}.jsonl", "x", encoding="utf-8", errors="backslashreplace")
             except FileExistsError:
                 continue
 
@@ -320,7 +322,7 @@ def _write_atomic(path: Path, document: Any, tail: tuple[str, Iterable[Any]] | N
     the document with that list in it."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:
             if tail is None:
                 json.dump(document, handle, ensure_ascii=False, indent=2, default=str)
             else:

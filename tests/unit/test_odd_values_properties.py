@@ -373,3 +373,14 @@ def test_a_vehicle_refused_for_its_name_keeps_its_asset() -> None:
     assets = {a["code"]: a for a in target.rows("assets")}
     assert assets["samsara:v1"]["status"] == 1 and assets["samsara:v1"]["name"] == "Truck 1"
     assert assets["samsara:v2"]["status"] == 1
+
+
+def test_a_lone_surrogate_from_a_source_is_written_to_the_errors_file_escaped() -> None:
+    # JSON may carry "\ud800"; writing it as UTF-8 raised and failed the whole sync.
+    target = seed_target()
+    vp = FakeViewpoint(employees=[employee_row(int(GOOD_EMP), Email=GOOD_MAIL), employee_row(5, FirstName="Ann\ud800")])
+    with context(target, viewpoint=vp) as ctx:
+        (result,) = run_syncs(ctx, ["employees"])
+        errors = next((Path(ctx.settings.output_dir) / "errors").glob("employees-*.json")).read_text(encoding="utf-8")
+    assert result.status == "partial", result.error
+    assert "first_name contains an unpaired surrogate (U+D800)" in errors and "Ann\\ud800" in errors
