@@ -51,7 +51,9 @@ class DepartmentSync(BaseSync):
             try:
                 code = clean_code(raw, "PRDept")
             except InvalidValue as exc:
-                out.rejected.append(Rejected(shown_key(raw.strip() if isinstance(raw, str) else raw), exc.reason, ("PRDept",), dict(row)))
+                out.rejected.append(
+                    Rejected(shown_key(raw.strip() if isinstance(raw, str) else raw), exc.reason, ("PRDept",), dict(row))
+                )
                 continue
             if not code:
                 out.rejected.append(Rejected("(blank)", "bPRDP row without PRDept", ("PRDept",), dict(row)))

@@ -421,7 +421,8 @@ def employee_number(value: object, source: str = "value") -> str | None:
     if isinstance(value, int):
         if not 0 <= value < 10**EMPLOYEE_NUMBER_MAX_LENGTH:
             raise InvalidValue(
-                f"{source} {shown_key(value)} is not an employee number (at most {EMPLOYEE_NUMBER_MAX_LENGTH} digits)", field=source
+                f"{source} {shown_key(value)} is not an employee number (at most {EMPLOYEE_NUMBER_MAX_LENGTH} digits)",
+                field=source,
             )
         return str(value)
     if isinstance(value, (float, Decimal)):

@@ -67,6 +67,10 @@ def assert_held(summary: dict[str, Any], syncs: tuple[str, ...]) -> None:
     assert "Traceback" not in summary["_stderr"]
 
 
+def brief(summary: dict[str, Any]) -> str:
+    return ", ".join(f"{r['sync']} {r['status']} (created {r['created']}, failed {r['failed']})" for r in summary["runs"])
+
+
 def errors_of(batch: BatchRunner, sync: str) -> list[dict[str, Any]]:
     files = sorted((batch.output / "errors").glob(f"{sync}-*.json"))
     return json.loads(files[-1].read_text())["errors"] if files else []
@@ -88,6 +92,7 @@ def test_entra_employee_id_with_a_superscript_digit_is_ignored(tmp_path: Path) -
     # Not an employee number: that Entra user's mail is matched to nobody.
     users = _raw(batch.dir)["users"]
     assert not [u for u in users if str(u.get("email", "")).lower() == str(odd["mail"]).lower() and u.get("emp_id") == "²"]
+    print(f"\nEntra employeeId '²': {brief(summary)}")
 
 
 def test_safetyamp_user_with_a_5000_digit_emp_id_is_not_ours(tmp_path: Path) -> None:
@@ -101,6 +106,7 @@ def test_safetyamp_user_with_a_5000_digit_emp_id_is_not_ours(tmp_path: Path) -> 
     assert by["employees"]["created"] > SIZE // 2 and by["vehicles"]["created"] > 0
     odd = [u for u in _raw(batch.dir)["users"] if u.get("id") == 95_001]
     assert odd and odd[0]["emp_id"] == HUGE and odd[0]["system_access"] == 1  # untouched: not ours
+    print(f"\nSafetyAmp emp_id of 5,000 digits: {brief(summary)}")
 
 
 def test_samsara_driver_with_a_superscript_payroll_id_drops_only_the_driver(tmp_path: Path) -> None:
@@ -119,6 +125,7 @@ def test_samsara_driver_with_a_superscript_payroll_id_drops_only_the_driver(tmp_
     # A second run is steady: no quarantine, no failure.
     again = batch.run(SYNC_TYPES="vehicles", expect=(0,))
     assert_held(again, ("vehicles",))
+    print(f"\nSamsara payrollId '²': {brief(summary)}; second run {brief(again)}; {dropped[0]['reason']!r}")
 
 
 @pytest.mark.parametrize("key", ["²", HUGE, "12a", " "], ids=["superscript", "5000-digits", "letters", "blank"])
