@@ -184,7 +184,9 @@ building an encoder per call: 70 000 records a run at 50 000 employees)."""
 def fingerprint(*parts: Any) -> str:
     """Stable hash of a record's inputs: the tracker retries a record at once when it changes."""
     blob = _FINGERPRINT_JSON.encode(parts)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    # surrogatepass: a lone surrogate (valid in JSON from an API) hashes instead of
+    # failing the sync; every other text encodes exactly as before (same fingerprints).
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 class BaseSync:

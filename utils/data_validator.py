@@ -224,8 +224,9 @@ def normalize_email(raw: str | None) -> str | None:
 # letters, marks, digits, punctuation and symbols of any script and single spaces only,
 # at most ``max_len`` characters.
 #
-# Printable ASCII has none of these: the per-character scan is skipped for it (most
-# values of a 50 000-employee run), so the policy costs one C-speed test per value.
+# A value Python calls printable (``str.isprintable``, any script) has none of these: the
+# per-character scan is skipped for it, so the policy costs one C-speed test per value
+# for nearly every value of a 50 000-employee run.
 
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 """Bidirectional embedding/override/isolate controls: able to make a value render as
@@ -275,7 +276,10 @@ def _joins(text: str, i: int) -> bool:
 def _scan(text: str, field: str) -> None:
     """Refuse ``text`` (a name or free text, before white space is collapsed) when it
     holds a character the policy refuses."""
-    if text.isascii() and text.isprintable():
+    # str.isprintable() is False for every category the policy refuses (Cc, Cf, Cs, Co,
+    # Cn, Zl, Zp) and for spaces other than U+0020: a printable value, in any script,
+    # needs no per-character look (C speed; most names of a 50 000-employee run).
+    if text.isprintable():
         return
     for i, ch in enumerate(text):
         if ch in _LINE_WHITESPACE or (ch in _JOINERS and _joins(text, i)):
@@ -331,7 +335,7 @@ def clean_text(raw: str | None, max_len: int, field: str = "text") -> str | None
         raise _not_text(raw, field)
     text = raw if raw.isascii() else unicodedata.normalize("NFC", raw)
     _scan(text, field)
-    if not (text.isascii() and text.isprintable()):
+    if not text.isprintable():
         text = _WHITESPACE_RUN.sub(" ", text)
     text = text.strip()
     if not text:
@@ -363,7 +367,7 @@ def clean_code(raw: str | int | None, field: str, max_len: int = CODE_MAX_LENGTH
     text = raw.strip(" \t\r\n")
     if not text:
         return None
-    if not (text.isascii() and text.isprintable()):
+    if not text.isprintable():  # see _scan
         for ch in text:
             why = refused_character(ch, code=True)
             if why is not None:

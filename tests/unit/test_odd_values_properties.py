@@ -384,3 +384,14 @@ def test_a_lone_surrogate_from_a_source_is_written_to_the_errors_file_escaped() 
         errors = next((Path(ctx.settings.output_dir) / "errors").glob("employees-*.json")).read_text(encoding="utf-8")
     assert result.status == "partial", result.error
     assert "first_name contains an unpaired surrogate (U+D800)" in errors and "Ann\\ud800" in errors
+
+
+def test_a_lone_surrogate_in_a_vehicle_is_hashed_and_refused_not_a_crash() -> None:
+    # The record's fingerprint hashed its raw values as strict UTF-8: "\ud800" failed the sync.
+    target = seed_target()
+    samsara = FakeSamsara([{"id": "v1", "name": "Truck 1", "licensePlate": "AB\ud800"}])
+    with context(target, samsara=samsara) as ctx:
+        (result,) = run_syncs(ctx, ["vehicles"])
+    assert result.status == "success" and result.counts["created"] == 1, result.error
+    (asset,) = target.rows("assets")
+    assert asset["code"] == "samsara:v1" and "description" not in asset  # the plate was left out, with its reason
