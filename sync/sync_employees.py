@@ -19,6 +19,12 @@ Key: ``emp_id`` = bPREH.Employee. Rules (docs/configuration.md repeats them for 
 - A field empty in every source is left unmanaged (never cleared in SafetyAmp).
 - An employee number on several bPREH rows (a view, a damaged table) is rejected once and
   neither created, updated nor deactivated; so is a row whose ActiveYN is not Y or N.
+- Employee numbers follow one rule wherever they are written (``employee_number``: the
+  digits 0-9, at most 16, leading zeros dropped): a bPREH row whose Employee is not one is
+  rejected with the reason; an Entra user or a SafetyAmp user whose employeeId/emp_id is
+  not one matches nobody (not ours: never updated or deactivated).
+- Names follow the text policy (utils/data_validator.py): a control, invisible, separator,
+  tag or private-use character rejects the record with the reason.
 """
 
 from __future__ import annotations

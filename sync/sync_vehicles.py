@@ -13,7 +13,12 @@ still copied (it is useful on the asset) and updated when it changes.
   externalIds.payrollId) -> the SafetyAmp user with that emp_id -> ``current_user_id``.
   No request per vehicle.
 - A vehicle gone from a complete Samsara read has its asset archived (``status: 0``);
-  only assets whose code starts with ``samsara:`` are ours to archive.
+  only assets whose code is ``samsara:`` and a valid id are ours to archive. A vehicle
+  refused by validation is still in Samsara: its asset is never archived for it.
+- Text policy (utils/data_validator.py): an id or name it refuses rejects the vehicle;
+  a refused VIN, serial, make/model, year or plate is left out with the reason
+  (``field_dropped``) and the asset still syncs; a driver whose employee field is not an
+  employee number (``employee_number``) leaves the asset without a driver, with the reason.
 """
 
 from __future__ import annotations
