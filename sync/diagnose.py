@@ -30,6 +30,17 @@ SOURCE_NAMES = {
 }
 
 
+class ImpossibleKey(ConfigurationError):
+    """A key no record of the sync can have: bad operator input, refused before anything
+    is read. A ConfigurationError so that both entry points already answer it as bad
+    input (exit 2, HTTP 400), without the "configuration error" prefix."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.message = reason
+        self.args = (reason,)
+
+
 def _remedy(sync: str, key: str, reason: str) -> list[str]:
     where = f"{SOURCE_NAMES.get(sync, sync)} {key}"
     r = reason.lower()
@@ -73,7 +84,7 @@ def diagnose(runtime: Any, sync: str, key: str) -> dict[str, Any]:
         try:
             key = rule(key)
         except InvalidValue as exc:  # refused before anything is read: a clean 400 / exit 2
-            raise ConfigurationError(f"not a key of the {sync} sync: {exc.reason}") from None
+            raise ImpossibleKey(f"not a key of the {sync} sync: {exc.reason}") from None
     from config.bootstrap import new_context, new_run_id
 
     ctx = new_context(runtime, run_id=new_run_id() + "-diagnose", dry_run=True)

@@ -153,5 +153,5 @@ def test_daemon_diagnose_with_a_key_no_employee_can_have_is_400(daemon: Any) -> 
         started = time.monotonic()
         r = get(base + "/diagnose/employees/" + quote(key), headers=auth)
         assert r is not None and r.status_code == 400, (r.status_code if r else None, r.text[:300] if r else None)
-        assert "employee number" in r.json()["error"]
+        assert r.json()["error"].startswith("not a key of the employees sync: ") and "employee number" in r.json()["error"]
         assert time.monotonic() - started < 5  # refused at the entry, before any read
