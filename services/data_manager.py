@@ -77,7 +77,9 @@ class TargetCache:
                         self._prefetch_errors[collection] = exc
                 raise
             with self._lock:
-                self._data[collection] = {row.get("id", i): dict(row) for i, row in enumerate(rows)}
+                # A record whose id is missing or not a plain value (a list, an object)
+                # is kept under its position: the syncs treat it as not theirs.
+                self._data[collection] = {_cache_key(row, i): dict(row) for i, row in enumerate(rows)}
                 return list(self._data[collection].values())
 
     def loaded(self, collection: str) -> bool:
@@ -103,3 +105,8 @@ class TargetCache:
                 self._data.clear()
             else:
                 self._data.pop(collection, None)
+
+
+def _cache_key(row: Row, index: int) -> Any:
+    rid = row.get("id")
+    return rid if isinstance(rid, (int, str)) else ("#", index)

@@ -515,7 +515,9 @@ class SyncLog:
         """Append one whole line (caller holds the lock). os.write hands it to the OS:
         it survives the process being killed; ``_durable`` makes it survive the node.
         A refused or short write is cut back, so the log holds whole lines only."""
-        data = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        data = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode(
+            "utf-8", "backslashreplace"
+        )  # a lone surrogate (valid JSON) must not fail the run
         start = self._size
         try:
             view = memoryview(data)
@@ -571,7 +573,7 @@ def _write_atomic(path: Path, document: Any, tail: tuple[str, Iterable[Any]] | N
     the document with that list in it."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:
             if tail is None:
                 json.dump(document, handle, ensure_ascii=False, indent=2, default=str)
             else:

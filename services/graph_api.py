@@ -28,6 +28,7 @@ import requests
 
 from services.http import CountingHttpClient, HttpClient, RequestStats, RetryPolicy
 from sync.ports import Row
+from utils.data_validator import InvalidValue, employee_number
 from utils.errors import ConfigurationError, FatalError, RetriableError
 from utils.scrub import scrub
 
@@ -202,23 +203,13 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), parts.netloc.lower()
 
 
-def _normalise_employee_id(raw: Any) -> str | None:
-    if raw is None:
-        return None
-    text = str(raw).strip()
-    if not text:
-        return None
-    # Vista employee numbers are ints; Entra often holds them zero-padded ("000123").
-    return str(int(text)) if text.isdigit() else text
-
-
 def mail_by_employee_id(users: Iterable[Row]) -> tuple[dict[str, str], dict[str, list[Row]]]:
     """Map employeeId -> mail for the employees sync.
 
     Only enabled users (``accountEnabled is True``) with a usable mail count: null mails
     and tenant-default ``*.onmicrosoft.com`` addresses are ignored. Keys are the
-    employeeId stripped, and numeric ids without leading zeros (``"000123"`` -> ``"123"``),
-    so callers look up ``str(int(Employee))``. When two such users claim the same
+    employee numbers in their one canonical form (``utils.data_validator.employee_number``:
+    ``"000123"`` -> ``"123"``); an employeeId that is not an employee number is ignored. When two such users claim the same
     employeeId we cannot tell which mail is right: neither is kept, and both come back
     in the second value (normalised id -> users) to be reported.
     """
@@ -226,7 +217,10 @@ def mail_by_employee_id(users: Iterable[Row]) -> tuple[dict[str, str], dict[str,
     for user in users:
         if user.get("accountEnabled") is not True:
             continue
-        key = _normalise_employee_id(user.get("employeeId"))
+        try:
+            key = employee_number(user.get("employeeId"))
+        except InvalidValue:
+            continue  # not an employee number: nobody's mail
         mail = user.get("mail")
         if key is None or not isinstance(mail, str) or not mail.strip():
             continue

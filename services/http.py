@@ -367,6 +367,18 @@ def parse_retry_after(value: str | None, *, now: Callable[[], datetime] = lambda
     return max(0.0, seconds)
 
 
+def _json_int(digits: str) -> int | str:
+    # Python refuses to convert more than 4 300 digits (CVE-2020-10735): such a number
+    # stays text, so the one record holding it is refused by its sync, not the page.
+    return int(digits) if len(digits) <= 4300 else digits
+
+
+def parse_json(resp: requests.Response) -> Any:
+    """A response's JSON body (ValueError when it is not JSON); a number too long for
+    Python's int is kept as its digits instead of failing the whole body."""
+    return resp.json(parse_int=_json_int)
+
+
 def truncate(text: str, limit: int = MAX_BODY_CHARS) -> str:
     if len(text) <= limit:
         return text
@@ -554,7 +566,7 @@ class HttpClient:
         if not resp.content:
             return None
         parsed = getattr(resp, _PARSED, _UNSET)
-        return resp.json() if parsed is _UNSET else parsed
+        return parse_json(resp) if parsed is _UNSET else parsed
 
     def scrub(self, text: str) -> str:
         return scrub(text, self._secrets)
@@ -672,7 +684,7 @@ class HttpClient:
                 try:
                     # Parsed once, here: request_json returns this value instead of parsing
                     # the body again (a 1000-record page takes longer to parse than to fetch).
-                    setattr(resp, _PARSED, resp.json())
+                    setattr(resp, _PARSED, parse_json(resp))
                 except ValueError:
                     snippet = truncate(" ".join(scrub(resp.text or "", secrets).split()), 200)
                     applied = "" if is_read else "; the write may have been applied"

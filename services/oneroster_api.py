@@ -53,7 +53,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from services.http import CountingHttpClient, HttpClient, RateLimiter, RequestStats, RetryPolicy
+from services.http import CountingHttpClient, HttpClient, RateLimiter, RequestStats, RetryPolicy, parse_json
 from sync.roster_model import ACTIVE, TOBEDELETED, RosterClass, RosterEnrollment, RosterSnapshot, RosterUser
 from utils.errors import ConfigurationError, FatalError, RetriableError, SourceUnavailableError, SyncError
 
@@ -135,7 +135,8 @@ def user_from_json(obj: Mapping[str, Any]) -> RosterUser:
     elif text(obj.get("role")) is not None:
         primary = text(obj.get("role"))
         assert primary is not None
-        orgs = [ref(o) for o in (obj.get("orgs") or [])]
+        listed = obj.get("orgs")
+        orgs = [ref(o) for o in listed] if isinstance(listed, list) else []
         orgs = [o for o in orgs if o]
         roles = [(primary, o) for o in orgs] or [(primary, None)]
     else:
@@ -284,7 +285,7 @@ class TokenProvider:
                 f"oneroster token endpoint answered HTTP {resp.status_code}", service=SERVICE, status=resp.status_code
             )
         try:
-            body = resp.json()
+            body = parse_json(resp)
         except ValueError:
             body = None
         if resp.status_code != 200 or not isinstance(body, dict) or not body.get("access_token"):
@@ -299,7 +300,9 @@ class TokenProvider:
         self.fetched += 1
         try:
             lifetime = float(body.get("expires_in") or 3600)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
+            lifetime = 3600.0
+        if not 0 < lifetime < 10 * 365 * 86_400:  # NaN, inf, negative: the usual hour
             lifetime = 3600.0
         return str(body["access_token"]), lifetime
 
@@ -372,7 +375,7 @@ class OneRosterAPI:
                     f"oneroster: {path} could not be read completely (failed at offset {offset}): {exc.message}", service=SERVICE
                 ) from exc
             try:
-                body = resp.json()
+                body = parse_json(resp)
             except ValueError as exc:
                 raise FatalError(f"oneroster: {path} page is not JSON", service=SERVICE) from exc
             items = body.get(key) if isinstance(body, dict) else None

@@ -44,7 +44,10 @@ half the requests meet a one-token bucket a few milliseconds early (docs/perform
 MAX_PAGES = 10_000
 """Safety stop: 10 000 pages of 100 is a million records, far beyond any tenant."""
 
-_LIMIT_MAX = re.compile(r"(?:greater than|more than|at most|maximum(?: of| is)?|max:|between \d+ and)\s*(\d+)", re.IGNORECASE)
+# ASCII digits, at most nine: int() of the match can never raise, whatever the body says.
+_LIMIT_MAX = re.compile(
+    r"(?:greater than|more than|at most|maximum(?: of| is)?|max:|between \d+ and)\s*(\d{1,9})(?!\d)", re.IGNORECASE | re.ASCII
+)
 """The maximum in a Laravel-style refusal of ``limit`` ("must not be greater than 100")."""
 
 
@@ -121,7 +124,7 @@ class SafetyAmpAPI:
             new = 0
             for row in rows:
                 rid = row.get("id")
-                if rid is None:
+                if not isinstance(rid, (int, str)):  # missing, or an odd value: not a record we can write to
                     no_id.append(row)
                     new += 1
                 elif rid not in by_id:

@@ -37,7 +37,7 @@ from typing import Any
 
 import requests
 
-from services.http import HttpClient, RateLimiter, RequestStats
+from services.http import HttpClient, RateLimiter, RequestStats, parse_json
 from utils.errors import ConfigurationError, FatalError
 
 log = logging.getLogger("services.scim")
@@ -97,7 +97,7 @@ class ScimAPI:
 
     def get(self, resource: str, resource_id: str) -> dict[str, Any]:
         resp = self.http.request("GET", f"/{resource}/{_seg(resource_id)}")
-        return _with_version(resp.json(), resp)
+        return _with_version(parse_json(resp), resp)
 
     def _search(self, resource: str, params: Mapping[str, Any]) -> builtins.list[dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -131,7 +131,7 @@ class ScimAPI:
     def create(self, resource: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         body = {"schemas": SCHEMAS.get(resource, []), **payload}
         resp = self.http.request("POST", f"/{resource}", json=body)
-        created = resp.json() if resp.content else {}
+        created = parse_json(resp) if resp.content else {}
         if not isinstance(created, dict) or not created.get("id"):
             raise FatalError(f"scim: POST /{resource} answered without an id", service=SERVICE)
         return _with_version(created, resp)
@@ -144,7 +144,7 @@ class ScimAPI:
         resp = self.http.request("PATCH", f"/{resource}/{_seg(resource_id)}", json=body, headers=headers)
         if resp.status_code == 204 or not resp.content:
             return None
-        data = resp.json()
+        data = parse_json(resp)
         return _with_version(data, resp) if isinstance(data, dict) else None
 
     def delete(self, resource: str, resource_id: str, etag: str | None = None) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
@@ -253,8 +254,7 @@ class ViewpointAPI:
         """bJCJM (+ bJCCM Department) rows, every JobStatus; codes trimmed."""
         rows = self._rows("jobs", self.queries.jobs())
         for row in rows:
-            if row["JobStatus"] is not None:
-                row["JobStatus"] = int(row["JobStatus"])
+            row["JobStatus"] = _as_int(row["JobStatus"])
         return rows
 
     def employees(self) -> list[Row]:
@@ -262,16 +262,16 @@ class ViewpointAPI:
         self._check_title_column()
         rows = self._rows("employees", self.queries.employees())
         for row in rows:
-            if row["Employee"] is not None:  # NULL (a view, a damaged row): the sync rejects it with a reason
-                row["Employee"] = int(row["Employee"])
-            if row["JCCo"] is not None:
-                row["JCCo"] = int(row["JCCo"])
+            # NULL or not a number (a view, a damaged row): passed on as it is, and the
+            # sync rejects that one row with its reason.
+            row["Employee"] = _as_int(row["Employee"])
+            row["JCCo"] = _as_int(row["JCCo"])
         return rows
 
     def latest_jobs(self, since: date) -> dict[int, str]:
         """Employee -> Job (trimmed) of the most recent bPRJC row with PREndDate >= since."""
         rows = self._rows("latest_jobs", self.queries.latest_jobs(since))
-        return {int(r["Employee"]): r["Job"] for r in rows if r["Job"]}
+        return {_as_int(r["Employee"]): r["Job"] for r in rows if r["Job"] and r["Employee"] is not None}
 
     def ping(self) -> None:
         """SELECT 1; raises SourceUnavailableError."""
@@ -406,6 +406,24 @@ def build_viewpoint_engine(settings: Any, *, credential: Any = None) -> Engine:
             credential = DefaultAzureCredential()
         event.listen(engine, "do_connect", entra_token_connect_hook(credential))
     return engine
+
+
+def _as_int(value: Any) -> Any:
+    """A number column's value as an int (drivers and views return int, Decimal or
+    text); anything that is not a whole number is returned unchanged for the sync to
+    refuse with a reason. Never ``int()`` on unchecked text: it accepts " 12 " but
+    refuses "²" (which ``str.isdigit`` accepts) and anything over 4 300 digits."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Decimal):
+        return int(value) if value.is_finite() and value == value.to_integral_value() and abs(value) < 10**18 else value
+    if isinstance(value, str):
+        text = value.strip()
+        digits = text[1:] if text.startswith("-") else text
+        return int(text) if digits.isascii() and digits.isdigit() and len(digits) <= 18 else value
+    return value
 
 
 def build_viewpoint(settings: Any, engine: Engine | None = None) -> ViewpointAPI:

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from sync.engine import Action, guard_allows, plan
 from sync.ports import FailedRecords, GraphDirectory, Row, SafetyAmpTarget, SamsaraFleet, ViewpointSource
+from utils.data_validator import InvalidValue, clean_code
 from utils.errors import (
     AmbiguousWriteError,
     ChangeLogError,
@@ -191,7 +192,9 @@ building an encoder per call: 70 000 records a run at 50 000 employees)."""
 def fingerprint(*parts: Any) -> str:
     """Stable hash of a record's inputs: the tracker retries a record at once when it changes."""
     blob = _FINGERPRINT_JSON.encode(parts)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    # surrogatepass: a lone surrogate (valid in JSON from an API) hashes instead of
+    # failing the sync; every other text encodes exactly as before (same fingerprints).
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 class BaseSync:
@@ -239,12 +242,22 @@ class BaseSync:
             return None
         return str(value).strip()
 
+    @classmethod
+    def key_from_text(cls, text: str) -> str:
+        """The key an operator's ``text`` names (``diagnose``); InvalidValue with the
+        reason when no record of this sync can have it."""
+        key = clean_code(text, "key")
+        if key is None:
+            raise InvalidValue(f"a {cls.key_field} is needed (the key is blank)")
+        return key
+
     def current(self) -> dict[str, Row]:
-        """Target records by key (records without a key are not ours)."""
+        """Target records by key (records without a key, or without an id to write
+        them by, are not ours)."""
         out: dict[str, Row] = {}
         for row in self.ctx.targets.get(self.collection):
             key = self.key_of(row)
-            if key is not None:
+            if key is not None and isinstance(row.get("id"), (int, str)):
                 out.setdefault(key, row)
         return out
 

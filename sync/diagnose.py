@@ -24,6 +24,7 @@ from typing import Any
 from sync.base import BaseSync
 from sync.engine import diff
 from sync.registry import SYNCS
+from utils.data_validator import InvalidValue
 from utils.errors import ConfigurationError
 
 SOURCE_NAMES = {
@@ -35,6 +36,17 @@ SOURCE_NAMES = {
     "rosters": "OneRoster record",
 }
 NOTHING_TO_DO = "Nothing to do: the target matches the source."
+
+
+class ImpossibleKey(ConfigurationError):
+    """A key no record of the sync can have: bad operator input, refused before anything
+    is read. A ConfigurationError so that both entry points already answer it as bad
+    input (exit 2, HTTP 400), without the "configuration error" prefix."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.message = reason
+        self.args = (reason,)
 
 
 def _remedy(sync: str, key: str, reason: str, where: str | None = None) -> list[str]:
@@ -87,6 +99,12 @@ def diagnose(runtime: Any, sync: str, key: str) -> dict[str, Any]:
     known = [name for name, cls in SYNCS.items() if issubclass(cls, BaseSync)] + ["rosters"]
     if sync not in known:
         raise ConfigurationError(f"diagnose knows the syncs {', '.join(known)}; not {sync!r}")
+    rule = getattr(SYNCS[sync], "key_from_text", None)
+    if rule is not None:
+        try:
+            key = rule(key)
+        except InvalidValue as exc:  # refused before anything is read: a clean 400 / exit 2
+            raise ImpossibleKey(f"not a key of the {sync} sync: {exc.reason}") from None
     from config.bootstrap import new_context, new_run_id
 
     ctx = new_context(runtime, run_id=new_run_id() + "-diagnose", dry_run=True)

@@ -4,6 +4,9 @@ Key: ``external_code`` = PRDept (never the display name, so renaming a departmen
 Vista renames the cluster instead of creating a second one). Every department cluster
 hangs under one root cluster (DEPARTMENT_ROOT_CLUSTER_CODE), created if missing.
 Departments are never deactivated: bPRDP has no status column to say one is gone.
+PRDept and Description follow the text policy (utils/data_validator.py): a code with a
+control, invisible or separator character, or white space other than single spaces, is
+refused with the reason; so is such a description (a line break in it becomes a space).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from sync.base import BaseSync, Desired, Rejected, fingerprint
-from utils.data_validator import InvalidValue, clean_text
+from utils.data_validator import InvalidValue, clean_code, clean_text, shown_key
 
 
 class DepartmentSync(BaseSync):
@@ -44,7 +47,14 @@ class DepartmentSync(BaseSync):
         parent_id = root.get("id") if root else None
         out = Desired(source_count=len(rows))
         for row in rows:
-            code = str(row.get("PRDept") or "").strip()
+            raw = row.get("PRDept")
+            try:
+                code = clean_code(raw, "PRDept")
+            except InvalidValue as exc:
+                out.rejected.append(
+                    Rejected(shown_key(raw.strip() if isinstance(raw, str) else raw), exc.reason, ("PRDept",), dict(row))
+                )
+                continue
             if not code:
                 out.rejected.append(Rejected("(blank)", "bPRDP row without PRDept", ("PRDept",), dict(row)))
                 continue
@@ -52,9 +62,9 @@ class DepartmentSync(BaseSync):
                 out.rejected.append(Rejected(code, "PRDept equals DEPARTMENT_ROOT_CLUSTER_CODE; rename one of them", ("PRDept",)))
                 continue
             try:
-                desc = clean_text(row.get("Description"), 60) or ""
+                desc = clean_text(row.get("Description"), 60, "Description") or ""
             except InvalidValue as exc:
-                out.rejected.append(Rejected(code, f"Description: {exc.reason}", ("Description",)))
+                out.rejected.append(Rejected(code, exc.reason, ("Description",)))
                 continue
             name = f"{code} - {desc}" if desc else code
             out.records[code] = {"name": name, "external_code": code, "parent_cluster_id": parent_id}

@@ -19,6 +19,12 @@ Key: ``emp_id`` = bPREH.Employee. Rules (docs/configuration.md repeats them for 
 - A field empty in every source is left unmanaged (never cleared in SafetyAmp).
 - An employee number on several bPREH rows (a view, a damaged table) is rejected once and
   neither created, updated nor deactivated; so is a row whose ActiveYN is not Y or N.
+- Employee numbers follow one rule wherever they are written (``employee_number``: the
+  digits 0-9, at most 16, leading zeros dropped): a bPREH row whose Employee is not one is
+  rejected with the reason; an Entra user or a SafetyAmp user whose employeeId/emp_id is
+  not one matches nobody (not ours: never updated or deactivated).
+- Names follow the text policy (utils/data_validator.py): a control, invisible, separator,
+  tag or private-use character rejects the record with the reason.
 """
 
 from __future__ import annotations
@@ -31,7 +37,16 @@ from typing import Any
 from sync.base import BaseSync, Desired, Rejected, SyncContext, fingerprint
 from sync.ports import Row
 from sync.sync_titles import is_active_employee, title_key
-from utils.data_validator import InvalidValue, clean_name, iso_date, normalize_email, normalize_phone
+from utils.data_validator import (
+    InvalidValue,
+    clean_name,
+    employee_number,
+    iso_date,
+    normalize_email,
+    normalize_phone,
+    shown_key,
+    to_date,
+)
 
 USER_FIELDS = (
     "emp_id",
@@ -49,25 +64,26 @@ USER_FIELDS = (
 
 
 def _norm_emp(value: Any) -> str | None:
-    """Employee numbers as one canonical string: '001234', ' 1234' and 1234 are one."""
-    if value is None:
+    """An employee number in its one canonical form (``employee_number``), or None when
+    it is blank or cannot be one: such a value matches no Vista employee."""
+    try:
+        return employee_number(value)
+    except InvalidValue:
         return None
-    text = str(value).strip()
-    if not text:
-        return None
-    return str(int(text)) if text.isdigit() else text
 
 
 def mail_by_employee_id(users: list[Row]) -> tuple[dict[str, str], dict[str, list[str]]]:
     """Enabled Entra users' mail by employeeId. Mails on *.onmicrosoft.com are tenant
-    defaults, not work addresses, and are ignored. An employeeId on two enabled users
-    is ambiguous: it maps to nothing and is returned in the second value."""
+    defaults, not work addresses, and are ignored; so is an employeeId that is not an
+    employee number (that user is nobody's). An employeeId on two enabled users is
+    ambiguous: it maps to nothing and is returned in the second value."""
     seen: dict[str, list[str]] = {}
     for user in users:
         if user.get("accountEnabled") is False:
             continue
         emp = _norm_emp(user.get("employeeId"))
-        mail = (user.get("mail") or "").strip()
+        mail = user.get("mail")
+        mail = mail.strip() if isinstance(mail, str) else ""
         if emp is None:
             continue
         seen.setdefault(emp, []).append(mail)
@@ -92,7 +108,15 @@ class EmployeeSync(BaseSync):
         return {"system_access": 0} if self.settings.employee_deactivation_mode == "revoke_access" else None
 
     def key_of(self, row: Row) -> str | None:
+        # A SafetyAmp user whose emp_id is not an employee number is not ours.
         return _norm_emp(row.get("emp_id"))
+
+    @classmethod
+    def key_from_text(cls, text: str) -> str:
+        key = employee_number(text, "key")
+        if key is None:
+            raise InvalidValue("an employee number is needed (the key is blank)")
+        return key
 
     # ---- lookups built once per run ---------------------------------------------
     def _lookups(self) -> dict[str, Any]:
@@ -122,7 +146,7 @@ class EmployeeSync(BaseSync):
         rows = self.ctx.source("employees", vp.employees)
         since = _history_start(self.ctx)
         latest = self.ctx.source(f"latest_jobs:{since}", lambda: vp.latest_jobs(since))
-        latest = {_norm_emp(k): str(v).strip() for k, v in latest.items()}
+        latest = {emp: str(v).strip() for k, v in latest.items() if (emp := _norm_emp(k)) is not None}
         mails: dict[str, str] = {}
         if self.ctx.graph is not None:
             users = self.ctx.source("graph_users", self.ctx.graph.users)
@@ -139,12 +163,21 @@ class EmployeeSync(BaseSync):
         # Counted first: a number on two rows (a view joining bPREH to something) is
         # ambiguous as a whole; neither row may create, update or deactivate, whatever
         # the order of the rows or the state of the first one.
-        occurrences = Counter(_norm_emp(r.get("Employee")) for r in rows)
+        keys: list[str | None] = []
+        refused: set[int] = set()
+        for i, row in enumerate(rows):
+            try:
+                keys.append(employee_number(row.get("Employee"), "bPREH.Employee"))
+            except InvalidValue as exc:
+                keys.append(None)
+                refused.add(i)
+                out.rejected.append(Rejected(shown_key(row.get("Employee")), exc.reason, ("Employee",), _safe(row)))
+        occurrences = Counter(k for k in keys if k is not None)
         reported: set[str] = set()
-        for row in rows:
-            key = _norm_emp(row.get("Employee"))
+        for i, (row, key) in enumerate(zip(rows, keys, strict=True)):
             if key is None:
-                out.rejected.append(Rejected("(blank)", "bPREH row without Employee", ("Employee",)))
+                if i not in refused:
+                    out.rejected.append(Rejected("(blank)", "bPREH row without Employee", ("Employee",)))
                 continue
             if occurrences[key] > 1:
                 if key not in reported:
@@ -230,17 +263,25 @@ class EmployeeSync(BaseSync):
         if site_id is None:
             out.rejected.append(Rejected(key, site_reason, ("home_site_id",), _safe(row)))
             return None
-        hire = row.get("HireDate")
-        rehire = row.get("RecentRehireDate")
-        if rehire is not None and (hire is None or rehire > hire):
-            hire = rehire
+        hire_text = None
         try:
-            hire_text = iso_date(hire, today=self.ctx.today)
+            hire = to_date(row.get("HireDate"), field="HireDate")
+            rehire = to_date(row.get("RecentRehireDate"), field="RecentRehireDate")
         except InvalidValue as exc:
             out.rejected.append(
-                Rejected(key, f"HireDate {exc.reason}; current_hire_date left out", ("current_hire_date",), kind="field_dropped")
+                Rejected(key, f"{exc.reason}; current_hire_date left out", ("current_hire_date",), kind="field_dropped")
             )
-            hire_text = None
+        else:
+            if rehire is not None and (hire is None or rehire > hire):
+                hire = rehire
+            try:
+                hire_text = iso_date(hire, today=self.ctx.today)
+            except InvalidValue as exc:
+                out.rejected.append(
+                    Rejected(
+                        key, f"HireDate {exc.reason}; current_hire_date left out", ("current_hire_date",), kind="field_dropped"
+                    )
+                )
         return {
             "emp_id": key,
             "first_name": first,
@@ -280,7 +321,8 @@ class EmployeeSync(BaseSync):
         owners: dict[str, dict[str, str]] = {"email": {}, "mobile_phone": {}, "work_phone": {}}
         for emp, user in current.items():
             for field in owners:
-                value = (user.get(field) or "").strip().lower()
+                value = user.get(field)
+                value = value.strip().lower() if isinstance(value, str) else ""
                 if value:
                     owners[field][value] = emp
         by_mail: dict[str, list[str]] = {}

@@ -8,6 +8,8 @@ Key: ``external_code`` = Job, trimmed (Vista job codes carry mask padding). Rule
   (``active: 0``) if it exists; a closed job is never created;
 - other statuses (2 soft-closed, 0 pending) leave an existing site as it is.
 Missing address parts are left unmanaged instead of invented ("Unknown", "00000").
+Job, Description and the address follow the text policy (utils/data_validator.py): a
+refused character rejects the job with the reason; a line break becomes a space.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from sync.base import BaseSync, Desired, Rejected, fingerprint
-from utils.data_validator import InvalidValue, clean_text
+from utils.data_validator import InvalidValue, clean_code, clean_text, shown_key
 
 
 class JobSync(BaseSync):
@@ -36,25 +38,30 @@ class JobSync(BaseSync):
         open_statuses = set(self.settings.job_open_statuses)
         closed_statuses = set(self.settings.job_closed_statuses)
         for row in rows:
-            job = str(row.get("Job") or "").strip()
+            raw = row.get("Job")
+            job = raw.strip() if isinstance(raw, str) else "" if raw is None else shown_key(raw)
             if not job:
                 out.rejected.append(Rejected("(blank)", "bJCJM row without Job", ("Job",)))
                 continue
             status = row.get("JobStatus")
             if status in closed_statuses:
+                # Archiving sends no text: matched as the target holds it, whatever it is.
                 out.deactivate.add(job)
                 continue
             if status not in open_statuses:
                 continue
             try:
-                desc = clean_text(row.get("Description"), 60)
-                street = clean_text(row.get("ShipAddress"), 100)
-                city = clean_text(row.get("ShipCity"), 60)
-                state = clean_text(row.get("ShipState"), 4)
-                zip_code = clean_text(row.get("ShipZip"), 12)
+                code = clean_code(raw, "Job")
+                desc = clean_text(row.get("Description"), 60, "Description")
+                street = clean_text(row.get("ShipAddress"), 100, "ShipAddress")
+                city = clean_text(row.get("ShipCity"), 60, "ShipCity")
+                state = clean_text(row.get("ShipState"), 4, "ShipState")
+                zip_code = clean_text(row.get("ShipZip"), 12, "ShipZip")
             except InvalidValue as exc:
-                out.rejected.append(Rejected(job, exc.reason, (), {"Job": job}))
+                out.rejected.append(Rejected(shown_key(job), exc.reason, (exc.field,) if exc.field else (), {"Job": job}))
                 continue
+            assert code is not None
+            job = code
             dept = str(row.get("Department") or "").strip()
             cluster_id = clusters.get(dept) or root_id
             record: dict[str, Any] = {

@@ -51,6 +51,7 @@ from sync.base import (
 )
 from sync.engine import FieldChange, diff, guard_allows, plan
 from sync.roster_model import ACTIVE, RosterClass, RosterSnapshot, RosterUser
+from utils.data_validator import InvalidValue, clean_code, clean_name, shown_key
 from utils.errors import (
     ConflictError,
     FatalError,
@@ -61,6 +62,9 @@ from utils.errors import (
 log = logging.getLogger("sync.rosters")
 
 USERS, GROUPS = "Users", "Groups"
+SCIM_CODE_MAX_LENGTH = 255
+"""sourcedId, userName and e-mail (an e-mail address has at most 254 characters)."""
+SCIM_NAME_MAX_LENGTH = 255
 DEACTIVATED = {"active": False}
 DEFAULT_ROLES = ("student", "teacher")
 
@@ -82,7 +86,7 @@ def scim_user_flat(row: Mapping[str, Any], role_attribute: str = "title") -> dic
     """The comparable fields of a SCIM User."""
     raw_name = row.get("name")
     name: Mapping[str, Any] = raw_name if isinstance(raw_name, Mapping) else {}
-    emails = [e for e in row.get("emails") or [] if isinstance(e, Mapping)]
+    emails = [e for e in _items(row.get("emails")) if isinstance(e, Mapping)]
     primary = next((e for e in emails if e.get("primary")), emails[0] if emails else None)
     flat = {
         "userName": row.get("userName"),
@@ -96,7 +100,7 @@ def scim_user_flat(row: Mapping[str, Any], role_attribute: str = "title") -> dic
     if role_attribute == "title":
         flat["role"] = row.get("title")
     elif role_attribute == "roles":
-        roles = [r for r in row.get("roles") or [] if isinstance(r, Mapping)]
+        roles = [r for r in _items(row.get("roles")) if isinstance(r, Mapping)]
         first = next((r for r in roles if r.get("primary")), roles[0] if roles else None)
         flat["role"] = first.get("value") if first else None
     return flat
@@ -136,7 +140,12 @@ def user_create_payload(flat: Mapping[str, Any], role_attribute: str = "title") 
 
 
 def member_ids(row: Mapping[str, Any]) -> set[str]:
-    return {str(m["value"]) for m in row.get("members") or [] if isinstance(m, Mapping) and m.get("value")}
+    return {str(m["value"]) for m in _items(row.get("members")) if isinstance(m, Mapping) and m.get("value")}
+
+
+def _items(value: Any) -> list[Any]:
+    """A multi-valued SCIM attribute as a list (a provider's odd value is no value)."""
+    return value if isinstance(value, list) else []
 
 
 def member_ops(add: Iterable[str], remove: Iterable[str]) -> list[dict[str, Any]]:
@@ -352,13 +361,21 @@ class RosterSync:
         deactivated_ids = {ids[w.key] for w in user_writes if w.kind == "deactivate" and w.log_key in outcomes and w.key in ids}
 
         # ---- groups ---------------------------------------------------------------
+        names, refused = self._class_names(snap)
+        rejected += len(refused)
+        for sid, reason in refused.items():
+            slog.error(f"class/{shown_key(sid)}", reason, kind="rejected")
+            result.counts["failed"] += 1
         group_writes, unchanged = self._plan_groups(
-            snap, ours_groups, ids, active_after, deactivated_ids, {ids[k] for k in held if k in ids}, result
+            snap, ours_groups, ids, active_after, deactivated_ids, {ids[k] for k in held if k in ids}, result, names
         )
         result.counts["unchanged"] += unchanged
         self._apply(group_writes, result, slog)
 
         # ---- status and cursor ----------------------------------------------------
+        # Refused source records are the source's business: the quarantine judges the
+        # writes (without this, five known-bad users quarantined a steady rosters sync).
+        result.rejected = rejected
         if result.guard_tripped:
             result.status = "failed"
         elif result.counts["failed"]:
@@ -404,24 +421,35 @@ class RosterSync:
                 out.deactivate.add(sid)
                 reasons[sid] = why
                 continue
-            user_name = self._user_name(user)
+            try:
+                # The text policy (utils/data_validator.py), as for SafetyAmp: nothing
+                # with a control, invisible or separator character reaches SCIM.
+                clean_code(sid, "sourcedId", SCIM_CODE_MAX_LENGTH)
+                user_name = clean_code(self._user_name(user), "userName", SCIM_CODE_MAX_LENGTH)
+                given = clean_name(user.given_name, "givenName", SCIM_NAME_MAX_LENGTH)
+                family = clean_name(user.family_name, "familyName", SCIM_NAME_MAX_LENGTH)
+                email = clean_code(user.email, "email", SCIM_CODE_MAX_LENGTH)
+                role = clean_name(_role_for(user, self.roles), "role", SCIM_NAME_MAX_LENGTH)
+            except InvalidValue as exc:
+                out.rejected.append(Rejected(shown_key(sid), exc.reason, (exc.field,) if exc.field else ()))
+                continue
             if not user_name:
                 out.rejected.append(
                     Rejected(sid, f"no {self.username_field} to use as userName (ROSTER_USERNAME_FIELD)", ("userName",))
                 )
                 continue
-            display = " ".join(p for p in (user.given_name, user.family_name) if p) or None
+            display = " ".join(p for p in (given, family) if p) or None
             rec = {
                 "userName": user_name,
                 "displayName": display,
-                "givenName": user.given_name,
-                "familyName": user.family_name,
-                "email": user.email,
+                "givenName": given,
+                "familyName": family,
+                "email": email,
                 "active": True,
                 "externalId": sid,
             }
             if self.role_attribute != "none":
-                rec["role"] = _role_for(user, self.roles)
+                rec["role"] = role
             out.records[sid] = rec
             out.fingerprints[sid] = fingerprint(rec)
         if snap.users_full:
@@ -442,6 +470,22 @@ class RosterSync:
         return user.username
 
     # ---- groups -----------------------------------------------------------------
+    def _class_names(self, snap: RosterSnapshot) -> tuple[dict[str, str], dict[str, str]]:
+        """Each class's Group displayName under the text policy, and the classes refused
+        by it (sourcedId -> reason): those are neither provisioned nor treated as gone."""
+        names: dict[str, str] = {}
+        refused: dict[str, str] = {}
+        for sid, cls in snap.classes.items():
+            try:
+                clean_code(sid, "class sourcedId", SCIM_CODE_MAX_LENGTH)
+                title = clean_name(cls.title, "title", SCIM_NAME_MAX_LENGTH)
+                code = clean_name(cls.class_code, "classCode", SCIM_NAME_MAX_LENGTH) if not title else None
+            except InvalidValue as exc:
+                refused[sid] = exc.reason
+                continue
+            names[sid] = title or code or sid
+        return names, refused
+
     def _plan_groups(
         self,
         snap: RosterSnapshot,
@@ -451,6 +495,7 @@ class RosterSync:
         deactivated_ids: set[str],
         held_ids: set[str],
         result: RunResult,
+        names: Mapping[str, str],
     ) -> tuple[list[_Write], int]:
         ours_user_ids = set(ids.values())
         wanted_roles = {r.lower() for r in self.roles}
@@ -462,9 +507,12 @@ class RosterSync:
 
         desired: dict[str, dict[str, Any]] = {}
         gone: set[str] = set()
+        refused = {sid for sid in snap.classes if sid not in names}
         for sid, cls in snap.classes.items():
+            if sid in refused:
+                continue  # still in the source: left as it is
             if class_in_scope(cls, self.schools):
-                desired[sid] = {"displayName": cls.title or cls.class_code or sid, "externalId": sid}
+                desired[sid] = {"displayName": names[sid], "externalId": sid}
             else:
                 gone.add(sid)
         if snap.classes_full:
@@ -504,7 +552,7 @@ class RosterSync:
         actions = {a.key: a for a in plan(desired, current_flat)}
         writes: list[_Write] = []
         unchanged = 0
-        touched = set(desired) | set(exact) | set(adds) | set(removes) | gone
+        touched = (set(desired) | set(exact) | set(adds) | set(removes) | gone) - refused
         if deactivated_ids:
             touched |= {k for k, r in ours.items() if member_ids(r) & deactivated_ids}
         group_deacts: list[_Write] = []

@@ -12,7 +12,7 @@ from datetime import date
 
 from sync.base import BaseSync, Desired, Rejected, fingerprint
 from sync.ports import Row
-from utils.data_validator import InvalidValue, clean_text, to_date
+from utils.data_validator import InvalidValue, clean_name, shown_key, to_date
 
 
 def title_key(name: object) -> str | None:
@@ -33,13 +33,16 @@ def is_active_employee(row: Row, today: date | None = None) -> bool:
     term = row.get("TermDate")
     if term is None:
         return True
-    rehire = row.get("RecentRehireDate")
-    if rehire is not None and rehire >= term:
-        return True
     try:
         day = to_date(term, field="TermDate")
     except InvalidValue:
         day = None  # not a date: the termination stands
+    try:
+        rehire = to_date(row.get("RecentRehireDate"), field="RecentRehireDate")
+    except InvalidValue:
+        rehire = None  # not a date: no rehire we can trust
+    if rehire is not None and day is not None and rehire >= day:
+        return True
     return today is not None and day is not None and day > today
 
 
@@ -52,20 +55,31 @@ class TitleSync(BaseSync):
     def key_of(self, row: Row) -> str | None:
         return title_key(row.get("name"))
 
+    @classmethod
+    def key_from_text(cls, text: str) -> str:
+        key = title_key(text)
+        if key is None:
+            raise InvalidValue("a title is needed (the key is blank)")
+        return key
+
     def load(self) -> Desired:
         rows = self.ctx.source("employees", self.viewpoint.employees)
         out = Desired(source_count=len(rows))
+        refused: set[str] = set()
         for row in rows:
             if not is_active_employee(row, self.ctx.today):
                 continue
             raw = row.get("Title")
             key = title_key(raw)
-            if key is None or key in out.records:
+            if key is None or key in out.records or key in refused:
                 continue
             try:
-                name = clean_text(" ".join(str(raw).split()), 100)
+                name = clean_name(raw if isinstance(raw, str) else str(raw), "Title", 100)
             except InvalidValue as exc:
-                out.rejected.append(Rejected(key, f"title: {exc.reason}", ("Title",)))
+                refused.add(key)
+                out.rejected.append(Rejected(shown_key(key), f"title: {exc.reason}", ("Title",)))
+                continue
+            if name is None:
                 continue
             out.records[key] = {"name": name}
             out.fingerprints[key] = fingerprint(name)

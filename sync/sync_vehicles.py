@@ -13,16 +13,30 @@ still copied (it is useful on the asset) and updated when it changes.
   externalIds.payrollId) -> the SafetyAmp user with that emp_id -> ``current_user_id``.
   No request per vehicle.
 - A vehicle gone from a complete Samsara read has its asset archived (``status: 0``);
-  only assets whose code starts with ``samsara:`` are ours to archive.
+  only assets whose code is ``samsara:`` and a valid id are ours to archive. A vehicle
+  refused by validation is still in Samsara: its asset is never archived for it.
+- Text policy (utils/data_validator.py): an id or name it refuses rejects the vehicle;
+  a refused VIN, serial, make/model, year or plate is left out with the reason
+  (``field_dropped``) and the asset still syncs; a driver whose employee field is not an
+  employee number (``employee_number``) leaves the asset without a driver, with the reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sync.base import BaseSync, Desired, Rejected, fingerprint
 from sync.ports import Row
-from utils.data_validator import InvalidValue, clean_text
+from utils.data_validator import (
+    CODE_MAX_LENGTH,
+    InvalidValue,
+    clean_code,
+    clean_text,
+    employee_number,
+    shown_key,
+    whole_number,
+)
 from utils.errors import ConfigurationError
 
 CODE_PREFIX = "samsara:"
@@ -43,8 +57,18 @@ class VehicleSync(BaseSync):
     deactivation = {"status": 0}
 
     def key_of(self, row: Row) -> str | None:
-        code = str(row.get("code") or "")
-        return code if code.startswith(CODE_PREFIX) else None
+        code = row.get("code")
+        if not isinstance(code, str) or not code.startswith(CODE_PREFIX):
+            return None
+        try:
+            return CODE_PREFIX + vehicle_id(code[len(CODE_PREFIX) :])
+        except InvalidValue:
+            return None  # not a code this sync writes: not ours
+
+    @classmethod
+    def key_from_text(cls, text: str) -> str:
+        text = text.strip()
+        return CODE_PREFIX + vehicle_id(text[len(CODE_PREFIX) :] if text.startswith(CODE_PREFIX) else text)
 
     def _placement(self) -> tuple[Any, Any]:
         site_id = self.settings.vehicle_site_id
@@ -73,59 +97,112 @@ class VehicleSync(BaseSync):
         vehicles = fleet.vehicles()
         site_id, type_id = self._placement()
         drivers = {str(d.get("id")): d for d in fleet.drivers()} if any(v.get("staticAssignedDriver") for v in vehicles) else {}
-        users = {}
+        users: dict[str, Any] = {}
         for user in self.ctx.targets.get("users"):
-            emp = str(user.get("emp_id") or "").strip()
+            try:
+                emp = employee_number(user.get("emp_id"))
+            except InvalidValue:
+                continue  # not an employee number: no driver can name this user
             if emp:
-                users[str(int(emp)) if emp.isdigit() else emp] = user.get("id")
+                users[emp] = user.get("id")
         out = Desired(source_count=len(vehicles))
+        refused: set[str] = set()
         for v in vehicles:
-            vid = str(v.get("id") or "").strip()
-            if not vid:
-                out.rejected.append(Rejected("(blank)", "Samsara vehicle without id", ("id",)))
+            try:
+                vid = vehicle_id(v.get("id"))
+            except InvalidValue as exc:
+                shown = _text(v.get("id")).strip()
+                out.rejected.append(Rejected(shown_key(CODE_PREFIX + shown) if shown else "(blank)", exc.reason, ("id",)))
                 continue
             key = CODE_PREFIX + vid
+            dropped: list[Rejected] = []
+
             try:
-                name = clean_text(v.get("name"), 100) or clean_text(v.get("vin"), 40) or vid
-                model = clean_text(" ".join(p for p in (v.get("make"), v.get("model")) if p), 100)
-                year = v.get("year")
-                year_int = int(year) if year not in (None, "") and str(year).strip().isdigit() else None
+                name = clean_text(v.get("name"), 100, "name")
             except InvalidValue as exc:
-                out.rejected.append(Rejected(key, exc.reason, (), {"id": vid}))
+                refused.add(key)  # still in Samsara: its asset must not be archived
+                out.rejected.append(Rejected(key, exc.reason, ("name",), {"id": vid}))
                 continue
-            serial = (v.get("gateway") or {}).get("serial") or v.get("serial")
+            vin = _optional(dropped, key, "vin", clean_code, v.get("vin"), "vin", 40)
             record: dict[str, Any] = {
                 "code": key,
-                "name": name,
-                "serial": serial,
-                "vin": v.get("vin") or None,
-                "model": model,
-                "year": year_int,
-                "description": f"Plate {v['licensePlate']}" if v.get("licensePlate") else None,
+                "name": name or vin or vid,
+                "serial": _optional(dropped, key, "serial", clean_code, _serial(v), "serial", 64),
+                "vin": vin,
+                "model": _optional(dropped, key, "model", _make_model, v),
+                "year": _optional(dropped, key, "year", whole_number, v.get("year"), "year", 1900, 2100),
+                "description": _optional(dropped, key, "description", _plate, v.get("licensePlate")),
                 "site_id": site_id,
                 "asset_type_id": type_id,
                 "status": 1,
                 "current_user_id": None,
             }
-            assigned = v.get("staticAssignedDriver") or {}
-            if assigned.get("id"):
+            assigned = v.get("staticAssignedDriver")
+            if isinstance(assigned, dict) and assigned.get("id"):
+                did = shown_key(_text(assigned["id"]))
                 driver = drivers.get(str(assigned["id"]))
-                raw_emp = dotted(driver, self.settings.samsara_driver_employee_field) if driver else None
-                emp_key = str(int(str(raw_emp).strip())) if raw_emp is not None and str(raw_emp).strip().isdigit() else None
+                field = self.settings.samsara_driver_employee_field
+                try:
+                    emp_key = employee_number(dotted(driver, field), field) if driver else None
+                    why = None
+                except InvalidValue as exc:
+                    emp_key, why = None, f"driver {did}: {exc.reason}"
                 if emp_key and emp_key in users:
                     record["current_user_id"] = users[emp_key]
                 else:
-                    why = (
-                        f"driver {assigned['id']} not found in /fleet/drivers"
-                        if driver is None
-                        else f"driver {assigned['id']} has no {self.settings.samsara_driver_employee_field}"
-                        if emp_key is None
-                        else f"employee {emp_key} of driver {assigned['id']} is not a SafetyAmp user"
-                    )
-                    out.rejected.append(
+                    if why is None:
+                        why = (
+                            f"driver {did} not found in /fleet/drivers"
+                            if driver is None
+                            else f"driver {did} has no {field}"
+                            if emp_key is None
+                            else f"employee {emp_key} of driver {did} is not a SafetyAmp user"
+                        )
+                    dropped.append(
                         Rejected(key, f"{why}; asset synced without its driver", ("current_user_id",), kind="field_dropped")
                     )
+            out.rejected += dropped
             out.records[key] = record
             out.fingerprints[key] = fingerprint(v, record["current_user_id"])
-        out.deactivate = set(self.current()) - set(out.records)
+        out.deactivate = set(self.current()) - set(out.records) - refused
         return out
+
+
+def vehicle_id(raw: Any) -> str:
+    """A Samsara vehicle id as this sync keys it (the text after ``samsara:``)."""
+    vid = clean_code(raw, "Samsara vehicle id", CODE_MAX_LENGTH - len(CODE_PREFIX))
+    if vid is None:
+        raise InvalidValue("Samsara vehicle without id")
+    return vid
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else "" if value is None else shown_key(value)
+
+
+def _serial(v: Row) -> Any:
+    gateway = v.get("gateway")
+    serial = gateway.get("serial") if isinstance(gateway, dict) else None
+    return serial or v.get("serial") or None
+
+
+def _optional(dropped: list[Rejected], key: str, field: str, clean: Callable[..., Any], *args: Any) -> Any:
+    """``clean(*args)``; on InvalidValue the field is left out and the reason kept: an
+    asset without its VIN or year is better than no asset."""
+    try:
+        return clean(*args)
+    except InvalidValue as exc:
+        dropped.append(Rejected(key, f"{exc.reason}; {field} left out", (field,), kind="field_dropped"))
+        return None
+
+
+def _make_model(v: Row) -> str | None:
+    parts = [v.get("make"), v.get("model")]
+    if any(p is not None and not isinstance(p, str) for p in parts):
+        raise InvalidValue("make/model is not text")
+    return clean_text(" ".join(p for p in parts if p), 100, "make/model")
+
+
+def _plate(raw: Any) -> str | None:
+    plate = clean_code(raw, "licensePlate", 20)
+    return f"Plate {plate}" if plate else None

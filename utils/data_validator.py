@@ -19,6 +19,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from utils.errors import RecordError
@@ -30,13 +31,18 @@ __all__ = [
     "InvalidValue",
     "Rejection",
     "ValidationReport",
+    "clean_code",
     "clean_name",
     "clean_text",
+    "employee_number",
     "find_duplicates",
     "is_secret_field",
     "iso_date",
     "normalize_email",
     "normalize_phone",
+    "refused_character",
+    "shown_key",
+    "whole_number",
 ]
 
 
@@ -81,7 +87,9 @@ def normalize_phone(raw: str | int | None, default_region: str = "US") -> str | 
     if raw is None:
         return None
     if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-        raise InvalidValue(f"phone {raw!r} is not text")
+        raise InvalidValue(f"phone is not text (a {type(raw).__name__})")
+    if isinstance(raw, int) and raw.bit_length() > 64:
+        raise InvalidValue("phone is a number of more than 19 digits")
     text = unicodedata.normalize("NFKC", str(raw)).strip()
     if not text:
         return None
@@ -146,7 +154,7 @@ def normalize_email(raw: str | None) -> str | None:
     if raw is None:
         return None
     if not isinstance(raw, str):
-        raise InvalidValue(f"email {raw!r} is not text")
+        raise InvalidValue(f"email is not text (a {type(raw).__name__})")
     text = raw.strip()
     if not text:
         return None
@@ -156,8 +164,11 @@ def normalize_email(raw: str | None) -> str | None:
     # Fast path (C speed, 50 000 addresses a run): printable ASCII has no control
     # character and no white space but " "; anything else gets the per-character scans.
     plain = text.isascii() and text.isprintable()
-    if not plain and any(_is_control(ch) for ch in text):
-        raise InvalidValue(f"email {shown!r} contains control characters")
+    if not plain:
+        for ch in text:
+            why = refused_character(ch)
+            if why is not None:
+                raise InvalidValue(f"email {shown!r} contains {why} (U+{ord(ch):04X})")
     if (" " in text) if plain else any(ch.isspace() for ch in text):
         raise InvalidValue(f"email {shown!r} contains spaces")
     if text.count("@") != 1:
@@ -187,68 +198,279 @@ def normalize_email(raw: str | None) -> str | None:
 
 
 # --------------------------------------------------------------------------- text
+#
+# One policy for every text value this product sends to a target (SafetyAmp and SCIM),
+# described for operators in docs/configuration.md ("Text sent to the targets"). A value
+# is *refused with a reason* when it holds a character that is invisible, changes how
+# the text around it is shown, or means nothing outside the system that wrote it:
+#
+# - control characters (Unicode category Cc: NUL, BEL, ESC, DEL, C1 such as NEL U+0085,
+#   which in Vista data is a mis-decoded "..."), except tab, CR and LF in names and text,
+#   which are white space: a run of them becomes one space (a pasted address or title);
+# - format characters (Cf: zero-width space U+200B, bidi marks and overrides such as
+#   U+200E/U+200F/U+202E, soft hyphen, BOM/word joiner), except ZWJ U+200D and ZWNJ
+#   U+200C *between two visible characters*: emoji sequences (a family, "woman
+#   construction worker") and Persian/Indic spellings need them there, nowhere else;
+# - line and paragraph separators (Zl/Zp: U+2028, U+2029): line breaks that break
+#   JavaScript string literals and CSV exports downstream;
+# - Unicode tag characters (U+E0000-U+E007F): invisible text that can smuggle content
+#   past a reader (this also refuses the rare subdivision flags built from them);
+# - private-use characters (Co): they mean something only on the machine that typed
+#   them (vendor logos, custom fonts); surrogates (Cs) and noncharacters: not text.
+#
+# Unassigned code points are allowed in names and text (a newer emoji than this Python's
+# Unicode tables knows is still an emoji) but not in codes. Codes (keys and external
+# codes: PRDept, Job, a Samsara id, a OneRoster sourcedId, a SCIM userName) are stricter:
+# letters, marks, digits, punctuation and symbols of any script and single spaces only,
+# at most ``max_len`` characters.
+#
+# A value Python calls printable (``str.isprintable``, any script) has none of these: the
+# per-character scan is skipped for it, so the policy costs one C-speed test per value
+# for nearly every value of a 50 000-employee run.
 
-# Bidirectional embedding/override/isolate controls: invisible, and able to make a name
-# render as something else ("Trojan source"); never legitimate in a person's name.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""Bidirectional embedding/override/isolate controls: able to make a value render as
+something else ("Trojan source"). Format characters, named "control characters" in
+reasons because that is what they do."""
+_JOINERS = frozenset("\u200c\u200d")
+_LINE_WHITESPACE = frozenset("\t\n\r")
+_WHITESPACE_RUN = re.compile(r"[ \t]*[\t\r\n][ \t\r\n]*")
 
 
-def _is_control(ch: str) -> bool:
-    return unicodedata.category(ch) in ("Cc", "Cs") or ch in _BIDI_CONTROLS
+def refused_character(ch: str, *, code: bool = False) -> str | None:
+    """Why the text policy refuses ``ch`` anywhere in a value (a phrase for a reason,
+    e.g. "a control character"), or None. Joiners and line white space are judged by
+    the callers, which know their neighbours."""
+    cp = ord(ch)
+    if 0xE0000 <= cp <= 0xE007F:
+        return "a Unicode tag character"
+    category = unicodedata.category(ch)
+    if category == "Cc" or ch in _BIDI_CONTROLS:
+        return "a control character"
+    if category == "Cf":
+        return "an invisible formatting character"
+    if category in ("Zl", "Zp"):
+        return "a line or paragraph separator"
+    if category == "Cs":
+        return "an unpaired surrogate"
+    if category == "Co":
+        return "a private-use character"
+    if 0xFDD0 <= cp <= 0xFDEF or (cp & 0xFFFE) == 0xFFFE:
+        return "a noncharacter"
+    if code:
+        if category == "Cn":
+            return "an unassigned character"
+        if category[0] == "Z" and ch != " ":
+            return "white space other than a plain space"
+    return None
 
 
-def _check_text(text: str, field: str, max_len: int, *, allow_newlines: bool) -> str:
-    # printable ASCII holds no control character: skip the per-character scan
-    for ch in "" if text.isascii() and text.isprintable() else text:
-        if allow_newlines and ch in "\t\n\r":
+def _joins(text: str, i: int) -> bool:
+    """A ZWJ/ZWNJ at ``i`` sits between two visible characters (its only legitimate place)."""
+    if i == 0 or i == len(text) - 1:
+        return False
+    before, after = text[i - 1], text[i + 1]
+    return not (before.isspace() or after.isspace() or before in _JOINERS or after in _JOINERS)
+
+
+def _scan(text: str, field: str) -> None:
+    """Refuse ``text`` (a name or free text, before white space is collapsed) when it
+    holds a character the policy refuses."""
+    # str.isprintable() is False for every category the policy refuses (Cc, Cf, Cs, Co,
+    # Cn, Zl, Zp) and for spaces other than U+0020: a printable value, in any script,
+    # needs no per-character look (C speed; most names of a 50 000-employee run).
+    if text.isprintable():
+        return
+    for i, ch in enumerate(text):
+        if ch in _LINE_WHITESPACE or (ch in _JOINERS and _joins(text, i)):
             continue
-        if _is_control(ch):
-            raise InvalidValue(f"{field} contains a control character (U+{ord(ch):04X})", field=field)
+        why = refused_character(ch)
+        if why is not None:
+            raise InvalidValue(f"{field} contains {why} (U+{ord(ch):04X})", field=field)
+
+
+def _not_text(raw: object, field: str) -> InvalidValue:
+    # type only: repr() of a 5000-digit int raises, and the value is no use to a reader
+    return InvalidValue(f"{field} is not text (a {type(raw).__name__})", field=field)
+
+
+def _check_length(text: str, field: str, max_len: int) -> str:
     if len(text) > max_len:
         raise InvalidValue(f"{field} is {len(text)} characters; the limit is {max_len}", field=field)
     return text
 
 
 def clean_name(raw: str | None, field: str, max_len: int = 100) -> str | None:
-    """Return a person's or thing's name NFC-normalised, trimmed, with runs of
-    whitespace (tabs, newlines, no-break spaces) collapsed to one space; ``None`` when
-    blank.
+    """Return a person's or thing's name NFC-normalised, trimmed, with runs of white
+    space (spaces, tabs, line breaks, no-break spaces) collapsed to one space; ``None``
+    when blank.
 
     Letters of any script, apostrophes, hyphens and emoji are kept as they are: people's
-    names are not ours to correct. Control characters are rejected (they break CSV
-    exports and terminals downstream), and so is anything longer than ``max_len``
-    characters (code points, as the target counts), with a reason such as
+    names are not ours to correct. A character the text policy refuses (above: controls,
+    invisible formatting, separators, tags, private use) is rejected with a reason such
+    as "first_name contains an invisible formatting character (U+200B)", and so is
+    anything longer than ``max_len`` characters (code points, as the target counts):
     "first_name is 143 characters; the limit is 100".
     """
     if raw is None:
         return None
     if not isinstance(raw, str):
-        raise InvalidValue(f"{field} {raw!r} is not text", field=field)
-    # Control characters are checked before whitespace is collapsed, except the ones
-    # str.split() treats as whitespace (tab, newline, ...), which collapse to a space.
-    text = " ".join(unicodedata.normalize("NFC", raw).split())
+        raise _not_text(raw, field)
+    text = raw if raw.isascii() else unicodedata.normalize("NFC", raw)
+    _scan(text, field)  # before collapsing: split() would also swallow NEL, U+2028, ...
+    text = " ".join(text.split())
     if not text:
         return None
-    return _check_text(text, field, max_len, allow_newlines=False)
+    return _check_length(text, field, max_len)
 
 
 def clean_text(raw: str | None, max_len: int, field: str = "text") -> str | None:
-    """Return free text (a description, an address line) NFC-normalised and trimmed,
-    ``None`` when blank. Inner whitespace and line breaks are kept; other control
-    characters and anything longer than ``max_len`` are rejected."""
+    """Return one-line free text (a description, an address line) NFC-normalised and
+    trimmed, ``None`` when blank. Every field the targets have is one line: a line break
+    or tab (with the blanks around it) becomes one space; other inner spaces are kept as
+    written. Refused characters and anything longer than ``max_len`` are rejected."""
     if raw is None:
         return None
     if not isinstance(raw, str):
-        raise InvalidValue(f"{field} {raw!r} is not text", field=field)
-    text = unicodedata.normalize("NFC", raw).strip()
+        raise _not_text(raw, field)
+    text = raw if raw.isascii() else unicodedata.normalize("NFC", raw)
+    _scan(text, field)
+    if not text.isprintable():
+        text = _WHITESPACE_RUN.sub(" ", text)
+    text = text.strip()
     if not text:
         return None
-    return _check_text(text, field, max_len, allow_newlines=True)
+    return _check_length(text, field, max_len)
+
+
+CODE_MAX_LENGTH = 64
+"""Default limit of a code (Vista's PRDept and Job hold 10 characters, Samsara ids about 20)."""
+
+
+def clean_code(raw: str | int | None, field: str, max_len: int = CODE_MAX_LENGTH) -> str | None:
+    """Return a code (a key or external code) trimmed of surrounding blanks (Vista pads
+    its codes), ``None`` when blank; otherwise unchanged: a code is compared
+    character for character with what the target holds, so it is never rewritten.
+
+    Refused, with a reason: anything the text policy refuses, any white space but single
+    plain spaces (a tab, a no-break space, two spaces in a row), unassigned characters,
+    and more than ``max_len`` characters. Whole numbers are accepted as their digits.
+    """
+    if raw is None:
+        return None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        if raw.bit_length() > 200:
+            raise InvalidValue(f"{field} is a number of more than 60 digits", field=field)
+        raw = str(raw)
+    if not isinstance(raw, str):
+        raise _not_text(raw, field)
+    text = raw.strip(" \t\r\n")
+    if not text:
+        return None
+    if not text.isprintable():  # see _scan
+        for ch in text:
+            why = refused_character(ch, code=True)
+            if why is not None:
+                raise InvalidValue(f"{field} contains {why} (U+{ord(ch):04X})", field=field)
+    if "  " in text:
+        raise InvalidValue(f"{field} {shown_key(text)!r} has two spaces in a row", field=field)
+    return _check_length(text, field, max_len)
+
+
+SHOWN_KEY_LENGTH = 100
+
+
+def shown_key(value: object) -> str:
+    """A key as it may be shown to a person (errors file, ``failed list``, a terminal):
+    every character Python does not consider printable escaped (``\x07``, ``\u200b``),
+    at most SHOWN_KEY_LENGTH characters. Valid keys are printable: they come back as
+    they are."""
+    text = value if isinstance(value, str) else _safe_str(value)
+    if len(text) > SHOWN_KEY_LENGTH:
+        text = text[:SHOWN_KEY_LENGTH] + "..."
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def _safe_str(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return "(a number of more than 60 digits)"
+    return str(value)
+
+
+# --------------------------------------------------------------------------- employee numbers
+
+EMPLOYEE_NUMBER_MAX_LENGTH = 16
+"""Characters of an employee number as written anywhere: Vista's bPREH.Employee is an
+int (at most 10 digits); Entra ID's employeeId holds at most 16 characters, and tenants
+often pad the number with zeros there."""
+
+
+def employee_number(value: object, source: str = "value") -> str | None:
+    """The one canonical form of a Vista employee number, wherever it is written (bPREH,
+    an Entra ID employeeId, a SafetyAmp emp_id, a Samsara driver's payroll id, an
+    operator's ``diagnose`` key): its digits without leading zeros, so ``1234``,
+    ``"001234"`` and ``" 1234 "`` are one employee. ``None`` when blank.
+
+    Only the ASCII digits 0-9, at most EMPLOYEE_NUMBER_MAX_LENGTH characters: anything
+    else raises InvalidValue with a reason naming ``source`` ("bPREH.Employee '²' is not
+    an employee number: ..."). ``str.isdigit()`` is not the test: it accepts "²" and
+    other digits that ``int()`` refuses, and ``int()`` refuses text of more than 4 300
+    digits, which made one odd value fail a whole sync."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidValue(f"{source} {value!r} is not an employee number (a boolean)", field=source)
+    if isinstance(value, int):
+        if not 0 <= value < 10**EMPLOYEE_NUMBER_MAX_LENGTH:
+            raise InvalidValue(
+                f"{source} {shown_key(value)} is not an employee number (at most {EMPLOYEE_NUMBER_MAX_LENGTH} digits)",
+                field=source,
+            )
+        return str(value)
+    if isinstance(value, (float, Decimal)):
+        whole = value.is_integer() if isinstance(value, float) else value.is_finite() and value == value.to_integral_value()
+        if not whole:
+            raise InvalidValue(f"{source} {value!r} is not an employee number (not a whole number)", field=source)
+        return employee_number(int(value), source)
+    if not isinstance(value, str):
+        raise InvalidValue(f"{source} is not an employee number (a {type(value).__name__})", field=source)
+    text = value.strip()
+    if not text:
+        return None
+    if len(text) > EMPLOYEE_NUMBER_MAX_LENGTH:
+        raise InvalidValue(
+            f"{source} {shown_key(text[:20])!r} ({len(text)} characters) is not an employee number "
+            f"(at most {EMPLOYEE_NUMBER_MAX_LENGTH} digits)",
+            field=source,
+        )
+    if not (text.isascii() and text.isdigit()):
+        raise InvalidValue(f"{source} {shown_key(text)!r} is not an employee number (only the digits 0-9)", field=source)
+    return text.lstrip("0") or "0"
+
+
+def whole_number(value: object, field: str, low: int, high: int) -> int | None:
+    """A whole number between ``low`` and ``high`` from an int or ASCII digits (a
+    vehicle's model year arrives as text from Samsara), ``None`` when blank; otherwise
+    InvalidValue. Never ``int()`` on unchecked text: see ``employee_number``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value if value.bit_length() <= 64 else None
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.isascii() and text.isdigit() and len(text) <= 18:
+            number = int(text)
+    if number is None or not low <= number <= high:
+        raise InvalidValue(f"{field} {shown_key(value)!r} is not a whole number from {low} to {high}", field=field)
+    return number
 
 
 # --------------------------------------------------------------------------- dates
 
-_US_DATE = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")
+_US_DATE = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$", re.ASCII)
 PLACEHOLDER_BEFORE = date(1901, 1, 1)
 """Dates before this are placeholders (SQL Server's default 1900-01-01), not facts."""
 
@@ -293,7 +515,7 @@ def to_date(value: date | datetime | str | None, *, field: str = "date") -> date
     if isinstance(value, str):
         text = value.strip()
         return _parse_date(text, field) if text else None
-    raise InvalidValue(f"{field} {value!r} is not a date", field=field)
+    raise InvalidValue(f"{field} is not a date (a {type(value).__name__})", field=field)
 
 
 def _parse_date(text: str, field: str) -> date:

@@ -59,10 +59,11 @@ class Corpus:
         self.entries.append(entry)
         return entry
 
-    def other(self, table: str, category: str, reason: str, row: dict[str, Any]) -> None:
+    def other(self, table: str, category: str, reason: str, row: dict[str, Any], expect: str = "rejected",
+              want: dict[str, Any] | None = None) -> None:  # fmt: skip
         n = sum(1 for e in self.entries if e["category"] == category) + 1
         self.entries.append({"id": f"{category.replace(' ', '-')}-{n}", "table": table, "category": category,
-                             "expect": "rejected", "reason": reason, "want": {}, "row": row})  # fmt: skip
+                             "expect": expect, "reason": reason, "want": want or {}, "row": row})  # fmt: skip
 
 
 def build() -> list[dict[str, Any]]:
@@ -89,15 +90,16 @@ def build() -> list[dict[str, Any]]:
         ("double dot", "ann..b@corpus-test.com", "invalid characters"), ("no domain dot", "ann@localhost", "has no dot"),
         ("numeric tld", "ann@corpus-test.123", "top-level domain"), ("underscore domain", "ann@corp_test.com", "not a valid host"),
         ("non-ascii", "zoë@corpus-test.com", "non-ASCII"), ("emoji", "ann😀@corpus-test.com", "non-ASCII"),
-        ("control", "ann\x07@corpus-test.com", "control characters"), ("nul", "ann\x00x@corpus-test.com", "control characters"),
+        ("control", "ann\x07@corpus-test.com", "control character"), ("nul", "ann\x00x@corpus-test.com", "control character"),
         ("display name", "Ann <ann@corpus-test.com>", "spaces"), ("list", "a@corpus-test.com;b@corpus-test.com", "@ signs"),
         ("quoted local", '"ann"@corpus-test.com', "invalid characters"), ("ip literal", "ann@[127.0.0.1]", "not a valid host"),
         ("long local", "a" * 65 + "@corpus-test.com", "limit is 64"), ("long", "a@" + "b" * 250 + ".com", "limit is 254"),
         ("trailing dot", "ann@corpus-test.com.", "not a valid host"), ("hyphen label", "ann@-corp.com", "not a valid host"),
         ("only at", "@", "nothing before the @"), ("nothing before", "@corpus-test.com", "nothing before the @"),
         ("sql", "x'; DROP TABLE bPREH;--@corpus-test.com", "spaces"), ("html", "<script>@corpus-test.com", "invalid characters"),
-        ("comma", "ann,b@corpus-test.com", "invalid characters"), ("bidi", "ann\u202e@corpus-test.com", "control characters"),
-        ("tab inside", "ann\tb@corpus-test.com", "control characters"), ("newline", "ann@corpus-test.com\nBcc: x@y.com", "control characters"),
+        ("comma", "ann,b@corpus-test.com", "invalid characters"), ("bidi", "ann\u202e@corpus-test.com", "control character"),
+        ("tab inside", "ann\tb@corpus-test.com", "control character"), ("newline", "ann@corpus-test.com\nBcc: x@y.com", "control character"),
+        ("zero width", "ann\u200b@corpus-test.com", "invisible formatting character"), ("tag", "ann\U000e0041@corpus-test.com", "Unicode tag character"),
         ("percent", "ann%corpus-test.com", "has no @"), ("fullwidth at", "ann＠corpus-test.com", "has no @"),
     ]  # fmt: skip
     for _name, mail, reason in invalid_mails:
@@ -162,6 +164,28 @@ def build() -> list[dict[str, Any]]:
         field = "FirstName" if i % 2 == 0 else "LastName"
         c.employee("control character name", "rejected", "contains a control character", **{field: name})
 
+    # -- invisible, separator and tag characters in names (the text policy) --------------
+    invisible = [
+        ("FirstName", "A\u200bnn", "first_name contains an invisible formatting character (U+200B)"),  # zero-width space
+        ("LastName", "Lee\u200f", "last_name contains an invisible formatting character (U+200F)"),  # right-to-left mark
+        ("FirstName", "Ann\u200e", "first_name contains an invisible formatting character (U+200E)"),
+        ("LastName", "Lee\U000e0041\U000e007f", "last_name contains a Unicode tag character (U+E0041)"),
+        ("FirstName", "\U000e0020Ann", "first_name contains a Unicode tag character (U+E0020)"),
+        ("LastName", "Lee\u2028Smith", "last_name contains a line or paragraph separator (U+2028)"),
+        ("FirstName", "Ann\u2029Marie", "first_name contains a line or paragraph separator (U+2029)"),
+        ("LastName", "Le\x85e", "last_name contains a control character (U+0085)"),  # NEL: a mis-decoded "..."
+        ("MidName", "M\u00adx", "middle_name contains an invisible formatting character (U+00AD)"),  # soft hyphen
+        ("FirstName", "\ufeffAnn", "first_name contains an invisible formatting character (U+FEFF)"),
+        ("LastName", "Lee\u2060", "last_name contains an invisible formatting character (U+2060)"),  # word joiner
+        ("FirstName", "\u200dAnn", "first_name contains an invisible formatting character (U+200D)"),  # joins nothing
+        ("LastName", "Lee\ue000", "last_name contains a private-use character (U+E000)"),
+        ("FirstName", "A\x1cnn", "first_name contains a control character (U+001C)"),  # str.split() white space
+    ]
+    for field, name, reason in invisible:
+        c.employee("invisible character name", "rejected", reason, **{field: name})
+    for name in ("نیک\u200cنام", "José 👷\u200d♀️", "क्\u200dषमा", "🇺🇸 Lee"):  # ZWNJ/ZWJ where names need them
+        c.employee("joiner name", "synced", want={"last_name": name}, LastName=name)
+
     # -- hostile but valid: stored verbatim (data, never code) ---------------------------
     verbatim = [
         ("sql", "O'Brien"), ("sql", "Robert'); DROP TABLE bPREH;--"), ("sql", "1' OR '1'='1"), ("sql", "%_\\"),
@@ -179,6 +203,7 @@ def build() -> list[dict[str, Any]]:
         ("Ann\tMarie", "Ann Marie"),
         ("Ann\u00a0 Marie", "Ann Marie"),
         ("Ann\nMarie", "Ann Marie"),
+        ("Ann\r\nMarie", "Ann Marie"),
     ):
         c.employee("whitespace name", "synced", want={"first_name": clean}, FirstName=raw)
 
@@ -193,7 +218,8 @@ def build() -> list[dict[str, Any]]:
         )
 
     # -- titles (the titles sync owns them) ------------------------------------------------
-    for title in ("Foreman\x07", "T" * 1000, "Lead\x1b[0m", "Welder\u202e", "X" * 101):
+    for title in ("Foreman\x07", "T" * 1000, "Lead\x1b[0m", "Welder\u202e", "X" * 101, "Fore\u2028man", "Lead\u200bHand",
+                  "Weld\U000e0041er"):  # fmt: skip
         c.employee("bad title", "title_rejected", "title:", want={"current_title_id": None}, udEmpTitle=title)
 
     # -- duplicate employee numbers: one error for the number, nothing sent ---------------
@@ -208,17 +234,59 @@ def build() -> list[dict[str, Any]]:
     for i, (code, desc, reason) in enumerate([
         (None, "No code", "without PRDept"), ("", "Blank code", "without PRDept"), ("  ", "Spaces", "without PRDept"),
         ("C1", "Bad\x07desc", "control character"), ("C2", "D" * 1000, "limit is 60"), ("C3", "Esc\x1b[2J", "control character"),
+        ("D\x07", "Bell", "PRDept contains a control character (U+0007)"),
+        ("D\x1b1", "Escape", "PRDept contains a control character (U+001B)"),
+        ("D\r\n2", "Line break", "PRDept contains a control character (U+000D)"),
+        ("D\u20283", "Separator", "PRDept contains a line or paragraph separator (U+2028)"),
+        ("D\u200b4", "Zero width", "PRDept contains an invisible formatting character (U+200B)"),
+        ("D\u200f5", "RLM", "PRDept contains an invisible formatting character (U+200F)"),
+        ("D\U000e00416", "Tag", "PRDept contains a Unicode tag character (U+E0041)"),
+        ("D  7", "Two spaces", "has two spaces in a row"),
+        ("D\t8", "Tab", "PRDept contains a control character (U+0009)"),
+        ("D\xa09", "No-break space", "PRDept contains white space other than a plain space (U+00A0)"),
+        ("C4", "Sep\u2028arator", "Description contains a line or paragraph separator (U+2028)"),
+        ("C5", "Zero\u200bwidth", "Description contains an invisible formatting character (U+200B)"),
+        ("C6", "Right\u200fmark", "Description contains an invisible formatting character (U+200F)"),
+        ("C7", "Tag\U000e0041\U000e007fged", "Description contains a Unicode tag character (U+E0041)"),
+        ("C8", "Bell\x07", "Description contains a control character (U+0007)"),
     ]):  # fmt: skip
         c.other("bPRDP", "bad department", reason, {"PRCo": 1, "PRDept": code, "Description": desc, "KeyID": 9000 + i})
+    # A line break or tab inside a name is white space: one space, and the department syncs.
+    for i, (code, desc, name) in enumerate(
+        [("CZ1", "Line\r\nbreak", "CZ1 - Line break"), ("CZ2", "Tab\there", "CZ2 - Tab here")]
+    ):
+        c.other("bPRDP", "department name with line break", "", {"PRCo": 1, "PRDept": code, "Description": desc, "KeyID": 9050 + i},
+                expect="synced", want={"name": name})  # fmt: skip
     for i, (job, desc, reason) in enumerate([
         (None, "No job", "without Job"), ("   ", "Blank job", "without Job"), ("CJ-1", "Job\x00x", "control character"),
         ("CJ-2", "J" * 1000, "limit is 60"), ("CJ-3", "Ok", "control character"), ("CJ-4", "Bidi\u202e", "control character"),
+        ("J\x07", "Bell", "Job contains a control character (U+0007)"),
+        ("J\x1b2", "Escape", "Job contains a control character (U+001B)"),
+        ("J\r\n3", "Line break", "Job contains a control character (U+000D)"),
+        ("J\u20284", "Separator", "Job contains a line or paragraph separator (U+2028)"),
+        ("J\u200b5", "Zero width", "Job contains an invisible formatting character (U+200B)"),
+        ("J\U000e00416", "Tag", "Job contains a Unicode tag character (U+E0041)"),
+        ("J  7", "Two spaces", "has two spaces in a row"),
+        ("CJ-5", "Sep\u2028arator", "Description contains a line or paragraph separator (U+2028)"),
+        ("CJ-6", "Zero\u200bwidth", "Description contains an invisible formatting character (U+200B)"),
+        ("CJ-7", "Ok", "ShipCity contains an invisible formatting character (U+200F)"),
+        ("CJ-8", "Tag\U000e0041ged", "Description contains a Unicode tag character (U+E0041)"),
+        ("CJ-9", "Esc\x1b[2J", "Description contains a control character (U+001B)"),
     ]):  # fmt: skip
         row = {"JCCo": 1, "Job": job, "Description": desc, "Contract": None, "JobStatus": 1, "ShipAddress": "1 Main St",
                "ShipCity": "Metairie", "ShipState": "LA", "ShipZip": "70001", "KeyID": 9100 + i}  # fmt: skip
         if job == "CJ-3":
             row["ShipCity"] = "Met\x07airie"
+        if job == "CJ-7":
+            row["ShipCity"] = "Met\u200fairie"
         c.other("bJCJM", "bad job", reason, row)
+    for i, (job, desc, street, want) in enumerate([
+        ("CJZ-1", "Line\r\nbreak", "1 Main St\r\nSuite 4", {"name": "CJZ-1 - Line break", "street": "1 Main St Suite 4"}),
+        ("CJZ-2", "Tab\there", "2 Main St", {"name": "CJZ-2 - Tab here", "street": "2 Main St"}),
+    ]):  # fmt: skip
+        row = {"JCCo": 1, "Job": job, "Description": desc, "Contract": None, "JobStatus": 1, "ShipAddress": street,
+               "ShipCity": "Metairie", "ShipState": "LA", "ShipZip": "70001", "KeyID": 9150 + i}  # fmt: skip
+        c.other("bJCJM", "job name with line break", "", row, expect="synced", want=want)
     return c.entries
 
 

@@ -243,6 +243,8 @@ def test_mail_by_employee_id_rules():
         user(1),
         {"id": "a", "employeeId": " 000123 ", "mail": " Ann@acme.test ", "accountEnabled": True},
         {"id": "b", "employeeId": "E-7", "mail": "e7@acme.test", "accountEnabled": True},
+        {"id": "b2", "employeeId": "\u00b2", "mail": "sup@acme.test", "accountEnabled": True},
+        {"id": "b3", "employeeId": "1" * 5000, "mail": "huge@acme.test", "accountEnabled": True},
         {"id": "c", "employeeId": "5", "mail": "off@acme.test", "accountEnabled": False},
         {"id": "d", "employeeId": "6", "mail": None, "accountEnabled": True},
         {"id": "e", "employeeId": "8", "mail": "x@acme.onmicrosoft.com", "accountEnabled": True},
@@ -256,7 +258,8 @@ def test_mail_by_employee_id_rules():
         {"id": "k-admin", "employeeId": "77", "mail": "k@acme.onmicrosoft.com", "accountEnabled": True},
     ]
     mails, duplicates = mail_by_employee_id(users)
-    assert mails == {"1": "p1@acme.test", "123": "Ann@acme.test", "E-7": "e7@acme.test", "77": "k@acme.test"}
+    # not employee numbers ("E-7", a superscript digit, 5000 digits): nobody's mail
+    assert mails == {"1": "p1@acme.test", "123": "Ann@acme.test", "77": "k@acme.test"}
     assert list(duplicates) == ["42"]
     assert [u["id"] for u in duplicates["42"]] == ["i1", "i2"]
 
