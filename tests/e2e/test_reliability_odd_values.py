@@ -141,7 +141,7 @@ def test_cli_diagnose_with_a_key_no_employee_can_have_is_a_clean_error(tmp_path:
 
 def test_daemon_diagnose_with_a_key_no_employee_can_have_is_400(daemon: Any) -> None:  # noqa: F811
     _proc, base, _started = daemon
-    auth = {"Authorization": "Bearer operator-token-123"}
+    auth = {"Authorization": "Bearer operator-token-123-0123456789abcdef"}
 
     def attached() -> Any:
         r = get(base + "/diagnose/employees/1001", headers=auth)
