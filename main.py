@@ -5,7 +5,7 @@ replicas and CronJobs do not stampede the same minute).
 
     python main.py [--sandbox [--sandbox-dir DIR] [--sandbox-size N]]
 
-Endpoints (DESIGN.md): /live (heartbeat only, never an outside call), /ready (settings
+Endpoints (docs/runbook.md, docs/metrics.md): /live (heartbeat only, never an outside call), /ready (settings
 valid and the source database answered within the last check, cached 30 s), /health
 (JSON detail, no secrets), /metrics (Prometheus text). Operator endpoints (POST /sync,
 POST /sync/<name>, GET /diagnose/<sync>/<key>) need ``Authorization: Bearer

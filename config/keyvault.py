@@ -2,7 +2,7 @@
 
 Outside system: Azure Key Vault, through the official SDK (``azure-keyvault-secrets``'
 ``SecretClient``) and ``azure-identity``'s ``DefaultAzureCredential``, which on AKS picks
-up Workload Identity (vendor-facts §6). Both are imported lazily: nothing Azure is
+up Workload Identity (docs/deploy.md). Both are imported lazily: nothing Azure is
 loaded unless a vault is configured.
 
 Why this shape:

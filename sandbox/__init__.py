@@ -1,7 +1,7 @@
 """Emulators of every outside system, the demo dataset and fault injection.
 
 The sandbox is where the product meets SafetyAmp, Samsara, Microsoft Graph/Entra ID and
-Viewpoint Vista before production (DESIGN.md "Sandbox fidelity"; the emulated facts and
+Viewpoint Vista before production (the emulated facts, their public sources and the
 assumptions are listed in docs/emulated-apis.md). Modules:
 
 * ``server``: ``start_sandbox(dir, size, faults, seed) -> RunningSandbox`` (the entry point)

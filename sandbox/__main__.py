@@ -1,4 +1,4 @@
-"""Command line of the sandbox (DESIGN.md "Command lines").
+"""Command line of the sandbox (README "The daemon" and docs/emulated-apis.md "Using it").
 
 ``python -m sandbox serve --dir DIR [--port-file FILE] [--size N]`` runs every emulator in
 the foreground, writes the endpoints JSON (with the dummy credentials, mode 0600) to FILE,

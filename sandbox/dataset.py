@@ -487,7 +487,7 @@ def driver(rng: random.Random, *, index: int, person: Person, created: datetime,
 
 
 def entra_user(rng: random.Random, person: Person) -> dict[str, Any]:
-    """One Entra ID user for an employee (mail quirks per vendor-facts 4)."""
+    """One Entra ID user for an employee (mail quirks: docs/emulated-apis.md, "Microsoft Graph")."""
     mailbox = person.mail or f"{mail_local(person.first, person.last)}@{COMPANY_DOMAIN}"
     roll = rng.random()
     mail: str | None = mailbox

@@ -6,7 +6,7 @@ accepts ``https`` authorities and performs OIDC discovery first. Serving
 over TLS (a CA generated per sandbox, see sandbox/tls.py) lets the product's real MSAL
 code run unchanged against the sandbox.
 
-The Graph side follows vendor-facts.md section 4: ``employeeId`` is only returned when
+The Graph side follows Microsoft's documentation (docs/emulated-apis.md, "Microsoft Graph"): ``employeeId`` is only returned when
 ``$select``-ed, ``$top`` defaults to 100 and stops at 999, ``$skip`` is refused, paging is
 by an opaque ``$skiptoken`` inside an absolute ``@odata.nextLink``, ``ne``/``eq null``
 filters need ``ConsistencyLevel: eventual`` plus ``$count=true``, and ``$batch`` takes at
@@ -214,7 +214,7 @@ def parse_filter(text: str, advanced: bool) -> list[Condition]:
     """Parse the supported ``$filter`` subset into store conditions.
 
     Supported: ``prop eq|ne literal``, ``prop in (...)``, ``startsWith(prop,'x')``,
-    joined by ``and``. ``ne`` and ``eq null`` are advanced queries (vendor-facts 4).
+    joined by ``and``. ``ne`` and ``eq null`` are advanced queries (Microsoft Graph "advanced query capabilities").
     """
     tokens = _tokenize(text)
     conditions: list[Condition] = []
@@ -610,7 +610,7 @@ def _sub_request(
     request_id = str(uuid.uuid4())
     if any(statuses.get(dep, 500) >= 400 for dep in item.get("dependsOn") or []):
         return 424, _error_body("FailedDependency", "A dependency failed.", request_id), {}
-    # Batching does not bypass throttling: every sub-request costs a token (vendor-facts 4).
+    # Batching does not bypass throttling: every sub-request costs a token (Microsoft Graph "JSON batching" and "throttling").
     wait = injector.take_token()
     if wait is None and injector.roll(injector.throttle_rate):
         wait = injector.random_retry_after()

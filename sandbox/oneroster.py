@@ -1,7 +1,7 @@
 """OneRoster REST emulator (Flask): rostering 1.1 and 1.2 over the sandbox's district.
 
 Why: the rosters sync must meet what real OneRoster servers do before it meets one
-(vendor-facts §5, docs/emulated-apis.md "OneRoster"):
+(docs/emulated-apis.md "OneRoster", with the public sources):
 
 - both base paths, ``/ims/oneroster/v1p1`` and ``/ims/oneroster/rostering/v1p2``, with the
   version's representation (1.1: ``role`` + ``orgs[]``, booleans as "true"/"false"

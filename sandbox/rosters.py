@@ -4,7 +4,7 @@ Kept out of sandbox/server.py so that file only gains one call: ``start_rosters`
 the district if needed (sandbox/roster_seed.py), serves both apps through the shared
 ``EmulatorMiddleware`` (request log in the store, so tests count SCIM writes on the
 server's side; faults when SANDBOX_FAULTS names "oneroster" or "scim") and returns the
-endpoints DESIGN.md promises:
+endpoints the port file carries (docs/emulated-apis.md "Using it"):
 
     "oneroster": {"url", "version", "client_id", "client_secret", "token_url"}
     "scim":      {"url", "token"}

@@ -1,6 +1,6 @@
 """SafetyAmp REST API emulator (Flask), as documented by SafetyAmp and as IIUS uses it.
 
-Why so strict: the real API is only partly documented (vendor-facts.md section 1), and the
+Why so strict: the real API is only partly documented (docs/emulated-apis.md, "SafetyAmp"), and the
 daemon must be proven against everything that *is* known before it meets production:
 the four required headers, 0-based ``page``/``limit`` paging, the ``{"data": ...}``
 envelope, ``YYYY-mm-dd H:i:s`` UTC timestamps, a site-cluster tree, and Laravel-style 422

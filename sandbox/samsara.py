@@ -2,7 +2,7 @@
 
 Why: the vehicles sync must survive Samsara's documented paging contract (opaque ``after``
 cursors, ``limit`` max 512, pages that are short or even empty while ``hasNextPage`` is
-still true) and its 429s with fractional ``Retry-After`` (vendor-facts.md section 3). A
+still true) and its 429s with fractional ``Retry-After`` (docs/emulated-apis.md, "Samsara"). A
 client that stops on the first empty page, or treats the gateway ``serial`` as the
 vehicle's identity, fails here before it fails in production.
 

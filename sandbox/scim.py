@@ -1,6 +1,6 @@
 """The sandbox's SCIM target: the real third-party ``scim2-server``, made durable.
 
-DESIGN.md asks for a real SCIM server rather than a home-made one, so the sandbox runs
+A real SCIM server rather than a home-made one (a home-made one would agree with us), so the sandbox runs
 scim2-server's own WSGI application (``BearerTokenApplication``, the one its
 ``scim2-server --bearer-token`` command serves) with the RFC 7643 schemas, the default
 resource types (User with the enterprise extension, Group) and its default

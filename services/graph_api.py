@@ -7,7 +7,7 @@ nothing may touch the network at wiring time). MSAL gets our own requests sessio
 "graph". A non-Microsoft authority (the sandbox) needs ``instance_discovery=False``.
 
 ``users()`` reads ``/v1.0/users`` with ``$select`` and ``$top=999`` and follows
-``@odata.nextLink`` (an opaque absolute URL, vendor-facts §4) until it is absent.
+``@odata.nextLink`` (an opaque absolute URL, Microsoft Graph "paging") until it is absent.
 
 Errors: HTTP outcomes map through ``services.http.HttpClient`` (429 honours Retry-After;
 5xx/timeouts retried; 401/403 FatalError). A 401 in the middle of a read refreshes the

@@ -144,7 +144,7 @@ class RequestStats:
 class RateLimiter:
     """Thread-safe token bucket: ``rate`` requests per second, bursts of ``burst``.
 
-    Hand-written on purpose (vendor-facts §7): the ``ratelimit`` package keeps its window
+    Hand-written on purpose (README "Dependencies"): the ``ratelimit`` package keeps its window
     per process and can still raise RateLimitException when several threads call it
     (tomasbasham/ratelimit#29), and has not been released since 2018; pyrate-limiter
     has acquire races and leaker-thread problems under load (#185, #191, #240, #300).

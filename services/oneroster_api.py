@@ -1,7 +1,7 @@
 """OneRoster REST adapter (1EdTech rostering, versions 1.1 and 1.2): a ``RosterSource``.
 
 What it reads: ``/users``, ``/classes`` and ``/enrollments`` (or ``/schools/{id}/enrollments``
-per configured school) under the version's base path (vendor-facts §5):
+per configured school) under the version's base path (1EdTech OneRoster 1.1 / 1.2 REST bindings):
 
     1.1   {ONEROSTER_URL}/ims/oneroster/v1p1/...
     1.2   {ONEROSTER_URL}/ims/oneroster/rostering/v1p2/...
@@ -62,7 +62,7 @@ log = logging.getLogger("services.oneroster")
 SERVICE = "oneroster"
 BASE_PATHS = {"1.1": "ims/oneroster/v1p1", "1.2": "ims/oneroster/rostering/v1p2"}
 DEFAULT_SCOPES = {
-    # Aeries documents the 1.1 scopes (vendor-facts §5); the 1.2 ones follow the
+    # Aeries documents the 1.1 scopes (docs/rosters.md); the 1.2 ones follow the
     # 1EdTech pattern .../spec/or/v1p2/scope/<name>.readonly.
     "1.1": "https://purl.imsglobal.org/spec/or/v1p1/scope/roster-core.readonly",
     "1.2": "https://purl.imsglobal.org/spec/or/v1p2/scope/roster-core.readonly",

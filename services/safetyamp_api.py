@@ -2,7 +2,7 @@
 
 Talks to ``{SAFETYAMP_URL}/api/{collection}`` with the four headers SafetyAmp requires on
 every request (Authorization Bearer, Fqdn, User-Agent, Accept: application/json;
-vendor-facts §1.1). Responses wrap their payload in ``{"data": ...}``; request bodies are
+docs/emulated-apis.md "SafetyAmp"). Responses wrap their payload in ``{"data": ...}``; request bodies are
 sent as the bare object (Laravel reads the fields at the top level).
 
 Errors: HTTP outcomes are mapped by ``services.http.HttpClient`` (429 -> RateLimitedError,
@@ -31,7 +31,7 @@ log = logging.getLogger("safetyamp")
 
 COLLECTIONS = ("users", "sites", "site_clusters", "user_titles", "roles", "asset_types", "assets")
 
-# How SafetyAmp accepts updates per collection (IIUS usage, vendor-facts §1.2). Titles,
+# How SafetyAmp accepts updates per collection (IIUS usage, docs/emulated-apis.md "SafetyAmp"). Titles,
 # roles and asset types are never updated by this product.
 UPDATE_METHOD: dict[str, str] = {"users": "PATCH", "site_clusters": "PATCH", "sites": "PUT", "assets": "PUT"}
 

@@ -1,7 +1,7 @@
 """Samsara Fleet API adapter: implements ``sync.ports.SamsaraFleet``.
 
 Reads ``/fleet/vehicles`` and ``/fleet/drivers`` with a Bearer API token and cursor
-paging (vendor-facts §3): ``limit`` (max 512) plus ``after=<endCursor>``, repeating the
+paging (Samsara API "Pagination", docs/emulated-apis.md): ``limit`` (max 512) plus ``after=<endCursor>``, repeating the
 other params, until ``pagination.hasNextPage`` is false. Samsara documents that pages may
 be short or even empty while ``hasNextPage`` is still true, so an empty page never ends
 the read. Our own limiter keeps us under SAMSARA_RATE_LIMIT_PER_SECOND; Samsara's 429

@@ -84,6 +84,9 @@ class RunResult:
     guard_tripped: bool = False
     plan: list[dict[str, Any]] = field(default_factory=list)
     """The writes a dry run would send (filled in dry runs only)."""
+    blameless: bool = False
+    """Failed for a reason outside the sync and its services (its change log could not
+    be written): the quarantine does not back it off, the fix is ours to make."""
     rejected: int = 0
     """Source records refused before any write (also counted in ``counts["failed"]``);
     the quarantine judges a run by its write failures only."""
@@ -470,6 +473,7 @@ def run_recorded(name: str, ctx: SyncContext, body: Callable[[RunResult, Any], M
         result.status, result.error = "failed", exc.message
         result.duration_seconds = time.monotonic() - started
         log.error("sync failed: %s", result.error, extra={"sync": name})
+        result.blameless = True
         _change_log_failed(ctx, name)
         return result
     extra: Mapping[str, Any] | None = None
@@ -507,6 +511,7 @@ def run_recorded(name: str, ctx: SyncContext, body: Callable[[RunResult, Any], M
     if result.status == "failed":
         log.error("sync failed: %s", result.error, extra={"sync": name})
     if log_failed:
+        result.blameless = True
         _change_log_failed(ctx, name)
     return result
 

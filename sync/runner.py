@@ -96,8 +96,11 @@ def _run_all(ctx: SyncContext, names: list[str], factories: dict[str, Any], cycl
             result = RunResult(name, status="failed", error=f"the {name} sync is not available in this build")
         else:
             result, lock_lost = _run_guarded(ctx, name, cls, cycle)
-        # A sync stopped by a lost lock says nothing about itself (Redis restarted): no back-off.
-        if not ctx.dry_run and ctx.quarantine is not None and not (lock_lost and result.status == "failed"):
+        # A sync stopped by a lost lock (Redis restarted) or an unwritable change log (our
+        # disk) says nothing about itself or its services: no back-off, it runs again as
+        # soon as the cause is gone (the SyncChangeLogUnwritable alert says so).
+        blameless = result.status == "failed" and (lock_lost or result.blameless)
+        if not ctx.dry_run and ctx.quarantine is not None and not blameless:
             # Records refused by validation are the source's business (errors file, diagnose):
             # a steady run with a few known-bad rows must not back the whole sync off.
             attempted = {**result.counts, "failed": max(0, result.counts["failed"] - result.rejected)}

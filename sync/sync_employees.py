@@ -372,7 +372,7 @@ class EmployeeSync(BaseSync):
         return payload
 
     def update_payload(self, action, current):  # type: ignore[no-untyped-def]
-        # SafetyAmp is reported to want core fields even on PATCH (vendor-facts 1.2,
+        # SafetyAmp is reported to want core fields even on PATCH (docs/emulated-apis.md,
         # observed by the predecessor): send them along, they cost nothing.
         payload = dict(action.payload)
         for core in ("first_name", "last_name", "email"):

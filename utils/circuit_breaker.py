@@ -2,10 +2,10 @@
 
 Why: when SafetyAmp (or Samsara, Graph...) is down, every replica and the CronJob
 should stop hammering it at once, and one probe, not every caller, should test whether
-it is back (vendor-facts §7: probe leasing avoids every caller passing in half-open,
+it is back (probe leasing avoids every caller passing in half-open,
 micronaut-core#11485).
 
-Why hand-written rather than pybreaker's ``CircuitRedisStorage`` (vendor-facts §7):
+Why hand-written rather than pybreaker's ``CircuitRedisStorage``:
 
 * creating a breaker instance writes the initial state to the shared storage, so every
   pod start or CronJob run resets a breaker other replicas had opened

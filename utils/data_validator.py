@@ -7,7 +7,7 @@ human operator can act on ("phone '555-01' has 5 digits; ..."). The engine turns
 rejection into a record-level error (``utils.errors.RecordError``), writes it to the
 errors file and the failed-record tracker, and goes on with the next record.
 
-Formats follow what SafetyAmp accepts (vendor-facts 1.2): phones in E.164
+Formats follow what SafetyAmp accepts (docs/emulated-apis.md, "SafetyAmp"): phones in E.164
 ``+1XXXXXXXXXX``, dates ``YYYY-MM-DD``, e-mails unique per account case-insensitively.
 """
 

@@ -3,7 +3,7 @@
 Implements ``sync.ports.FailedRecords`` (plus ``get``/``list``/``retry`` for the
 ``failed`` operator commands). A record that failed is skipped on later runs until its
 retry is due, following the schedule of Microsoft Entra's provisioning engine (the
-best-known provisioning engine, vendor-facts 7): retries 2, 6, 12, 24, 48, 96 and 168
+best-known provisioning engine; docs/reliability.md "The per-record retry schedule"): retries 2, 6, 12, 24, 48, 96 and 168
 hours after successive failures; after the eighth failure the record is *quarantined*:
 held until its inputs change or an operator runs ``failed retry``.
 

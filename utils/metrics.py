@@ -1,4 +1,4 @@
-"""Prometheus metrics with the exact names of DESIGN.md.
+"""Prometheus metrics with the exact names docs/metrics.md lists (dashboards and alerts rely on them).
 
 One ``Metrics`` object owns a registry; the daemon serves it on /metrics and
 sync_batch may push it. Tests build their own instance, so nothing is global.

@@ -316,3 +316,20 @@ def test_a_lost_lock_stops_writing(tmp_path):
     assert result.status == "failed" and result.error.startswith("lock lost: the sync-jobs lock")
     assert ctx.quarantine.blocks("jobs") is None  # a lost lock is no fault of the sync: no back-off
     assert target.rows("sites") == [{"id": 5, "name": "Fleet Yard", "external_code": "FLEET"}]
+
+
+def test_an_unwritable_change_log_fails_the_sync_without_quarantine(tmp_path):
+    """The disk is ours to fix, not the sync's or its services': once it is, the next
+    cycle must run at once, not wait out a back-off that grows with every failed cycle."""
+    from utils.quarantine import Quarantine
+
+    target = seed_target()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a regular file: nothing can be created under it\n")
+    ctx = make_ctx(tmp_path, target, FakeViewpoint(DEPTS, JOBS, [emp(1)], latest={1: "J1"}))
+    ctx.events = EventManager(blocker / "output", "run-1")
+    ctx.quarantine = Quarantine(None, prefix="t:", interval_seconds=60)
+    result = run_syncs(ctx, ("departments",))[0]
+    assert result.status == "failed" and result.error.startswith("cannot write the change log"), result.error
+    assert ctx.quarantine.blocks("departments") is None
+    assert target.writes() == 0
