@@ -17,7 +17,6 @@ PUSHGATEWAY_URL, here a small capturing server in the test.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import signal
@@ -30,7 +29,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import redis
 
 from tests.e2e.conftest import ROOT, BatchRunner, writes
 from tests.e2e.test_daemon import free_port, wait_for
@@ -106,26 +104,11 @@ def last_id(batch: BatchRunner) -> int:
 
 
 @pytest.fixture
-def populated(tmp_path: Path) -> Iterator[BatchRunner]:
+def populated(tmp_path: Path) -> BatchRunner:
     batch = BatchRunner(tmp_path, size=SIZE)
     first = batch.run(SYNC_TYPES=SAFETYAMP_SYNCS)
     assert first["status"] in ("success", "partial")
-    yield batch
-    client = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        for key in list(client.scan_iter(match=redis_prefix(batch) + "*")):
-            client.delete(key)
-    except redis.RedisError:
-        pass  # no Redis here: the product kept its state in memory and files
-    finally:
-        client.close()
-
-
-def redis_prefix(batch: BatchRunner) -> str:
-    """The production runs' own Redis keys: not the product's default prefix, which every
-    such run on this Redis would share (their quarantine piled up across sessions, and
-    concurrent pytest-xdist workers would take each other's locks)."""
-    return f"test-source-{hashlib.sha256(str(batch.dir).encode()).hexdigest()[:16]}:"
+    return batch
 
 
 def production_run(batch: BatchRunner, ep: dict, **extra: str) -> tuple[int, dict]:
@@ -137,7 +120,7 @@ def production_run(batch: BatchRunner, ep: dict, **extra: str) -> tuple[int, dic
         MS_GRAPH_AUTHORITY_URL=ep["graph"]["authority_url"], MS_GRAPH_URL=ep["graph"]["graph_url"],
         MS_GRAPH_TENANT_ID=ep["graph"]["tenant_id"], MS_GRAPH_CLIENT_ID=ep["graph"]["client_id"],
         MS_GRAPH_CLIENT_SECRET=ep["graph"]["client_secret"], MS_GRAPH_CA_BUNDLE=ep["graph"]["ca_bundle"],
-        LOCK_REQUIRED="false", HTTP_MAX_RETRY_SECONDS="5", REDIS_PREFIX=redis_prefix(batch),
+        LOCK_REQUIRED="false", HTTP_MAX_RETRY_SECONDS="5",
     )  # fmt: skip
     env.update(extra)
     proc = subprocess.run(
