@@ -9,7 +9,6 @@ then everything the product wrote or served is searched for them.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import signal
 import subprocess
@@ -17,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import redis
 import requests
 
 from tests.e2e.conftest import ROOT, BatchRunner
@@ -45,26 +43,6 @@ def emulators(tmp_path: Path):
         proc.wait(timeout=30)
 
 
-def redis_prefix(tmp_path: Path) -> str:
-    """One Redis key prefix per test. Its locks, breakers, quarantine and roster cursor must
-    not meet another test's: these tests run at the same time under pytest-xdist, and a
-    fixed prefix also handed one session's quarantine (no expiry) to the next."""
-    return f"test-secrets-{hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]}:"
-
-
-@pytest.fixture(autouse=True)
-def _drop_redis_keys(tmp_path: Path):
-    yield
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/15", socket_timeout=2, socket_connect_timeout=2)
-    try:
-        for key in list(client.scan_iter(match=redis_prefix(tmp_path) + "*")):
-            client.delete(key)
-    except redis.RedisError:
-        pass  # no Redis here: the product fell back to local state in tmp_path
-    finally:
-        client.close()
-
-
 def production_env(tmp_path: Path, ep: dict, **extra: str) -> dict[str, str]:
     env = BatchRunner(tmp_path).env()
     env.update(
@@ -85,7 +63,7 @@ def production_env(tmp_path: Path, ep: dict, **extra: str) -> dict[str, str]:
             "MS_GRAPH_CLIENT_SECRET": ep["graph"]["client_secret"],
             "MS_GRAPH_CA_BUNDLE": ep["graph"]["ca_bundle"],
             "REDIS_URL": f"redis://:{SENTINEL}@127.0.0.1:6379/15",
-            "REDIS_PREFIX": redis_prefix(tmp_path),
+            "REDIS_PREFIX": "test-secrets:",
             "LOCK_REQUIRED": "false",
             "SYNC_TRIGGER_TOKEN": SENTINEL + "-trigger",
             "SQL_PASSWORD": SENTINEL + "-sql",
