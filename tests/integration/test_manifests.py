@@ -6,9 +6,10 @@ admits only named sources and sends SQL and Redis traffic only to the overlay's 
 the dev Redis wants a password from a Secret; the PrometheusRule equals the rules file; the
 Grafana dashboard is importable; the Dockerfile builds the image docs/deploy.md describes.
 
-Needs ``kubectl`` (for ``kubectl kustomize``) and, for the schema test, the PyPI package
-``kubernetes-validate``; .ci/deploy-checks installs both. Locally they skip when absent;
-under CI=true they fail.
+Needs the programs ``kubectl`` (for ``kubectl kustomize``) and ``hadolint`` on PATH, which
+.ci/deploy-checks installs outside the Python environment, and the library
+``kubernetes-validate`` from requirements-dev.txt. Locally the tests skip when one is
+absent; under CI=true they fail.
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ checks = _load(ROOT / "deploy" / "ci" / "check_manifests.py", "check_manifests")
 sync_rules = _load(ROOT / "deploy" / "prometheus" / "sync_rules.py", "sync_rules")
 
 
-def _missing(what: str) -> None:
+def _missing(what: str, how: str = ".ci/deploy-checks installs it") -> None:
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is missing (.ci/deploy-checks installs it)")
-    pytest.skip(f"{what} is missing (.ci/deploy-checks installs it)")
+        pytest.fail(f"{what} is missing ({how})")
+    pytest.skip(f"{what} is missing ({how})")
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +157,7 @@ def test_valid_against_kubernetes_1_30(rendered: dict[str, list[dict[str, Any]]]
     try:
         import kubernetes_validate  # noqa: F401
     except ImportError:
-        _missing("the PyPI package kubernetes-validate")
+        _missing("the PyPI package kubernetes-validate", "pip install -r requirements-dev.txt")
     errors = {checks.name_of(r): err for r in rendered[env] if not checks.is_custom(r) and (err := checks.validate_schema(r))}
     assert errors == {}
     custom = sorted(r["kind"] for r in rendered[env] if checks.is_custom(r))
