@@ -625,11 +625,19 @@ class HttpClient:
         a sibling thread happened to ask first."""
         assert self.breaker is not None
         deadline = self._clock() + budget
-        while self.breaker.state == "half_open" and self._clock() < deadline:
+        while True:
+            # Look again even when it is no longer half-open: the probe may have closed
+            # the breaker between our refused ask and now (an open one: the probe failed).
+            state = self.breaker.state
+            if state == "open":
+                return False
+            if state == "closed" and self.breaker.allow_request():
+                return True
+            if self._clock() >= deadline:
+                return False
             self._sleep(0.05)
             if self.breaker.allow_request():
                 return True
-        return False
 
     def _feed_breaker(self, error: SyncError | None) -> None:
         """Successes (and sensible 4xx answers: the service is up) per attempt; failures

@@ -438,6 +438,36 @@ def test_half_open_waits_for_the_probe_then_sends():
     assert len(t.requests) == 1
 
 
+class ClosedBeforeWeLookBreaker(RecordingBreaker):
+    """The probe (another thread) succeeded between our refused ``allow_request`` and our
+    look at the state: the breaker is closed by the time we wait. Seen in CI as a sync
+    failing right after recovery while SafetyAmp was healthy (prefetch threads racing)."""
+
+    def __init__(self) -> None:
+        super().__init__(allow=False, state="closed")
+        self.asked = 0
+
+    def allow_request(self) -> bool:
+        self.asked += 1
+        return self.asked > 1  # refused once (the probe lease was taken), then closed
+
+
+def test_a_probe_that_closed_the_breaker_before_we_waited_lets_the_request_go():
+    t = FakeTransport()
+    t.route("GET", "/x", {"ok": 1})
+    make_client(t, clock=FakeClock(), breaker=ClosedBeforeWeLookBreaker()).request("GET", "/x")
+    assert len(t.requests) == 1
+
+
+def test_a_probe_that_failed_refuses_at_once():
+    t = FakeTransport()
+    clock = FakeClock()
+    started = clock()
+    with pytest.raises(FatalError, match="circuit breaker is open"):
+        make_client(t, clock=clock, breaker=RecordingBreaker(allow=False, state="open")).request("GET", "/x")
+    assert t.requests == [] and clock() - started < 1.0
+
+
 def test_half_open_probe_that_never_answers_refuses_after_the_budget():
     t = FakeTransport()
     clock = FakeClock()
