@@ -89,6 +89,7 @@ def test_mutation_sends_one_write_per_changed_record(batch: BatchRunner) -> None
     assert_no_duplicates(batch)
 
 
+@pytest.mark.slow  # 25-90 s: in CI's slow step, so the README's default run stays short
 def test_server_errors_converge_within_three_runs_without_duplicates(batch: BatchRunner) -> None:
     faults = json.dumps({"safetyamp": {"error_rate": 0.2}})
     pending = None

@@ -41,6 +41,7 @@ def server_statuses(batch: BatchRunner, since: int) -> dict[str, dict[int, int]]
     return {s: dict(sorted(c.items())) for s, c in out.items()}
 
 
+@pytest.mark.slow  # 25-90 s: in CI's slow step, so the README's default run stays short
 def test_server_errors_throttling_resets_and_latency_converge_within_three_runs(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

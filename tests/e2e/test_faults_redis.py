@@ -108,6 +108,7 @@ def users_posts(batch: BatchRunner) -> int:
         st.close()
 
 
+@pytest.mark.slow  # 25-90 s: in CI's slow step, so the README's default run stays short
 def test_redis_outage_mid_run(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     want = clean_state(tmp_path_factory, SIZE)
     own = OwnRedis(tmp_path)

@@ -95,6 +95,7 @@ def full_dry_run_pending(batch: BatchRunner) -> int:
     return run_counts(plan, "created") + run_counts(plan, "updated") + run_counts(plan, "deactivated")
 
 
+@pytest.mark.slow  # 25-90 s: in CI's slow step, so the README's default run stays short
 def test_rosters_converge_under_oneroster_and_scim_faults_with_no_duplicates(
     rosters: BatchRunner,
     tmp_path_factory: pytest.TempPathFactory,

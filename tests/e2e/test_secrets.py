@@ -385,6 +385,7 @@ def daemon_bodies(env: dict[str, str], log_path: Path, until) -> dict[str, str]:
     return bodies
 
 
+@pytest.mark.slow  # 25-90 s: in CI's slow step, so the README's default run stays short
 def test_no_credential_from_a_url_setting_in_any_output(tmp_path: Path, emulators: dict, private_redis) -> None:
     redis_url, client = private_redis
     urls = poisoned_urls(emulators, dead=free_port())
