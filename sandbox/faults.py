@@ -18,6 +18,10 @@ Configuration is the JSON in ``SANDBOX_FAULTS``, keyed by service::
 * ``reset_rate``: the connection is dropped before the request is handled (nothing written).
 * ``lost_response_rate``: writes only: the write is committed, then the connection is
   dropped, so the client cannot know it succeeded.
+* ``slow_write_rate`` (+ ``slow_write_ms``, default 3000): writes only: the server takes
+  that long before it applies and answers the write, longer than a client's timeout: the
+  client gives up while the write is still on its way in (a busy target, a gateway that
+  keeps the upstream request running after it timed the client out).
 
 Randomness comes from one ``random.Random`` per service seeded from ``SANDBOX_SEED`` (or
 the seed given to ``start_sandbox``), guarded by a lock, so a sequential client sees the
@@ -36,8 +40,8 @@ from typing import Any
 
 SERVICES = ("safetyamp", "samsara", "graph", "oneroster", "scim")
 
-_RATE_KEYS = ("error_rate", "throttle_rate", "reset_rate", "lost_response_rate")
-_KEYS = (*_RATE_KEYS, "latency_ms", "rate_limit_per_minute", "burst")
+_RATE_KEYS = ("error_rate", "throttle_rate", "reset_rate", "lost_response_rate", "slow_write_rate")
+_KEYS = (*_RATE_KEYS, "latency_ms", "rate_limit_per_minute", "burst", "slow_write_ms")
 
 SPIKE_PROBABILITY = 0.05
 SPIKE_FACTOR = 10
@@ -108,6 +112,8 @@ class FaultInjector:
         self.throttle_rate = cfg.get("throttle_rate", 0.0)
         self.reset_rate = cfg.get("reset_rate", 0.0)
         self.lost_response_rate = cfg.get("lost_response_rate", 0.0)
+        self.slow_write_rate = cfg.get("slow_write_rate", 0.0)
+        self.slow_write_s = cfg.get("slow_write_ms", 3000.0) / 1000.0
         self.latency_s = cfg.get("latency_ms", 0.0) / 1000.0
         per_minute = cfg.get("rate_limit_per_minute")
         self.rate_per_s = per_minute / 60.0 if per_minute else None
@@ -126,6 +132,7 @@ class FaultInjector:
             or self.throttle_rate
             or self.reset_rate
             or self.lost_response_rate
+            or self.slow_write_rate
             or self.latency_s
             or self.rate_per_s
         )

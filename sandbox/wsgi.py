@@ -153,6 +153,8 @@ class EmulatorMiddleware:
                 decision = injector.check()
                 if decision is None or decision[0] != "rate_limited":
                     delay = injector.latency()
+                    if method in WRITE_METHODS and injector.roll(injector.slow_write_rate):
+                        delay += injector.slow_write_s  # applied after the client gave up
                     if delay:
                         time.sleep(delay)
                 if decision is not None:

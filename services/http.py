@@ -730,6 +730,7 @@ class HttpClient:
                     f"{where}: HTTP {status}, the write may have been applied; re-check by key: {snippet}",
                     service=svc,
                     status=status,
+                    settled=status not in (502, 504),  # a gateway's answer: the upstream may still be working
                 )
             return RetriableError(f"{where}: HTTP {status}: {snippet}", service=svc, status=status, retry_after=retry_after)
         if status in (401, 403):

@@ -591,17 +591,32 @@ def create_once(
 ) -> Row:
     """Create a record, re-checking by key when an attempt may have reached the target (a
     timeout, a reset after sending, a 5xx to a POST): a lost response never becomes a
-    duplicate, and a create that really failed is sent again, up to ``attempts`` times."""
+    duplicate.
+
+    Sent again (up to ``attempts`` times) only when the target had *finished* with the
+    request (it answered, e.g. HTTP 500) and a read by key does not find the record. A
+    request that may still be on its way in (a timeout, a dropped connection, a gateway's
+    502/504) can be applied after that read: such a create, not found by key, is left
+    unconfirmed (AmbiguousWriteError: failed for this run, never tracked as a refusal) and
+    the next run, which reads the whole target, finds it or creates it once."""
     for attempt in range(1, attempts + 1):
         try:
             return create()
-        except AmbiguousWriteError:
-            if attempt == attempts:
-                raise
+        except AmbiguousWriteError as exc:
             found = find()
             if found is not None:
                 log.info("create was applied despite the lost response; not sending again", extra={"sync": sync, "key": key})
                 return found
+            if not exc.settled:
+                raise AmbiguousWriteError(
+                    f"{exc.message}; not found by key yet and the request may still be applied, so it is not sent "
+                    "again in this run (the next run reads the target and creates it only if it is missing)",
+                    service=exc.service,
+                    status=exc.status,
+                    settled=False,
+                ) from exc
+            if attempt == attempts:
+                raise
     raise AssertionError("unreachable")
 
 

@@ -70,7 +70,25 @@ class RateLimitedError(RetriableError):
 
 
 class AmbiguousWriteError(RetriableError):
-    """A create/update may or may not have been applied by the target."""
+    """A create/update may or may not have been applied by the target.
+
+    ``settled``: the target has finished with the request (it answered, e.g. HTTP 500),
+    so a read by key now tells whether it was applied. Not settled (a timeout, a dropped
+    connection, a gateway's 502/504): the request may still be on its way in and be
+    applied after any read we make now, so a create not found by key must not be sent
+    again in this run (``sync.base.create_once``)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        settled: bool = False,
+    ) -> None:
+        super().__init__(message, service=service, status=status, retry_after=retry_after)
+        self.settled = settled
 
 
 class RecordError(SyncError):

@@ -94,3 +94,30 @@ def test_lost_create_responses_are_found_by_key_never_sent_twice(
     assert left == 0
     assert duplicates(batch.dir) == {}
     assert state_diff(target_state(batch.dir), want) == []
+
+
+def test_creates_the_target_applies_after_the_client_gave_up_are_never_sent_twice(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A create the server applies only after our timeout (a busy target, a gateway that
+    keeps the upstream request running): a look-up by key right after the timeout finds
+    nothing yet, so sending it again made a second record (seen: two site clusters for
+    one PRDept). Such a create is not sent again in the same run; the next run's full
+    read finds it (or creates it once)."""
+    want = clean_state(tmp_path_factory, SIZE)
+    batch = BatchRunner(tmp_path, size=SIZE)
+    faults = json.dumps({"safetyamp": {"slow_write_rate": 0.3, "slow_write_ms": 2500}})
+    env = {"SANDBOX_FAULTS": faults, "SYNC_TYPES": "departments,jobs,titles", "SAFETYAMP_TIMEOUT_SECONDS": "1"}
+    first = batch.run(expect=(0, 1), **env)
+    slow = [r for r in batch.requests("safetyamp") if r["method"] == "POST" and r["status"] and r["status"] < 300]
+    print(f"\nfirst run: {[(r['sync'], r['status'], r['created'], r['failed']) for r in first['runs']]}")
+    assert duplicates(batch.dir) == {}, "a create applied after the timeout was sent again"
+    for _ in range(3):  # the next runs settle what the first could not confirm
+        if not pending(batch, SYNC_TYPES="departments,jobs,titles"):
+            break
+        batch.run("--force", expect=(0, 1), SANDBOX_FAULTS="", SYNC_TYPES="departments,jobs,titles")
+    assert pending(batch, SYNC_TYPES="departments,jobs,titles") == 0
+    assert duplicates(batch.dir) == {}
+    got = {k: v for k, v in target_state(batch.dir).items() if k in ("site_clusters", "sites", "user_titles")}
+    assert state_diff(got, {k: v for k, v in want.items() if k in got}) == []
+    assert slow, "the fault never fired"

@@ -243,6 +243,17 @@ def test_post_5xx_is_ambiguous(status):
         make_client(t).request("POST", "/users", json={})
     assert info.value.status == status
     assert len(t.requests) == 1
+    # 500: the app answered, it is done with the request; 502/504: a gateway answered for
+    # an upstream that may still be applying it
+    assert info.value.settled is (status == 500)
+
+
+def test_post_timeout_is_an_unsettled_ambiguous_write():
+    t = FakeTransport()
+    t.script("POST", "/users", read_timeout())
+    with pytest.raises(AmbiguousWriteError) as info:
+        make_client(t).request("POST", "/users", json={})
+    assert info.value.settled is False
 
 
 def test_post_503_was_not_applied_and_is_retried():

@@ -333,3 +333,40 @@ def test_an_unwritable_change_log_fails_the_sync_without_quarantine(tmp_path):
     assert result.status == "failed" and result.error.startswith("cannot write the change log"), result.error
     assert ctx.quarantine.blocks("departments") is None
     assert target.writes() == 0
+
+
+def _create_once_with(errors, found_after=None):
+    """create_once over a scripted target: ``errors`` raised by successive creates, then
+    success; ``find`` returns a record from attempt ``found_after`` on (None: never)."""
+    from sync.base import create_once
+
+    sent: list[int] = []
+    looked: list[int] = []
+
+    def create():
+        sent.append(1)
+        if len(sent) <= len(errors):
+            raise errors[len(sent) - 1]
+        return {"id": 1}
+
+    def find():
+        looked.append(1)
+        return {"id": 1} if found_after is not None and len(looked) >= found_after else None
+
+    return create_once(create, find, sync="jobs", key="J1"), sent, looked
+
+
+def test_a_create_still_in_flight_and_not_found_is_not_sent_again():
+    from utils.errors import AmbiguousWriteError
+
+    with pytest.raises(AmbiguousWriteError, match="not sent again in this run"):
+        _create_once_with([AmbiguousWriteError("timed out", settled=False)])
+
+
+def test_a_settled_ambiguous_create_not_found_is_sent_again_and_one_found_is_adopted():
+    from utils.errors import AmbiguousWriteError
+
+    row, sent, looked = _create_once_with([AmbiguousWriteError("HTTP 500", settled=True)])
+    assert row == {"id": 1} and len(sent) == 2 and len(looked) == 1
+    row, sent, _ = _create_once_with([AmbiguousWriteError("timed out", settled=False)], found_after=1)
+    assert row == {"id": 1} and len(sent) == 1  # applied despite the lost response: adopted
