@@ -70,7 +70,7 @@ MAX_BODY_CHARS = 8000
 """A target's error body longer than this (an HTML error page, say) is cut: the first
 8000 characters always hold the message, and error files must stay readable."""
 FOLDERS = ("changes", "errors", "logs")
-RUN_NAME = re.compile(r"^(?P<sync>[^/\\]+?)-(?P<ts>\d{8}T\d{6}Z)(?:-(?P<n>\d+))?$")
+RUN_NAME = re.compile(r"^(?P<sync>[^/\\]+?)-(?P<ts>\d{8}T\d{6}Z)(?:-(?P<n>\d+))?$", re.ASCII)
 """``<sync>-<UTC start>[-n]``: the only names ``prune`` ever deletes."""
 _FILE = re.compile(r"^(?P<tmp>\.)?(?P<name>.+?)(?:\.jsonl|\.json)(?(tmp)\.[^.]+\.tmp)$")
 

@@ -64,8 +64,10 @@ class InvalidValue(ValueError):
 # would add ~50 MB of metadata to the image for countries we never see. International
 # numbers are accepted only when the source already wrote them in E.164.
 
-_EXTENSION = re.compile(r"\s*(?:[,;]|(?:ext|extn|extension|x|#)\.?)\s*\d{1,7}\s*$", re.IGNORECASE)
-_PHONE_ALLOWED = re.compile(r"^\+?[\d\s().\-/]+$")
+# re.ASCII: \d would take Arabic-Indic and other Unicode digits, which SafetyAmp refuses
+# (or stores as sent); a phone is written in the digits 0-9 (full-width ones are 0-9 after NFKC).
+_EXTENSION = re.compile(r"\s*(?:[,;]|(?:ext|extn|extension|x|#)\.?)\s*\d{1,7}\s*$", re.IGNORECASE | re.ASCII)
+_PHONE_ALLOWED = re.compile(r"^\+?[\d\s().\-/]+$", re.ASCII)
 _NANP_REGIONS = frozenset({"US", "CA"})
 
 
@@ -97,7 +99,7 @@ def normalize_phone(raw: str | int | None, default_region: str = "US") -> str | 
     number = _EXTENSION.sub("", text).strip()
     if not _PHONE_ALLOWED.match(number) or number.count("+") > 1:
         raise InvalidValue(f"phone {shown!r} contains characters other than digits and separators")
-    digits = re.sub(r"\D", "", number)
+    digits = re.sub(r"[^0-9]", "", number)
     if number.startswith("+"):
         if digits.startswith("1"):
             if len(digits) != 11:
@@ -216,7 +218,14 @@ def normalize_email(raw: str | None) -> str | None:
 # - Unicode tag characters (U+E0000-U+E007F): invisible text that can smuggle content
 #   past a reader (this also refuses the rare subdivision flags built from them);
 # - private-use characters (Co): they mean something only on the machine that typed
-#   them (vendor logos, custom fonts); surrogates (Cs) and noncharacters: not text.
+#   them (vendor logos, custom fonts); surrogates (Cs) and noncharacters: not text;
+# - characters that are printable by category yet show nothing: the Hangul fillers
+#   (U+115F, U+1160, U+3164, U+FFA0), the braille blank U+2800, the combining grapheme
+#   joiner U+034F, Khmer inherent vowels U+17B4/U+17B5, Mongolian variation selectors
+#   (U+180B-U+180D, U+180F), and the variation selectors U+FE00-U+FE0F and
+#   U+E0100-U+E01EF except right after a visible character (emoji need VS16 there).
+#   They are the Unicode "default ignorable" characters that are not Cf, plus the braille
+#   blank, a favourite for names that look empty.
 #
 # Unassigned code points are allowed in names and text (a newer emoji than this Python's
 # Unicode tables knows is still an emoji) but not in codes. Codes (keys and external
@@ -224,15 +233,20 @@ def normalize_email(raw: str | None) -> str | None:
 # letters, marks, digits, punctuation and symbols of any script and single spaces only,
 # at most ``max_len`` characters.
 #
-# A value Python calls printable (``str.isprintable``, any script) has none of these: the
-# per-character scan is skipped for it, so the policy costs one C-speed test per value
-# for nearly every value of a 50 000-employee run.
+# A value Python calls printable (``str.isprintable``, any script) has none of these but
+# the printable invisible ones, which are never ASCII: the per-character scan is skipped
+# for a printable ASCII value, and for a printable one in which one regular-expression
+# search finds none of them, so the policy costs one or two C-speed tests per value for
+# nearly every value of a 50 000-employee run.
 
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 """Bidirectional embedding/override/isolate controls: able to make a value render as
 something else ("Trojan source"). Format characters, named "control characters" in
 reasons because that is what they do."""
 _JOINERS = frozenset("\u200c\u200d")
+_INVISIBLE = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u2800\u3164\uffa0\ufe00-\ufe0f\U000e0100-\U000e01ef]")
+"""Printable by category, invisible on screen (see the policy above); never ASCII."""
+_VARIATION_SELECTORS = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]")
 _LINE_WHITESPACE = frozenset("\t\n\r")
 _WHITESPACE_RUN = re.compile(r"[ \t]*[\t\r\n][ \t\r\n]*")
 
@@ -255,6 +269,8 @@ def refused_character(ch: str, *, code: bool = False) -> str | None:
         return "an unpaired surrogate"
     if category == "Co":
         return "a private-use character"
+    if _INVISIBLE.match(ch):
+        return "an invisible character"
     if 0xFDD0 <= cp <= 0xFDEF or (cp & 0xFFFE) == 0xFFFE:
         return "a noncharacter"
     if code:
@@ -273,16 +289,31 @@ def _joins(text: str, i: int) -> bool:
     return not (before.isspace() or after.isspace() or before in _JOINERS or after in _JOINERS)
 
 
+def _selects(text: str, i: int) -> bool:
+    """A variation selector at ``i`` follows a visible character (an emoji's VS16)."""
+    return i > 0 and not text[i - 1].isspace() and not _INVISIBLE.match(text[i - 1]) and text[i - 1] not in _JOINERS
+
+
+def _suspect(text: str) -> bool:
+    """True when ``text`` may hold a refused character (else the scan is skipped)."""
+    # str.isprintable() is False for every category the policy refuses (Cc, Cf, Cs, Co,
+    # Cn, Zl, Zp) and for spaces other than U+0020; the few printable invisible
+    # characters are never ASCII: a printable ASCII value, or a printable one without
+    # them, needs no per-character look (C speed; most values of a 50 000-employee run).
+    if text.isprintable():
+        return not text.isascii() and _INVISIBLE.search(text) is not None
+    return True
+
+
 def _scan(text: str, field: str) -> None:
     """Refuse ``text`` (a name or free text, before white space is collapsed) when it
     holds a character the policy refuses."""
-    # str.isprintable() is False for every category the policy refuses (Cc, Cf, Cs, Co,
-    # Cn, Zl, Zp) and for spaces other than U+0020: a printable value, in any script,
-    # needs no per-character look (C speed; most names of a 50 000-employee run).
-    if text.isprintable():
+    if not _suspect(text):
         return
     for i, ch in enumerate(text):
         if ch in _LINE_WHITESPACE or (ch in _JOINERS and _joins(text, i)):
+            continue
+        if _VARIATION_SELECTORS.match(ch) and _selects(text, i):
             continue
         why = refused_character(ch)
         if why is not None:
@@ -367,7 +398,7 @@ def clean_code(raw: str | int | None, field: str, max_len: int = CODE_MAX_LENGTH
     text = raw.strip(" \t\r\n")
     if not text:
         return None
-    if not text.isprintable():  # see _scan
+    if _suspect(text):  # see _scan; codes take no variation selector either
         for ch in text:
             why = refused_character(ch, code=True)
             if why is not None:

@@ -396,7 +396,7 @@ class RedisLock(_LockBase):
         if before == "released":
             return 0.0, ""
         parts = before.split()
-        if len(parts) == 3 and parts[0] == "held" and parts[1].isdigit() and parts[2].isdigit():
+        if len(parts) == 3 and parts[0] == "held" and all(p.isascii() and p.isdigit() for p in parts[1:]):
             until = int(parts[1]) + int(parts[2])  # that holder's own hold: its settings, not ours
             why = "its previous holder did not release it (it crashed, or the key expired or vanished under it)"
         elif before == "":

@@ -172,6 +172,9 @@ def build() -> list[dict[str, Any]]:
         ("LastName", "Lee\U000e0041\U000e007f", "last_name contains a Unicode tag character (U+E0041)"),
         ("FirstName", "\U000e0020Ann", "first_name contains a Unicode tag character (U+E0020)"),
         ("LastName", "Lee\u2028Smith", "last_name contains a line or paragraph separator (U+2028)"),
+        ("FirstName", "\u3164", "first_name contains an invisible character (U+3164)"),  # Hangul filler: a name that looks empty
+        ("LastName", "Lee\u2800", "last_name contains an invisible character (U+2800)"),  # braille blank
+        ("FirstName", "A\u034fnn", "first_name contains an invisible character (U+034F)"),  # combining grapheme joiner
         ("FirstName", "Ann\u2029Marie", "first_name contains a line or paragraph separator (U+2029)"),
         ("LastName", "Le\x85e", "last_name contains a control character (U+0085)"),  # NEL: a mis-decoded "..."
         ("MidName", "M\u00adx", "middle_name contains an invisible formatting character (U+00AD)"),  # soft hyphen
@@ -239,6 +242,7 @@ def build() -> list[dict[str, Any]]:
         ("D\r\n2", "Line break", "PRDept contains a control character (U+000D)"),
         ("D\u20283", "Separator", "PRDept contains a line or paragraph separator (U+2028)"),
         ("D\u200b4", "Zero width", "PRDept contains an invisible formatting character (U+200B)"),
+        ("D\u31649", "Filler", "PRDept contains an invisible character (U+3164)"),
         ("D\u200f5", "RLM", "PRDept contains an invisible formatting character (U+200F)"),
         ("D\U000e00416", "Tag", "PRDept contains a Unicode tag character (U+E0041)"),
         ("D  7", "Two spaces", "has two spaces in a row"),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from utils.data_validator import (
@@ -628,3 +629,45 @@ def test_find_duplicates_over_a_list_of_rows() -> None:
     with pytest.raises(ValueError, match="key="):
         find_duplicates(rows, "Phone")
     assert find_duplicates(rows, "Phone", key="Employee", normalize=lambda v: v[-1]) == {"1": [1, 2]}
+
+
+@pytest.mark.parametrize("raw", ["٣٣٧٩١١١٣٤٤", "+٩٦٦٥٠١٢٣٤٥٦٧", "+٤٤٢٠٧٩٤٦٠٠٠٠", "५०४५५५०१०१", "504 555 0101 x١٢"])
+def test_phones_in_other_scripts_digits_are_refused(raw):
+    """\\d takes Arabic-Indic and Devanagari digits; SafetyAmp stored them as sent (or
+    refused the whole user with a 422): only the digits 0-9 make a phone."""
+    with pytest.raises(InvalidValue):
+        normalize_phone(raw)
+
+
+def test_full_width_digits_are_digits_after_nfkc():
+    assert normalize_phone("５０４-５５５-０１０１") == "+15045550101"
+
+
+@given(st.text(max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_a_normalised_phone_is_always_plain_e164(raw):
+    try:
+        out = normalize_phone(raw)
+    except InvalidValue:
+        return
+    assert out is None or re.fullmatch(r"\+[0-9]{8,15}", out, re.ASCII), out
+
+
+@pytest.mark.parametrize("ch", ["\u3164", "\uffa0", "\u115f", "\u1160", "\u2800", "\u034f", "\u180b", "\u17b4"])
+def test_printable_characters_that_show_nothing_are_refused(ch):
+    """Printable by category (Lo, So, Mn), invisible on screen: a name or code made of
+    them looks empty or like another (the reviewer created a site cluster named U+3164)."""
+    for value in (ch, f"Ann{ch}", f"{ch}Ann"):
+        with pytest.raises(InvalidValue, match="invisible character"):
+            clean_name(value, "first_name")
+        with pytest.raises(InvalidValue, match="invisible character"):
+            clean_code(value, "PRDept")
+
+
+def test_variation_selectors_only_after_a_visible_character():
+    assert clean_name("Ann \u2764\ufe0f", "first_name") == "Ann \u2764\ufe0f"  # emoji with VS16
+    for value in ("\ufe0fAnn", "Ann \ufe0f"):
+        with pytest.raises(InvalidValue, match="invisible character"):
+            clean_name(value, "first_name")
+    with pytest.raises(InvalidValue):
+        clean_code("A\u2764\ufe0f", "PRDept")  # codes take no variation selector
