@@ -466,6 +466,8 @@ def run_once(settings: Settings, syncs: tuple[str, ...], args: argparse.Namespac
     else:
         runs: list[dict[str, Any]] = summary["runs"]  # type: ignore[assignment]
         print_summary(run_id, status, runs, settings, args, out)
+    if any(r.configuration_error for r in results):
+        return EXIT_CONFIG  # a setting only the run could check: the same exit as any other
     return EXIT_FAILED if status == "failed" else EXIT_OK
 
 

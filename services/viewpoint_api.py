@@ -25,6 +25,7 @@ created (libodbc is often absent on developer machines), azure-identity only in 
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, timedelta
@@ -107,7 +108,11 @@ def connection_problems(settings: Any, *, odbc_drivers: Callable[[], list[str]] 
     if url.get_driver_name() != "pyodbc":
         return []
     odbc_driver = url.query.get("driver")
-    if not isinstance(odbc_driver, str):  # a DSN or odbc_connect: the driver manager resolves it
+    connect = url.query.get("odbc_connect")
+    where_in_url = "driver="
+    if not isinstance(odbc_driver, str) and isinstance(connect, str):
+        odbc_driver, where_in_url = _odbc_connect_driver(connect), "odbc_connect DRIVER="
+    if not isinstance(odbc_driver, str):  # a DSN: the driver manager resolves it from odbc.ini
         return []
     if odbc_drivers is None:
         import pyodbc
@@ -117,8 +122,19 @@ def connection_problems(settings: Any, *, odbc_drivers: Callable[[], list[str]] 
     if any(d.lower() == odbc_driver.lower() for d in installed):
         return []
     listed = ", ".join(repr(d) for d in installed) or "none"
-    where = f"VIEWPOINT_DB_URL: its driver={odbc_driver!r}" if by_url else f"SQL_DRIVER={odbc_driver!r}"
+    where = f"VIEWPOINT_DB_URL: its {where_in_url}{odbc_driver!r}" if by_url else f"SQL_DRIVER={odbc_driver!r}"
     return [f"{where} is not an installed ODBC driver (installed: {listed}); install it or name one of those"]
+
+
+def _odbc_connect_driver(connect: str) -> str | None:
+    """The DRIVER of an ODBC connection string (``DRIVER={ODBC Driver 18 for SQL Server};
+    SERVER=...``; keys are case-insensitive, a value may be wrapped in braces), or None."""
+    for part in re.split(r";(?![^{]*\})", connect):
+        key, sep, value = part.partition("=")
+        if sep and key.strip().lower() == "driver":
+            value = value.strip()
+            return value[1:-1] if value.startswith("{") and value.endswith("}") else value
+    return None
 
 
 def _driver_advice(settings: Any, url: URL, exc: ImportError) -> str:

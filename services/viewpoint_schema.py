@@ -13,6 +13,9 @@ bPREH is built per configured column name.
 
 from __future__ import annotations
 
+from datetime import date, datetime
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -26,8 +29,57 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 COMPANY = SmallInteger  # bCompany (tinyint in SQL Server; SmallInteger keeps PostgreSQL happy)
+
+
+class _TextOnSQLite(TypeDecorator[Any]):
+    """A date or datetime column (bDate is smalldatetime) read as text on SQLite.
+
+    SQLite has no date type: it stores what it is given, and SQLAlchemy's SQLite Date
+    parses the text of every row with ``fromisoformat``, so one row holding "²" (an
+    import gone wrong, the sandbox, a hand edit) failed the whole read and with it the
+    titles and employees syncs. Here the text is parsed per value: a value that is not a
+    date comes back as its text, and the validator rejects that one record with a
+    reason. SQL Server and PostgreSQL have real date types and keep the plain one."""
+
+    impl: Any = Date
+    cache_ok = True
+    _parse: Any = staticmethod(date.fromisoformat)
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        return dialect.type_descriptor(String() if dialect.name == "sqlite" else self.impl_instance)
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite" and isinstance(value, datetime):
+            return value.strftime("%Y-%m-%d %H:%M:%S.%f")  # SQLAlchemy's own SQLite format
+        if dialect.name == "sqlite" and isinstance(value, date):
+            return value.isoformat()
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if dialect.name != "sqlite" or not isinstance(value, str):
+            return value
+        try:
+            return self._parse(value)
+        except ValueError:
+            return value  # not a date: the record's own validation says so
+
+
+class VistaDate(_TextOnSQLite):
+    """bDate holding a date."""
+
+    cache_ok = True
+
+
+class VistaDateTime(_TextOnSQLite):
+    """A datetime column."""
+
+    cache_ok = True
+    impl: Any = DateTime
+    _parse: Any = staticmethod(datetime.fromisoformat)
 
 
 def build_metadata(title_column: str = "udEmpTitle") -> MetaData:
@@ -92,11 +144,11 @@ def build_metadata(title_column: str = "udEmpTitle") -> MetaData:
         Column("CellPhone", String(20)),
         Column("Email", String(60)),
         Column("Sex", String(1), nullable=False),
-        Column("BirthDate", Date),
-        Column("HireDate", Date),
-        Column("TermDate", Date),
-        Column("RecentRehireDate", Date),
-        Column("RecentSeparationDate", Date),
+        Column("BirthDate", VistaDate),
+        Column("HireDate", VistaDate),
+        Column("TermDate", VistaDate),
+        Column("RecentRehireDate", VistaDate),
+        Column("RecentSeparationDate", VistaDate),
         Column("ActiveYN", String(1), nullable=False),
         Column("PRDept", String(10), nullable=False),
         Column("Craft", String(10)),
@@ -104,7 +156,7 @@ def build_metadata(title_column: str = "udEmpTitle") -> MetaData:
         Column("JCCo", COMPANY),
         Column("Job", String(10)),
         Column(title_column, String(60)),
-        Column("LastUpdated", DateTime),
+        Column("LastUpdated", VistaDateTime),
         Column("Notes", Text),
         Column("KeyID", BigInteger),
     )
@@ -113,12 +165,12 @@ def build_metadata(title_column: str = "udEmpTitle") -> MetaData:
         md,
         Column("PRCo", COMPANY, primary_key=True),
         Column("PRGroup", SmallInteger, primary_key=True),
-        Column("PREndDate", Date, primary_key=True),
+        Column("PREndDate", VistaDate, primary_key=True),
         Column("Employee", Integer, primary_key=True),
         Column("JCCo", COMPANY, primary_key=True),
         Column("Job", String(10), primary_key=True),
         Column("Phase", String(20), primary_key=True),
-        Column("Mth", Date),
+        Column("Mth", VistaDate),
         Column("Craft", String(10)),
         Column("Class", String(10)),
         Column("Hrs", Numeric(10, 2)),

@@ -86,7 +86,11 @@ class RunResult:
     """The writes a dry run would send (filled in dry runs only)."""
     blameless: bool = False
     """Failed for a reason outside the sync and its services (its change log could not
-    be written): the quarantine does not back it off, the fix is ours to make."""
+    be written, a setting is wrong): the quarantine does not back it off, the fix is ours
+    to make and the next run after it must go ahead."""
+    configuration_error: bool = False
+    """Failed on a setting only the run could check (a VIEWPOINT_TITLE_COLUMN the database
+    lacks): sync_batch.py exits 2, as for any configuration error."""
     rejected: int = 0
     """Source records refused before any write (also counted in ``counts["failed"]``);
     the quarantine judges a run by its write failures only."""
@@ -100,6 +104,8 @@ class RunResult:
             out["error"] = self.error
         if self.guard_tripped:
             out["guard_tripped"] = True
+        if self.configuration_error:
+            out["configuration_error"] = True
         if self.errors_file:
             out["errors_file"] = self.errors_file
         return out
@@ -482,6 +488,9 @@ def run_recorded(name: str, ctx: SyncContext, body: Callable[[RunResult, Any], M
         extra = body(result, slog)
     except SourceUnavailableError as exc:
         result.status, result.error = "failed", f"source unavailable: {exc.message}"
+    except ConfigurationError as exc:  # found only at run time (a title column bPREH lacks)
+        result.status, result.error = "failed", exc.message
+        result.configuration_error = result.blameless = True  # a setting to fix: no back-off
     except SyncError as exc:  # FatalError, a page that failed to load, the change log, ...
         result.status, result.error = "failed", exc.message
         log_failed = isinstance(exc, ChangeLogError)

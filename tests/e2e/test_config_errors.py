@@ -403,6 +403,13 @@ def test_a_bogus_odbc_driver_is_named_and_the_advice_matches_what_is_set(tmp_pat
     )
     assert_configuration_error(by_parts, ["SQL_DRIVER", "No Such Driver"])
 
+    # the same mistake inside an ODBC connection string (odbc_connect=DRIVER={...};...)
+    connect = "DRIVER%3D%7BNo+Such+Driver%7D%3BSERVER%3Dvista%3BUID%3Dsync%3BPWD%3D" + SECRET
+    by_connect = run_batch(tmp_path, clean_env(tmp_path, **VALID, VIEWPOINT_DB_URL="mssql+pyodbc:///?odbc_connect=" + connect))
+    problems = assert_configuration_error(by_connect, ["VIEWPOINT_DB_URL"])
+    assert not any("set VIEWPOINT_DB_URL" in p for p in problems), problems
+    assert SECRET not in by_connect.stdout + by_connect.stderr
+
 
 # --------------------------------------------------------------------------- sources and the sandbox
 
@@ -432,16 +439,21 @@ def test_a_wrong_title_column_is_refused_at_start_with_the_sandbox(tmp_path: Pat
 
 
 def test_a_title_column_the_database_lacks_fails_titles_and_employees_only(tmp_path: Path) -> None:
-    proc = run_batch(tmp_path, clean_env(tmp_path, VIEWPOINT_TITLE_COLUMN="udNoSuchTitle"), sandbox=True)
+    env = clean_env(tmp_path, VIEWPOINT_TITLE_COLUMN="udNoSuchTitle")
+    proc = run_batch(tmp_path, env, sandbox=True)
     assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
-    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.returncode == 2, proc.stderr[-3000:]  # a configuration error, found by the run
     runs = {r["sync"]: r for r in summary_of(proc)["runs"]}
     for sync in ("titles", "employees"):
-        assert runs[sync]["status"] == "failed"
+        assert runs[sync]["status"] == "failed" and runs[sync].get("configuration_error") is True
         assert "VIEWPOINT_TITLE_COLUMN" in runs[sync]["error"] and "udNoSuchTitle" in runs[sync]["error"], runs[sync]
         assert "configuration error" in runs[sync]["error"]
     assert runs["departments"]["status"] == "success" and runs["jobs"]["status"] == "success"
     assert runs["vehicles"]["status"] in ("success", "partial")
+    # Fixed, the next run goes ahead at once: a setting is not the sync's fault (no back-off).
+    fixed = run_batch(tmp_path, {**env, "VIEWPOINT_TITLE_COLUMN": "udEmpTitle"}, "--only", "titles,employees", sandbox=True)
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert {r["sync"]: r["status"] for r in summary_of(fixed)["runs"]} == {"titles": "success", "employees": "partial"}
 
 
 def test_a_title_column_that_is_not_text_fails_titles_and_employees(tmp_path: Path) -> None:

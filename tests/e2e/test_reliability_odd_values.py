@@ -155,3 +155,20 @@ def test_daemon_diagnose_with_a_key_no_employee_can_have_is_400(daemon: Any) -> 
         assert r is not None and r.status_code == 400, (r.status_code if r else None, r.text[:300] if r else None)
         assert r.json()["error"].startswith("not a key of the employees sync: ") and "employee number" in r.json()["error"]
         assert time.monotonic() - started < 5  # refused at the entry, before any read
+
+
+def test_text_in_a_viewpoint_date_column_rejects_that_employee_only(tmp_path: Path) -> None:
+    """SQLite keeps whatever text a DATE column is given; SQLAlchemy's SQLite Date parsed
+    every row with fromisoformat, so one "²" failed the whole read: titles and employees
+    `internal error: ValueError` and quarantined. Now that employee alone is refused."""
+    import sqlite3
+
+    batch = seeded(tmp_path)
+    with sqlite3.connect(batch.dir / "viewpoint.sqlite") as db:
+        (employee,) = db.execute('SELECT Employee FROM "bPREH" WHERE "ActiveYN" = \'Y\' ORDER BY Employee LIMIT 1').fetchone()
+        db.execute('UPDATE "bPREH" SET "HireDate" = ? WHERE Employee = ?', ("²", employee))
+    summary = batch.run("--only", "departments,jobs,titles,employees", expect=(0,))
+    print("\n" + brief(summary))
+    assert_held(summary, ("titles", "employees"))
+    refused = [e for e in errors_of(batch, "employees") if str(e.get("key")) == str(employee)]
+    assert refused and "hire" in refused[0]["reason"].lower(), refused
