@@ -470,8 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="main.py", description="Sync daemon: probes, metrics and a worker running every enabled sync."
     )
     p.add_argument("--sandbox", action="store_true", help="run against the built-in sandbox")
-    p.add_argument("--sandbox-dir", default="output/sandbox")
-    p.add_argument("--sandbox-size", type=int, default=200)
+    p.add_argument("--sandbox-dir", default="output/sandbox", help="sandbox state folder (created and seeded if missing)")
+    p.add_argument("--sandbox-size", type=int, default=200, help="employees in a newly seeded sandbox (default 200)")
     args = p.parse_args(argv)
     environ = dict(os.environ)
     from utils.logger import configure_logging
@@ -498,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     daemon.state.starting = True
 
     def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
+        if not daemon.stop.is_set():  # a second signal (or one per process of a group) says nothing new
+            log.info("received %s: stopping", signal.Signals(signum).name)
         daemon.stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)

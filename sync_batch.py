@@ -92,9 +92,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     fsub = failed.add_subparsers(dest="action", required=True, metavar="ACTION")
     flist = fsub.add_parser("list", parents=[common], help="list every failed record with its reason")
-    flist.add_argument("--sync", default=None, help="only this sync")
+    flist.add_argument("--sync", default=None, choices=ALL_SYNCS, metavar="SYNC", help="only this sync")
     fretry = fsub.add_parser("retry", parents=[common], help="make tracked records due at the next run")
-    fretry.add_argument("--sync", default=None, help="only this sync")
+    fretry.add_argument("--sync", default=None, choices=ALL_SYNCS, metavar="SYNC", help="only this sync")
     fretry.add_argument("--key", default=None, help="only this record")
     diag = sub.add_parser(
         "diagnose",

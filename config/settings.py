@@ -105,9 +105,11 @@ _HOST_NAME = re.compile(
 )
 
 
-def http_url_problem(text: str, *, scheme_optional: bool = False) -> str | None:
+def http_url_problem(text: str, *, scheme_optional: bool = False, base: bool = False) -> str | None:
     """Why ``text`` is not an http(s) URL with a host, or None. ``scheme_optional``: a
-    bare ``host:port`` means http (as the Prometheus client reads PUSHGATEWAY_URL)."""
+    bare ``host:port`` means http (as the Prometheus client reads PUSHGATEWAY_URL).
+    ``base``: the adapter appends API paths to it, so a query string or fragment (which
+    would end up before the path) is refused."""
     if any(c.isspace() or not c.isprintable() for c in text):
         return "contains a space or a control character"
     if scheme_optional and "://" not in text:
@@ -121,6 +123,8 @@ def http_url_problem(text: str, *, scheme_optional: bool = False) -> str | None:
         return "must be an https:// URL (http:// only for a local test server), such as https://api.example.com"
     if not parts.hostname:
         return "has no host name"
+    if base and (parts.query or parts.fragment or text.endswith(("?", "#"))):
+        return "is a base URL: API paths are added to it, so it takes no ?query or #fragment"
     return None
 
 
@@ -141,7 +145,11 @@ def _redis_url_parameters(connection_class: Any) -> set[str]:
         for klass in inspect.getmro(cls):
             init = klass.__dict__.get("__init__")
             if init is not None:
-                names |= {n for n, p in inspect.signature(init).parameters.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+                names |= {
+                    n
+                    for n, p in inspect.signature(init).parameters.items()
+                    if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD
+                }
     names.discard("self")
     return names
 
@@ -659,8 +667,9 @@ class Settings(BaseModel):
         "scim_url",
     )
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        problem = http_url_problem(value) if value is not None else None
+    def _http_url(cls, value: str | None, info: Any) -> str | None:
+        base = info.field_name != "oneroster_token_url"  # the token URL is a whole endpoint
+        problem = http_url_problem(value, base=base) if value is not None else None
         if problem:
             raise ValueError(problem)
         return value

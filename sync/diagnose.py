@@ -30,7 +30,7 @@ from utils.errors import ConfigurationError
 SOURCE_NAMES = {
     "departments": "Viewpoint department (bPRDP.PRDept)",
     "jobs": "Viewpoint job (bJCJM.Job)",
-    "titles": "the title column of Viewpoint employees",
+    "titles": "Viewpoint job title",
     "employees": "Viewpoint employee (bPREH.Employee)",
     "vehicles": "Samsara vehicle",
     "rosters": "OneRoster record",

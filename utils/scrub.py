@@ -127,7 +127,7 @@ _KEY_WORDS = ("passw", "passphrase", "secret", "token", "key", "credential", "si
 # (ODBC brace-quotes values with spaces or semicolons: PWD={p w;x}). The name is checked
 # by a function, not inside the pattern: a pattern that searches every word for a
 # secret-looking part cost 15 ms on a 37 KB /metrics page.
-_PAIR = re.compile(r"(?<![\w.\-])([\w.\-]+)=(\{[^}]*\}|[^\s&\"',;)}]+)")
+_PAIR = re.compile(r"(?<![\w.\-])([\w.\-]+)=(\{[^}]*\}|[^\s&\"',;)}\]]+)")
 _SECRET_NAME = re.compile(r"(?i)" + _SENSITIVE_KEY)
 
 
@@ -151,9 +151,12 @@ def _mask_userinfo(match: re.Match[str]) -> str:
 
 
 def _mask_query_pair(match: re.Match[str]) -> str:
-    name = match.group(1)
-    if match.group(2) and is_secret_param(name):
-        return f"{name}={MASK}"
+    name, value = match.group(1), match.group(2)
+    if value and is_secret_param(name):
+        # Closing brackets ending the value belong to the text around the URL ("(see
+        # https://h/?api_key=x)"); at worst a secret's own last ")" stays visible.
+        closing = len(value) - len(value.rstrip(")]"))
+        return f"{name}={MASK}" + (value[-closing:] if closing and closing < len(value) else "")
     return match.group(0)
 
 

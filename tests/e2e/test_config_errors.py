@@ -51,7 +51,13 @@ def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
     """The test process's environment without any of the product's settings."""
     names = set(setting_names()) | {"SANDBOX_FAULTS", "PORT", "HOST"}
     env = {k: v for k, v in os.environ.items() if k not in names}
-    env.update({"OUTPUT_DIR": str(tmp / "output"), "REDIS_PREFIX": f"cfg-{tmp.name}-{zlib.crc32(str(tmp).encode()):08x}:", "SANDBOX_SEED": "7"})
+    env.update(
+        {
+            "OUTPUT_DIR": str(tmp / "output"),
+            "REDIS_PREFIX": f"cfg-{tmp.name}-{zlib.crc32(str(tmp).encode()):08x}:",
+            "SANDBOX_SEED": "7",
+        }
+    )
     env.update(extra)
     return env
 

@@ -240,6 +240,9 @@ def test_no_roster_secret_in_logs_or_output_files(tmp_path: Path, emulators: dic
 # even though the URL is not: they must be masked in every output, whatever quotes the
 # URL (a connection error, a redirect, a quarantine reason kept in Redis).
 
+BASE_URL_SETTINGS = ("SAFETYAMP_URL", "SAMSARA_URL", "MS_GRAPH_URL", "MS_GRAPH_AUTHORITY_URL", "ONEROSTER_URL", "SCIM_URL")
+"""URLs the adapters append API paths to (a query string there is refused at start)."""
+
 URL_SETTINGS = (
     "SAFETYAMP_URL",
     "SAMSARA_URL",
@@ -329,11 +332,19 @@ def poisoned_urls(ep: dict, *, dead: int) -> dict[str, dict[str, str]]:
         "PUSHGATEWAY_URL": f"http://127.0.0.1:{dead}",
     }
     query: dict[str, str] = {}
+    base_query: dict[str, str] = {}
     userinfo: dict[str, str] = {}
     for i, name in enumerate(URL_SETTINGS):
         parts = urlsplit(live[name])
         path = parts.path or "/"
-        query[name] = f"http://127.0.0.1:{dead}{path}?page=1&api_key={url_sentinel('q', name)}&code={url_sentinel('c', name)}"
+        with_query = f"http://127.0.0.1:{dead}{path}?page=1&api_key={url_sentinel('q', name)}&code={url_sentinel('c', name)}"
+        if name in BASE_URL_SETTINGS:
+            # API paths are appended to a base URL: one with a query is a configuration
+            # error (exit 2), whose message must not show the credential either
+            base_query[name] = with_query
+            query[name] = f"http://127.0.0.1:{dead}{path}"
+        else:
+            query[name] = with_query
         cred = f"svc:{url_sentinel('p', name)}" if i % 2 else url_sentinel("u", name)
         userinfo[name] = urlunsplit((parts.scheme, f"{cred}@{parts.netloc}", parts.path, parts.query, ""))
     db = (
@@ -342,7 +353,7 @@ def poisoned_urls(ep: dict, *, dead: int) -> dict[str, dict[str, str]]:
     )
     query["VIEWPOINT_DB_URL"] = db
     userinfo["VIEWPOINT_DB_URL"] = ep["viewpoint"]["url"]
-    return {"query": query, "userinfo": userinfo}
+    return {"query": query, "userinfo": userinfo, "base query": {**query, **base_query}}
 
 
 def all_url_sentinels() -> list[str]:
@@ -397,10 +408,15 @@ def test_no_credential_from_a_url_setting_in_any_output(tmp_path: Path, emulator
         run = subprocess.run(
             [sys.executable, "sync_batch.py", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
         )
-        assert run.returncode == 1, (case, run.stdout[-2000:], run.stderr[-3000:])
         summary = json.loads(run.stdout.strip().splitlines()[-1])
         assert summary["status"] == "failed", (case, summary)
-        print(case, {r["sync"]: (r["status"], r.get("error", "")[:150]) for r in summary["runs"]})
+        if case == "base query":
+            assert run.returncode == 2, (case, run.stdout[-2000:], run.stderr[-3000:])
+            named = "\n".join(summary["problems"])
+            assert all(name in named for name in BASE_URL_SETTINGS), named
+        else:
+            assert run.returncode == 1, (case, run.stdout[-2000:], run.stderr[-3000:])
+            print(case, {r["sync"]: (r["status"], r.get("error", "")[:150]) for r in summary["runs"]})
         texts[f"{case}: stdout"], texts[f"{case}: stderr"] = run.stdout, run.stderr
         quoted += run.stdout + run.stderr
         # the text form of the summary as well

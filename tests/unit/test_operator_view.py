@@ -250,3 +250,13 @@ def test_latest_errors_is_the_last_runs_file_or_nothing(tmp_path: Path):
     assert found[1]["errors"][0]["key"] == "2"
     _write(tmp_path / "changes/employees-20261128T020000Z.json", {})  # a later clean run
     assert latest_errors(tmp_path, "employees") is None
+
+
+def test_failed_commands_refuse_an_unknown_sync(capsys):
+    import sync_batch
+
+    for argv in (["failed", "list", "--sync", "nosuch"], ["failed", "retry", "--sync", "nosuch"]):
+        with pytest.raises(SystemExit) as exit_info:
+            sync_batch.parse_args(argv)
+        assert exit_info.value.code == 2
+        assert "invalid choice: 'nosuch'" in capsys.readouterr().err

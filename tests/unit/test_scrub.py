@@ -98,9 +98,10 @@ def test_settings_register_the_credentials_inside_url_settings() -> None:
 
     settings = load_settings(
         {
-            "SAFETYAMP_URL": f"https://sa.example.test/?api_key={SENTINEL}-sa",
+            # base URLs take no query string (refused at start); these two can
+            "ONEROSTER_TOKEN_URL": f"https://sis.example.test/oauth/token?api_key={SENTINEL}-sa",
             "SAMSARA_URL": f"https://{SENTINEL}-sam@samsara.example.test",
-            "SCIM_URL": f"https://scim.example.test/v2?token={SENTINEL}-scim",
+            "PUSHGATEWAY_URL": f"https://push.example.test/?token={SENTINEL}-scim",
             "REDIS_URL": f"redis://:{SENTINEL}-redis@cache:6379/0",
         },
         dotenv_path=None,
@@ -150,3 +151,9 @@ def test_the_failed_record_trackers_stored_reason_is_scrubbed() -> None:
     )
     assert SENTINEL not in entry["reason"]
     assert entry["reason"].startswith("safetyamp POST https://***@sa.test/api/users?code=***")
+
+
+def test_a_closing_bracket_after_a_masked_query_value_stays():
+    assert scrub("(see https://x.test/?api_key=S3CRET)") == "(see https://x.test/?api_key=***)"
+    assert scrub("[https://x.test/?token=S3CRET]") == "[https://x.test/?token=***]"
+    assert "S3CRET" not in scrub("https://x.test/?token=S3CRET)x")  # a bracket inside the value: masked whole

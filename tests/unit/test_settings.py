@@ -385,3 +385,11 @@ def test_an_odbc_driver_that_is_not_installed_is_named_by_the_setting_that_chose
     assert problem.startswith("VIEWPOINT_DB_URL: its driver='Nope'") and "set VIEWPOINT_DB_URL" not in problem
     assert SECRET not in problem
     assert connection_problems(load({**base, "VIEWPOINT_DB_URL": "mssql+pyodbc://u:p@my_dsn"})) == []  # a DSN: nothing to judge
+
+
+@pytest.mark.parametrize("url", ["https://api.safetyamp.test/?api_key=x", "https://api.safetyamp.test/#top", "https://api.safetyamp.test/?"])
+def test_a_base_url_with_a_query_or_fragment_is_refused(url: str) -> None:
+    """The adapter appends API paths: https://h/?api_key=x became
+    https://h/?api_key=x/api/site_clusters, every request to the wrong place."""
+    problems = _problems({"SAFETYAMP_URL": url, "SAFETYAMP_TOKEN": "t" * 20, "SAFETYAMP_FQDN": "acme.safetyamp.com"})
+    assert any(p.startswith("SAFETYAMP_URL") and "base URL" in p for p in problems), problems
