@@ -141,11 +141,7 @@ def _redis_url_parameters(connection_class: Any) -> set[str]:
         for klass in inspect.getmro(cls):
             init = klass.__dict__.get("__init__")
             if init is not None:
-                names |= {
-                    n
-                    for n, p in inspect.signature(init).parameters.items()
-                    if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD
-                }
+                names |= {n for n, p in inspect.signature(init).parameters.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
     names.discard("self")
     return names
 
