@@ -189,14 +189,11 @@ def blueprint(daemon: Any) -> Blueprint:
 
     # ---- helpers ----------------------------------------------------------------------
     def _secure() -> bool:
-        if request.is_secure:
-            return True
-        auth = g.get("auth")
-        return bool(
-            auth is not None
-            and auth.trusted(request.remote_addr)
-            and request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower() == "https"
-        )
+        """Whether the browser reached us over TLS: directly, or through a proxy or ingress
+        that says so. X-Forwarded-Proto is believed from anyone here: a client that lies
+        only makes its own cookie stricter (it then never comes back over plain http)."""
+        forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        return request.is_secure or forwarded == "https"
 
     def _set_cookie(response: Any, name: str, value: str, max_age: int | None = None) -> None:
         response.set_cookie(name, value, max_age=max_age, path=COOKIE_PATH, secure=_secure(), httponly=True, samesite="Strict")
