@@ -86,9 +86,9 @@ def blueprint(daemon: Any) -> Blueprint:
                 return _plain("The console is unavailable: the daemon has a configuration error (see /ready).", 503)
             if daemon.state.starting:
                 return _plain("The daemon is starting; the console opens in a few seconds.", 503, retry_after=5)
-            abort(404)
+            return _plain("Not Found", 404)
         if not enabled(settings):
-            abort(404)
+            return _plain("Not Found", 404)  # as for any unknown path: nothing says a console could be here
         if request.endpoint == "console.static":
             return None
         auth = authenticator()
