@@ -437,3 +437,69 @@ def test_a_page_that_fails_shows_an_error_page_and_the_daemon_goes_on(console: S
     assert console.app.test_client().get("/live").status_code in (200, 503)  # the probe still answers
     assert web.get("/console/runs/employees/employees-19990101T000000Z").status_code == 404
     assert web.get("/console/runs?sync=nope").status_code == 400
+
+
+# ---- jobs: what the console submits and how it shows results ----------------------------------
+class InlineJobs:
+    """A job runner with the daemon's interface (submit, get, recent) that runs each job at
+    once on the caller's thread; the lookup is the real ``sync.diagnose``."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+        self.jobs: dict[str, dict[str, Any]] = {}
+
+    def submit(self, kind: str, *, actor: str, **params: Any) -> str:
+        from sync.diagnose import diagnose
+
+        job_id = f"job-{len(self.jobs) + 1}"
+        job: dict[str, Any] = {"id": job_id, "kind": kind, "actor": actor, "params": params, "state": "done",
+                               "submitted_at": time.time(), "finished_at": time.time(), "result": None, "error": None}  # fmt: skip
+        if kind == "diagnose":
+            job["result"] = diagnose(self.runtime, params["sync"], params["key"])
+        else:
+            job["state"] = "queued"
+        self.jobs[job_id] = job
+        return job_id
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        return self.jobs.get(job_id)
+
+    def recent(self, count: int = 20) -> list[dict[str, Any]]:
+        return list(self.jobs.values())[-count:][::-1]
+
+
+def test_a_lookup_runs_as_a_job_and_shows_source_target_verdict_and_what_to_do(console: SimpleNamespace) -> None:
+    console.daemon.jobs = InlineJobs(console.runtime)
+    try:
+        operator = proxy(console, OPERATORS)
+        created = re.search(r'data-testid="change" data-key="(\d+)"', operator.get(first_run_url(console, "employees")).text)
+        assert created, "the first run created no employee"
+        key = created.group(1)
+        form = operator.get(f"/console/lookup?sync=employees&record={key}")
+        assert form.status_code == 200 and f'value="{key}"' in form.text
+        started = operator.post("/console/lookup", data={"sync": "employees", "record": key, "csrf_token": csrf_of(form.text)})
+        assert started.status_code == 302 and started.headers["Location"].startswith("/console/jobs/")
+        page = operator.get(started.headers["Location"])
+        assert page.status_code == 200 and 'data-testid="diagnose"' in page.text
+        assert 'data-verdict="IN_SYNC"' in page.text and 'id="diagnose-table"' in page.text
+        assert "emp_id" in page.text  # a field of the record, source and target side by side
+        assert 'id="sync-record"' not in page.text  # in sync: nothing to send
+        fragment = operator.get(started.headers["Location"].replace("/jobs/", "/fragment/jobs/"))
+        assert fragment.status_code == 200 and 'data-final="1"' in fragment.text and "<html" not in fragment.text
+
+        unknown = operator.post(
+            "/console/lookup", data={"sync": "employees", "record": "999999", "csrf_token": csrf_of(form.text)}
+        )
+        assert 'data-verdict="NOT_IN_SCOPE"' in operator.get(unknown.headers["Location"]).text
+        queued = operator.post("/console/actions/run", data={"sync": "jobs", "csrf_token": csrf_of(form.text)})
+        waiting = operator.get(queued.headers["Location"])
+        assert 'data-state="queued"' in waiting.text and "data-refresh-url" in waiting.text
+        assert operator.get("/console/jobs/no-such-job").status_code == 404
+        actions = operator.get("/console/actions").text
+        assert actions.count('data-testid="job-row"') == 3
+        assert (
+            operator.post("/console/lookup", data={"sync": "nope", "record": "1", "csrf_token": csrf_of(form.text)}).status_code
+            == 400
+        )
+    finally:
+        del console.daemon.jobs
