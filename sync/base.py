@@ -126,6 +126,9 @@ class SyncContext:
     locks: Callable[[str], Any] | None = None
     """name -> lock (acquire(blocking=False) -> bool, release(), holder()); None: no locking."""
     quarantine: Any = None
+    control: Any = None
+    """utils.control.ControlStore: operator pauses, held deactivations and approvals, run
+    history; None: no operator state (tests)."""
     fence: Any = None
     """utils.locks.WriteFence: the locks this runner must still own for a write to go out
     (checked in Redis before every write request); None: no locking (dry runs, tests)."""
