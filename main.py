@@ -123,7 +123,12 @@ class Daemon:
 
         out = []
         for sync in pending.syncs:
-            why = None if sync in pending.forced else event_hold(sync, self.runtime.quarantine, self.runtime.breakers or {})
+            control = getattr(self.runtime, "control", None)
+            why = (
+                None
+                if sync in pending.forced
+                else event_hold(sync, self.runtime.quarantine, self.runtime.breakers or {}, control=control)
+            )
             if why:
                 log.info("event-triggered run not started: %s", why, extra={"sync": sync})
             else:
@@ -151,7 +156,7 @@ class Daemon:
 
         ctx = None
         try:
-            ctx = new_context(self.runtime, run_id=run_id, progress=progress, force=force)
+            ctx = new_context(self.runtime, run_id=run_id, progress=progress, force=force, runner_kind="daemon")
             ctx.on_result = finished
             results = run_syncs(ctx, syncs)
             settings = self.runtime.settings
@@ -159,21 +164,30 @@ class Daemon:
             return results
         except Exception as exc:  # the loop must survive anything a cycle throws
             log.exception("sync cycle crashed", extra={"run_id": run_id})
-            return self._cycle_failed(ctx, [s for s in syncs if s not in reported], exc, finished)
+            return self._cycle_failed(ctx, [s for s in syncs if s not in reported], exc, finished, run_id)
         finally:
             self.state.running = None
             self.state.beat()
 
-    def _cycle_failed(self, ctx: Any, syncs: list[str], exc: Exception, finished: Any) -> list[Any]:
+    def _cycle_failed(self, ctx: Any, syncs: list[str], exc: Exception, finished: Any, run_id: str = "") -> list[Any]:
         """A cycle that could not run is a failed run of every sync it covered (and had
         not reported yet): counted in sync_runs_total{status="failed"} and shown in
         /health last_runs with the reason, so the alerts on failed runs fire."""
         from sync.base import RunResult
-        from sync.runner import record_metrics
+        from sync.runner import record_history, record_metrics
 
         reason = f"the sync cycle could not run: {type(exc).__name__}: {exc}"
-        # record_metrics needs only these three of a context, when the context itself failed
-        recorder: Any = ctx or SimpleNamespace(metrics=self.runtime.metrics, dry_run=False, tracker=self.runtime.tracker)
+        # record_metrics and record_history need only these of a context, when the context itself failed
+        recorder: Any = ctx or SimpleNamespace(
+            metrics=self.runtime.metrics,
+            dry_run=False,
+            tracker=self.runtime.tracker,
+            control=getattr(self.runtime, "control", None),
+            events=SimpleNamespace(run_id=run_id),
+            runner_kind="daemon",
+            forced=frozenset(),
+            only_key=None,
+        )
         results = []
         for name in syncs:
             result = RunResult(name, status="failed", error=reason)
@@ -181,6 +195,7 @@ class Daemon:
                 record_metrics(recorder, result)
             except Exception:
                 log.warning("could not record the failed run in the metrics", extra={"sync": name}, exc_info=True)
+            record_history(recorder, result)
             finished(result)
             results.append(result)
         return results
@@ -232,6 +247,7 @@ class Daemon:
             "sync_states": {},
             "dependencies": {},
             "failed_records": {},
+            "paused": {},
         }
         if rt is not None:
             self._health_detail(rt, body)
@@ -250,6 +266,7 @@ class Daemon:
             breakers={s: d["breaker"].get("state", "closed") for s, d in deps.items() if isinstance(d.get("breaker"), dict)},
             redis_degraded=bool((deps.get("redis") or {}).get("degraded")),
             now=time.time(),
+            paused=body.get("paused") or {},
         )
         body.update(status=verdict.status, problems=verdict.problems, sync_states=verdict.sync_states)
         return body
@@ -271,6 +288,8 @@ class Daemon:
             deps.setdefault(service, {})["responses"] = counts
         for service, breaker in (getattr(rt, "breakers", None) or {}).items():
             deps.setdefault(service, {})["breaker"] = breaker.snapshot()
+        control = getattr(rt, "control", None)
+        body["paused"] = control.refresh_paused(self.state.syncs) if control is not None else {}
         body["quarantine"] = {}
         for sync in self.state.syncs:
             try:
@@ -330,6 +349,9 @@ def create_app(daemon: Daemon) -> Flask:
     def metrics() -> Any:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        control = getattr(daemon.runtime, "control", None)
+        if control is not None:
+            control.refresh_paused(daemon.state.syncs)  # paused or resumed by another runner (the CLI)
         registry = daemon.runtime.metrics.registry if daemon.runtime is not None else None
         payload = generate_latest(registry) if registry is not None else b""
         return Response(payload, mimetype=CONTENT_TYPE_LATEST)

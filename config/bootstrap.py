@@ -155,6 +155,8 @@ def new_context(
     progress: Any = None,
     full: bool = False,
     force: Iterable[str] = (),
+    runner_kind: str = "cli",
+    only_key: str | None = None,
 ) -> SyncContext:
     """A fresh per-run context: new target cache (each collection read once per run)."""
     from utils.failed_sync_tracker import RunTracker
@@ -183,4 +185,6 @@ def new_context(
         quarantine=rt.quarantine,
         control=rt.control,
         forced=frozenset(force),
+        runner_kind=runner_kind,
+        only_key=only_key,
     )

@@ -70,6 +70,8 @@ RUN_FIELDS = (
     "errors_file",
     "guard_tripped",
     "forced",
+    "approval",
+    "key",
 )
 
 
@@ -245,6 +247,14 @@ class ControlStore:
 
     def pauses(self) -> dict[str, dict[str, Any]]:
         found = {k: scrub_value(v) for k, v in self._all("paused").items()}
+        return found
+
+    def refresh_paused(self, syncs: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Every paused sync (as ``pauses``), with the sync_paused gauge of each of
+        ``syncs`` set from it: a pause or resume made by another process shows at once."""
+        found = self.pauses()
+        for sync in syncs:
+            self._gauge(sync, sync in found)
         return found
 
     @staticmethod
