@@ -338,8 +338,8 @@ class RosterSync:
             if k in ours_groups and (self.delete_mode or member_ids(ours_groups[k]) & our_user_ids)
         )
         group_guard = self._guard_reason(len(gone), len(ours_groups), len(snap.classes), bool(snap.classes_full), "groups")
-        approvable = [(user_guard, [f"user/{a.key}" for a in deact]), (group_guard, [f"class/{k}" for k in gone])]
-        approvable = [(why, keys) for why, keys in approvable if why and not why.startswith(EMPTY_READ)]
+        batches = [(user_guard, [f"user/{a.key}" for a in deact]), (group_guard, [f"class/{k}" for k in gone])]
+        approvable = [(why, keys) for why, keys in batches if why and not why.startswith(EMPTY_READ)]
         note = ""
         allowed_groups: set[str] | None = None  # None: the guard let every class through
         if approvable:
