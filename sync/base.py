@@ -37,6 +37,7 @@ from utils.errors import (
     SyncError,
 )
 from utils.locks import fenced
+from utils.request_log import current_request_log, recording
 
 log = logging.getLogger("sync")
 
@@ -99,6 +100,9 @@ class RunResult:
     approval: dict[str, Any] | None = None
     """The operator's approval that let a batch the deactivation guard held go through
     (utils.control), when this run used one."""
+    held: list[str] = field(default_factory=list)
+    """The keys whose deactivation the guard refused in this run and an operator may
+    approve (not the empty-read refusal)."""
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sync": self.sync, "status": self.status, **self.counts}
@@ -143,6 +147,8 @@ class SyncContext:
     (checked in Redis before every write request); None: no locking (dry runs, tests)."""
     on_result: Callable[[RunResult], None] | None = None
     """Called after each sync of the cycle (the daemon's /health shows it at once)."""
+    on_start: Callable[[str], None] | None = None
+    """Called when a sync of the cycle starts (the daemon's state shows it running)."""
     runner_kind: str = "cli"
     """Who runs: ``daemon`` or ``cli`` (sync_batch.py); kept in the run history."""
     only_key: str | None = None
@@ -353,6 +359,7 @@ class BaseSync:
                     reason = None
                 else:
                     held = held_message(self.name, self.ctx)
+                    result.held = sorted(keys)
             if reason:
                 result.guard_tripped = True
                 self.ctx.metrics.deactivation_guard.labels(self.name).inc()
@@ -360,7 +367,7 @@ class BaseSync:
                 result.error = f"deactivation guard tripped: {reason}; no record was deactivated{held}"
                 log.error(result.error, extra={"sync": self.name})
         writes = [a for a in actions if a.is_write]
-        if self.ctx.dry_run:  # only a dry run prints it: 70 000 described writes cost 150 MB
+        if self.ctx.dry_run or only is not None:  # only these show it: 70 000 described writes cost 150 MB
             result.plan = [self._describe(a) for a in writes]
         result.counts["unchanged"] += len(actions) - len(writes)
         if self.ctx.dry_run:
@@ -653,16 +660,18 @@ def apply_in_order(
     if not total:
         return
     abort: list[BaseException] = []
+    requests_log = current_request_log()  # a one-record run shows what it sent (utils/request_log.py)
 
     def one(item: T) -> R | str:
         if abort or ctx.stop.is_set():
             return "abandoned"
         fence = ctx.fence
-        if fence is None:
-            return write(item)
-        fence.raise_if_lost()
-        with fenced(fence):  # worker threads do not inherit the runner's context
-            return write(item)
+        with recording(requests_log):
+            if fence is None:
+                return write(item)
+            fence.raise_if_lost()
+            with fenced(fence):  # worker threads do not inherit the runner's context
+                return write(item)
 
     done = 0
 

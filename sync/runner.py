@@ -30,7 +30,10 @@ def run_syncs(ctx: SyncContext, names: Iterable[str], *, factories: dict[str, An
     names = list(names)
     set_run_id(getattr(ctx.events, "run_id", None))
     cycle = None
-    if ctx.locks is not None and not ctx.dry_run:
+    # A one-record run (ctx.only_key, the console's "sync this record now") takes its
+    # sync's lock only: holding the cycle lock for it would make a CronJob starting
+    # meanwhile skip every sync, not just this one.
+    if ctx.locks is not None and not ctx.dry_run and ctx.only_key is None:
         # One runner per cycle: the daemon and a CronJob started the same minute must not
         # interleave (per-sync locks alone would let them alternate sync by sync). The
         # acquire returns once a previous holder's writes can no longer land (it waits
@@ -77,7 +80,8 @@ TARGET_READS: dict[str, tuple[str, ...]] = {
 
 def _run_all(ctx: SyncContext, names: list[str], factories: dict[str, Any], cycle: Any = None) -> list[RunResult]:
     results: list[RunResult] = []
-    if factories is SYNCS:
+    one_record = ctx.only_key is not None
+    if factories is SYNCS and not one_record:
         # Read ahead, on background threads: the target's collections and the sources
         # the syncs of this cycle always read (each still read once per run).
         prefetch = getattr(ctx.targets, "prefetch", None)
@@ -95,6 +99,8 @@ def _run_all(ctx: SyncContext, names: list[str], factories: dict[str, Any], cycl
             break
         cls = factories.get(name)
         lock_lost = False
+        if ctx.on_start is not None:
+            ctx.on_start(name)
         if cls is None:
             result = RunResult(name, status="failed", error=f"the {name} sync is not available in this build")
         else:
@@ -103,12 +109,16 @@ def _run_all(ctx: SyncContext, names: list[str], factories: dict[str, Any], cycl
         # disk) says nothing about itself or its services: no back-off, it runs again as
         # soon as the cause is gone (the SyncChangeLogUnwritable alert says so).
         blameless = result.status == "failed" and (lock_lost or result.blameless)
-        if not ctx.dry_run and ctx.quarantine is not None and not blameless:
+        # A one-record run says little about the sync: it neither lifts nor extends the
+        # quarantine, and it is no run for the metrics (sync_last_success_timestamp_seconds
+        # must not hide a sync whose real runs fail); the run history keeps it, with its key.
+        if not ctx.dry_run and ctx.quarantine is not None and not blameless and not one_record:
             # Records refused by validation are the source's business (errors file, diagnose):
             # a steady run with a few known-bad rows must not back the whole sync off.
             attempted = {**result.counts, "failed": max(0, result.counts["failed"] - result.rejected)}
             ctx.quarantine.record(name, result.status, attempted, result.error)
-        record_metrics(ctx, result)
+        if not one_record:
+            record_metrics(ctx, result)
         record_history(ctx, result)
         results.append(result)
         if ctx.on_result is not None:

@@ -347,6 +347,7 @@ class RosterSync:
             result.approval = approve_or_hold(self.ctx, self.name, keys, "; ".join(why for why, _ in approvable))
             if result.approval is None:
                 note = held_message(self.name, self.ctx)
+                result.held = sorted(keys)
             else:
                 approved = {why for why, _ in approvable}
                 if user_guard in approved:
