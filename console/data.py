@@ -260,13 +260,23 @@ def overview(daemon: Any) -> dict[str, Any]:
 
 
 def _progress(progress: Any) -> dict[str, Any] | None:
+    """``{"done", "total", "percent"}`` from the daemon's progress of a running sync (a dict
+    with ``done``/``total`` once the sync knows how many writes it has; ``started_at`` only
+    while it is still reading)."""
     if not progress:
         return None
+    if isinstance(progress, dict):
+        done, total = progress.get("done"), progress.get("total")
+    else:
+        try:
+            done, total = progress[0], progress[1]
+        except (TypeError, IndexError, KeyError):
+            return None
     try:
-        done, total = int(progress[0]), int(progress[1])
-    except (TypeError, ValueError, IndexError, KeyError):
-        return None
-    return {"done": done, "total": total, "percent": int(100 * done / total) if total else 0}
+        done, total = int(done), int(total)
+    except (TypeError, ValueError):
+        return {"done": None, "total": None, "percent": None, "reading": True}
+    return {"done": done, "total": total, "percent": int(100 * done / total) if total else 0, "reading": False}
 
 
 def _quarantine(status: dict[str, Any], now: float) -> dict[str, Any] | None:
@@ -310,7 +320,7 @@ def _services(daemon: Any, snapshots: dict[str, Any], now: float) -> list[dict[s
         sent = counts.get(service, {}) if isinstance(counts, dict) else {}
         codes = statuses.get(service, {}) if isinstance(statuses, dict) else {}
         lat = latency.get(service) if isinstance(latency, dict) else None
-        err = last_errors.get(service) if isinstance(last_errors, dict) else None
+        err = _error_text(last_errors.get(service)) if isinstance(last_errors, dict) else None
         problems = sum(n for code, n in codes.items() if not code.isdigit() or int(code) >= 500 or code == "429")
         out.append(
             {
@@ -323,6 +333,7 @@ def _services(daemon: Any, snapshots: dict[str, Any], now: float) -> list[dict[s
                 "statuses": codes,
                 "problems": problems,
                 "latency_ms": round(float(lat.get("mean_ms", 0.0)), 1) if isinstance(lat, dict) else None,
+                "p95_ms": lat.get("p95_ms") if isinstance(lat, dict) else None,
                 "last_error": err,
                 "opened": age(snap.get("opened_at"), now) if isinstance(snap, dict) and snap.get("opened_at") else "",
             }
@@ -365,6 +376,19 @@ def _services(daemon: Any, snapshots: dict[str, Any], now: float) -> list[dict[s
             }
         )
     return out
+
+
+def _error_text(entry: Any) -> dict[str, Any] | None:
+    """The runtime's last error of a service (``at``, ``method``, ``status``, ``message``)
+    as one sentence with its time."""
+    if not isinstance(entry, dict) or not entry:
+        return None
+    parts = []
+    if entry.get("method") or entry.get("status"):
+        parts.append(f"{entry.get('method') or 'a request'} answered {entry.get('status')}")
+    if entry.get("message"):
+        parts.append(str(entry["message"]))
+    return {"error": "; ".join(parts) or str(entry.get("error") or "an error"), "at": entry.get("at")}
 
 
 # ---- run history ------------------------------------------------------------------------

@@ -295,7 +295,7 @@ def blueprint(daemon: Any) -> Blueprint:
             return _done("console.actions", "This daemon cannot run console jobs (no job runner).", kind="error")
         identity: Identity = g.identity
         try:
-            job_id = jobs.submit(kind, actor=identity.actor, **params)
+            job_id = jobs.submit(kind, actor=identity.actor, role=identity.role, **params)
         except Exception as exc:
             audit(kind, target, f"failed: {exc}")
             log.warning("console job %s not submitted", kind, exc_info=True)
