@@ -489,3 +489,26 @@ def test_a_lookup_runs_as_a_job_and_shows_source_target_verdict_and_what_to_do(c
     assert operator.post("/console/lookup", data={"sync": "nope", "record": "1", "csrf_token": csrf}).status_code == 400
     audit = operator.get("/console/audit").text
     assert 'data-action="diagnose"' in audit and "pat@example.com" in audit
+
+
+def test_the_overview_shows_a_running_sync_with_its_progress(console: SimpleNamespace) -> None:
+    """What the worker writes while a sync runs (main.Daemon.run_cycle: started, then
+    progress), as the overview's auto-refresh shows it."""
+    state = console.daemon.state
+    web = signed_in(console)
+    try:
+        with state.lock:
+            state.progress["vehicles"] = {"started_at": "2026-01-01T00:00:00+00:00"}
+        state.running = "vehicles"
+        reading = web.get("/console/fragment/overview").text
+        assert 'data-sync="vehicles" data-state="running"' in reading and "reading the source and the target" in reading
+        with state.lock:
+            state.progress["vehicles"].update(done=3, total=12)
+        writing = web.get("/console/fragment/overview").text
+        assert 'id="progress-vehicles" value="3" max="12"' in writing and "3 of 12 writes" in writing
+        assert "running now" in writing
+    finally:
+        state.running = None
+        with state.lock:
+            state.progress.clear()
+    assert 'data-state="running"' not in web.get("/console/fragment/overview").text
