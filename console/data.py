@@ -265,16 +265,10 @@ def _progress(progress: Any) -> dict[str, Any] | None:
     while it is still reading)."""
     if not progress:
         return None
-    if isinstance(progress, dict):
-        done, total = progress.get("done"), progress.get("total")
-    else:
-        try:
-            done, total = progress[0], progress[1]
-        except (TypeError, IndexError, KeyError):
-            return None
+    raw: Any = (progress.get("done"), progress.get("total")) if isinstance(progress, dict) else progress
     try:
-        done, total = int(done), int(total)
-    except (TypeError, ValueError):
+        done, total = int(raw[0]), int(raw[1])
+    except (TypeError, ValueError, IndexError, KeyError):
         return {"done": None, "total": None, "percent": None, "reading": True}
     return {"done": done, "total": total, "percent": int(100 * done / total) if total else 0, "reading": False}
 
