@@ -179,6 +179,17 @@ def _last_success(rt: Any, sync: str) -> float | None:
     return float(value) if value else None
 
 
+def _last_success_on_record(control: Any, sync: str) -> float | None:
+    """When the run history last saw ``sync`` succeed (the gauge starts empty after a
+    restart; the history in Redis does not)."""
+    if control is None:
+        return None
+    found = attempt("last success", functools.partial(control.runs, sync=sync, status="success", count=1))
+    if isinstance(found, list) and found:
+        return parse_time(found[0].get("finished_at"))
+    return None
+
+
 def overview(daemon: Any) -> dict[str, Any]:
     """Every sync's state and every outside service's, for the overview page."""
     from sync.runner import SYNC_SERVICES
@@ -237,7 +248,7 @@ def overview(daemon: Any) -> dict[str, Any]:
                 "quarantine": _quarantine(quarantine, now) if isinstance(quarantine, dict) else quarantine,
                 "open_breakers": open_breakers,
                 "last": _last_run(last, now),
-                "last_success": age(_last_success(rt, sync), now) if rt is not None else "",
+                "last_success": age(_last_success(rt, sync) or _last_success_on_record(control, sync), now) if rt is not None else "",
                 "failed_records": failed,
             }
         )
