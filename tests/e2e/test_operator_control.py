@@ -151,6 +151,7 @@ def test_a_held_deactivation_batch_is_approved_once_and_exactly_that_batch_goes_
     hold = control(batch).held("employees")
     assert hold is not None and hold["keys"] == leavers and hold["count"] == len(leavers)
     assert hold["run_id"] == tripped["run_id"]
+    print(f"\nheld: {hold['count']} keys, digest {hold['digest'][:12]}...: {emp['error'][:110]}")
     listed = json.loads(cli(batch, "holds", "--json").stdout.strip().splitlines()[-1])
     assert listed["employees"]["digest"] == hold["digest"] and listed["employees"]["keys"] == leavers
 
@@ -166,6 +167,7 @@ def test_a_held_deactivation_batch_is_approved_once_and_exactly_that_batch_goes_
     assert emp["approval"]["digest"] == hold["digest"]
     users = target_state(batch.dir)["users"]
     assert sorted(k for k, u in users.items() if u.get("system_access") == 0) == leavers
+    print(f"approved run: deactivated {emp['deactivated']} of {len(leavers)} held, status {emp['status']}")
     store = control(batch)
     assert store.held("employees") is None and store.approval("employees") is None
     changes = json.loads(Path(store.run(done["run_id"], "employees")["changes_file"]).read_text())
