@@ -493,7 +493,17 @@ def start_http(daemon: Daemon, port: int) -> Any:
         max_request_body_size=max_body,
         inbuf_overflow=2 * max_body,
     )
-    threading.Thread(target=server.run, name="http", daemon=True).start()
+
+    def serve() -> None:
+        try:
+            server.run()
+        except (OSError, ValueError):
+            # Shutdown closes the listening socket under the loop's select(): EBADF (or
+            # "file descriptor cannot be a negative integer") is how that loop ends.
+            if not daemon.stop.is_set():
+                raise
+
+    threading.Thread(target=serve, name="http", daemon=True).start()
     log.info("listening on port %d", port)
     return server
 
