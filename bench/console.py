@@ -296,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         first = hx.run_product(repo, env, work / "first.log", "first")
         print(f"  {first.wall_seconds:.0f} s: " + ", ".join(f"{r['sync']} {r['status']}" for r in first.summary["runs"]))
 
-        from config.settings import load_settings
         from utils.control import ControlStore
+
+        from config.settings import load_settings
 
         settings = load_settings(env)
         store = ControlStore(client, prefix=prefix, run_history_length=settings.run_history_length)

@@ -363,9 +363,7 @@ def check(kubectl: str, node_modules: Path | None, out_dir: Path | None) -> int:
         # The base is not deployable on its own (its product image is a bare name); the
         # overlays carry the real references.
         overlay = name.split("+", 1)[0]
-        image_checks = (
-            [] if overlay == "base" else image_problems(resources, product_digest_required=overlay in DIGEST_OVERLAYS)
-        )
+        image_checks = [] if overlay == "base" else image_problems(resources, product_digest_required=overlay in DIGEST_OVERLAYS)
         for problem in image_checks:
             print(f"FAIL {label} image: {problem}")
             failures += 1
