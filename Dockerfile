@@ -103,6 +103,7 @@ COPY config/ config/
 COPY services/ services/
 COPY sync/ sync/
 COPY utils/ utils/
+COPY console/ console/
 COPY sandbox/ sandbox/
 RUN python -m compileall -q /app \
  && mkdir -p /app/output/changes /app/output/errors /app/output/logs \

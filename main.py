@@ -409,6 +409,12 @@ def create_app(daemon: Daemon) -> Flask:
             return jsonify(error=exc.message), 400
         return jsonify(report)
 
+    # The operator console (docs/console.md). Registered always: the settings that turn it
+    # on arrive after the server has started; until then, and when neither CONSOLE_TOKEN
+    # nor CONSOLE_TRUSTED_PROXY is set, everything under /console answers 404.
+    from console import blueprint as console_blueprint
+
+    app.register_blueprint(console_blueprint(daemon), url_prefix="/console")
     return app
 
 

@@ -249,6 +249,49 @@ class Settings(BaseModel):
         description="Prometheus Pushgateway that sync_batch pushes its metrics to (push-add); unset = no push.",
     )
 
+    # --- operator console (/console) --------------------------------------------------
+    console_token: SecretStr | None = Field(
+        None,
+        alias="CONSOLE_TOKEN",
+        description=(
+            f"Password of the operator console at /console (at least {MIN_TRIGGER_TOKEN_CHARS} printable ASCII "
+            "characters, no spaces); whoever signs in with it is an operator. The console is off unless this or "
+            "CONSOLE_TRUSTED_PROXY is set."
+        ),
+    )
+    console_trusted_proxy: tuple[str, ...] = Field(
+        (),
+        alias="CONSOLE_TRUSTED_PROXY",
+        description=(
+            "Comma list of addresses or networks (`127.0.0.1/32`, `10.2.0.0/16`) of the single sign-on proxy "
+            "(oauth2-proxy) in front of the console: only requests from these carry trusted X-Forwarded-User, "
+            "-Email and -Groups headers. Turns the console on."
+        ),
+    )
+    console_operator_groups: tuple[str, ...] = Field(
+        (),
+        alias="CONSOLE_OPERATOR_GROUPS",
+        description=(
+            "Comma list of group names or Entra ID group object ids (from X-Forwarded-Groups) whose members may act "
+            "in the console (run, pause, approve, retry)."
+        ),
+    )
+    console_viewer_groups: tuple[str, ...] = Field(
+        (),
+        alias="CONSOLE_VIEWER_GROUPS",
+        description=(
+            "Comma list of groups whose members may look but not act; when set, a signed-in person in none of the "
+            "console groups is refused. Unset: everyone the proxy lets through may look."
+        ),
+    )
+    console_session_idle_minutes: float = Field(
+        30,
+        alias="CONSOLE_SESSION_IDLE_MINUTES",
+        gt=0,
+        le=1440,
+        description="A console session unused this long ends (sign in again).",
+    )
+
     # --- resilience: circuit breakers and the single-writer lock -------------------
     breaker_failure_threshold: int = Field(
         5,
@@ -705,6 +748,52 @@ class Settings(BaseModel):
                 f"too short: use at least {MIN_TRIGGER_TOKEN_CHARS} characters, "
                 "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
+        return value
+
+    @field_validator("console_token")
+    @classmethod
+    def _strong_console_token(cls, value: SecretStr | None) -> SecretStr | None:
+        text = value.get_secret_value() if value is not None else ""
+        if value is not None and not _VISIBLE_ASCII.fullmatch(text):
+            raise ValueError("must be printable ASCII without spaces or line breaks (a line break copied with it?)")
+        if value is not None and len(text) < MIN_TRIGGER_TOKEN_CHARS:
+            raise ValueError(
+                f"too short: use at least {MIN_TRIGGER_TOKEN_CHARS} characters, "
+                "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value
+
+    @field_validator("console_trusted_proxy", "console_operator_groups", "console_viewer_groups", mode="before")
+    @classmethod
+    def _split_console_lists(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(",") if p.strip())
+        return value
+
+    @field_validator("console_trusted_proxy")
+    @classmethod
+    def _proxy_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        networks = []
+        for item in value:
+            try:
+                network = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network such as 127.0.0.1/32 or 10.2.0.0/16") from None
+            if network.prefixlen == 0:
+                raise ValueError(
+                    f"{item!r} trusts every address: anyone who reaches the port could sign in as anyone; "
+                    "name the proxy's own address (127.0.0.1/32 for a sidecar)"
+                )
+            networks.append(str(network))
+        return tuple(networks)
+
+    @field_validator("console_operator_groups", "console_viewer_groups")
+    @classmethod
+    def _groups_need_proxy(cls, value: tuple[str, ...], info: Any) -> tuple[str, ...]:
+        if value and "console_trusted_proxy" in info.data and not info.data["console_trusted_proxy"]:
+            raise ValueError("groups come from the sign-on proxy's X-Forwarded-Groups header: set CONSOLE_TRUSTED_PROXY too")
         return value
 
     @field_validator("samsara_webhook_secret")
