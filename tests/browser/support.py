@@ -248,8 +248,51 @@ def new_context(browser: Any, daemon: ConsoleDaemon, **options: Any) -> tuple[An
 
 
 def login(page: Any, token: str = CONSOLE_TOKEN) -> None:
-    """The console's login form: one password field, as an operator fills it in."""
+    """The console's sign-in form (one password field), filled in as an operator does."""
     page.goto("/console/login")
-    page.get_by_label("Token").fill(token)
+    page.get_by_label("Console password").fill(token)
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url("**/console/**")
+    page.wait_for_url("**/console/")
+
+
+def accept_confirmations(page: Any) -> None:
+    """Say OK to the console's "are you sure" questions (Playwright cancels them by default)."""
+    page.on("dialog", lambda dialog: dialog.accept())
+
+
+def wait_job_done(page: Any, timeout_ms: float = 90_000) -> str:
+    """On a job's page: wait until the page (refreshing itself) shows the job finished."""
+    page.wait_for_selector("[data-testid=job-state][data-final]", timeout=timeout_ms)
+    return str(page.get_by_test_id("job-state").get_attribute("data-state"))
+
+
+def store(daemon: ConsoleDaemon) -> Any:
+    """The emulators' store of ``daemon``'s sandbox (targets and their request log)."""
+    from sandbox.store import open_store
+
+    return open_store(daemon.sandbox_dir)
+
+
+def seed(daemon: ConsoleDaemon) -> None:
+    """Seed ``daemon``'s sandbox before it starts (the daemon would seed the same data)."""
+    from sandbox.seed import ensure_seeded
+
+    ensure_seeded(daemon.sandbox_dir, size=daemon.size, seed=7)
+
+
+def plant_email_conflicts(daemon: ConsoleDaemon, count: int) -> list[str]:
+    """Before the first run: SafetyAmp users made by hand that already hold the e-mail of
+    ``count`` employees, so SafetyAmp refuses to create those employees (422, e-mail
+    taken) and they land in the failed-records queue, as they would in production.
+    Returns the employee numbers."""
+    st = store(daemon)
+    try:
+        users = [u for u in st.all("graph", "users") if u.get("employeeId") and u.get("mail") and u.get("accountEnabled", True)]
+        chosen = sorted(users, key=lambda u: int(u["employeeId"]))[:count]
+        for i, user in enumerate(chosen):
+            rid = 90_001 + i
+            st.insert("safetyamp", "users", {"id": rid, "first_name": "Hand", "last_name": f"Made{i}",
+                                             "email": user["mail"], "system_access": 1}, rid=rid)  # fmt: skip
+        return [str(u["employeeId"]).strip() for u in chosen]
+    finally:
+        st.close()
