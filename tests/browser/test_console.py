@@ -22,7 +22,6 @@ from tests.browser.support import (
     RequestLog,
     accept_confirmations,
     login,
-    new_context,
     plant_email_conflicts,
     seed,
     store,
