@@ -16,7 +16,7 @@ from markupsafe import Markup, escape
 
 STACK = ("created", "updated", "deactivated", "failed")
 WIDTH = 960
-PANEL = 120
+PANEL = 80
 GAP = 34
 LEFT = 64
 RIGHT = 12
@@ -70,7 +70,7 @@ def runs_chart(runs: Sequence[dict[str, Any]], *, title: str) -> Markup:
     )
 
     def panel(y0: float, label: str, top: float, unit: str) -> None:
-        out(f'<text class="axis-label" x="{LEFT}" y="{y0 - 6:.0f}">{escape(label)}</text>')
+        out(f'<text class="axis-label" x="{LEFT}" y="{y0 - 7:.0f}">{escape(label)}</text>')
         for fraction in (0.0, 0.5, 1.0):
             y = y0 + PANEL - PANEL * fraction
             out(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>')
@@ -103,15 +103,19 @@ def runs_chart(runs: Sequence[dict[str, Any]], *, title: str) -> Markup:
                 f'<rect class="bar count-{name}" x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}">'
                 f"<title>{when}: {_fmt(n)} {name}</title></rect>"
             )
-    first = escape(str(runs[0].get("started_at") or ""))[:16]
-    last = escape(str(runs[-1].get("started_at") or ""))[:16]
+    first = escape(str(runs[0].get("started") or runs[0].get("started_at") or ""))
+    last = escape(str(runs[-1].get("started") or runs[-1].get("started_at") or ""))
     base = height - 8
     out(f'<text class="axis" x="{LEFT}" y="{base}">{first}</text>')
     out(f'<text class="axis" x="{WIDTH - RIGHT}" y="{base}" text-anchor="end">{last}</text>')
-    legend_x = LEFT + 260
+    legend_x = LEFT + 240
     for j, name in enumerate(STACK):
-        lx = legend_x + j * 110
+        lx = legend_x + j * 100
         out(f'<rect class="bar count-{name}" x="{lx}" y="{base - 9}" width="10" height="10"/>')
         out(f'<text class="axis" x="{lx + 14}" y="{base}">{name}</text>')
+    for j, name in enumerate(("success", "partial", "failed", "skipped")):
+        lx = WIDTH - RIGHT - 330 + j * 85
+        out(f'<rect class="bar status-{name}" x="{lx}" y="{TOP - 16}" width="10" height="10"/>')
+        out(f'<text class="axis" x="{lx + 14}" y="{TOP - 7}">{name}</text>')
     out("</svg>")
     return Markup("".join(parts))  # noqa: S704 - every value from outside went through escape() above

