@@ -61,6 +61,8 @@ class DaemonState:
     heartbeat: float = field(default_factory=time.monotonic)
     last_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     running: str | None = None
+    progress: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per running sync: ``started_at`` (ISO UTC) and, once it writes, ``done`` of ``total``."""
     next_run_at: float | None = None
     ready_checked_at: float = 0.0
     ready_result: tuple[bool, str] = (False, "not checked yet")
@@ -83,6 +85,10 @@ class Daemon:
         self.runtime = runtime
         self.stop = runtime.stop if runtime is not None else threading.Event()
         self.worker = threading.Thread(target=self._loop, name="sync-worker", daemon=True)
+        from sync.jobs import Jobs
+
+        self.jobs = Jobs(self)
+        """The console's jobs (sync/jobs.py): run, preview, sync_record, diagnose."""
 
     def attach(self, settings: Settings, syncs: tuple[str, ...], runtime: Any) -> None:
         """Start-up finished: hand the worker its runtime (it shares our stop flag)."""
@@ -108,10 +114,12 @@ class Daemon:
                 continue
             self.state.next_run_at = time.time() + max(0.0, next_at - time.monotonic())
             scheduled = time.monotonic() >= next_at
+            taken_at = time.monotonic()  # a console run job submitted before this runs in this cycle
             pending = self.state.triggers.take(self.state.syncs)
             syncs = self.state.syncs if scheduled else self._not_held(pending)
             if syncs:
-                self.run_cycle(syncs, force=pending.forced)
+                self.jobs.cycle_started(taken_at, syncs)
+                self.run_cycle(syncs, force=pending.forced, taken_at=taken_at)
                 if scheduled or syncs == self.state.syncs:
                     next_at = time.monotonic() + self._interval()
             self.stop.wait(1.0)
@@ -123,57 +131,89 @@ class Daemon:
 
         out = []
         for sync in pending.syncs:
-            why = None if sync in pending.forced else event_hold(sync, self.runtime.quarantine, self.runtime.breakers or {})
+            control = getattr(self.runtime, "control", None)
+            why = (
+                None
+                if sync in pending.forced
+                else event_hold(sync, self.runtime.quarantine, self.runtime.breakers or {}, control=control)
+            )
             if why:
                 log.info("event-triggered run not started: %s", why, extra={"sync": sync})
             else:
                 out.append(sync)
         return tuple(out)
 
-    def run_cycle(self, syncs: tuple[str, ...], *, force: frozenset[str] = frozenset()) -> list[Any]:
+    def run_cycle(
+        self, syncs: tuple[str, ...], *, force: frozenset[str] = frozenset(), taken_at: float | None = None
+    ) -> list[Any]:
         from config.bootstrap import new_context, new_run_id
         from sync.runner import run_syncs
 
         run_id = new_run_id()
         reported: set[str] = set()
 
+        def started(sync: str) -> None:
+            self.state.beat()
+            self.state.running = sync
+            with self.state.lock:
+                self.state.progress[sync] = {"started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+
         def progress(sync: str, done: int, total: int) -> None:
             self.state.beat()
             self.state.running = sync
+            with self.state.lock:
+                self.state.progress.setdefault(sync, {}).update(done=done, total=total)
 
         def finished(result: Any) -> None:
             entry = result.summary()
             entry.update(run_id=run_id, finished_at=datetime.now(UTC).isoformat(timespec="seconds"))
             with self.state.lock:
                 self.state.last_runs[result.sync] = entry
+                self.state.progress.pop(result.sync, None)
             reported.add(result.sync)
             self.state.beat()
+            if taken_at is not None:
+                self.jobs.sync_finished(taken_at, entry)
 
         ctx = None
         try:
-            ctx = new_context(self.runtime, run_id=run_id, progress=progress, force=force)
+            ctx = new_context(self.runtime, run_id=run_id, progress=progress, force=force, runner_kind="daemon")
             ctx.on_result = finished
+            ctx.on_start = started
             results = run_syncs(ctx, syncs)
             settings = self.runtime.settings
             ctx.events.prune(settings.output_retention_days, settings.output_retention_runs)
             return results
         except Exception as exc:  # the loop must survive anything a cycle throws
             log.exception("sync cycle crashed", extra={"run_id": run_id})
-            return self._cycle_failed(ctx, [s for s in syncs if s not in reported], exc, finished)
+            return self._cycle_failed(ctx, [s for s in syncs if s not in reported], exc, finished, run_id)
         finally:
             self.state.running = None
+            with self.state.lock:
+                self.state.progress.clear()
             self.state.beat()
+            if taken_at is not None:
+                self.jobs.cycle_finished(taken_at)
 
-    def _cycle_failed(self, ctx: Any, syncs: list[str], exc: Exception, finished: Any) -> list[Any]:
+    def _cycle_failed(self, ctx: Any, syncs: list[str], exc: Exception, finished: Any, run_id: str = "") -> list[Any]:
         """A cycle that could not run is a failed run of every sync it covered (and had
         not reported yet): counted in sync_runs_total{status="failed"} and shown in
         /health last_runs with the reason, so the alerts on failed runs fire."""
         from sync.base import RunResult
-        from sync.runner import record_metrics
+        from sync.runner import record_history, record_metrics
 
         reason = f"the sync cycle could not run: {type(exc).__name__}: {exc}"
-        # record_metrics needs only these three of a context, when the context itself failed
-        recorder: Any = ctx or SimpleNamespace(metrics=self.runtime.metrics, dry_run=False, tracker=self.runtime.tracker)
+        # record_metrics and record_history need only these of a context, when the context itself failed
+        recorder: Any = ctx or SimpleNamespace(
+            metrics=self.runtime.metrics,
+            dry_run=False,
+            tracker=self.runtime.tracker,
+            control=getattr(self.runtime, "control", None),
+            events=SimpleNamespace(run_id=run_id),
+            runner_kind="daemon",
+            forced=frozenset(),
+            only_key=None,
+        )
         results = []
         for name in syncs:
             result = RunResult(name, status="failed", error=reason)
@@ -181,6 +221,7 @@ class Daemon:
                 record_metrics(recorder, result)
             except Exception:
                 log.warning("could not record the failed run in the metrics", extra={"sync": name}, exc_info=True)
+            record_history(recorder, result)
             finished(result)
             results.append(result)
         return results
@@ -216,6 +257,7 @@ class Daemon:
         ready, why = self.ready()
         with self.state.lock:
             last_runs = dict(self.state.last_runs)
+            progress = {sync: dict(p) for sync, p in self.state.progress.items()}
         body: dict[str, Any] = {
             "status": "ok",
             "problems": [],
@@ -225,6 +267,7 @@ class Daemon:
             "ready_reason": why,
             "syncs": list(self.state.syncs),
             "running": self.state.running,
+            "progress": progress,
             "next_run_at": datetime.fromtimestamp(self.state.next_run_at, UTC).isoformat(timespec="seconds")
             if self.state.next_run_at
             else None,
@@ -232,6 +275,7 @@ class Daemon:
             "sync_states": {},
             "dependencies": {},
             "failed_records": {},
+            "paused": {},
         }
         if rt is not None:
             self._health_detail(rt, body)
@@ -250,6 +294,7 @@ class Daemon:
             breakers={s: d["breaker"].get("state", "closed") for s, d in deps.items() if isinstance(d.get("breaker"), dict)},
             redis_degraded=bool((deps.get("redis") or {}).get("degraded")),
             now=time.time(),
+            paused=body.get("paused") or {},
         )
         body.update(status=verdict.status, problems=verdict.problems, sync_states=verdict.sync_states)
         return body
@@ -269,8 +314,14 @@ class Daemon:
         statuses = rt.stats.statuses() if hasattr(rt.stats, "statuses") else {}
         for service, counts in statuses.items():
             deps.setdefault(service, {})["responses"] = counts
+        for service, latency in (rt.stats.latency() if hasattr(rt.stats, "latency") else {}).items():
+            deps.setdefault(service, {})["latency"] = latency
+        for service, error in (rt.stats.last_errors() if hasattr(rt.stats, "last_errors") else {}).items():
+            deps.setdefault(service, {})["last_error"] = error
         for service, breaker in (getattr(rt, "breakers", None) or {}).items():
             deps.setdefault(service, {})["breaker"] = breaker.snapshot()
+        control = getattr(rt, "control", None)
+        body["paused"] = control.refresh_paused(self.state.syncs) if control is not None else {}
         body["quarantine"] = {}
         for sync in self.state.syncs:
             try:
@@ -330,6 +381,9 @@ def create_app(daemon: Daemon) -> Flask:
     def metrics() -> Any:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        control = getattr(daemon.runtime, "control", None)
+        if control is not None:
+            control.refresh_paused(daemon.state.syncs)  # paused or resumed by another runner (the CLI)
         registry = daemon.runtime.metrics.registry if daemon.runtime is not None else None
         payload = generate_latest(registry) if registry is not None else b""
         return Response(payload, mimetype=CONTENT_TYPE_LATEST)
@@ -449,6 +503,7 @@ def wait_and_stop(daemon: Daemon, server: Any) -> int:
     while not daemon.stop.wait(0.5):
         pass
     deadline = time.monotonic() + SHUTDOWN_BUDGET_SECONDS
+    daemon.jobs.close()
     if daemon.worker.ident:
         daemon.worker.join(timeout=max(0.0, deadline - time.monotonic()))
     if daemon.worker.is_alive():

@@ -5,11 +5,15 @@
                          [--only a,b] [--dry-run] [--json] [--force] [--full]
     python sync_batch.py [--sandbox ...] failed list [--sync S]
     python sync_batch.py [--sandbox ...] failed retry [--sync S] [--key K]
+    python sync_batch.py [--sandbox ...] failed dismiss --sync S --key K
     python sync_batch.py [--sandbox ...] diagnose SYNC KEY
+    python sync_batch.py [--sandbox ...] pause SYNC [--reason R] | resume SYNC
+    python sync_batch.py [--sandbox ...] holds | approve SYNC DIGEST
 
 Exit codes: 0 success or partial (failed records were recorded), 1 a sync failed as a
 whole, 2 configuration error, 0 with status "skipped" when another runner holds the
-lock or the sync is quarantined (``--force`` runs it anyway). With --json the last line
+lock, the sync is quarantined (``--force`` runs it anyway) or an operator paused it
+(``resume`` is the way out). With --json the last line
 of stdout is the run summary; logs go to stderr.
 """
 
@@ -47,8 +51,8 @@ EXIT_CODES = """exit codes:
   0  success or partial (failed records were recorded: `failed list` shows them)
   1  a sync failed as a whole (source unreachable, breaker open, guard tripped)
   2  configuration error (every bad setting is named)
-  0  with status "skipped" when another runner holds the lock or a sync is
-     quarantined (--force runs it anyway)"""
+  0  with status "skipped" when another runner holds the lock, a sync is
+     quarantined (--force runs it anyway) or paused (`resume` it)"""
 
 RUN_OPTIONS = ("only", "dry_run", "no_progress", "full", "force")
 
@@ -96,6 +100,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     fretry = fsub.add_parser("retry", parents=[common], help="make tracked records due at the next run")
     fretry.add_argument("--sync", default=None, help="only this sync")
     fretry.add_argument("--key", default=None, help="only this record")
+    fdismiss = fsub.add_parser(
+        "dismiss",
+        parents=[common],
+        help="forget one tracked record (if it still fails, the next run tracks it again from its first attempt)",
+    )
+    fdismiss.add_argument("--sync", required=True, choices=ALL_SYNCS, help="the record's sync")
+    fdismiss.add_argument("--key", required=True, help="the record's key (as `failed list` shows it)")
     diag = sub.add_parser(
         "diagnose",
         parents=[common],
@@ -109,6 +120,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the record's key: employee number, department or job code, title, Samsara vehicle id; "
         "rosters: a OneRoster sourcedId (user/<id> or class/<id> to choose)",
     )
+    pause = sub.add_parser(
+        "pause",
+        parents=[common],
+        help="pause a sync: every runner (daemon, CronJob, this CLI) skips it, --force or not, until resumed",
+        description="Pause a sync for every runner sharing this Redis (REDIS_URL, REDIS_PREFIX): the daemon, "
+        "CronJobs and sync_batch.py skip it (status skipped, --force included) until `resume`. Audited.",
+    )
+    pause.add_argument("sync", metavar="SYNC", choices=ALL_SYNCS, help=", ".join(ALL_SYNCS))
+    pause.add_argument("--reason", default="", help="why (shown in /health, the console and the skipped runs)")
+    resume = sub.add_parser("resume", parents=[common], help="resume a paused sync (audited)")
+    resume.add_argument("sync", metavar="SYNC", choices=ALL_SYNCS, help=", ".join(ALL_SYNCS))
+    sub.add_parser(
+        "holds",
+        parents=[common],
+        help="deactivation batches the guard held, with the digest to approve each",
+        description="Batches of deactivations the guard (DEACTIVATION_GUARD_PERCENT) refused, each with "
+        "exactly the records it would deactivate and the digest `approve` takes.",
+    )
+    approve = sub.add_parser(
+        "approve",
+        parents=[common],
+        help="let the next run deactivate exactly one held batch, once",
+        description="Approve the held deactivation batch of SYNC whose digest is DIGEST (see `holds`): the "
+        "next run deactivates exactly those records, once. The approval expires after "
+        "CONSOLE_APPROVAL_TTL_MINUTES; if the list changes, a new approval is needed. Audited.",
+    )
+    approve.add_argument("sync", metavar="SYNC", choices=ALL_SYNCS, help=", ".join(ALL_SYNCS))
+    approve.add_argument("digest", metavar="DIGEST", help="the held batch's digest, as `holds` shows it")
     args = p.parse_args(argv)
     if args.sandbox_size < 1:
         p.error("--sandbox-size must be at least 1")
@@ -275,6 +314,8 @@ def operator_main(args: argparse.Namespace, environ: dict[str, str]) -> int:
         try:
             if args.command == "failed":
                 return _failed(rt, args)
+            if args.command in ("pause", "resume", "holds", "approve"):
+                return _control(rt, args)
             return _diagnose(rt, args)
         finally:
             rt.close()
@@ -342,9 +383,100 @@ def _failed(rt: Any, args: argparse.Namespace) -> int:
                 print(f"  {name}: {path}")
         print(f"one record: {command_prefix(args)} diagnose <sync> <key>")
         return EXIT_OK
+    if args.action == "dismiss":
+        found = rt.tracker.dismiss(args.sync, args.key)
+        audit(rt, "dismiss", f"record/{args.sync}/{args.key}", "ok" if found else "not tracked")
+        if args.json:
+            print(json.dumps({"dismissed": 1 if found else 0}))
+        elif found:
+            print(f"{args.sync} {args.key}: forgotten (if it still fails, the next run tracks it again)")
+        else:
+            print(f"{args.sync} {args.key}: not tracked, nothing to dismiss")
+        return EXIT_OK
     n = rt.tracker.retry(args.sync, args.key)
+    target = f"record/{args.sync}/{args.key}" if args.sync and args.key else f"sync/{args.sync or 'all'}"
+    audit(rt, "retry", target, f"{n} released")
     msg = {"released": n}
     print(json.dumps(msg) if args.json else f"{n} record(s) will be retried at the next run")
+    return EXIT_OK
+
+
+def cli_actor() -> str:
+    """Who runs this command, for the audit log: cli:<user>@<host>."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # a container user without a passwd entry
+        user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def audit(rt: Any, action: str, target: str, result: str, detail: dict[str, Any] | None = None) -> None:
+    control = getattr(rt, "control", None)
+    if control is not None:
+        control.audit(actor=cli_actor(), role="operator", action=action, target=target, result=result, detail=detail)
+
+
+def _control(rt: Any, args: argparse.Namespace) -> int:
+    """pause, resume, holds, approve: operator state shared through Redis (utils/control.py)."""
+    control = rt.control
+    if args.command == "holds":
+        holds = scrub_value(control.holds())
+        if args.json:
+            print(json.dumps(holds, default=str))
+            return EXIT_OK
+        if not holds:
+            print("no deactivation batch is held")
+            return EXIT_OK
+        cmd = command_prefix(args)
+        for sync, hold in sorted(holds.items()):
+            approval = control.approval(sync)
+            print(f"{sync}: {hold['count']} deactivation(s) held since {hold['at']} (run {hold['run_id']})")
+            print(f"  why:    {hold['reason']}")
+            print(f"  digest: {hold['digest']}")
+            if approval is not None and approval.get("digest") == hold["digest"]:
+                print(f"  approved by {approval['by']} at {approval['at']}, valid until {approval['expires_at']}")
+            else:
+                print(f"  approve: {cmd} approve {sync} {hold['digest']}")
+            for key in hold["keys"]:
+                print(f"    {key}")
+        return EXIT_OK
+    if not control.reachable():
+        # A pause or approval kept only in this process's memory would end with it.
+        print("error: Redis (REDIS_URL) does not answer: nothing was changed", file=sys.stderr)
+        return EXIT_FAILED
+    actor = cli_actor()
+    if args.command == "pause":
+        control.pause(args.sync, by=actor, reason=args.reason)
+        entry = control.paused(args.sync)
+        audit(rt, "pause", f"sync/{args.sync}", "ok", {"reason": args.reason} if args.reason else None)
+        print(json.dumps({"paused": entry}) if args.json else f"{args.sync} paused: {control.pause_reason(entry or {})}")
+        return EXIT_OK
+    if args.command == "resume":
+        was = control.paused(args.sync)
+        control.resume(args.sync, by=actor)
+        audit(rt, "resume", f"sync/{args.sync}", "ok" if was else "was not paused")
+        if args.json:
+            print(json.dumps({"resumed": args.sync, "was_paused": was is not None}))
+        else:
+            print(f"{args.sync} resumed" if was else f"{args.sync} was not paused")
+        return EXIT_OK
+    try:
+        approval = control.approve(args.sync, args.digest, by=actor)
+    except ValueError as exc:
+        audit(rt, "approve", f"sync/{args.sync}", f"refused: {exc}", {"digest": args.digest})
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    audit(rt, "approve", f"sync/{args.sync}", "ok", approval)
+    if args.json:
+        print(json.dumps({"approval": approval}))
+    else:
+        print(
+            f"approved: the next {args.sync} run deactivates exactly these {approval['count']} record(s), once; "
+            f"the approval expires at {approval['expires_at']}"
+        )
     return EXIT_OK
 
 

@@ -38,6 +38,7 @@ class Runtime:
     redis: Any = None
     breakers: dict[str, Any] = field(default_factory=dict)
     quarantine: Any = None
+    control: Any = None  # utils.control.ControlStore: pauses, held deactivations, audit, run history
     safetyamp: Any = None
     viewpoint: Any = None
     graph: Any = None
@@ -65,6 +66,7 @@ def build_runtime(
     client (lazy: no connection until first use) serves tracker, breakers, locks and
     quarantine."""
     from utils.circuit_breaker import build_breakers, make_redis
+    from utils.control import ControlStore
     from utils.quarantine import Quarantine
 
     metrics = metrics or Metrics()
@@ -82,6 +84,14 @@ def build_runtime(
     metrics.initialise(syncs, SERVICES, settings.sync_interval_minutes * 60)
     rt.quarantine = Quarantine(
         redis_client, prefix=settings.redis_prefix, interval_seconds=settings.sync_interval_minutes * 60, metrics=metrics
+    )
+    rt.control = ControlStore(
+        redis_client,
+        prefix=settings.redis_prefix,
+        metrics=metrics,
+        approval_ttl_seconds=settings.console_approval_ttl_minutes * 60,
+        audit_retention_days=settings.audit_retention_days,
+        run_history_length=settings.run_history_length,
     )
     safetyamp_syncs = {"departments", "jobs", "titles", "employees", "vehicles"}
     if safetyamp_syncs & set(syncs):
@@ -145,6 +155,8 @@ def new_context(
     progress: Any = None,
     full: bool = False,
     force: Iterable[str] = (),
+    runner_kind: str = "cli",
+    only_key: str | None = None,
 ) -> SyncContext:
     """A fresh per-run context: new target cache (each collection read once per run)."""
     from utils.failed_sync_tracker import RunTracker
@@ -171,5 +183,8 @@ def new_context(
         full=full,
         locks=lock_factory(rt),
         quarantine=rt.quarantine,
+        control=rt.control,
         forced=frozenset(force),
+        runner_kind=runner_kind,
+        only_key=only_key,
     )

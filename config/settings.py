@@ -207,6 +207,30 @@ class Settings(BaseModel):
         le=100,
         description="Refuse a run that would deactivate more than this % of active target records.",
     )
+    console_approval_ttl_minutes: float = Field(
+        60,
+        alias="CONSOLE_APPROVAL_TTL_MINUTES",
+        gt=0,
+        description=(
+            "How long an operator's approval of a deactivation batch held by the guard stays valid "
+            "(`sync_batch.py approve`, the console); the next run after it deactivates exactly that batch, once."
+        ),
+        json_schema_extra=_unit("minutes"),
+    )
+    audit_retention_days: float = Field(
+        90,
+        alias="AUDIT_RETENTION_DAYS",
+        gt=0,
+        description="Operator actions (pause, approve, retry, dismiss, runs started) are kept this long in Redis.",
+        json_schema_extra=_unit("days"),
+    )
+    run_history_length: int = Field(
+        10000,
+        alias="RUN_HISTORY_LENGTH",
+        ge=1,
+        description="Runs kept per sync in the run history in Redis (the console's Runs page); older ones are trimmed.",
+        json_schema_extra=_unit("runs per sync"),
+    )
     azure_key_vault_url: str | None = Field(
         None,
         alias="AZURE_KEY_VAULT_URL",

@@ -179,6 +179,17 @@ def _last_success(rt: Any, sync: str) -> float | None:
     return float(value) if value else None
 
 
+def _last_success_on_record(control: Any, sync: str) -> float | None:
+    """When the run history last saw ``sync`` succeed (the gauge starts empty after a
+    restart; the history in Redis does not)."""
+    if control is None:
+        return None
+    found = attempt("last success", functools.partial(control.runs, sync=sync, status="success", count=1))
+    if isinstance(found, list) and found:
+        return parse_time(found[0].get("finished_at"))
+    return None
+
+
 def overview(daemon: Any) -> dict[str, Any]:
     """Every sync's state and every outside service's, for the overview page."""
     from sync.runner import SYNC_SERVICES
@@ -237,7 +248,7 @@ def overview(daemon: Any) -> dict[str, Any]:
                 "quarantine": _quarantine(quarantine, now) if isinstance(quarantine, dict) else quarantine,
                 "open_breakers": open_breakers,
                 "last": _last_run(last, now),
-                "last_success": age(_last_success(rt, sync), now) if rt is not None else "",
+                "last_success": age(_last_success(rt, sync) or _last_success_on_record(control, sync), now) if rt is not None else "",
                 "failed_records": failed,
             }
         )
@@ -260,13 +271,17 @@ def overview(daemon: Any) -> dict[str, Any]:
 
 
 def _progress(progress: Any) -> dict[str, Any] | None:
+    """``{"done", "total", "percent"}`` from the daemon's progress of a running sync (a dict
+    with ``done``/``total`` once the sync knows how many writes it has; ``started_at`` only
+    while it is still reading)."""
     if not progress:
         return None
+    raw: Any = (progress.get("done"), progress.get("total")) if isinstance(progress, dict) else progress
     try:
-        done, total = int(progress[0]), int(progress[1])
+        done, total = int(raw[0]), int(raw[1])
     except (TypeError, ValueError, IndexError, KeyError):
-        return None
-    return {"done": done, "total": total, "percent": int(100 * done / total) if total else 0}
+        return {"done": None, "total": None, "percent": None, "reading": True}
+    return {"done": done, "total": total, "percent": int(100 * done / total) if total else 0, "reading": False}
 
 
 def _quarantine(status: dict[str, Any], now: float) -> dict[str, Any] | None:
@@ -310,7 +325,7 @@ def _services(daemon: Any, snapshots: dict[str, Any], now: float) -> list[dict[s
         sent = counts.get(service, {}) if isinstance(counts, dict) else {}
         codes = statuses.get(service, {}) if isinstance(statuses, dict) else {}
         lat = latency.get(service) if isinstance(latency, dict) else None
-        err = last_errors.get(service) if isinstance(last_errors, dict) else None
+        err = _error_text(last_errors.get(service)) if isinstance(last_errors, dict) else None
         problems = sum(n for code, n in codes.items() if not code.isdigit() or int(code) >= 500 or code == "429")
         out.append(
             {
@@ -323,6 +338,7 @@ def _services(daemon: Any, snapshots: dict[str, Any], now: float) -> list[dict[s
                 "statuses": codes,
                 "problems": problems,
                 "latency_ms": round(float(lat.get("mean_ms", 0.0)), 1) if isinstance(lat, dict) else None,
+                "p95_ms": lat.get("p95_ms") if isinstance(lat, dict) else None,
                 "last_error": err,
                 "opened": age(snap.get("opened_at"), now) if isinstance(snap, dict) and snap.get("opened_at") else "",
             }
@@ -365,6 +381,19 @@ def _services(daemon: Any, snapshots: dict[str, Any], now: float) -> list[dict[s
             }
         )
     return out
+
+
+def _error_text(entry: Any) -> dict[str, Any] | None:
+    """The runtime's last error of a service (``at``, ``method``, ``status``, ``message``)
+    as one sentence with its time."""
+    if not isinstance(entry, dict) or not entry:
+        return None
+    parts = []
+    if entry.get("method") or entry.get("status"):
+        parts.append(f"{entry.get('method') or 'a request'} answered {entry.get('status')}")
+    if entry.get("message"):
+        parts.append(str(entry["message"]))
+    return {"error": "; ".join(parts) or str(entry.get("error") or "an error"), "at": entry.get("at")}
 
 
 # ---- run history ------------------------------------------------------------------------

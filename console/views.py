@@ -229,24 +229,34 @@ def blueprint(daemon: Any) -> Blueprint:
     def _is_fragment() -> bool:
         return request.headers.get(FRAGMENT_HEADER) == "1" or "/fragment/" in request.path
 
-    def operator(view: Callable[..., Any]) -> Callable[..., Any]:
-        """Viewers read; operators act."""
+    def operator(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Viewers read; operators act. A viewer's attempt is refused and audited."""
 
-        @functools.wraps(view)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            identity: Identity | None = g.get("identity")
-            if identity is None or not identity.operator:
-                audit("refused", request.endpoint or request.path, "refused: viewer", {"path": request.path})
-                return _page(
-                    "error.html",
-                    403,
-                    title="Operators only",
-                    message="You are signed in as a viewer: you can look at everything, but only an operator can do this. "
-                    "Ask an operator, or your IT team to add you to an operator group.",
-                )
-            return view(*args, **kwargs)
+        def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(view)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                identity: Identity | None = g.get("identity")
+                if identity is None or not identity.operator:
+                    audit(action, _target(kwargs.get("sync")), "refused: viewer")
+                    return _page(
+                        "error.html",
+                        403,
+                        title="Operators only",
+                        message="You are signed in as a viewer: you can look at everything, but only an operator can do "
+                        "this. Ask an operator, or your IT team to add you to an operator group.",
+                    )
+                return view(*args, **kwargs)
 
-        return wrapper
+            return wrapper
+
+        return decorate
+
+    def _target(sync: str | None = None) -> str:
+        """What an action is about, as the audit log and the CLI name it: ``sync/<name>``
+        (``sync/all``) or ``record/<sync>/<key>``."""
+        sync = sync or (request.values.get("sync") or "").strip() or "all"
+        record = (request.values.get("record") or "").strip()
+        return f"record/{sync}/{record[:200]}" if record else f"sync/{sync[:64]}"
 
     def audit(action: str, target: str, result: str, detail: dict[str, Any] | None = None) -> None:
         identity: Identity | None = g.get("identity")
@@ -295,7 +305,7 @@ def blueprint(daemon: Any) -> Blueprint:
             return _done("console.actions", "This daemon cannot run console jobs (no job runner).", kind="error")
         identity: Identity = g.identity
         try:
-            job_id = jobs.submit(kind, actor=identity.actor, **params)
+            job_id = jobs.submit(kind, actor=identity.actor, role=identity.role, **params)
         except Exception as exc:
             audit(kind, target, f"failed: {exc}")
             log.warning("console job %s not submitted", kind, exc_info=True)
@@ -481,7 +491,7 @@ def blueprint(daemon: Any) -> Blueprint:
             abort(404, description="This run wrote no changes file.")
         reader = ListFile(path, "changes")
         reader.page(size=0)  # a missing or foreign file fails here, as a page, not half-way through the download
-        audit("export", f"{sync} {run_id} changes", "ok")
+        audit("export", f"run/{sync}/{run_id}/changes", "ok")
         return _csv(
             f"{path.stem}-changes.csv", exports.rows_to_csv(exports.CHANGE_COLUMNS, exports.change_rows(reader.iter_items()))
         )
@@ -494,7 +504,7 @@ def blueprint(daemon: Any) -> Blueprint:
             abort(404, description="This run rejected no record.")
         reader = ListFile(path, "errors")
         reader.page(size=0)
-        audit("export", f"{sync} {run_id} rejected records", "ok")
+        audit("export", f"run/{sync}/{run_id}/rejected", "ok")
         return _csv(
             f"{path.stem}-rejected.csv", exports.rows_to_csv(exports.REJECTED_COLUMNS, exports.rejected_rows(reader.iter_items()))
         )
@@ -537,37 +547,37 @@ def blueprint(daemon: Any) -> Blueprint:
     def failed_csv() -> Any:
         sync = _sync_or_all()
         rows = _failed_rows(sync, None)
-        audit("export", f"failed records {sync or 'all'}", "ok")
+        audit("export", f"failed/{sync or 'all'}", "ok")
         return _csv(f"failed-records-{sync or 'all'}.csv", exports.rows_to_csv(exports.FAILED_COLUMNS, exports.failed_rows(rows)))
 
     @bp.post("/failed/retry")
-    @operator
+    @operator("retry")
     def failed_retry() -> Any:
         sync, key = _sync_arg(), _record_arg()
         count = daemon.runtime.tracker.retry(sync, key)
-        result = "ok" if count else "nothing to retry"
-        audit("retry", f"{sync} {key}", result)
+        result = f"{count} released"
+        audit("retry", f"record/{sync}/{key}", result)
         message = f"{sync} {key} will be tried at the next run." if count else f"{sync} {key} is not in the queue any more."
         return _done("console.failed_records", message, sync=sync)
 
     @bp.post("/failed/retry-all")
-    @operator
+    @operator("retry")
     def failed_retry_all() -> Any:
         sync = _sync_arg()
         count = daemon.runtime.tracker.retry(sync)
-        audit("retry all", sync, f"ok: {count} record(s)")
+        audit("retry", f"sync/{sync}", f"{count} released")
         return _done("console.failed_records", f"{count} {sync} record(s) will be tried at the next run.", sync=sync)
 
     @bp.post("/failed/dismiss")
-    @operator
+    @operator("dismiss")
     def failed_dismiss() -> Any:
         sync, key = _sync_arg(), _record_arg()
         dismiss = getattr(daemon.runtime.tracker, "dismiss", None)
         if dismiss is None:
-            audit("dismiss", f"{sync} {key}", "refused: not supported by this daemon")
+            audit("dismiss", f"record/{sync}/{key}", "refused: not supported by this daemon")
             return _done("console.failed_records", "Dismissing needs a newer daemon.", kind="error", sync=sync)
         removed = dismiss(sync, key)
-        audit("dismiss", f"{sync} {key}", "ok" if removed else "not in the queue")
+        audit("dismiss", f"record/{sync}/{key}", "ok" if removed else "not tracked")
         message = f"{sync} {key} was removed from the queue." if removed else f"{sync} {key} was not in the queue."
         return _done("console.failed_records", message, sync=sync)
 
@@ -585,13 +595,13 @@ def blueprint(daemon: Any) -> Blueprint:
     @bp.post("/lookup")
     def lookup_post() -> Any:
         sync, key = _sync_arg(), _record_arg()
-        return _submit("diagnose", f"{sync} {key}", sync=sync, key=key)
+        return _submit("diagnose", f"record/{sync}/{key}", sync=sync, key=key)
 
     @bp.post("/lookup/sync-record")
-    @operator
+    @operator("sync_record")
     def sync_record() -> Any:
         sync, key = _sync_arg(), _record_arg()
-        return _submit("sync_record", f"{sync} {key}", sync=sync, key=key)
+        return _submit("sync_record", f"record/{sync}/{key}", sync=sync, key=key)
 
     # ---- actions ------------------------------------------------------------------------
     @bp.get("/actions")
@@ -607,41 +617,41 @@ def blueprint(daemon: Any) -> Blueprint:
         return _page("actions.html", view=view, approvals=approvals, jobs=_recent_jobs(20), has_control=control is not None)
 
     @bp.post("/actions/run")
-    @operator
+    @operator("run")
     def action_run() -> Any:
         sync = _sync_or_all()
-        return _submit("run", sync or "all syncs", syncs=[sync] if sync else None)
+        return _submit("run", f"sync/{sync or 'all'}", syncs=[sync] if sync else None)
 
     @bp.post("/actions/preview")
-    @operator
+    @operator("preview")
     def action_preview() -> Any:
         sync = _sync_or_all()
-        return _submit("preview", sync or "all syncs", syncs=[sync] if sync else None)
+        return _submit("preview", f"sync/{sync or 'all'}", syncs=[sync] if sync else None)
 
     @bp.post("/actions/pause")
-    @operator
+    @operator("pause")
     def action_pause() -> Any:
         sync = _sync_arg()
         reason = (request.form.get("reason") or "").strip()[:300]
         control = _control_or_abort()
         control.pause(sync, by=g.identity.actor, reason=reason)
-        audit("pause", sync, "ok", {"reason": reason} if reason else None)
+        audit("pause", f"sync/{sync}", "ok", {"reason": reason} if reason else None)
         return _done("console.actions", f"{sync} is paused: no runner starts it until it is resumed.")
 
     @bp.post("/actions/resume")
-    @operator
+    @operator("resume")
     def action_resume() -> Any:
         sync = _sync_arg()
         control = _control_or_abort()
         was = control.paused(sync)
         control.resume(sync, by=g.identity.actor)
-        audit("resume", sync, "ok" if was else "was not paused")
+        audit("resume", f"sync/{sync}", "ok" if was else "was not paused")
         return _done("console.actions", f"{sync} is resumed: it runs at the next cycle.")
 
     def _control_or_abort() -> Any:
         control = data.control_of(daemon)
         if control is None:
-            audit(request.endpoint or "action", request.path, "refused: no operator state")
+            audit((request.endpoint or "action").rpartition(".")[2], _target(), "refused: no operator state")
             abort(503, description="This daemon keeps no operator state (pause, approvals): it needs a newer version.")
         return control
 
@@ -666,7 +676,7 @@ def blueprint(daemon: Any) -> Blueprint:
         )
 
     @bp.post("/holds/<sync>/approve")
-    @operator
+    @operator("approve")
     def approve(sync: str) -> Any:
         if sync not in daemon.state.syncs:
             abort(404)
@@ -677,11 +687,11 @@ def blueprint(daemon: Any) -> Blueprint:
         try:
             approval = control.approve(sync, digest, by=g.identity.actor)
         except ValueError as exc:
-            audit("approve deactivations", sync, f"refused: {exc}", {"digest": digest})
+            audit("approve", f"sync/{sync}", f"refused: {exc}", {"digest": digest})
             return _done("console.hold", f"Not approved: {exc}", kind="error", sync=sync)
         audit(
-            "approve deactivations",
-            sync,
+            "approve",
+            f"sync/{sync}",
             "ok",
             {"digest": digest, "count": approval.get("count"), "expires_at": approval.get("expires_at")},
         )

@@ -47,6 +47,7 @@ import json as jsonlib
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -66,6 +67,7 @@ from utils.errors import (
 )
 from utils.locks import check_write
 from utils.metrics import Metrics
+from utils.request_log import note_request
 from utils.scrub import scrub
 
 T = TypeVar("T")
@@ -96,12 +98,17 @@ class RequestStats:
     Prometheus counters and the run summary agree.
     """
 
+    LATENCY_WINDOW = 200
+    """Latest requests per service whose latency ``latency`` summarises."""
+
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._metrics = metrics
         self._lock = threading.Lock()
         self._counts: dict[str, dict[str, int]] = {}
         self._statuses: dict[str, dict[str, int]] = {}
         self._waits: dict[str, float] = {}
+        self._latency: dict[str, deque[float]] = {}
+        self._last_error: dict[str, dict[str, Any]] = {}
 
     def record(self, service: str, method: str, status_or_error: int | str, seconds: float) -> None:
         """One request sent (``status_or_error``: HTTP status or a short error label)."""
@@ -111,6 +118,15 @@ class RequestStats:
             per[method] = per.get(method, 0) + 1
             st = self._statuses.setdefault(service, {})
             st[str(status_or_error)] = st.get(str(status_or_error), 0) + 1
+            self._latency.setdefault(service, deque(maxlen=self.LATENCY_WINDOW)).append(seconds)
+            # What says something about the service, not about one record (a 404 or a
+            # 422 is a record's business: the change log and the tracker have those).
+            if not isinstance(status_or_error, int) or status_or_error >= 500 or status_or_error in (401, 403, 429):
+                self._last_error[service] = {
+                    "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "method": method,
+                    "status": str(status_or_error),
+                }
         if self._metrics is not None:
             self._metrics.observe_request(service, method, status_or_error, seconds)
 
@@ -136,6 +152,29 @@ class RequestStats:
     def waits(self) -> dict[str, float]:
         with self._lock:
             return dict(self._waits)
+
+    def note_error(self, service: str, message: str) -> None:
+        """The message of a request that failed for good (after its retries)."""
+        with self._lock:
+            entry = self._last_error.setdefault(service, {"at": datetime.now(UTC).isoformat(timespec="seconds")})
+            entry["message"] = scrub(message)[:300]
+
+    def last_errors(self) -> dict[str, dict[str, Any]]:
+        """Per service, the last request that was not answered, or answered 5xx, 401,
+        403 or 429 (``at``, ``method``, ``status``), and the message of the last request
+        that failed for good, after its retries (a copy; scrubbed)."""
+        with self._lock:
+            return {svc: dict(e) for svc, e in self._last_error.items()}
+
+    def latency(self) -> dict[str, dict[str, float]]:
+        """Per service, over its latest LATENCY_WINDOW requests: ``count``, ``mean_ms``, ``p95_ms``."""
+        with self._lock:
+            windows = {svc: sorted(w) for svc, w in self._latency.items() if w}
+        out = {}
+        for svc, w in windows.items():
+            p95 = w[min(len(w) - 1, round(0.95 * (len(w) - 1)))]
+            out[svc] = {"count": len(w), "mean_ms": round(1000 * sum(w) / len(w), 1), "p95_ms": round(1000 * p95, 1)}
+        return out
 
 
 # --------------------------------------------------------------------------------------
@@ -550,7 +589,14 @@ class HttpClient:
 
         try:
             return self.policy.call(attempt)
-        except RetriableError as final:
+        except SyncError as failed:
+            if not isinstance(failed, RecordError):
+                self.stats.note_error(self.service, failed.message)
+            self._breaker_after(failed)
+            raise
+
+    def _breaker_after(self, final: SyncError) -> None:
+        if isinstance(final, RetriableError):
             # The breaker counts requests that failed after their retries, not attempts:
             # a 20 % error rate that retries absorb is not an outage, five requests in a
             # row that no retry could save is. An ambiguous write is not counted: the
@@ -558,7 +604,6 @@ class HttpClient:
             # evidence of whether the service is up.
             if self.breaker is not None and not isinstance(final, (RateLimitedError, AmbiguousWriteError)):
                 self.breaker.record_failure()
-            raise
 
     def request_json(self, method: str, path: str, **kwargs: Any) -> Any:
         """``request`` and return the parsed JSON body (None for an empty body)."""
@@ -606,11 +651,13 @@ class HttpClient:
             )
         except requests.RequestException as exc:
             self.stats.record(self.service, method, _error_label(exc), self._clock() - started)
+            note_request(self.service, method, url, _error_label(exc), self._clock() - started)
             err = self._map_outcome(method, url, idempotent, exc=exc, secrets=secrets)
             assert err is not None  # an exception is never a success
             self._feed_breaker(err)
             raise err from exc
         self.stats.record(self.service, method, resp.status_code, self._clock() - started)
+        note_request(self.service, method, url, resp.status_code, self._clock() - started)
         error = self._map_outcome(method, url, idempotent, resp=resp, expect_json=expect_json, secrets=secrets)
         self._feed_breaker(error)
         if error is None:
@@ -795,8 +842,10 @@ class CountingHttpClient:
             resp = self._session.request(method, url, **kwargs)
         except requests.RequestException as exc:
             self._stats.record(self._service, method, _error_label(exc), self._clock() - started)
+            note_request(self._service, method, url, _error_label(exc), self._clock() - started)
             raise
         self._stats.record(self._service, method, resp.status_code, self._clock() - started)
+        note_request(self._service, method, url, resp.status_code, self._clock() - started)
         return resp
 
     def get(self, url: str, **kwargs: Any) -> requests.Response:

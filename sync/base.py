@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 from sync.engine import Action, guard_allows, plan
@@ -37,6 +37,7 @@ from utils.errors import (
     SyncError,
 )
 from utils.locks import fenced
+from utils.request_log import current_request_log, recording
 
 log = logging.getLogger("sync")
 
@@ -92,6 +93,16 @@ class RunResult:
     the quarantine judges a run by its write failures only."""
     errors_file: str | None = None
     """The run's errors file (every rejected or failed record), when it wrote one."""
+    changes_file: str | None = None
+    """The run's changes file, once written."""
+    started_at: str | None = None
+    """When the run started (ISO UTC), for the run history."""
+    approval: dict[str, Any] | None = None
+    """The operator's approval that let a batch the deactivation guard held go through
+    (utils.control), when this run used one."""
+    held: list[str] = field(default_factory=list)
+    """The keys whose deactivation the guard refused in this run and an operator may
+    approve (not the empty-read refusal)."""
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sync": self.sync, "status": self.status, **self.counts}
@@ -102,6 +113,8 @@ class RunResult:
             out["guard_tripped"] = True
         if self.errors_file:
             out["errors_file"] = self.errors_file
+        if self.approval:
+            out["approval"] = self.approval
         return out
 
 
@@ -126,11 +139,22 @@ class SyncContext:
     locks: Callable[[str], Any] | None = None
     """name -> lock (acquire(blocking=False) -> bool, release(), holder()); None: no locking."""
     quarantine: Any = None
+    control: Any = None
+    """utils.control.ControlStore: operator pauses, held deactivations and approvals, run
+    history; None: no operator state (tests)."""
     fence: Any = None
     """utils.locks.WriteFence: the locks this runner must still own for a write to go out
     (checked in Redis before every write request); None: no locking (dry runs, tests)."""
     on_result: Callable[[RunResult], None] | None = None
     """Called after each sync of the cycle (the daemon's /health shows it at once)."""
+    on_start: Callable[[str], None] | None = None
+    """Called when a sync of the cycle starts (the daemon's state shows it running)."""
+    runner_kind: str = "cli"
+    """Who runs: ``daemon`` or ``cli`` (sync_batch.py); kept in the run history."""
+    only_key: str | None = None
+    """Plan and apply this one record only (the console's "sync this record now"): the
+    desired and current records are cut down to this key after they are read; nothing
+    else is created, updated or deactivated."""
     forced: frozenset[str] = frozenset()
     """Syncs an operator forced (``sync_batch.py --force``, an authenticated ``POST /sync``):
     quarantine does not hold them back. Their outcome counts like any run's."""
@@ -291,12 +315,19 @@ class BaseSync:
         for _row in self.prepare():  # each one recorded, intent and outcome, by _create
             result.counts["created"] += 1
         desired = self.load()
+        whole = self.current()
+        current = whole
+        only = self.ctx.only_key
+        if only is not None:
+            # One record: everything else is left out of the plan (the guard still judges
+            # against the whole target, and an empty read still stops it).
+            desired = only_record(desired, only)
+            current = {k: v for k, v in whole.items() if k == only}
         for rej in desired.rejected:
             slog.error(rej.key, rej.reason, payload=rej.payload, fields=list(rej.fields), kind=rej.kind)
             if rej.kind == "rejected":
                 result.counts["failed"] += 1
                 result.rejected += 1
-        current = self.current()
         records = {}
         for key, rec in desired.records.items():
             fp = desired.fingerprints.get(key, "")
@@ -311,23 +342,32 @@ class BaseSync:
         # An empty read while the target holds records trips the guard even when nothing
         # was planned for deactivation: otherwise a wrong VIEWPOINT_COMPANY or an emptied
         # view reports "success" forever while leavers keep their access.
-        if deactivations or (desired.source_count == 0 and current):
+        if deactivations or (desired.source_count == 0 and whole):
             reason = None
+            held = ""
+            active = self.active_count(whole)
             if desired.source_count == 0:
-                reason = f"the source returned no records while the target holds {len(current)}"
-            elif not guard_allows(len(deactivations), self.active_count(current), self.settings.deactivation_guard_percent):
+                reason = f"the source returned no records while the target holds {len(whole)}"
+            elif not guard_allows(len(deactivations), active, self.settings.deactivation_guard_percent):
                 reason = (
                     f"{len(deactivations)} deactivations exceed DEACTIVATION_GUARD_PERCENT="
-                    f"{self.settings.deactivation_guard_percent:g} of {self.active_count(current)} active records"
+                    f"{self.settings.deactivation_guard_percent:g} of {active} active records"
                 )
+                keys = [a.key for a in deactivations]
+                result.approval = approve_or_hold(self.ctx, self.name, keys, reason)
+                if result.approval is not None:
+                    reason = None
+                else:
+                    held = held_message(self.name, self.ctx)
+                    result.held = sorted(keys)
             if reason:
                 result.guard_tripped = True
                 self.ctx.metrics.deactivation_guard.labels(self.name).inc()
                 actions = [a for a in actions if a.kind != "deactivate"]
-                result.error = f"deactivation guard tripped: {reason}; no record was deactivated"
+                result.error = f"deactivation guard tripped: {reason}; no record was deactivated{held}"
                 log.error(result.error, extra={"sync": self.name})
         writes = [a for a in actions if a.is_write]
-        if self.ctx.dry_run:  # only a dry run prints it: 70 000 described writes cost 150 MB
+        if self.ctx.dry_run or only is not None:  # only these show it: 70 000 described writes cost 150 MB
             result.plan = [self._describe(a) for a in writes]
         result.counts["unchanged"] += len(actions) - len(writes)
         if self.ctx.dry_run:
@@ -460,12 +500,86 @@ class BaseSync:
         return created
 
 
+def only_record(desired: Desired, key: str) -> Desired:
+    """``desired`` cut down to one key (a one-record run); the source count stays whole."""
+    return Desired(
+        records={k: v for k, v in desired.records.items() if k == key},
+        fingerprints={k: v for k, v in desired.fingerprints.items() if k == key},
+        rejected=[r for r in desired.rejected if r.key == key],
+        deactivate={k for k in desired.deactivate if k == key},
+        source_count=desired.source_count,
+        notes=desired.notes,
+    )
+
+
+def approve_or_hold(ctx: SyncContext, sync: str, keys: Sequence[str], reason: str) -> dict[str, Any] | None:
+    """The one path every sync takes when the deactivation guard refuses a batch because
+    it is too large (never for an empty or incomplete read: that is not approvable).
+
+    Returns the operator's approval of exactly this batch (utils.control), taken, so it
+    is used once: the caller then deactivates the batch. Otherwise the batch is recorded
+    as held, for an operator to review and approve, and None is returned. A dry run only
+    looks (a preview shows an approved batch as it would go through); a one-record run
+    neither takes nor holds anything (its batch is not the sync's batch)."""
+    control = ctx.control
+    if control is None or ctx.only_key is not None or not keys:
+        return None
+    from utils.control import digest
+
+    try:
+        if ctx.dry_run:
+            approval = control.approval(sync)
+            return approval if approval is not None and approval.get("digest") == digest(keys) else None
+        approval = control.take_approval(sync, list(keys))
+        run_id = str(getattr(ctx.events, "run_id", ""))
+        if approval is not None:
+            log.warning(
+                "deactivation guard: %d deactivations go through, approved by %s at %s (digest %s)",
+                len(keys),
+                approval.get("by"),
+                approval.get("at"),
+                approval.get("digest"),
+                extra={"sync": sync},
+            )
+            control.audit(
+                actor=f"runner:{_runner_name()}",
+                role="system",
+                action="approval_used",
+                target=f"sync/{sync}",
+                result="ok",
+                detail={**approval, "run_id": run_id},
+            )
+            return approval
+        control.hold(sync, list(keys), reason=reason, run_id=run_id)
+    except Exception:  # operator state unavailable: the guard's refusal stands
+        log.warning("could not look up or record the held deactivations", extra={"sync": sync}, exc_info=True)
+    return None
+
+
+def held_message(sync: str, ctx: SyncContext) -> str:
+    """What a refused, approvable batch adds to the run's error: how to let it through."""
+    if ctx.control is None or ctx.only_key is not None or ctx.dry_run:
+        return ""
+    return (
+        f"; held for approval: `sync_batch.py holds` lists them with their digest, "
+        f"`sync_batch.py approve {sync} DIGEST` (or the console) lets them through once"
+    )
+
+
+def _runner_name() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def run_recorded(name: str, ctx: SyncContext, body: Callable[[RunResult, Any], Mapping[str, Any] | None]) -> RunResult:
     """One sync run with its change log (EventManager): ``body(result, slog)`` does the
     work and may return extra fields for the changes file. Whatever goes wrong becomes the
     result's status and error, never an exception: a bug must fail this sync, not the
     daemon or the other syncs of the cycle."""
     result = RunResult(name)
+    result.started_at = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.monotonic()
     try:
         slog = ctx.events.start(name, dry_run=ctx.dry_run)
@@ -497,6 +611,7 @@ def run_recorded(name: str, ctx: SyncContext, body: Callable[[RunResult, Any], M
                 "error": result.error,
                 "guard_tripped": result.guard_tripped,
                 "plan": result.plan if ctx.dry_run else None,
+                "approval": result.approval,
                 **(extra or {}),
             },
         )
@@ -506,6 +621,7 @@ def run_recorded(name: str, ctx: SyncContext, body: Callable[[RunResult, Any], M
             result.error = f"{result.error}; {exc.message}" if result.error else exc.message
             log_failed = True
     else:
+        result.changes_file = str(files.changes)
         if files.errors is not None:
             result.errors_file = str(files.errors)
     if result.status == "failed":
@@ -544,16 +660,18 @@ def apply_in_order(
     if not total:
         return
     abort: list[BaseException] = []
+    requests_log = current_request_log()  # a one-record run shows what it sent (utils/request_log.py)
 
     def one(item: T) -> R | str:
         if abort or ctx.stop.is_set():
             return "abandoned"
         fence = ctx.fence
-        if fence is None:
-            return write(item)
-        fence.raise_if_lost()
-        with fenced(fence):  # worker threads do not inherit the runner's context
-            return write(item)
+        with recording(requests_log):
+            if fence is None:
+                return write(item)
+            fence.raise_if_lost()
+            with fenced(fence):  # worker threads do not inherit the runner's context
+                return write(item)
 
     done = 0
 

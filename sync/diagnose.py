@@ -94,17 +94,28 @@ def _remedy(sync: str, key: str, reason: str, where: str | None = None) -> list[
     return steps
 
 
-def diagnose(runtime: Any, sync: str, key: str) -> dict[str, Any]:
-    """The report for one record; ``runtime`` is config.bootstrap.Runtime."""
-    known = [name for name, cls in SYNCS.items() if issubclass(cls, BaseSync)] + ["rosters"]
-    if sync not in known:
-        raise ConfigurationError(f"diagnose knows the syncs {', '.join(known)}; not {sync!r}")
-    rule = getattr(SYNCS[sync], "key_from_text", None)
+def normalise_key(sync: str, key: str) -> str:
+    """The key ``key`` names in ``sync``, as the sync itself keys its records (the one
+    rule for diagnose and the console's one-record sync); ImpossibleKey when no record
+    of the sync can have it."""
+    cls = SYNCS.get(sync)
+    rule = getattr(cls, "key_from_text", None)
     if rule is not None:
         try:
             key = rule(key)
         except InvalidValue as exc:  # refused before anything is read: a clean 400 / exit 2
             raise ImpossibleKey(f"not a key of the {sync} sync: {exc.reason}") from None
+    if cls is not None and issubclass(cls, BaseSync):
+        key = cls.key_of(object.__new__(cls), {cls.key_field: key}) or key  # key_of reads no state
+    return key
+
+
+def diagnose(runtime: Any, sync: str, key: str) -> dict[str, Any]:
+    """The report for one record; ``runtime`` is config.bootstrap.Runtime."""
+    known = [name for name, cls in SYNCS.items() if issubclass(cls, BaseSync)] + ["rosters"]
+    if sync not in known:
+        raise ConfigurationError(f"diagnose knows the syncs {', '.join(known)}; not {sync!r}")
+    key = normalise_key(sync, key)
     from config.bootstrap import new_context, new_run_id
 
     ctx = new_context(runtime, run_id=new_run_id() + "-diagnose", dry_run=True)

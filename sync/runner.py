@@ -8,9 +8,11 @@ runs against whatever the target holds (it reads it fresh) and says so.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sync.base import COUNT_KEYS, RunResult, SyncContext
@@ -28,7 +30,10 @@ def run_syncs(ctx: SyncContext, names: Iterable[str], *, factories: dict[str, An
     names = list(names)
     set_run_id(getattr(ctx.events, "run_id", None))
     cycle = None
-    if ctx.locks is not None and not ctx.dry_run:
+    # A one-record run (ctx.only_key, the console's "sync this record now") takes its
+    # sync's lock only: holding the cycle lock for it would make a CronJob starting
+    # meanwhile skip every sync, not just this one.
+    if ctx.locks is not None and not ctx.dry_run and ctx.only_key is None:
         # One runner per cycle: the daemon and a CronJob started the same minute must not
         # interleave (per-sync locks alone would let them alternate sync by sync). The
         # acquire returns once a previous holder's writes can no longer land (it waits
@@ -57,6 +62,7 @@ def _reported(ctx: SyncContext, results: list[RunResult]) -> list[RunResult]:
     sync_runs_total never counted the refusal."""
     for result in results:
         record_metrics(ctx, result)
+        record_history(ctx, result)
         if ctx.on_result is not None:
             ctx.on_result(result)
     return results
@@ -74,7 +80,8 @@ TARGET_READS: dict[str, tuple[str, ...]] = {
 
 def _run_all(ctx: SyncContext, names: list[str], factories: dict[str, Any], cycle: Any = None) -> list[RunResult]:
     results: list[RunResult] = []
-    if factories is SYNCS:
+    one_record = ctx.only_key is not None
+    if factories is SYNCS and not one_record:
         # Read ahead, on background threads: the target's collections and the sources
         # the syncs of this cycle always read (each still read once per run).
         prefetch = getattr(ctx.targets, "prefetch", None)
@@ -92,6 +99,8 @@ def _run_all(ctx: SyncContext, names: list[str], factories: dict[str, Any], cycl
             break
         cls = factories.get(name)
         lock_lost = False
+        if ctx.on_start is not None:
+            ctx.on_start(name)
         if cls is None:
             result = RunResult(name, status="failed", error=f"the {name} sync is not available in this build")
         else:
@@ -100,12 +109,17 @@ def _run_all(ctx: SyncContext, names: list[str], factories: dict[str, Any], cycl
         # disk) says nothing about itself or its services: no back-off, it runs again as
         # soon as the cause is gone (the SyncChangeLogUnwritable alert says so).
         blameless = result.status == "failed" and (lock_lost or result.blameless)
-        if not ctx.dry_run and ctx.quarantine is not None and not blameless:
+        # A one-record run says little about the sync: it neither lifts nor extends the
+        # quarantine, and it is no run for the metrics (sync_last_success_timestamp_seconds
+        # must not hide a sync whose real runs fail); the run history keeps it, with its key.
+        if not ctx.dry_run and ctx.quarantine is not None and not blameless and not one_record:
             # Records refused by validation are the source's business (errors file, diagnose):
             # a steady run with a few known-bad rows must not back the whole sync off.
             attempted = {**result.counts, "failed": max(0, result.counts["failed"] - result.rejected)}
             ctx.quarantine.record(name, result.status, attempted, result.error)
-        record_metrics(ctx, result)
+        if not one_record:
+            record_metrics(ctx, result)
+        record_history(ctx, result)
         results.append(result)
         if ctx.on_result is not None:
             ctx.on_result(result)
@@ -117,14 +131,28 @@ def _run_guarded(ctx: SyncContext, name: str, cls: Any, cycle: Any = None) -> tu
     fenced by the cycle lock and its own (utils.locks.WriteFence). Returns the result
     and whether a lock was lost.
 
-    The quarantine rule, the same for the daemon and sync_batch.py: a run that is not a
-    dry run waits out the quarantine unless an operator forced it (``--force``, or an
-    authenticated ``POST /sync``); every run that does go ahead counts (Quarantine.record
-    in ``_run_all``): a good one lifts the quarantine, a bad one extends it."""
+    The pause rule: a run that is not a dry run of a sync an operator paused
+    (utils.control) is skipped, forced or not. The quarantine rule, the same for the
+    daemon and sync_batch.py: a run that is not a dry run waits out the quarantine unless
+    an operator forced it (``--force``, or an authenticated ``POST /sync``) or approved
+    a held deactivation batch of that sync; every run that does go ahead counts
+    (Quarantine.record in ``_run_all``): a good one lifts the quarantine, a bad one
+    extends it."""
+    pause = paused(ctx, name)
+    if pause:
+        # Not even --force or an operator's POST /sync: resuming is the way out.
+        log.warning("sync skipped: %s", pause, extra={"sync": name})
+        return RunResult(name, status="skipped", error=pause), False
     if not ctx.dry_run and ctx.quarantine is not None:
         reason = ctx.quarantine.blocks(name)
         if reason and name in ctx.forced:
             log.warning("quarantine overridden by an operator: %s", reason, extra={"sync": name})
+        elif reason and _approved(ctx, name):
+            # The failed run that quarantined it was most likely the guard's refusal the
+            # operator has just approved: waiting out the back-off would let it expire.
+            log.warning(
+                "quarantine overridden: an operator approved a held deactivation batch (%s)", reason, extra={"sync": name}
+            )
         elif reason:
             log.warning("sync skipped: %s", reason, extra={"sync": name})
             return RunResult(name, status="skipped", error=reason), False
@@ -182,14 +210,23 @@ SYNC_SERVICES: dict[str, tuple[str, ...]] = {
 """The outside services (circuit breakers) each sync calls."""
 
 
-def event_hold(sync: str, quarantine: Any, breakers: Mapping[str, Any], *, now: float | None = None) -> str | None:
+def event_hold(
+    sync: str, quarantine: Any, breakers: Mapping[str, Any], *, now: float | None = None, control: Any = None
+) -> str | None:
     """Why an outside event (a webhook) must not start ``sync`` now, or None.
 
     An event is not an operator: it never overrides quarantine, and it does not start a
     run that an open circuit breaker would refuse anyway (the scheduled cycle or the
     breaker's own probe finds out when the service is back). Breaker states are read as
     stored (shared through Redis); an open breaker whose recovery time has passed lets
-    the run go ahead as the probe."""
+    the run go ahead as the probe. A paused sync (``control``) is not started either."""
+    if control is not None:
+        try:
+            entry = control.paused(sync)
+        except Exception:
+            entry = None
+        if entry:
+            return control.pause_reason(entry)
     if quarantine is not None:
         reason = quarantine.blocks(sync)
         if reason:
@@ -217,6 +254,55 @@ def _timestamp(iso: Any) -> float | None:
         return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def paused(ctx: SyncContext, name: str) -> str | None:
+    """The skip reason when an operator paused ``name`` (dry runs are not held: a
+    preview of a paused sync sends nothing), else None."""
+    if ctx.dry_run or ctx.control is None:
+        return None
+    try:
+        entry = ctx.control.paused(name)
+    except Exception:  # ControlStore degrades by itself; never let a lookup fail the cycle
+        log.warning("could not read the pause state", extra={"sync": name}, exc_info=True)
+        return None
+    return ctx.control.pause_reason(entry) if entry else None
+
+
+def _approved(ctx: SyncContext, name: str) -> bool:
+    try:
+        return ctx.control is not None and ctx.control.approval(name) is not None
+    except Exception:
+        return False
+
+
+def record_history(ctx: SyncContext, result: RunResult) -> None:
+    """Every run that is not a dry run, skipped and failed ones too, into the run
+    history (utils.control); never raises."""
+    if ctx.dry_run or ctx.control is None:
+        return
+    finished = datetime.now(UTC)
+    started = result.started_at or (finished - timedelta(seconds=result.duration_seconds)).isoformat(timespec="seconds")
+    try:
+        ctx.control.record_run({
+            "run_id": getattr(ctx.events, "run_id", None),
+            "sync": result.sync,
+            "status": result.status,
+            "started_at": started,
+            "finished_at": finished.isoformat(timespec="seconds"),
+            "duration_seconds": round(result.duration_seconds, 3),
+            "counts": dict(result.counts),
+            "error": result.error,
+            "runner": {"host": socket.gethostname(), "pid": os.getpid(), "kind": ctx.runner_kind},
+            "changes_file": result.changes_file,
+            "errors_file": result.errors_file,
+            "guard_tripped": result.guard_tripped,
+            "forced": result.sync in ctx.forced,
+            "approval": result.approval,
+            "key": ctx.only_key,
+        })  # fmt: skip
+    except Exception:
+        log.warning("could not record the run in the history", extra={"sync": result.sync}, exc_info=True)
 
 
 def record_metrics(ctx: SyncContext, result: RunResult) -> None:

@@ -45,8 +45,10 @@ from sync.base import (
     RunResult,
     SyncContext,
     apply_in_order,
+    approve_or_hold,
     create_once,
     fingerprint,
+    held_message,
     run_recorded,
 )
 from sync.engine import FieldChange, diff, guard_allows, plan
@@ -62,6 +64,8 @@ from utils.errors import (
 log = logging.getLogger("sync.rosters")
 
 USERS, GROUPS = "Users", "Groups"
+EMPTY_READ = "the source returned no"
+"""How the guard's empty-read reason starts: that refusal is never approvable."""
 SCIM_CODE_MAX_LENGTH = 255
 """sourcedId, userName and e-mail (an e-mail address has at most 254 characters)."""
 SCIM_NAME_MAX_LENGTH = 255
@@ -323,10 +327,39 @@ class RosterSync:
         deact = [a for a in actions if a.kind == "deactivate"]
         active_ours = sum(1 for r in current_flat.values() if r.get("active") is not False)
         user_guard = self._guard_reason(len(deact), active_ours, desired.source_count, bool(snap.users_full), "users")
+        # The classes this run would deactivate are known before any user is written (a
+        # user created now is in no class yet): the guard judges users and classes as one
+        # batch, so one approval covers what one run refused.
+        names, refused = self._class_names(snap)
+        our_user_ids = {str(r["id"]) for r in ours_users.values()}
+        gone = sorted(
+            k
+            for k in self._gone_classes(snap, ours_groups, names)
+            if k in ours_groups and (self.delete_mode or member_ids(ours_groups[k]) & our_user_ids)
+        )
+        group_guard = self._guard_reason(len(gone), len(ours_groups), len(snap.classes), bool(snap.classes_full), "groups")
+        batches = [(user_guard, [f"user/{a.key}" for a in deact]), (group_guard, [f"class/{k}" for k in gone])]
+        approvable = [(why, keys) for why, keys in batches if why and not why.startswith(EMPTY_READ)]
+        note = ""
+        allowed_groups: set[str] | None = None  # None: the guard let every class through
+        if approvable:
+            keys = [k for _, batch in approvable for k in batch]
+            result.approval = approve_or_hold(self.ctx, self.name, keys, "; ".join(why for why, _ in approvable))
+            if result.approval is None:
+                note = held_message(self.name, self.ctx)
+                result.held = sorted(keys)
+            else:
+                approved = {why for why, _ in approvable}
+                if user_guard in approved:
+                    user_guard = None
+                if group_guard in approved:
+                    group_guard = None
+                    allowed_groups = set(gone)
         if user_guard:
             held = {a.key for a in deact}
             actions = [a for a in actions if a.kind != "deactivate"]
-            self._trip(result, user_guard)
+            self._trip(result, user_guard, note)
+            note = ""
         user_writes = [
             _Write(
                 USERS,
@@ -361,7 +394,6 @@ class RosterSync:
         deactivated_ids = {ids[w.key] for w in user_writes if w.kind == "deactivate" and w.log_key in outcomes and w.key in ids}
 
         # ---- groups ---------------------------------------------------------------
-        names, refused = self._class_names(snap)
         rejected += len(refused)
         for sid, reason in refused.items():
             slog.error(f"class/{shown_key(sid)}", reason, kind="rejected")
@@ -369,6 +401,11 @@ class RosterSync:
         group_writes, unchanged = self._plan_groups(
             snap, ours_groups, ids, active_after, deactivated_ids, {ids[k] for k in held if k in ids}, result, names
         )
+        if group_guard:
+            self._trip(result, group_guard, note)
+            allowed_groups = set()
+        if allowed_groups is not None:  # held, or approved: then exactly the approved classes
+            group_writes = [w for w in group_writes if w.kind != "deactivate" or w.key in allowed_groups]
         result.counts["unchanged"] += unchanged
         self._apply(group_writes, result, slog)
 
@@ -505,18 +542,11 @@ class RosterSync:
                 return ids[ext]
             return None
 
-        desired: dict[str, dict[str, Any]] = {}
-        gone: set[str] = set()
         refused = {sid for sid in snap.classes if sid not in names}
-        for sid, cls in snap.classes.items():
-            if sid in refused:
-                continue  # still in the source: left as it is
-            if class_in_scope(cls, self.schools):
-                desired[sid] = {"displayName": names[sid], "externalId": sid}
-            else:
-                gone.add(sid)
-        if snap.classes_full:
-            gone |= {k for k in ours if k not in snap.classes}
+        gone = self._gone_classes(snap, ours, names)
+        desired = {
+            sid: {"displayName": names[sid], "externalId": sid} for sid in snap.classes if sid not in refused and sid not in gone
+        }
 
         # membership intent per class
         exact: dict[str, set[str]] = {}
@@ -617,31 +647,34 @@ class RosterSync:
                 )
             else:
                 unchanged += 1
-        if group_deacts:
-            reason = self._guard_reason(len(group_deacts), len(ours), len(snap.classes), bool(snap.classes_full), "groups")
-            if reason:
-                self._trip(result, reason)
-                group_deacts = []
         return writes + group_deacts, unchanged
+
+    def _gone_classes(self, snap: RosterSnapshot, ours: Mapping[str, Any], names: Mapping[str, str]) -> set[str]:
+        """Classes to take down: out of scope or, on a complete read, gone from the source
+        (a class whose name was refused is still in the source: left as it is)."""
+        gone = {sid for sid, cls in snap.classes.items() if sid in names and not class_in_scope(cls, self.schools)}
+        if snap.classes_full:
+            gone |= {k for k in ours if k not in snap.classes}
+        return gone
 
     # ---- guard ------------------------------------------------------------------
     def _guard_reason(self, n: int, active: int, source_count: int, complete: bool, what: str) -> str | None:
         if not n:
             return None
         if complete and source_count == 0:
-            return f"the source returned no {what}"
+            return f"{EMPTY_READ} {what}"
         percent = float(self.settings.deactivation_guard_percent)
         if not guard_allows(n, active, percent):
             return f"{n} {what} deactivations exceed DEACTIVATION_GUARD_PERCENT={percent:g} of {active} active {what}"
         return None
 
-    def _trip(self, result: RunResult, reason: str) -> None:
+    def _trip(self, result: RunResult, reason: str, note: str = "") -> None:
         result.guard_tripped = True
         try:
             self.ctx.metrics.deactivation_guard.labels(self.name).inc()
         except AttributeError:
             pass
-        msg = f"deactivation guard tripped: {reason}; nothing was deactivated"
+        msg = f"deactivation guard tripped: {reason}; nothing was deactivated{note}"
         result.error = msg if not result.error else f"{result.error}; {msg}"
         log.error(msg, extra={"sync": self.name})
 

@@ -1,11 +1,12 @@
 """Failed-record tracker: remembers records a target refused, and when to try them again.
 
-Implements ``sync.ports.FailedRecords`` (plus ``get``/``list``/``retry`` for the
-``failed`` operator commands). A record that failed is skipped on later runs until its
-retry is due, following the schedule of Microsoft Entra's provisioning engine (the
-best-known provisioning engine; docs/reliability.md "The per-record retry schedule"): retries 2, 6, 12, 24, 48, 96 and 168
-hours after successive failures; after the eighth failure the record is *quarantined*:
-held until its inputs change or an operator runs ``failed retry``.
+Implements ``sync.ports.FailedRecords`` (plus ``get``/``list``/``retry``/``dismiss`` for
+the ``failed`` operator commands and the console). A record that failed is skipped on
+later runs until its retry is due, following the schedule of Microsoft Entra's
+provisioning engine (the best-known provisioning engine; docs/reliability.md "The per-
+record retry schedule"): retries 2, 6, 12, 24, 48, 96 and 168 hours after successive
+failures; after the eighth failure the record is *quarantined*: held until its inputs
+change or an operator runs ``failed retry``.
 
 A record whose inputs changed (a different ``fingerprint``, the hash of the values the
 sync would send) is retried at once, whatever its schedule: someone probably fixed it.
@@ -269,6 +270,14 @@ class TrackerBase:
                 count += hit["released"]
         return count
 
+    def dismiss(self, sync: str, key: str) -> bool:
+        """Forget one record (an operator's decision: the console's or ``failed dismiss``;
+        the caller audits it). If the record still fails, its next run tracks it again
+        from the first attempt. Returns whether it was tracked."""
+        live = self._live(self._load(sync, str(key)), self.now()) is not None
+        self._delete(sync, [str(key)])
+        return live
+
     def put_entry(self, sync: str, key: str, entry: Mapping[str, Any]) -> None:
         """Store an entry as it is (used to copy state between backends)."""
         self._update(sync, str(key), lambda _: dict(entry))
@@ -506,6 +515,10 @@ class ResilientTracker:
 
     def retry(self, sync: str | None = None, key: str | None = None) -> int:
         result: int = self._call("retry", (sync, key))
+        return result
+
+    def dismiss(self, sync: str, key: str) -> bool:
+        result: bool = self._call("dismiss", (sync, key), touches=(sync, str(key)))
         return result
 
     # --- switching ---------------------------------------------------------------

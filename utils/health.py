@@ -13,14 +13,17 @@ stalled                503   the worker's heartbeat is stale (what ``/live`` rep
 failing                503   a sync's last run failed as a whole, a sync is quarantined, or
                              the source database does not answer (what ``/ready`` reports)
 degraded               200   the syncs run, but a last run was partial (records failed and
-                             were recorded), a circuit breaker is not closed, or Redis is
-                             unreachable (state is kept in memory meanwhile)
+                             were recorded), a circuit breaker is not closed, an operator
+                             paused a sync, or Redis is unreachable (state is kept in memory
+                             meanwhile)
 ok                     200   none of the above
 =====================  ====  =================================================================
 
 Per sync (``sync_states``): ``ok``, ``partial``, ``failing`` (the last run failed),
-``quarantined`` (backing off: see the runbook), ``skipped`` (another runner held the
-lock; informational) or ``not_run_yet``, each with the reason when there is one.
+``paused`` (by an operator: who, when, why; it wins over every other state, since no
+run happens until it is resumed), ``quarantined`` (backing off: see the runbook),
+``skipped`` (another runner held the lock; informational) or ``not_run_yet``, each
+with the reason when there is one.
 
 Pure: the daemon gathers the facts, this module judges them (unit-tested with literals).
 """
@@ -37,7 +40,7 @@ STATUSES = ("configuration_error", "starting", "stalled", "failing", "degraded",
 """Worst first."""
 HTTP_STATUS = {"configuration_error": 503, "starting": 503, "stalled": 503, "failing": 503, "degraded": 200, "ok": 200}
 
-_SYNC_SEVERITY = {"quarantined": "failing", "failing": "failing", "partial": "degraded"}
+_SYNC_SEVERITY = {"quarantined": "failing", "failing": "failing", "partial": "degraded", "paused": "degraded"}
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,15 @@ class Verdict:
         return HTTP_STATUS[self.status]
 
 
-def sync_state(last: Mapping[str, Any] | None, quarantine: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
-    """The state of one sync from its last run and its quarantine entry."""
+def sync_state(
+    last: Mapping[str, Any] | None, quarantine: Mapping[str, Any] | None, now: float, paused: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The state of one sync from its last run, its quarantine entry and its pause."""
+    if paused:
+        reason = f"by {paused.get('by', '?')} at {paused.get('at', '?')}" + (
+            f": {paused['reason']}" if paused.get("reason") else ""
+        )
+        return {"state": "paused", "reason": reason, "by": paused.get("by"), "since": paused.get("at")}
     if quarantine and float(quarantine.get("until") or 0) > now:
         return {
             "state": "quarantined",
@@ -87,6 +97,7 @@ def assess(
     breakers: Mapping[str, str],
     redis_degraded: bool,
     now: float,
+    paused: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Verdict:
     """The worst status that applies, with one plain sentence per problem."""
     found: dict[str, list[str]] = {s: [] for s in STATUSES}
@@ -100,7 +111,7 @@ def assess(
         found["failing"].append(f"not ready: {ready_reason}")
     states: dict[str, dict[str, Any]] = {}
     for sync in syncs:
-        state = sync_state(last_runs.get(sync), quarantine.get(sync), now)
+        state = sync_state(last_runs.get(sync), quarantine.get(sync), now, (paused or {}).get(sync))
         states[sync] = state
         level = _SYNC_SEVERITY.get(state["state"])
         if level:

@@ -68,6 +68,7 @@ class Metrics:
         self.quarantined = Gauge(
             "sync_quarantined", "1 while a sync is quarantined after a failing run.", ["sync"], registry=r
         )
+        self.paused = Gauge("sync_paused", "1 while an operator has paused the sync.", ["sync"], registry=r)
         self.change_log_failures = Counter(
             "sync_change_log_write_failures_total",
             "Runs stopped because their change log under OUTPUT_DIR could not be written (disk full, read-only).",
@@ -87,6 +88,7 @@ class Metrics:
                 self.sync_records.labels(sync, action)
             self.deactivation_guard.labels(sync)
             self.quarantined.labels(sync)
+            self.paused.labels(sync)
             self.change_log_failures.labels(sync)
             self.interval.labels(sync).set(interval_seconds)
         for service in services:

@@ -78,7 +78,11 @@ def console(tmp_path_factory: pytest.TempPathFactory, redis_server: tuple[str, A
             runtime.tracker.record_failure("employees", "1001", "fp-1", "SafetyAmp refused: email already taken", ["email"])
             runtime.tracker.record_failure("jobs", "24-0001", "fp-2", "SafetyAmp refused: 422 name too long", ["name"])
             app = create_app(daemon)
-            yield SimpleNamespace(app=app, daemon=daemon, settings=settings, runtime=runtime, root=root, syncs=syncs)
+            try:
+                yield SimpleNamespace(app=app, daemon=daemon, settings=settings, runtime=runtime, root=root, syncs=syncs)
+            finally:
+                daemon.jobs.close()
+                runtime.close()
     finally:
         for key in client.scan_iter(match=prefix + "*"):
             client.delete(key)
@@ -440,66 +444,71 @@ def test_a_page_that_fails_shows_an_error_page_and_the_daemon_goes_on(console: S
 
 
 # ---- jobs: what the console submits and how it shows results ----------------------------------
-class InlineJobs:
-    """A job runner with the daemon's interface (submit, get, recent) that runs each job at
-    once on the caller's thread; the lookup is the real ``sync.diagnose``."""
-
-    def __init__(self, runtime: Any) -> None:
-        self.runtime = runtime
-        self.jobs: dict[str, dict[str, Any]] = {}
-
-    def submit(self, kind: str, *, actor: str, **params: Any) -> str:
-        from sync.diagnose import diagnose
-
-        job_id = f"job-{len(self.jobs) + 1}"
-        job: dict[str, Any] = {"id": job_id, "kind": kind, "actor": actor, "params": params, "state": "done",
-                               "submitted_at": time.time(), "finished_at": time.time(), "result": None, "error": None}  # fmt: skip
-        if kind == "diagnose":
-            job["result"] = diagnose(self.runtime, params["sync"], params["key"])
-        else:
-            job["state"] = "queued"
-        self.jobs[job_id] = job
-        return job_id
-
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        return self.jobs.get(job_id)
-
-    def recent(self, count: int = 20) -> list[dict[str, Any]]:
-        return list(self.jobs.values())[-count:][::-1]
+def finished_job(web: Any, location: str, timeout: float = 120.0) -> str:
+    """Follow a job page the way its script does (the fragment) until the job is done."""
+    fragment = location.replace("/console/jobs/", "/console/fragment/jobs/")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = web.get(fragment)
+        assert answer.status_code == 200, answer.text[:500]
+        if 'data-final="1"' in answer.text:
+            return str(web.get(location).text)
+        time.sleep(0.2)
+    raise AssertionError(f"{location} did not finish in {timeout} s")
 
 
 def test_a_lookup_runs_as_a_job_and_shows_source_target_verdict_and_what_to_do(console: SimpleNamespace) -> None:
-    console.daemon.jobs = InlineJobs(console.runtime)
-    try:
-        operator = proxy(console, OPERATORS)
-        created = re.search(r'data-testid="change" data-key="(\d+)"', operator.get(first_run_url(console, "employees")).text)
-        assert created, "the first run created no employee"
-        key = created.group(1)
-        form = operator.get(f"/console/lookup?sync=employees&record={key}")
-        assert form.status_code == 200 and f'value="{key}"' in form.text
-        started = operator.post("/console/lookup", data={"sync": "employees", "record": key, "csrf_token": csrf_of(form.text)})
-        assert started.status_code == 302 and started.headers["Location"].startswith("/console/jobs/")
-        page = operator.get(started.headers["Location"])
-        assert page.status_code == 200 and 'data-testid="diagnose"' in page.text
-        assert 'data-verdict="IN_SYNC"' in page.text and 'id="diagnose-table"' in page.text
-        assert "emp_id" in page.text  # a field of the record, source and target side by side
-        assert 'id="sync-record"' not in page.text  # in sync: nothing to send
-        fragment = operator.get(started.headers["Location"].replace("/jobs/", "/fragment/jobs/"))
-        assert fragment.status_code == 200 and 'data-final="1"' in fragment.text and "<html" not in fragment.text
+    operator = proxy(console, OPERATORS)
+    created = re.search(r'data-testid="change" data-key="(\d+)"', operator.get(first_run_url(console, "employees")).text)
+    assert created, "the first run created no employee"
+    key = created.group(1)
+    form = operator.get(f"/console/lookup?sync=employees&record={key}")
+    assert form.status_code == 200 and f'value="{key}"' in form.text
+    csrf = csrf_of(form.text)
+    started = operator.post("/console/lookup", data={"sync": "employees", "record": key, "csrf_token": csrf})
+    assert started.status_code == 302 and started.headers["Location"].startswith("/console/jobs/")
+    page = finished_job(operator, started.headers["Location"])
+    assert 'data-testid="diagnose"' in page
+    assert 'data-verdict="IN_SYNC"' in page and 'id="diagnose-table"' in page
+    assert "emp_id" in page  # a field of the record, source and target side by side
+    assert 'id="sync-record"' not in page  # in sync: nothing to send
+    fragment = operator.get(started.headers["Location"].replace("/jobs/", "/fragment/jobs/"))
+    assert fragment.status_code == 200 and 'data-final="1"' in fragment.text and "<html" not in fragment.text
 
-        unknown = operator.post(
-            "/console/lookup", data={"sync": "employees", "record": "999999", "csrf_token": csrf_of(form.text)}
-        )
-        assert 'data-verdict="NOT_IN_SCOPE"' in operator.get(unknown.headers["Location"]).text
-        queued = operator.post("/console/actions/run", data={"sync": "jobs", "csrf_token": csrf_of(form.text)})
-        waiting = operator.get(queued.headers["Location"])
-        assert 'data-state="queued"' in waiting.text and "data-refresh-url" in waiting.text
-        assert operator.get("/console/jobs/no-such-job").status_code == 404
-        actions = operator.get("/console/actions").text
-        assert actions.count('data-testid="job-row"') == 3
-        assert (
-            operator.post("/console/lookup", data={"sync": "nope", "record": "1", "csrf_token": csrf_of(form.text)}).status_code
-            == 400
-        )
+    unknown = operator.post("/console/lookup", data={"sync": "employees", "record": "999999", "csrf_token": csrf})
+    assert 'data-verdict="NOT_IN_SCOPE"' in finished_job(operator, unknown.headers["Location"])
+    impossible = operator.post("/console/lookup", data={"sync": "employees", "record": "12a", "csrf_token": csrf})
+    refused = finished_job(operator, impossible.headers["Location"])
+    assert 'data-state="failed"' in refused and "not a key of the employees sync" in refused
+    # this daemon's worker is not running: a run waits for it, and its page says so
+    queued = operator.post("/console/actions/run", data={"sync": "jobs", "csrf_token": csrf})
+    waiting = operator.get(queued.headers["Location"])
+    assert 'data-state="queued"' in waiting.text and "data-refresh-url" in waiting.text
+    assert operator.get("/console/jobs/no-such-job").status_code == 404
+    assert operator.get("/console/actions").text.count('data-testid="job-row"') >= 4
+    assert operator.post("/console/lookup", data={"sync": "nope", "record": "1", "csrf_token": csrf}).status_code == 400
+    audit = operator.get("/console/audit").text
+    assert 'data-action="diagnose"' in audit and "pat@example.com" in audit
+
+
+def test_the_overview_shows_a_running_sync_with_its_progress(console: SimpleNamespace) -> None:
+    """What the worker writes while a sync runs (main.Daemon.run_cycle: started, then
+    progress), as the overview's auto-refresh shows it."""
+    state = console.daemon.state
+    web = signed_in(console)
+    try:
+        with state.lock:
+            state.progress["vehicles"] = {"started_at": "2026-01-01T00:00:00+00:00"}
+        state.running = "vehicles"
+        reading = web.get("/console/fragment/overview").text
+        assert 'data-sync="vehicles" data-state="running"' in reading and "reading the source and the target" in reading
+        with state.lock:
+            state.progress["vehicles"].update(done=3, total=12)
+        writing = web.get("/console/fragment/overview").text
+        assert 'id="progress-vehicles" value="3" max="12"' in writing and "3 of 12 writes" in writing
+        assert "running now" in writing
     finally:
-        del console.daemon.jobs
+        state.running = None
+        with state.lock:
+            state.progress.clear()
+    assert 'data-state="running"' not in web.get("/console/fragment/overview").text

@@ -243,6 +243,19 @@ def test_operator_retry_releases_records(make_tracker: Factory, clock: Clock) ->
     assert tracker.count("employees") == 2  # retry never forgets a record
 
 
+def test_dismiss_forgets_one_record_only(make_tracker: Factory, clock: Clock) -> None:
+    tracker = make_tracker()
+    for key in ("1", "2"):
+        tracker.record_failure("employees", key, "fp", "refused", [])
+    tracker.record_failure("jobs", "1", "fp", "refused", [])
+    assert tracker.dismiss("employees", "1") is True
+    assert tracker.get("employees", "1") is None and tracker.should_skip("employees", "1", "fp") is False
+    assert [r["key"] for r in tracker.list("employees")] == ["2"]
+    assert tracker.get("jobs", "1") is not None
+    assert tracker.dismiss("employees", "1") is False  # already gone: nothing to dismiss
+    assert tracker.dismiss("vehicles", "nope") is False
+
+
 def test_entries_expire_after_retention(make_tracker: Factory, clock: Clock) -> None:
     tracker = make_tracker(retention=timedelta(days=30))
     for _ in range(8):

@@ -661,3 +661,34 @@ def test_real_reset_after_sending_is_ambiguous():
         assert client.stats.counts() == {"loop": {"POST": 1}}
     finally:
         server.close()
+
+
+# -- what the console's overview and one-record sync read ---------------------------------
+def test_stats_keep_the_last_service_error_and_latency_and_a_request_log_sees_only_its_own() -> None:
+    from utils.request_log import RequestLog, recording
+
+    t = FakeTransport()
+    t.route("GET", "/ok", {"ok": True})
+    t.route("POST", "/invalid", Reply(422, json={"errors": {"email": ["taken"]}}))
+    t.route("POST", "/broken", Reply(503, json={"error": "down"}))
+    stats = RequestStats()
+    client = make_client(t, stats=stats, max_attempts=2)
+
+    client.request_json("GET", "/ok", params={"api_key": TOKEN})
+    assert stats.last_errors() == {}
+    with pytest.raises(RecordError):
+        client.request_json("POST", "/invalid", json={})
+    assert stats.last_errors() == {}, "a record's 422 says nothing about the service"
+
+    log = RequestLog()
+    with recording(log):
+        with pytest.raises(RetriableError):
+            client.request_json("POST", "/broken", json={"password": TOKEN}, idempotent=True)
+    client.request_json("GET", "/ok")  # outside the recording
+    error = stats.last_errors()["svc"]
+    assert error["status"] == "503" and error["method"] == "POST" and "message" in error
+    assert TOKEN not in str(error)
+    assert [(e["method"], e["path"], e["status"]) for e in log.entries()] == [("POST", "/broken", 503)] * 2
+    assert log.total == 2 and log.writes() == log.entries()
+    latency = stats.latency()["svc"]
+    assert latency["count"] == 5 and latency["p95_ms"] >= latency["mean_ms"] >= 0

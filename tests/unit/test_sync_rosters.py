@@ -157,14 +157,88 @@ def test_guard_holds_mass_deactivation_and_their_memberships(tmp_path: Path) -> 
     assert scim.members("c1") == {f"u{i}" for i in range(8)}  # held users keep their classes
 
 
+def test_a_held_roster_batch_of_users_and_classes_is_approved_once(tmp_path: Path) -> None:
+    """One guard path for rosters and the SafetyAmp syncs: the users and the classes the
+    guard refused in a run are one held batch; its approval lets exactly it through."""
+    from utils.control import ControlStore
+
+    users = [u(f"u{i}") for i in range(8)]
+    classes = [RosterClass(f"c{i}", school="s1") for i in range(8)]
+    source = Source(snap(users, classes, [e(x.sourced_id, f"c{i}") for i, x in enumerate(users)]))
+    scim = FakeScim()
+    ctx = ctx_for(tmp_path, source, scim)
+    ctx.control = ControlStore(None, prefix="t:")
+    assert RosterSync(ctx).run().status == "success"
+    source.snap = snap(users[:2], classes[:2], [e("u0", "c0"), e("u1", "c1")])  # 6 of 8 users and classes vanish
+    held = RosterSync(ctx).run()
+    assert held.guard_tripped and held.counts["deactivated"] == 0
+    hold = ctx.control.held("rosters")
+    assert hold["keys"] == sorted([f"user/u{i}" for i in range(2, 8)] + [f"class/c{i}" for i in range(2, 8)])
+    assert all(r["active"] for r in scim.by_ext("Users").values())
+    assert "approve rosters" in (held.error or "")
+
+    ctx.control.approve("rosters", hold["digest"], by="ann")
+    done = RosterSync(ctx).run()
+    assert not done.guard_tripped and done.approval is not None and done.approval["digest"] == hold["digest"]
+    assert sorted(k for k, r in scim.by_ext("Users").items() if not r["active"]) == [f"u{i}" for i in range(2, 8)]
+    assert all(not scim.members(f"c{i}") for i in range(2, 8))
+    assert ctx.control.held("rosters") is None and ctx.control.approval("rosters") is None
+
+
+def test_an_approval_of_held_users_leaves_the_classes_the_guard_allowed_alone(tmp_path: Path) -> None:
+    from utils.control import ControlStore
+
+    users = [u(f"u{i}") for i in range(8)]
+    classes = [RosterClass(f"c{i}", school="s1") for i in range(8)]
+    source = Source(snap(users, classes, [e(x.sourced_id, f"c{i}") for i, x in enumerate(users)]))
+    scim = FakeScim()
+    ctx = ctx_for(tmp_path, source, scim)
+    ctx.control = ControlStore(None, prefix="t:")
+    RosterSync(ctx).run()
+    keep = [e("u0", "c0"), e("u1", "c1")]
+    source.snap = snap(users[:2], classes[:7], keep)  # 6 of 8 users leave (held), 1 class closes (allowed)
+    held = RosterSync(ctx).run()
+    assert held.guard_tripped and ctx.control.held("rosters")["keys"] == [f"user/u{i}" for i in range(2, 8)]
+    assert not scim.members("c7"), "the guard let the one closed class through"
+    ctx.control.approve("rosters", ctx.control.held("rosters")["digest"], by="ann")
+    source.snap = snap(users[:2], classes[:6], keep)  # and one more class closes, within the guard
+    done = RosterSync(ctx).run()
+    assert not done.guard_tripped and done.counts["deactivated"] == 7  # 6 users, 1 class
+    assert sorted(k for k, r in scim.by_ext("Users").items() if not r["active"]) == [f"u{i}" for i in range(2, 8)]
+    assert not scim.members("c6"), "a class the guard allowed is not held back by the users' approval"
+
+
+def test_a_roster_approval_of_another_batch_lets_nothing_through(tmp_path: Path) -> None:
+    from utils.control import ControlStore
+
+    users = [u(f"u{i}") for i in range(8)]
+    source = Source(snap(users, [RosterClass("c1", school="s1")], [e(x.sourced_id, "c1") for x in users]))
+    scim = FakeScim()
+    ctx = ctx_for(tmp_path, source, scim)
+    ctx.control = ControlStore(None, prefix="t:")
+    RosterSync(ctx).run()
+    source.snap = snap(users[:2], [RosterClass("c1", school="s1")], [e("u0", "c1"), e("u1", "c1")])
+    RosterSync(ctx).run()
+    first = ctx.control.held("rosters")
+    ctx.control.approve("rosters", first["digest"], by="ann")
+    source.snap = snap(users[:1], [RosterClass("c1", school="s1")], [e("u0", "c1")])  # one more left
+    again = RosterSync(ctx).run()
+    assert again.guard_tripped and all(r["active"] for r in scim.by_ext("Users").values())
+    assert ctx.control.held("rosters")["count"] == 7 and ctx.control.approval("rosters") is None
+
+
 def test_empty_complete_read_deactivates_nothing(tmp_path: Path) -> None:
     source = Source(snap([u("a"), u("b")], [], []))
     scim = FakeScim()
     ctx = ctx_for(tmp_path, source, scim, DEACTIVATION_GUARD_PERCENT="100")
     RosterSync(ctx).run()
     source.snap = snap([], [], [])
+    from utils.control import ControlStore
+
+    ctx.control = ControlStore(None, prefix="t:")
     result = RosterSync(ctx).run()
     assert result.guard_tripped and all(r["active"] for r in scim.by_ext("Users").values())
+    assert ctx.control.holds() == {}, "an empty read is never approvable"
 
 
 def test_a_class_whose_enrollments_were_not_read_keeps_its_members(tmp_path: Path) -> None:

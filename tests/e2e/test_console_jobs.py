@@ -1,0 +1,218 @@
+"""The daemon's console jobs (sync/jobs.py) against the sandbox, in process: a real
+``main.Daemon`` with its worker thread, the real runtime (HTTP clients, Redis locks under
+a prefix of the test's own) and the emulators, driven through ``daemon.jobs`` exactly as
+the console drives it.
+
+* sync_record: one employee updated and one hired, each synced alone: that record is
+  written, no other pending change goes out, and the job reports what it sent; refused
+  with a clear message while another runner holds the sync's lock or the sync is paused;
+* preview: the pending writes with their field diffs, nothing sent;
+* run: through the TriggerQueue, finished with the run summaries;
+* diagnose: the one diagnose implementation;
+* a job that crashes fails alone: the daemon's next cycle runs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.e2e.test_faults_oracle import target_state
+
+pytestmark = pytest.mark.e2e
+
+SYNCS = ("departments", "jobs", "titles", "employees", "vehicles")
+
+
+def wait_job(daemon: Any, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = daemon.jobs.get(job_id)
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish: {daemon.jobs.get(job_id)}")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Any]:
+    from config.bootstrap import build_runtime
+    from config.settings import load_settings
+    from main import Daemon
+    from sandbox.server import start_sandbox
+    from sync_batch import sandbox_overrides
+
+    prefix = f"test-jobs-{uuid.uuid4().hex}:"
+    environ = {
+        "OUTPUT_DIR": str(tmp_path / "output"),
+        "REDIS_PREFIX": prefix,
+        "SYNC_TYPES": ",".join(SYNCS),
+        "SYNC_INTERVAL_MINUTES": "600",  # cycles only when the test asks
+        "LOCK_REQUIRED": "true",
+    }
+    with start_sandbox(tmp_path / "sandbox", size=40, faults={}, seed=7) as sb:
+        settings = load_settings(environ, overrides=sandbox_overrides(sb.endpoints, tmp_path / "sandbox", environ))
+        runtime = build_runtime(settings, SYNCS)
+        d = Daemon(settings, SYNCS, runtime)
+        d.sandbox_dir = tmp_path / "sandbox"
+        first = d.run_cycle(SYNCS)  # populate the target
+        assert all(r.status in ("success", "partial") for r in first), [r.summary() for r in first]
+        try:
+            yield d
+        finally:
+            d.stop.set()
+            d.jobs.close()
+            if d.worker.ident:
+                d.worker.join(timeout=25)
+            runtime.close()
+            client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+            for key in client.scan_iter(match=prefix + "*"):
+                client.delete(key)
+
+
+def sql(daemon: Any, statement: str, *args: Any) -> None:
+    conn = sqlite3.connect(daemon.sandbox_dir / "viewpoint.sqlite")
+    try:
+        with conn:
+            conn.execute(statement, args)
+    finally:
+        conn.close()
+
+
+def employees(daemon: Any) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(daemon.sandbox_dir / "viewpoint.sqlite")
+    conn.row_factory = sqlite3.Row
+    try:
+        return [
+            dict(r) for r in conn.execute('SELECT * FROM "bPREH" WHERE "PRCo" = 1 AND "ActiveYN" = \'Y\' ORDER BY "Employee"')
+        ]
+    finally:
+        conn.close()
+
+
+def hire(daemon: Any, like: dict[str, Any], number: int) -> None:
+    row = {**like, "Employee": number, "FirstName": "Newly", "LastName": "Hired", "Email": f"newly.hired.{number}@example.com", "Phone": None,
+           "CellPhone": None}  # fmt: skip
+    cols = ", ".join(f'"{c}"' for c in row)
+    sql(daemon, f'INSERT INTO "bPREH" ({cols}) VALUES ({", ".join("?" for _ in row)})', *row.values())
+
+
+def test_sync_record_writes_that_record_only_and_reports_what_it_sent(daemon: Any) -> None:
+    rows = employees(daemon)
+    before = target_state(daemon.sandbox_dir)["users"]
+    one, other = [r for r in rows if str(r["Employee"]) in before and r["LastName"]][:2]
+    sql(daemon, 'UPDATE "bPREH" SET "LastName" = ? WHERE "PRCo" = 1 AND "Employee" = ?', "Renamed-One", one["Employee"])
+    sql(daemon, 'UPDATE "bPREH" SET "LastName" = ? WHERE "PRCo" = 1 AND "Employee" = ?', "Renamed-Two", other["Employee"])
+    new_number = max(int(r["Employee"]) for r in rows) + 1000
+    hire(daemon, one, new_number)
+    stats_before = daemon.runtime.stats.counts().get("safetyamp", {})
+    registry = daemon.runtime.metrics.registry
+    runs_before = registry.get_sample_value("sync_duration_seconds_count", {"sync": "employees"})
+
+    # preview: every pending change, with its diff; nothing sent
+    preview = wait_job(daemon, daemon.jobs.submit("preview", actor="console:ann", syncs=["employees"]))
+    assert preview["state"] == "done", preview
+    [emp] = preview["result"]["syncs"]
+    planned = {w["key"]: w for w in emp["writes"]}
+    assert planned[str(one["Employee"])]["changes"]["last_name"] == {"before": one["LastName"], "after": "Renamed-One"}
+    assert str(other["Employee"]) in planned and planned[str(new_number)]["action"] == "create"
+    assert emp["writes_total"] == len(emp["writes"]) >= 3
+    after_preview = daemon.runtime.stats.counts().get("safetyamp", {})
+    assert {m: n for m, n in after_preview.items() if m != "GET"} == {m: n for m, n in stats_before.items() if m != "GET"}
+
+    # one record, updated
+    job = wait_job(daemon, daemon.jobs.submit("sync_record", actor="console:ann", sync="employees", key=str(one["Employee"])))
+    assert job["state"] == "done", job
+    result = job["result"]
+    assert result["outcome"] == "updated" and result["key"] == str(one["Employee"])
+    assert [p["action"] for p in result["plan"]] == ["update"]
+    assert result["plan"][0]["changes"]["last_name"]["after"] == "Renamed-One"
+    writes = result["writes"]
+    assert len(writes) == 1 and writes[0]["method"] in ("PUT", "PATCH") and writes[0]["status"] == 200, writes
+    assert writes[0]["service"] == "safetyamp" and "/users/" in writes[0]["path"], writes
+    print("\nsync_record sent:", [(r["method"], r["path"], r["status"]) for r in result["requests"]])
+    assert all(set(r) == {"service", "method", "path", "status", "ms"} for r in result["requests"])
+    assert all("?" not in r["path"] for r in result["requests"])
+    users = target_state(daemon.sandbox_dir)["users"]
+    assert users[str(one["Employee"])]["last_name"] == "Renamed-One"
+    assert users[str(other["Employee"])]["last_name"] == other["LastName"], "another record was written"
+    assert str(new_number) not in users
+
+    # one record, created
+    job = wait_job(daemon, daemon.jobs.submit("sync_record", actor="console:ann", sync="employees", key=str(new_number)))
+    assert job["state"] == "done" and job["result"]["outcome"] == "created", job
+    assert [w["method"] for w in job["result"]["writes"]] == ["POST"]
+    users = target_state(daemon.sandbox_dir)["users"]
+    assert users[str(new_number)]["last_name"] == "Hired"
+    assert users[str(other["Employee"])]["last_name"] == other["LastName"]
+    assert len(users) == len(before) + 1
+
+    # in the run history (with its key), in the audit log; not a run for the metrics
+    control = daemon.runtime.control
+    history = control.runs(sync="employees", count=5)
+    assert [h["key"] for h in history[:2]] == [str(new_number), str(one["Employee"])]
+    audit = [e for e in control.audit_log() if e["action"] == "sync_record"]
+    assert audit[0]["target"] == f"record/employees/{new_number}" and audit[0]["result"] == "created"
+    assert audit[0]["actor"] == "console:ann"
+    assert registry.get_sample_value("sync_duration_seconds_count", {"sync": "employees"}) == runs_before
+
+
+def test_sync_record_is_refused_while_the_lock_is_held_or_the_sync_is_paused(daemon: Any) -> None:
+    from config.bootstrap import lock_factory
+
+    key = str(employees(daemon)[0]["Employee"])
+    lock = lock_factory(daemon.runtime)("employees")
+    assert lock.acquire(blocking=False)
+    try:
+        job = wait_job(daemon, daemon.jobs.submit("sync_record", actor="console:ann", sync="employees", key=key))
+    finally:
+        lock.release()
+    assert job["state"] == "failed" and "another runner holds the employees lock" in job["error"], job
+    assert "try again" in job["error"]
+
+    daemon.runtime.control.pause("employees", by="console:bob", reason="audit")
+    job = wait_job(daemon, daemon.jobs.submit("sync_record", actor="console:ann", sync="employees", key=key))
+    assert job["state"] == "failed" and "paused by console:bob" in job["error"], job
+    daemon.runtime.control.resume("employees", by="console:bob")
+
+    from sync.jobs import JobError
+
+    with pytest.raises(JobError, match="one-record sync supports"):
+        daemon.jobs.submit("sync_record", actor="a", sync="rosters", key="u1")
+    with pytest.raises(JobError, match="unknown or disabled"):
+        daemon.jobs.submit("sync_record", actor="a", sync="payroll", key="1")
+    job = wait_job(daemon, daemon.jobs.submit("sync_record", actor="a", sync="employees", key="not a number"))
+    assert job["state"] == "failed" and "not a key of the employees sync" in job["error"]
+
+
+def test_run_job_goes_through_the_trigger_queue_and_diagnose_and_a_crash_fail_alone(daemon: Any) -> None:
+    daemon.worker.start()
+    job_id = daemon.jobs.submit("run", actor="console:ann", syncs=["jobs"])
+    job = wait_job(daemon, job_id)
+    assert job["state"] == "done", job
+    assert [r["sync"] for r in job["result"]["runs"]] == ["jobs"] and job["result"]["status"] in ("success", "partial")
+    assert daemon.jobs.recent(1)[0]["id"] == job_id
+    assert daemon.runtime.control.audit_log()[0]["action"] == "run"
+
+    key = str(employees(daemon)[0]["Employee"])
+    diag = wait_job(daemon, daemon.jobs.submit("diagnose", actor="console:ann", sync="employees", key=key))
+    assert diag["state"] == "done" and diag["result"]["verdict"] == "IN_SYNC", diag
+
+    # A job that crashes (the Viewpoint adapter breaks under it) fails alone.
+    viewpoint = daemon.runtime.viewpoint
+    daemon.runtime.viewpoint = None
+    try:
+        crashed = wait_job(daemon, daemon.jobs.submit("preview", actor="console:ann", syncs=["departments"]))
+    finally:
+        daemon.runtime.viewpoint = viewpoint
+    assert crashed["state"] == "done" and crashed["result"]["syncs"][0]["status"] == "failed"
+    again = wait_job(daemon, daemon.jobs.submit("run", actor="console:ann", syncs=["departments"]))
+    assert again["state"] == "done" and again["result"]["runs"][0]["status"] in ("success", "partial"), again
+    assert daemon.worker.is_alive()
