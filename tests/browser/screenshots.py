@@ -83,19 +83,26 @@ def make(out: Path, work: Path) -> None:
             login(page)
 
             # A day's state: a third of the staff leaves (the guard holds it), a record
-            # edited by hand in SafetyAmp (the preview shows it), a sync paused.
-            terminate(daemon, 0.3)
-            st = store(daemon)
-            try:
-                user = next(u for u in st.all("safetyamp", "users") if u.get("emp_id") and u.get("system_access") == 1)
-                st.replace("safetyamp", "users", int(user["id"]), {**user, "mobile_phone": "+15550100199"})
-            finally:
-                st.close()
+            # edited by hand in SafetyAmp (the preview and the lookup show it), a sync paused.
+            leavers = set(terminate(daemon, 0.3, last=True))
             page.goto("/console/actions")
             page.get_by_test_id("run-sync").select_option("employees")
             page.get_by_test_id("run-now").click()
             wait_job_done(page)
             wait_for(lambda: daemon.health()["last_runs"]["employees"].get("guard_tripped"), 30)
+            st = store(daemon)
+            try:
+                user = next(
+                    u
+                    for u in st.all("safetyamp", "users")
+                    if u.get("system_access") == 1
+                    and str(u.get("emp_id")) not in leavers
+                    and u.get("email") not in {None, ""}
+                    and str(u.get("emp_id")) not in state["conflicts"]
+                )
+                st.replace("safetyamp", "users", int(user["id"]), {**user, "mobile_phone": "+15550100199"})
+            finally:
+                st.close()
             page.goto("/console/actions")
             page.locator("#reason-vehicles").fill("fleet cut-over until Friday")
             page.locator("#pause-vehicles").click()
@@ -110,28 +117,6 @@ def make(out: Path, work: Path) -> None:
             _shot(page, out, "run-rejected.png")
             page.goto("/console/failed?sync=employees")
             _shot(page, out, "failed.png")
-            failed_key = page.get_by_test_id("failed-row").first.get_attribute("data-key") or state["conflicts"][0]
-
-            page.goto("/console/lookup")
-            page.get_by_test_id("lookup-sync").select_option("employees")
-            page.get_by_test_id("lookup-record").fill(str(failed_key))
-            _shot(page, out, "lookup.png")
-            page.get_by_test_id("lookup-submit").click()
-            wait_job_done(page)
-            _shot(page, out, "lookup-result.png")
-            if page.get_by_test_id("sync-record").count():
-                page.get_by_test_id("sync-record").click()
-                wait_job_done(page)
-                _shot(page, out, "sync-record.png")
-            else:
-                page.goto("/console/lookup")
-                page.get_by_test_id("lookup-sync").select_option("employees")
-                page.get_by_test_id("lookup-record").fill(str(user["emp_id"]))
-                page.get_by_test_id("lookup-submit").click()
-                wait_job_done(page)
-                page.get_by_test_id("sync-record").click()
-                wait_job_done(page)
-                _shot(page, out, "sync-record.png")
 
             page.goto("/console/actions")
             _shot(page, out, "actions.png")
@@ -139,6 +124,17 @@ def make(out: Path, work: Path) -> None:
             page.get_by_test_id("preview").click()
             wait_job_done(page)
             _shot(page, out, "preview.png")
+
+            page.goto("/console/lookup")
+            page.get_by_test_id("lookup-sync").select_option("employees")
+            page.get_by_test_id("lookup-record").fill(str(user["emp_id"]))
+            _shot(page, out, "lookup.png")
+            page.get_by_test_id("lookup-submit").click()
+            wait_job_done(page)
+            _shot(page, out, "lookup-result.png")
+            page.get_by_test_id("sync-record").click()
+            wait_job_done(page)
+            _shot(page, out, "sync-record.png")
             page.goto("/console/holds/employees")
             _shot(page, out, "hold.png")
             page.goto("/console/config")

@@ -145,7 +145,7 @@ def test_retry_a_failed_record(operator: Any, console: ConsoleDaemon) -> None:
     assert "next run" in page.get_by_test_id("notice").inner_text()
     assert page.locator(f"[data-testid=failed-row][data-key='{key}']").get_attribute("data-status") == "due"
     page.get_by_test_id("nav-audit").click()
-    assert page.get_by_text(f"employees {key}").count() > 0, "the retry is in the audit log"
+    assert page.get_by_text(f"record/employees/{key}").count() > 0, "the retry is in the audit log"
 
 
 # ------------------------------------------------------------------------ pause / resume
