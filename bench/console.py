@@ -98,6 +98,7 @@ class HistoryWriter:
         self.rng = rng
         self.samples: dict[str, list[dict[str, Any]]] = {}
         self.rejected: dict[str, list[dict[str, Any]]] = {}
+        self.written: dict[str, list[tuple[int, str, str]]] = {}  # sync -> (changes, run id, file name)
 
     def learn(self) -> None:
         """Records of the real first run, to build realistic changes from."""
@@ -124,6 +125,12 @@ class HistoryWriter:
                 updated[name] = {"before": f"{after} (old)" if isinstance(after, str) else after, "after": after}
             out.append({"key": change.get("key"), "action": "update", "at": _iso(at), "fields": updated})
         return out
+
+    def biggest(self, sync: str) -> str:
+        """The run id of the history run of ``sync`` with the most changes whose file is
+        still on disk (the product's OUTPUT_RETENTION_* prune files of old runs)."""
+        kept = [(n, run_id) for n, run_id, name in self.written.get(sync, []) if (self.output / "changes" / name).exists()]
+        return max(kept)[1] if kept else "none"
 
     def write(self, sync: str, runs: int, end: datetime) -> int:
         """``runs`` hourly runs of ``sync`` ending at ``end``, oldest first."""
@@ -155,12 +162,14 @@ class HistoryWriter:
                 "error": "SafetyAmp answered 503 for 5 minutes (circuit breaker opened)" if failed_run else None,
                 "guard_tripped": False, "plan": None, "unconfirmed": [],
             }  # fmt: skip
-            (self.output / "changes" / name).write_text(json.dumps({**header, "changes": changes}), encoding="utf-8")
+            # The product's layout (indent 2, the list last): the console pages through it.
+            (self.output / "changes" / name).write_text(json.dumps({**header, "changes": changes}, indent=2), encoding="utf-8")
             if rejected:
                 pool = self.rejected.get(sync) or []
                 errors = [dict(e, at=_iso(finished)) for e in self.rng.sample(pool, min(rejected, len(pool)))]
                 (self.output / "errors" / name).write_text(
-                    json.dumps({"run_id": run_id, "sync": sync, "status": status, "errors": errors}), encoding="utf-8"
+                    json.dumps({"run_id": run_id, "sync": sync, "status": status, "errors": errors}, indent=2),
+                    encoding="utf-8",
                 )
             self.store.record_run(
                 {
@@ -171,6 +180,7 @@ class HistoryWriter:
                     "guard_tripped": False, "forced": False,
                 }
             )  # fmt: skip
+            self.written.setdefault(sync, []).append((len(changes), run_id, name))
             written += 1
         return written
 
@@ -226,6 +236,58 @@ def pages(app: Any, values: dict[str, str], extra: list[str]) -> tuple[list[str]
     return urls + extra, unknown
 
 
+def item_offset(path: Path, n: int) -> int | None:
+    """Byte offset of the ``n``-th item (from 0) of a run file's list (the console's page
+    address), or None when the list is shorter."""
+    mark = b"\n    {\n"
+    seen, base, tail = -1, 0, b""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            data = tail + chunk
+            at = data.find(mark)
+            while at >= 0:
+                seen += 1
+                if seen == n:
+                    return base - len(tail) + at + 1
+                at = data.find(mark, at + 1)
+            tail = data[-(len(mark) - 1) :]
+            base += len(chunk)
+    return None
+
+
+def run_file(output: Path, entry: dict[str, Any] | None, kind: str) -> Path | None:
+    name = (entry or {}).get(f"{kind}_file")
+    if not name:
+        return None
+    path = Path(str(name))
+    return path if path.is_absolute() else output / kind / path.name
+
+
+def edit_targets(directory: Path, count: int) -> int:
+    """Change the mobile phone of ``count`` SafetyAmp users by hand, so the next plan has
+    that many updates (what a preview then shows)."""
+    from sandbox.store import open_store
+
+    st = open_store(directory)
+    try:
+        users = [u for u in st.all("safetyamp", "users") if u.get("emp_id") and u.get("system_access") == 1][:count]
+        for i, user in enumerate(users):
+            st.replace("safetyamp", "users", int(user["id"]), {**user, "mobile_phone": f"+1555{i:07d}"})
+        return len(users)
+    finally:
+        st.close()
+
+
+def wait_job(daemon: Any, job_id: str, timeout: float = 900.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = daemon.jobs.get(job_id) or {}
+        if job.get("state") in ("done", "failed"):
+            return dict(job)
+        time.sleep(0.5)
+    raise RuntimeError(f"job {job_id} not finished after {timeout:.0f} s")
+
+
 def time_page(client: Any, url: str, samples: int) -> dict[str, Any]:
     first = client.get(url)
     status = first.status_code
@@ -240,7 +302,8 @@ def time_page(client: Any, url: str, samples: int) -> dict[str, Any]:
     return {
         "url": url, "status": status, "bytes": size, "p50_ms": round(statistics.median(times), 1),
         "p95_ms": round(percentile(times, 0.95), 1), "max_ms": round(max(times), 1),
-        "met": max(times) < GOAL_MS and status < 500,
+        "kind": "export" if ".csv" in url else "page",
+        "met": max(times) < GOAL_MS and status < 400,
     }  # fmt: skip
 
 
@@ -253,12 +316,21 @@ def markdown(result: dict[str, Any]) -> str:
         "| page | status | size (KB) | p50 (ms) | p95 (ms) | max (ms) | under 300 ms |",
         "|---|---|---|---|---|---|---|",
     ]
-    for page in result["pages"]:
+    for page in sorted(result["pages"], key=lambda p: (p["kind"] != "page", p["url"])):
+        met = (
+            ("met" if page["met"] else "**not met**")
+            if page["kind"] == "page"
+            else "(a download: " + ("also under" if page["met"] else "over") + " 300 ms)"
+        )
         lines.append(
             f"| `{page['url']}` | {page['status']} | {page['bytes'] / 1024:.1f} | {page['p50_ms']} | {page['p95_ms']} | "
-            f"{page['max_ms']} | {'met' if page['met'] else '**not met**'} |"
+            f"{page['max_ms']} | {met} |"
         )
-    lines += ["", f"Goal (every page under {GOAL_MS:.0f} ms server time): **{'met' if result['met'] else 'not met'}**."]
+    lines += [
+        "",
+        f"Goal (every page under {GOAL_MS:.0f} ms server time, the slowest of {result['samples']} requests): "
+        f"**{'met' if result['met'] else 'not met'}**. CSV exports are downloads, streamed: shown, not held to it.",
+    ]
     if result["not_measured"]:
         lines += ["", "Not measured: " + "; ".join(result["not_measured"])]
     return "\n".join(lines) + "\n"
@@ -296,9 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         first = hx.run_product(repo, env, work / "first.log", "first")
         print(f"  {first.wall_seconds:.0f} s: " + ", ".join(f"{r['sync']} {r['status']}" for r in first.summary["runs"]))
 
-        from utils.control import ControlStore
-
         from config.settings import load_settings
+        from utils.control import ControlStore
 
         settings = load_settings(env)
         store = ControlStore(client, prefix=prefix, run_history_length=settings.run_history_length)
@@ -315,25 +386,37 @@ def main(argv: list[str] | None = None) -> int:
         app, daemon = build_app(env)
         http = app.test_client()
         sign_in(http)
-        latest = store.runs(sync="employees", count=1)
+        first_id = str(first.summary.get("run_id") or "")
+        first_entry = store.run(first_id, "employees") if first_id else None
+        big_id = writer.biggest("employees")
         page2 = store.runs(sync="employees", count=51)
-        values = {
-            "sync": "employees",
-            "run_id": str(latest[0]["run_id"]) if latest else "none",
-            "key": str((writer.samples.get("employees") or [{}])[0].get("key", "1002")),
-        }
+        key = str((writer.samples.get("employees") or [{}])[0].get("key", "1002"))
+        edited = edit_targets(work / "sandbox", min(700, max(10, args.size // 70)))
+        print(f"jobs: a lookup of employee {key} and a preview of employees ({edited} users edited by hand) ...", flush=True)
+        diagnose = wait_job(daemon, daemon.jobs.submit("diagnose", actor="bench", sync="employees", key=key))
+        preview = wait_job(daemon, daemon.jobs.submit("preview", actor="bench", syncs=["employees"]))
+        print(f"  lookup {diagnose['state']}, preview {preview['state']}", flush=True)
+        values = {"sync": "employees", "run_id": first_id or "none", "key": key, "job_id": str(preview["id"])}
         extra = [
             "/console/runs?sync=employees",
             "/console/runs?sync=employees&status=failed",
             f"/console/runs?sync=employees&before={page2[-1]['id']}" if len(page2) > 50 else "/console/runs?sync=employees",
-            f"/console/lookup?sync=employees&key={values['key']}",
+            f"/console/runs/employees/{first_id}?show=rejected",
+            f"/console/runs/employees/{big_id}",
+            f"/console/jobs/{diagnose['id']}",
+            f"/console/lookup?sync=employees&record={key}",
             "/console/failed?sync=employees",
         ]
+        changes = run_file(output, first_entry, "changes")
+        deep = item_offset(changes, max(0, int(args.size * 0.8))) if changes and changes.exists() else None
+        if deep is not None:
+            extra.append(f"/console/runs/employees/{first_id}?show=changes&at={deep}")
         urls, unknown = pages(app, values, extra)
         print(f"timing {len(urls)} pages, {args.samples} requests each ...", flush=True)
         measured = []
         for url in urls:
-            figure = time_page(http, url, args.samples)
+            # A CSV export of a 50,000-record run is a download of tens of MB: 3 samples.
+            figure = time_page(http, url, min(args.samples, 3) if ".csv" in url else args.samples)
             measured.append(figure)
             print(f"  {figure['max_ms']:8.1f} ms max  {figure['p50_ms']:7.1f} ms p50  {figure['status']}  {url}", flush=True)
         daemon.stop.set()
@@ -357,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         "samples": args.samples,
         "pages": measured,
         "not_measured": unknown,
-        "met": all(p["met"] for p in measured) and bool(measured),
+        "met": all(p["met"] for p in measured if p["kind"] == "page") and bool(measured),
     }
     Path(args.out).write_text(json.dumps(result, indent=2), encoding="utf-8")
     text = markdown(result)

@@ -88,6 +88,8 @@ def test_approve_a_held_deactivation_and_exactly_those_records_are_deactivated(
     assert after == before - set(leavers)
     run = console.health()["last_runs"]["employees"]
     assert run["status"] in ("success", "partial") and run.get("deactivated", len(leavers)) == len(leavers), run
+    print(f"\n{len(leavers)} of {len(before)} active employees left at once: held, approved in the console, "
+          f"then exactly those {len(before - after)} deactivated")  # fmt: skip
     page.goto("/console/holds/employees")
     assert page.get_by_test_id("no-hold").is_visible() and page.get_by_test_id("approval").count() == 0, "used once"
     page.get_by_test_id("nav-audit").click()
