@@ -64,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=50_000, help="employees in the sandbox (default 50,000)")
     p.add_argument("--runs", type=int, default=1000, help="runs of history per sync (default 1,000)")
     p.add_argument("--samples", type=int, default=20, help="timed requests per page (default 20)")
+    p.add_argument("--failed", type=int, default=5000, help="records in the failed-records queue (default 5,000)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--work-dir", default=None, help="sandbox and output folder (default: a fresh one in /dev/shm or TMPDIR)")
@@ -278,6 +279,18 @@ def edit_targets(directory: Path, count: int) -> int:
         st.close()
 
 
+def fill_failed_queue(settings: Any, keys: list[str], count: int) -> int:
+    """``count`` employees refused by SafetyAmp, through the product's failed-record
+    tracker (what a day of a target refusing writes leaves): the queue the page lists."""
+    from utils.failed_sync_tracker import build_tracker
+
+    tracker = build_tracker(settings.redis_url, settings.redis_prefix)
+    for i, key in enumerate(keys[:count]):
+        reason = "email: The email has already been taken." if i % 3 else "mobile_phone: The mobile phone format is invalid."
+        tracker.record_failure("employees", key, f"fp-{i}", reason, ["email" if i % 3 else "mobile_phone"])
+    return min(count, len(keys))
+
+
 def wait_job(daemon: Any, job_id: str, timeout: float = 900.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -311,7 +324,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Measured {result['measured_at']} by `{result['command']}` in {result['wall_seconds']:.0f} s on "
         f"{result['machine']}: {result['size']:,} employees, {result['runs_per_sync']:,} runs of history per sync "
-        f"({result['history_entries']:,} in all), {result['samples']} timed requests per page.",
+        f"({result['history_entries']:,} in all), {result['failed_queue']:,} records in the failed-records queue, "
+        f"{result['samples']} timed requests per page.",
         "",
         "| page | status | size (KB) | p50 (ms) | p95 (ms) | max (ms) | under 300 ms |",
         "|---|---|---|---|---|---|---|",
@@ -392,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
         page2 = store.runs(sync="employees", count=51)
         key = str((writer.samples.get("employees") or [{}])[0].get("key", "1002"))
         edited = edit_targets(work / "sandbox", min(700, max(10, args.size // 70)))
+        employee_keys = [str(c.get("key")) for c in writer.samples.get("employees") or []]
+        employee_keys += [str(100000 + i) for i in range(args.failed)]  # beyond the sampled ones
+        queued = fill_failed_queue(settings, list(dict.fromkeys(employee_keys)), args.failed)
+        print(f"failed-records queue: {queued:,} employees refused by SafetyAmp (through the tracker)", flush=True)
         print(f"jobs: a lookup of employee {key} and a preview of employees ({edited} users edited by hand) ...", flush=True)
         diagnose = wait_job(daemon, daemon.jobs.submit("diagnose", actor="bench", sync="employees", key=key))
         preview = wait_job(daemon, daemon.jobs.submit("preview", actor="bench", syncs=["employees"]))
@@ -406,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             f"/console/jobs/{diagnose['id']}",
             f"/console/lookup?sync=employees&record={key}",
             "/console/failed?sync=employees",
+            "/console/failed?sync=employees&start=4000",
         ]
         changes = run_file(output, first_entry, "changes")
         deep = item_offset(changes, max(0, int(args.size * 0.8))) if changes and changes.exists() else None
@@ -438,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs_per_sync": args.runs,
         "history_entries": written + 2 * len(SYNCS),
         "samples": args.samples,
+        "failed_queue": args.failed,
         "pages": measured,
         "not_measured": unknown,
         "met": all(p["met"] for p in measured if p["kind"] == "page") and bool(measured),
