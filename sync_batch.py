@@ -576,6 +576,20 @@ def run_once(settings: Settings, syncs: tuple[str, ...], args: argparse.Namespac
     except Exception as exc:  # the summary still goes out (stdout needs no disk): every sync failed
         log.exception("run crashed")
         results = [RunResult(name, status="failed", error=f"internal error: {type(exc).__name__}: {exc}") for name in syncs]
+        from types import SimpleNamespace
+
+        from sync.runner import record_history
+
+        recorder = SimpleNamespace(
+            control=rt.control,
+            dry_run=args.dry_run,
+            events=SimpleNamespace(run_id=run_id),
+            runner_kind="cli",
+            forced=frozenset(syncs if getattr(args, "force", False) else ()),
+            only_key=None,
+        )
+        for result in results:  # the run history shows the crash too
+            record_history(recorder, result)  # type: ignore[arg-type]
     finally:
         rt.close()
     status = overall_status(results)

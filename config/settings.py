@@ -313,7 +313,10 @@ class Settings(BaseModel):
         alias="CONSOLE_SESSION_IDLE_MINUTES",
         gt=0,
         le=1440,
-        description="A console session unused this long ends (sign in again).",
+        description=(
+            "A console session signed in with CONSOLE_TOKEN ends after this long without a click (the overview's "
+            "auto-refresh does not count); behind single sign-on the proxy's own session decides."
+        ),
     )
 
     # --- resilience: circuit breakers and the single-writer lock -------------------

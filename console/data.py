@@ -248,7 +248,9 @@ def overview(daemon: Any) -> dict[str, Any]:
                 "quarantine": _quarantine(quarantine, now) if isinstance(quarantine, dict) else quarantine,
                 "open_breakers": open_breakers,
                 "last": _last_run(last, now),
-                "last_success": age(_last_success(rt, sync) or _last_success_on_record(control, sync), now) if rt is not None else "",
+                "last_success": age(_last_success(rt, sync) or _last_success_on_record(control, sync), now)
+                if rt is not None
+                else "",
                 "failed_records": failed,
             }
         )

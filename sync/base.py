@@ -366,6 +366,8 @@ class BaseSync:
                 actions = [a for a in actions if a.kind != "deactivate"]
                 result.error = f"deactivation guard tripped: {reason}; no record was deactivated{held}"
                 log.error(result.error, extra={"sync": self.name})
+        if not result.held:
+            nothing_held(self.ctx, self.name)
         writes = [a for a in actions if a.is_write]
         if self.ctx.dry_run or only is not None:  # only these show it: 70 000 described writes cost 150 MB
             result.plan = [self._describe(a) for a in writes]
@@ -554,6 +556,17 @@ def approve_or_hold(ctx: SyncContext, sync: str, keys: Sequence[str], reason: st
     except Exception:  # operator state unavailable: the guard's refusal stands
         log.warning("could not look up or record the held deactivations", extra={"sync": sync}, exc_info=True)
     return None
+
+
+def nothing_held(ctx: SyncContext, sync: str) -> None:
+    """A whole run of ``sync`` got past the guard without holding a batch: a batch held
+    by an earlier run is obsolete (the console must not offer to approve it)."""
+    if ctx.control is None or ctx.only_key is not None or ctx.dry_run:
+        return
+    try:
+        ctx.control.clear_hold(sync)
+    except Exception:
+        log.warning("could not clear the held deactivations", extra={"sync": sync}, exc_info=True)
 
 
 def held_message(sync: str, ctx: SyncContext) -> str:

@@ -49,6 +49,7 @@ from sync.base import (
     create_once,
     fingerprint,
     held_message,
+    nothing_held,
     run_recorded,
 )
 from sync.engine import FieldChange, diff, guard_allows, plan
@@ -355,6 +356,8 @@ class RosterSync:
                 if group_guard in approved:
                     group_guard = None
                     allowed_groups = set(gone)
+        if not result.held:
+            nothing_held(self.ctx, self.name)
         if user_guard:
             held = {a.key for a in deact}
             actions = [a for a in actions if a.kind != "deactivate"]

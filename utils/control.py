@@ -289,6 +289,11 @@ class ControlStore:
             log.warning("the held batch changed: the approval of the previous batch no longer applies", extra={"sync": sync})
         return entry
 
+    def clear_hold(self, sync: str) -> None:
+        """A run of ``sync`` found nothing to hold: an older hold is obsolete (its list
+        no longer matches what the source says). An approval stays until it expires."""
+        self._put("holds", sync, None)
+
     def held(self, sync: str) -> dict[str, Any] | None:
         return self._get("holds", sync)
 

@@ -128,6 +128,28 @@ def test_the_daemon_skips_a_paused_sync_and_health_and_metrics_show_it(tmp_path:
         daemon.stop()
 
 
+# --------------------------------------------------------------------------- failed dismiss
+
+
+def test_failed_dismiss_forgets_one_tracked_record_and_is_audited(tmp_path: Path, clean_control: Any) -> None:
+    from utils.failed_sync_tracker import build_tracker
+
+    batch = BatchRunner(tmp_path, size=20)
+    store = control(batch)
+    tracker = build_tracker("redis://127.0.0.1:6379/0", store._prefix)
+    for key in ("1001", "1002"):
+        tracker.record_failure("employees", key, "fp", "The email has already been taken.", ["email"])
+    dismissed = batch.run("failed", "dismiss", "--sync", "employees", "--key", "1001")
+    assert dismissed["dismissed"] == 1
+    assert [r["key"] for r in tracker.list("employees")] == ["1002"]
+    again = cli(batch, "failed", "dismiss", "--sync", "employees", "--key", "1001")
+    assert "not tracked" in again.stdout
+    entries = [(e["action"], e["target"], e["result"]) for e in store.audit_log()]
+    assert entries[:2] == [("dismiss", "record/employees/1001", "not tracked"), ("dismiss", "record/employees/1001", "ok")]
+    assert store.audit_log()[0]["actor"].startswith("cli:")
+    cli(batch, "failed", "dismiss", "--sync", "employees", expect=(2,))  # --key is required
+
+
 # --------------------------------------------------------------------------- held deactivations
 
 
@@ -151,6 +173,7 @@ def test_a_held_deactivation_batch_is_approved_once_and_exactly_that_batch_goes_
     hold = control(batch).held("employees")
     assert hold is not None and hold["keys"] == leavers and hold["count"] == len(leavers)
     assert hold["run_id"] == tripped["run_id"]
+    print(f"\nheld: {hold['count']} keys, digest {hold['digest'][:12]}...: {emp['error'][:110]}")
     listed = json.loads(cli(batch, "holds", "--json").stdout.strip().splitlines()[-1])
     assert listed["employees"]["digest"] == hold["digest"] and listed["employees"]["keys"] == leavers
 
@@ -166,6 +189,7 @@ def test_a_held_deactivation_batch_is_approved_once_and_exactly_that_batch_goes_
     assert emp["approval"]["digest"] == hold["digest"]
     users = target_state(batch.dir)["users"]
     assert sorted(k for k, u in users.items() if u.get("system_access") == 0) == leavers
+    print(f"approved run: deactivated {emp['deactivated']} of {len(leavers)} held, status {emp['status']}")
     store = control(batch)
     assert store.held("employees") is None and store.approval("employees") is None
     changes = json.loads(Path(store.run(done["run_id"], "employees")["changes_file"]).read_text())
@@ -182,6 +206,21 @@ def test_a_held_deactivation_batch_is_approved_once_and_exactly_that_batch_goes_
     assert second is not None and second["keys"] == more and second["digest"] != hold["digest"]
     wrong = cli(batch, "approve", "employees", hold["digest"], expect=(1,))
     assert "list changed" in wrong.stderr
+
+    # The source is put right (the terminations were a mistake): the next run holds
+    # nothing, so the stale hold goes away instead of waiting for an approval.
+    import sqlite3
+
+    conn = sqlite3.connect(batch.dir / "viewpoint.sqlite")
+    with conn:
+        conn.executemany(
+            'UPDATE "bPREH" SET "ActiveYN" = \'Y\', "TermDate" = NULL WHERE "PRCo" = 1 AND "Employee" = ?',
+            [(int(k),) for k in more],
+        )
+    conn.close()
+    fixed = batch.run("--force", SYNC_TYPES=SAFETYAMP_SYNCS)
+    assert not employees_run(fixed).get("guard_tripped") and employees_run(fixed)["deactivated"] == 0
+    assert store.holds() == {}
 
 
 def terminate_more(batch: BatchRunner, already: list[str], fraction: float) -> list[str]:

@@ -678,6 +678,16 @@ def _final_stage_copies() -> list[str]:
     return sources
 
 
+CONSOLE_PAGES = """
+from config.settings import load_settings
+from main import Daemon, create_app
+settings = load_settings({"CONSOLE_TOKEN": "x" * 40}, dotenv_path=None)
+web = create_app(Daemon(settings, ())).test_client()
+for path in ("/console/login", "/console/static/console.css", "/console/static/console.js"):
+    print(web.get(path).status_code)
+"""
+
+
 def test_image_file_set_runs_the_product(tmp_path: Path) -> None:
     """What the Dockerfile copies (and .dockerignore lets through) is enough to run a
     sandbox batch: no module outside the image is needed."""
@@ -701,6 +711,11 @@ def test_image_file_set_runs_the_product(tmp_path: Path) -> None:
         [sys.executable, "main.py", "--help"], cwd=app, env=env, capture_output=True, text=True, timeout=60
     )
     assert help_proc.returncode == 0, help_proc.stderr
+    # the console's templates and static files are in the image too
+    console = subprocess.run(
+        [sys.executable, "-c", CONSOLE_PAGES], cwd=app, env=env, capture_output=True, text=True, timeout=60
+    )  # fmt: skip
+    assert console.returncode == 0 and console.stdout.split() == ["200", "200", "200"], console.stderr[-3000:]
     proc = subprocess.run(
         [sys.executable, "sync_batch.py", "--sandbox", "--sandbox-dir", str(tmp_path / "sb"), "--sandbox-size", "20", "--json"],
         cwd=app, env=env, capture_output=True, text=True, timeout=300,

@@ -230,6 +230,62 @@ def test_health_sync_states_say_why():
     assert expired.sync_states["vehicles"] == {"state": "not_run_yet"}
 
 
+def test_a_paused_sync_is_paused_whatever_else_and_health_is_degraded():
+    pause = {"sync": "vehicles", "by": "cli:ann@h", "at": "2026-11-28T12:00:00+00:00", "reason": "fleet audit"}
+    verdict = assess(
+        **{
+            **BASE,
+            "last_runs": {"vehicles": {"status": "skipped", "error": "paused by ..."}},
+            "quarantine": {"vehicles": {"until": 2000.0, "bad_runs": 1, "reason": "x"}},
+            "paused": {"vehicles": pause},
+        }
+    )
+    assert verdict.sync_states["vehicles"] == {
+        "state": "paused",
+        "reason": "by cli:ann@h at 2026-11-28T12:00:00+00:00: fleet audit",
+        "by": "cli:ann@h",
+        "since": "2026-11-28T12:00:00+00:00",
+    }
+    assert verdict.status == "degraded" and verdict.http_status == 200
+    assert verdict.problems == ["vehicles: paused: by cli:ann@h at 2026-11-28T12:00:00+00:00: fleet audit"]
+
+
+def test_pause_holds_every_run_forced_or_not_but_not_a_dry_run_and_webhooks_wait():
+    from sync.base import RunResult
+    from sync.runner import event_hold, run_syncs
+    from utils.control import ControlStore
+
+    ran: list[str] = []
+
+    class Vehicles:
+        def __init__(self, ctx: Any) -> None:
+            pass
+
+        def run(self) -> RunResult:
+            ran.append("vehicles")
+            return RunResult("vehicles")
+
+    control = ControlStore(None, prefix="t:")
+    control.pause("vehicles", by="cli:ann@h", reason="fleet audit")
+    for forced in (frozenset(), frozenset({"vehicles"})):
+        ctx = _ctx(None, forced)
+        ctx.control = control
+        [held] = run_syncs(ctx, ["vehicles"], factories={"vehicles": Vehicles})
+        assert held.status == "skipped" and held.error.startswith("paused by cli:ann@h at ") and "fleet audit" in held.error
+    assert ran == []
+    assert [r["status"] for r in control.runs(sync="vehicles")] == ["skipped", "skipped"]
+    assert "paused by" in (event_hold("vehicles", None, {}, control=control) or "")
+    dry = _ctx(None)
+    dry.control, dry.dry_run = control, True
+    assert run_syncs(dry, ["vehicles"], factories={"vehicles": Vehicles})[0].status == "success" and ran == ["vehicles"]
+    assert len(control.runs(sync="vehicles")) == 2, "a dry run is not history"
+    control.resume("vehicles", by="cli:ann@h")
+    ctx = _ctx(None)
+    ctx.control = control
+    assert run_syncs(ctx, ["vehicles"], factories={"vehicles": Vehicles})[0].status == "success"
+    assert event_hold("vehicles", None, {}, control=control) is None
+
+
 # ---------------------------------------------------------------------------- errors files
 def _write(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
