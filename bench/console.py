@@ -444,8 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sandbox.stop()
         if not args.keep:
-            for key in client.scan_iter(match=prefix + "*"):
-                client.delete(key)
+            import hashlib
+
+            scope = "sandbox-" + hashlib.sha256(str((work / "sandbox").resolve()).encode()).hexdigest()[:10] + ":"
+            for pattern in (prefix + "*", scope + "*"):  # ours, and the roster cursor scoped by the folder
+                for key in client.scan_iter(match=pattern):
+                    client.delete(key)
             shutil.rmtree(work, ignore_errors=True)
 
     result = {

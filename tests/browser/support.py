@@ -198,12 +198,17 @@ class ConsoleDaemon:
         self._drop_redis_keys()
 
     def _drop_redis_keys(self) -> None:
+        import hashlib
+
         import redis
 
+        # Keys under the daemon's prefix, and the roster cursor the sandbox scopes by its folder.
+        scope = "sandbox-" + hashlib.sha256(str(self.sandbox_dir.resolve()).encode()).hexdigest()[:10] + ":"
         try:
             client = redis.Redis.from_url(self.env["REDIS_URL"], socket_timeout=2, socket_connect_timeout=2)
-            for key in list(client.scan_iter(match=self.redis_prefix + "*")):
-                client.delete(key)
+            for pattern in (self.redis_prefix + "*", scope + "*"):
+                for key in list(client.scan_iter(match=pattern)):
+                    client.delete(key)
             client.close()
         except redis.exceptions.RedisError:
             pass  # no Redis: the daemon kept its state in memory, gone with the process
