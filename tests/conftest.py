@@ -17,7 +17,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Spread the end-to-end files evenly through the run instead of running them first.
+    """Spread the end-to-end (and browser) files evenly through the run instead of running them first.
 
     They hold a few tests of 5-50 s each, the rest hundreds of tests of milliseconds. In
     collection order (tests/e2e first) the progress bar sat at 0-7 % for most of the run;
@@ -27,8 +27,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     files: dict[str, list[pytest.Item]] = {}
     for item in items:
         files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
-    heavy = [f for f in files if f.startswith("tests/e2e/")]
-    light = [f for f in files if not f.startswith("tests/e2e/")]
+    heavy = [f for f in files if f.startswith(("tests/e2e/", "tests/browser/"))]
+    light = [f for f in files if f not in heavy]
     if not heavy or not light:
         return
     order: list[str] = []

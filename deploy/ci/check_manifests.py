@@ -5,7 +5,9 @@ assert the security invariants. Used by .ci/deploy-checks and tests/integration.
     python deploy/ci/check_manifests.py [--kubectl kubectl] [--crd-node-modules DIR]
                                         [--out DIR]
 
-1. ``kubectl kustomize k8s/overlays/<env>`` for every overlay (and the base).
+1. ``kubectl kustomize k8s/overlays/<env>`` for every overlay (and the base), and every
+   Kustomize component under k8s/components (the console's single sign-on) on top of
+   every overlay, as an overlay that lists it under ``components:`` renders.
 2. Built-in kinds: JSON schema of Kubernetes 1.30, strict (unknown fields are errors),
    from the PyPI package ``kubernetes-validate``.
 3. Custom resources (ServiceMonitor, PrometheusRule): their CRD schemas from the npm
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -58,6 +61,44 @@ def overlays() -> list[Path]:
     """k8s/base plus every folder under k8s/overlays holding a kustomization."""
     found = [KUSTOMIZE_ROOT / "base"]
     found += sorted(p.parent for p in (KUSTOMIZE_ROOT / "overlays").glob("*/kustomization.yaml"))
+    return found
+
+
+def components() -> list[Path]:
+    """Every folder under k8s/components holding a Kustomize Component."""
+    return sorted(p.parent for p in (KUSTOMIZE_ROOT / "components").glob("*/kustomization.yaml"))
+
+
+def render_with_component(overlay: Path, component: Path, kubectl: str = "kubectl") -> list[dict[str, Any]]:
+    """``overlay`` rendered with ``component`` added to it, in the overlay's namespace: what
+    an overlay that lists the component under ``components:`` gives. (kustomize refuses
+    absolute paths, so the wrapper names both relative to its own folder.)"""
+    namespace = (yaml.safe_load((overlay / "kustomization.yaml").read_text(encoding="utf-8")) or {}).get("namespace")
+    with tempfile.TemporaryDirectory(prefix="kustomize-") as tmp:
+        wrapper: dict[str, Any] = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [os.path.relpath(overlay, tmp)],
+            "components": [os.path.relpath(component, tmp)],
+        }
+        if namespace:
+            wrapper["namespace"] = namespace
+        (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump(wrapper), encoding="utf-8")
+        return render(Path(tmp), kubectl)
+
+
+def targets(kubectl: str = "kubectl") -> list[tuple[str, str, Any]]:
+    """(label, file name, render function) of everything the checks render: the base,
+    every overlay, and every component on every overlay."""
+    found: list[tuple[str, str, Any]] = []
+    for path in overlays():
+        found.append((str(path.relative_to(ROOT)), path.name, lambda path=path: render(path, kubectl)))
+    for component in components():
+        for path in overlays()[1:]:  # not on the base: it is not deployable on its own
+            label = f"{path.relative_to(ROOT)} + {component.relative_to(ROOT)}"
+            found.append(
+                (label, f"{path.name}+{component.name}", lambda p=path, c=component: render_with_component(p, c, kubectl))
+            )
     return found
 
 
@@ -288,17 +329,16 @@ def redis_problems(resource: dict[str, Any]) -> list[str]:
 def check(kubectl: str, node_modules: Path | None, out_dir: Path | None) -> int:
     failures = 0
     custom: list[tuple[str, dict[str, Any]]] = []
-    for path in overlays():
-        label = str(path.relative_to(ROOT))
+    for label, name, render_target in targets(kubectl):
         try:
-            resources = render(path, kubectl)
+            resources = render_target()
         except subprocess.CalledProcessError as exc:
             print(f"FAIL {label}: kubectl kustomize failed:\n{exc.stderr}")
             failures += 1
             continue
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / f"{path.name}.yaml").write_text(yaml.safe_dump_all(resources, sort_keys=False), encoding="utf-8")
+            (out_dir / f"{name}.yaml").write_text(yaml.safe_dump_all(resources, sort_keys=False), encoding="utf-8")
         print(f"RENDER {label}: {len(resources)} resources")
         workloads = 0
         for resource in resources:
@@ -322,9 +362,8 @@ def check(kubectl: str, node_modules: Path | None, out_dir: Path | None) -> int:
                     failures += 1
         # The base is not deployable on its own (its product image is a bare name); the
         # overlays carry the real references.
-        image_checks = (
-            [] if path.name == "base" else image_problems(resources, product_digest_required=path.name in DIGEST_OVERLAYS)
-        )
+        overlay = name.split("+", 1)[0]
+        image_checks = [] if overlay == "base" else image_problems(resources, product_digest_required=overlay in DIGEST_OVERLAYS)
         for problem in image_checks:
             print(f"FAIL {label} image: {problem}")
             failures += 1

@@ -737,3 +737,147 @@ def test_every_alert_links_to_an_existing_runbook_section() -> None:
         path, _, anchor = url.partition("#")
         assert path == "docs/runbook.md", url
         assert anchor in anchors, f"{rule['alert']}: no section #{anchor} in docs/runbook.md"
+
+
+# ------------------------------------------- the console's single sign-on (oauth2-proxy)
+SSO = ROOT / "k8s" / "components" / "console-sso"
+PROXY_PORT = 4180
+
+
+@pytest.fixture(scope="module")
+def sso_rendered() -> dict[str, list[dict[str, Any]]]:
+    """Each overlay with the console-sso component added, as an overlay that lists it renders."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        _missing("kubectl")
+    return {env: checks.render_with_component(ROOT / "k8s" / "overlays" / env, SSO, kubectl) for env in OVERLAYS}
+
+
+def _containers(workload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in pod_spec(workload)["containers"]}
+
+
+def _args(container: dict[str, Any]) -> dict[str, list[str]]:
+    """``--flag=value`` arguments by flag (a flag may repeat)."""
+    found: dict[str, list[str]] = {}
+    for arg in container["args"]:
+        flag, _, value = arg.partition("=")
+        found.setdefault(flag, []).append(value)
+    return found
+
+
+def test_the_checks_render_every_component_on_every_overlay() -> None:
+    labels = [label for label, _, _ in checks.targets()]
+    for env in OVERLAYS:
+        assert f"k8s/overlays/{env} + k8s/components/console-sso" in labels
+
+
+@pytest.mark.parametrize("env", OVERLAYS)
+def test_sso_overlay_is_valid_secure_and_pinned(sso_rendered: dict[str, list[dict[str, Any]]], env: str) -> None:
+    try:
+        import kubernetes_validate  # noqa: F401
+    except ImportError:
+        _missing("the PyPI package kubernetes-validate", "pip install -r requirements-dev.txt")
+    res = sso_rendered[env]
+    errors = {checks.name_of(r): err for r in res if not checks.is_custom(r) and (err := checks.validate_schema(r))}
+    assert errors == {}
+    workloads = [r for r in res if r["kind"] in checks.WORKLOAD_KINDS]
+    assert [p for w in workloads for p in checks.security_problems(w)] == []
+    assert [p for r in res if r["kind"] == "NetworkPolicy" for p in checks.network_policy_problems(r)] == []
+    assert checks.image_problems(res, product_digest_required=env in checks.DIGEST_OVERLAYS) == []
+    proxy = _containers(one(res, "Deployment", "safetyamp-sync"))["oauth2-proxy"]
+    assert re.fullmatch(r"quay\.io/oauth2-proxy/oauth2-proxy:v\d+\.\d+\.\d+@sha256:[0-9a-f]{64}", proxy["image"])
+    assert "oauth2-proxy" not in json.dumps(one(res, "CronJob")), "the batch runs serve no console"
+
+
+@pytest.mark.parametrize("env", OVERLAYS)
+def test_sso_proxy_forwards_only_the_console_and_only_its_own_identity_headers(
+    sso_rendered: dict[str, list[dict[str, Any]]], env: str
+) -> None:
+    res = sso_rendered[env]
+    containers = _containers(one(res, "Deployment", "safetyamp-sync"))
+    assert list(containers) == ["safetyamp-sync", "oauth2-proxy"]
+    daemon, proxy = containers["safetyamp-sync"], containers["oauth2-proxy"]
+    args = _args(proxy)
+    assert args["--provider"] == ["entra-id"]
+    # Only /console, and only to the daemon in the same pod (not /metrics, /sync, webhooks).
+    assert args["--upstream"] == ["http://127.0.0.1:8080/console"]
+    assert args["--http-address"] == [f"0.0.0.0:{PROXY_PORT}"]
+    assert {"name": "console", "containerPort": PROXY_PORT, "protocol": "TCP"} in proxy["ports"]
+    # Identity headers a client sends are replaced by the session's; forwarded
+    # host/proto/uri from clients are never believed (no reverse-proxy mode).
+    assert args["--skip-auth-strip-headers"] == ["true"] and args["--pass-user-headers"] == ["true"]
+    assert "--reverse-proxy" not in args and "--trusted-ip" not in args and "--skip-auth-route" not in args
+    assert args["--cookie-secure"] == ["true"] and args["--cookie-httponly"] == ["true"]
+    assert args["--cookie-samesite"] == ["lax"] and args["--cookie-name"][0].startswith("__Host-")
+    assert args["--code-challenge-method"] == ["S256"]
+    assert args["--allowed-group"] == ["$(CONSOLE_OPERATOR_GROUPS)", "$(CONSOLE_VIEWER_GROUPS)"]
+    # Secrets come from a Secret, never a literal or a ConfigMap.
+    env_of = {e["name"]: e for e in proxy["env"]}
+    for name, key in (("OAUTH2_PROXY_CLIENT_SECRET", "client-secret"), ("OAUTH2_PROXY_COOKIE_SECRET", "cookie-secret")):
+        assert env_of[name]["valueFrom"]["secretKeyRef"] == {"name": "safetyamp-sync-console-sso", "key": key}
+    sso_config = one(res, "ConfigMap", proxy["envFrom"][0]["configMapRef"]["name"])
+    assert not {k for k in sso_config["data"] if "SECRET" in k}
+    # The daemon trusts identity headers from the sidecar alone, and reads the same groups.
+    daemon_env = {e["name"]: e for e in daemon["env"]}
+    assert daemon_env["CONSOLE_TRUSTED_PROXY"]["value"] == "127.0.0.1/32"
+    for name in ("CONSOLE_OPERATOR_GROUPS", "CONSOLE_VIEWER_GROUPS"):
+        ref = daemon_env[name]["valueFrom"]["configMapKeyRef"]
+        assert ref == {"name": sso_config["metadata"]["name"], "key": name}
+        assert sso_config["data"][name]
+    assert "CONSOLE_TOKEN" not in json.dumps(res), "with single sign-on, no shared token is shipped"
+
+
+def _peers_for_port(policies: list[dict[str, Any]], pod: dict[str, str], port: int | str) -> list[dict[str, Any]]:
+    """Every source the NetworkPolicies admit to ``port`` of a pod with labels ``pod``."""
+    peers: list[dict[str, Any]] = []
+    for policy in policies:
+        if not policy["spec"]["podSelector"]["matchLabels"].items() <= pod.items():
+            continue
+        for rule in policy["spec"].get("ingress") or []:
+            ports = {p["port"] for p in rule.get("ports") or []}
+            assert ports, f"{checks.name_of(policy)}: an ingress rule without ports admits every port"
+            if port in ports:
+                peers.extend(rule["from"])
+    return peers
+
+
+@pytest.mark.parametrize("env", OVERLAYS)
+def test_the_console_is_reached_only_through_the_proxy(sso_rendered: dict[str, list[dict[str, Any]]], env: str) -> None:
+    res = sso_rendered[env]
+    deploy = one(res, "Deployment", "safetyamp-sync")
+    labels = pod_labels(deploy)
+    policies = [r for r in res if r["kind"] == "NetworkPolicy"]
+    controller = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
+    }
+    assert _peers_for_port(policies, labels, PROXY_PORT) == [controller]
+    daemon_peers = _peers_for_port(policies, labels, 8080)
+    assert controller not in daemon_peers and daemon_peers, "the ingress controller never reaches the daemon's own port"
+    # The Ingress sends everything to the console Service, which targets the proxy's port.
+    ingress = one(res, "Ingress", "safetyamp-sync-console")
+    backends = {p["backend"]["service"]["name"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]}
+    assert backends == {"safetyamp-sync-console"}
+    assert ingress["spec"]["tls"], "the console is served over HTTPS only (its cookies are Secure)"
+    service = one(res, "Service", "safetyamp-sync-console")
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["console"]
+    assert not [r for r in res if r["kind"] == "Ingress" and "safetyamp-sync-metrics" in json.dumps(r)]
+
+
+@pytest.mark.parametrize("env", OVERLAYS)
+def test_sso_settings_are_settings_the_daemon_knows(sso_rendered: dict[str, list[dict[str, Any]]], env: str) -> None:
+    from config.settings import Settings
+
+    known = {f.alias for f in Settings.model_fields.values() if f.alias}
+    daemon = _containers(one(sso_rendered[env], "Deployment", "safetyamp-sync"))["safetyamp-sync"]
+    console = {e["name"] for e in daemon["env"] if e["name"].startswith("CONSOLE_")}
+    assert console == {"CONSOLE_TRUSTED_PROXY", "CONSOLE_OPERATOR_GROUPS", "CONSOLE_VIEWER_GROUPS"}
+    assert console <= known, f"not settings names: {console - known}"
+
+
+def test_sso_component_does_not_touch_the_overlays_without_it(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for env in OVERLAYS:
+        text = json.dumps(rendered[env])
+        assert "oauth2-proxy" not in text and "CONSOLE_TRUSTED_PROXY" not in text, f"{env} has the console's SSO without asking"
