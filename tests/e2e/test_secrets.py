@@ -307,6 +307,8 @@ def redis_values(client) -> dict[str, str]:
             value = client.smembers(key)
         elif kind == "zset":
             value = client.zrange(key, 0, -1, withscores=True)
+        elif kind == "stream":  # the run history and the audit log
+            value = client.xrange(key, "-", "+")
         else:
             value = kind
         out[f"redis {key.decode(errors='replace')}"] = repr(value)
