@@ -151,7 +151,8 @@ class ListFile:
 
     # ---- internals -------------------------------------------------------------------
     def _check(self, stream: io.BufferedReader, offset: int, first: int) -> None:
-        if offset < first:
+        # Past the end (a hand-made ?at=10**14 made seek fail with EINVAL): the same message.
+        if offset < first or offset >= os.fstat(stream.fileno()).st_size:
             raise RunFileError("that page does not exist in this run's file")
         if offset == first:
             return

@@ -33,6 +33,7 @@ from console import data, exports
 from console.auth import COOKIE, COOKIE_PATH, Authenticator, Identity, Refused, Revocations, Session, shared_key_from_redis
 from console.chart import runs_chart
 from console.runfiles import ListFile, RunFileError, run_file
+from utils.control import cursor_problem
 
 log = logging.getLogger("console")
 audit_log = logging.getLogger("audit")
@@ -406,7 +407,7 @@ def blueprint(daemon: Any) -> Blueprint:
         status = request.args.get("status") or None
         if status is not None and status not in RUN_STATUSES:
             abort(400, description=f"status must be one of {', '.join(RUN_STATUSES)}")
-        before = request.args.get("before") or None
+        before = _cursor_arg(runs=True)
         found = _history(sync, status, PAGE_SIZE, before)
         rows = [data.run_view(r) for r in found] if isinstance(found, list) else []
         chart = runs_chart(rows, title=f"{sync} runs: duration and records handled") if rows else None
@@ -422,6 +423,14 @@ def blueprint(daemon: Any) -> Blueprint:
             older=older,
             before=before,
         )
+
+    def _cursor_arg(*, runs: bool) -> str | None:
+        before = request.args.get("before") or None
+        if before and data.control_of(daemon) is not None:
+            problem = cursor_problem(before, runs=runs)
+            if problem:
+                abort(400, description=problem)
+        return before
 
     def _history(sync: str | None, status: str | None, count: int, before: str | None) -> list[dict[str, Any]] | data.Unknown:
         control = data.control_of(daemon)
@@ -728,7 +737,7 @@ def blueprint(daemon: Any) -> Blueprint:
     @bp.get("/audit")
     def audit_page() -> Any:
         control = data.control_of(daemon)
-        before = request.args.get("before") or None
+        before = _cursor_arg(runs=False)
         entries = data.attempt("audit log", lambda: control.audit_log(count=PAGE_SIZE, before=before)) if control else []
         rows = entries if isinstance(entries, list) else []
         return _page(

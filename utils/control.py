@@ -33,12 +33,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
+
+import redis.exceptions
 
 from utils.scrub import scrub, scrub_value
 
@@ -48,6 +51,10 @@ audit_log = logging.getLogger("audit")
 MAX_REASON_CHARS = 500
 MAX_ERROR_CHARS = 2000
 REDIS_RETRY_SECONDS = 5.0
+# What makes Redis "down" (its state then lives in memory for REDIS_RETRY_SECONDS); any
+# other error is about the request or the data and leaves Redis in use.
+REDIS_DOWN: tuple[type[BaseException], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+STREAM_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?", re.ASCII)
 """After Redis failed to answer, it is not asked again for this long (memory meanwhile)."""
 LOCAL_AUDIT_ENTRIES = 1000
 """Audit entries kept in memory while Redis is unreachable (they are logged too)."""
@@ -151,6 +158,12 @@ class ControlStore:
         return self._redis is not None and self._clock_mono() >= self._down_until
 
     def _redis_failed(self, exc: BaseException, what: str) -> None:
+        if not isinstance(exc, REDIS_DOWN):
+            # An answer about the data (WRONGTYPE, a bad stream id) is not an outage:
+            # taking Redis out of use for it would let this process keep pauses and
+            # approvals in its own memory while every other runner reads Redis.
+            log.warning("operator state: Redis refused to %s: %s", what, type(exc).__name__)
+            return
         # Redis is not asked again for a few seconds: a Redis that times out would
         # otherwise add its timeout to every call (the overview polls every few seconds).
         self._down_until = self._clock_mono() + REDIS_RETRY_SECONDS
@@ -436,6 +449,8 @@ class ControlStore:
     def audit_log(self, *, count: int = 50, before: str | None = None) -> list[dict[str, Any]]:
         """Newest first; ``before`` = an entry id for paging."""
         count = max(1, min(int(count), 1000))
+        if before:
+            before = _stream_id(before)  # a ValueError for the caller, before Redis is asked
         if self._use_redis:
             try:
                 top = f"({before}" if before else "+"
@@ -495,6 +510,8 @@ class ControlStore:
         Without ``sync``, the runs of every sync merged by time (ids then name the sync
         too). With ``status``, at most STATUS_SCAN_LIMIT entries are read per sync."""
         count = max(1, min(int(count), 1000))
+        if before:
+            _cursor(before)  # a ValueError for the caller, before Redis is asked
         if self._use_redis:
             try:
                 syncs = [sync] if sync else sorted(_text(s) for s in self._redis.smembers(self._run_syncs_key))
@@ -611,13 +628,28 @@ def _audit_shape(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: entry.get(k) for k in ("at", "actor", "role", "action", "target", "result", "detail")}
 
 
+def cursor_problem(text: str, *, runs: bool) -> str | None:
+    """Why ``text`` is not a paging cursor of the run history (``runs``) or the audit log."""
+    try:
+        _cursor(text) if runs else _stream_id(text)
+    except ValueError:
+        return "before must be an id from the page before (a link on that page)"
+    return None
+
+
+def _stream_id(text: str) -> str:
+    """``text`` as a Redis stream id ("<ms>-<seq>" or "<ms>"), or a ValueError."""
+    if not STREAM_ID.fullmatch(str(text)):
+        raise ValueError(f"not a history id: {str(text)[:40]!r}")
+    return str(text)
+
+
 def _cursor(before: str) -> tuple[tuple[int, int], str]:
     """An id from ``runs`` ("<stream id>" or, merged, "<stream id>:<sync>") as a sort key."""
     sid, _, name = str(before).partition(":")
-    try:
-        return _parse_id(sid), name
-    except ValueError:
-        raise ValueError(f"not a run history id: {before!r}") from None
+    if not STREAM_ID.fullmatch(sid):
+        raise ValueError(f"not a run history id: {str(before)[:40]!r}")
+    return _parse_id(sid), name
 
 
 def _run_id_ms(run_id: str) -> int | None:

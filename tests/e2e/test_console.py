@@ -512,3 +512,32 @@ def test_the_overview_shows_a_running_sync_with_its_progress(console: SimpleName
         with state.lock:
             state.progress.clear()
     assert 'data-state="running"' not in web.get("/console/fragment/overview").text
+
+
+# ---- hostile paging arguments (found by the outside review of 2026-11-29) --------------------
+def test_a_malformed_page_cursor_is_400_and_pauses_still_reach_redis(console: SimpleNamespace) -> None:
+    """`before=zzz` on the runs or audit page once took Redis out of use for 5 s in the
+    daemon (a ValueError handled as an outage): a pause made then lived only in that
+    process's memory and `sync_batch.py` ran the paused sync."""
+    control = console.runtime.control
+    if not control.reachable():  # fakeredis locally; under CI=true the fixture fails instead
+        pytest.skip("needs real Redis")
+    web = signed_in(console)
+    for url in ("/console/runs?sync=employees&before=zzz", "/console/runs?before=1-2-3:jobs", "/console/audit?before=x"):
+        answer = web.get(url)
+        assert answer.status_code == 400, (url, answer.status_code)
+    control.pause("titles", by="test", reason="review")
+    try:
+        other = type(control)(control._redis, prefix=console.settings.redis_prefix)
+        assert other.paused("titles") is not None, "the pause never reached Redis"
+    finally:
+        control.resume("titles", by="test")
+
+
+def test_a_page_offset_past_any_file_is_a_message_not_a_500(console: SimpleNamespace) -> None:
+    web = signed_in(console)
+    url = first_run_url(console, "employees")
+    for at in ("99999999999999", "100000000000000", str(2**63), str(10**30)):
+        answer = web.get(f"{url}?at={at}")
+        assert answer.status_code in (200, 400), (at, answer.status_code)
+        assert "does not exist" in answer.text or answer.status_code == 400

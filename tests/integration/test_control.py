@@ -283,3 +283,37 @@ def test_run_history_is_capped(client: redis.Redis, prefix: str) -> None:
         store.record_run(_run("jobs", i))
     assert client.xlen(f"{prefix}runs:jobs") < 200  # approximate trimming: whole nodes
     assert store.runs(sync="jobs", count=1)[0]["counts"]["created"] == 399
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda s: s.runs(sync="employees", before="zzz"),
+        lambda s: s.runs(before="12-x:jobs"),
+        lambda s: s.audit_log(before="x"),
+        lambda s: s.audit_log(before="1-2-3"),
+    ],
+    ids=["runs-text", "runs-merged", "audit-text", "audit-three-parts"],
+)
+def test_a_malformed_cursor_is_refused_and_redis_stays_in_use(client: redis.Redis, prefix: str, read: Any) -> None:
+    """A bad ``before`` from a console URL (any signed-in viewer can type one) once made
+    the store treat Redis as down for REDIS_RETRY_SECONDS: pauses made meanwhile lived in
+    one process's memory and other runners ran paused syncs. It is a ValueError for the
+    caller (the console answers 400); only a Redis that does not answer counts as down."""
+    store = ControlStore(client, prefix=prefix, clock=Clock())
+    with pytest.raises(ValueError):
+        read(store)
+    store.pause("titles", by="ops", reason="x")
+    assert client.hget(f"{prefix}control:paused", "titles"), "the pause never reached Redis"
+    other = ControlStore(client, prefix=prefix, clock=Clock())
+    assert other.paused("titles") is not None
+
+
+def test_only_an_unreachable_redis_counts_as_down(client: redis.Redis, prefix: str) -> None:
+    """A Redis error about the data (a key of the wrong type: WRONGTYPE) is not an
+    outage: the store keeps using Redis for the next call."""
+    client.set(f"{prefix}audit", "not a stream")
+    store = ControlStore(client, prefix=prefix, clock=Clock())
+    store.audit(actor="a", role="operator", action="pause", target="titles", result="ok")
+    store.pause("titles", by="ops")
+    assert client.hget(f"{prefix}control:paused", "titles")
