@@ -492,6 +492,12 @@ def start_http(daemon: Daemon, port: int) -> Any:
         threads=4,
         max_request_body_size=max_body,
         inbuf_overflow=2 * max_body,
+        # waitress drops X-Forwarded-Proto/-For/-Host from senders it was not told to
+        # trust, and the ingress's address is not known here. Nothing here trusts them
+        # for a decision that matters: the console reads X-Forwarded-Proto only to make
+        # its cookie Secure (a liar only makes its own cookie stricter), client addresses
+        # come from the socket (REMOTE_ADDR), never from X-Forwarded-For, and no ProxyFix.
+        clear_untrusted_proxy_headers=False,
     )
 
     def serve() -> None:
