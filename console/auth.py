@@ -191,14 +191,25 @@ class Authenticator:
                 payload["e"] = ident.email
         return self._serializer().dumps(payload)
 
+    def why_text(self, code: str | None) -> str | None:
+        """The sentence for a ``load`` reason code; None for anything else (the sign-in
+        page takes the code from its URL and shows only these fixed sentences)."""
+        texts = {
+            "ended": "Your session has ended. Sign in again.",
+            "idle": f"You were signed out after {int(self.idle_seconds // 60)} minutes without activity. Sign in again.",
+            "signed-out": "You signed out. Sign in again.",
+        }
+        return texts.get(code or "")
+
     def load(self, cookie: str | None) -> tuple[Session | None, str | None]:
-        """The session a cookie holds, or (None, why it is not valid any more)."""
+        """The session a cookie holds, or (None, a code for why it is not valid any
+        more: ``why_text`` says it in words)."""
         if not cookie:
             return None, None
         try:
             payload = self._serializer().loads(cookie, max_age=MAX_SESSION_SECONDS)
         except BadSignature:  # forged, from an older token, or past MAX_SESSION_SECONDS
-            return None, "Your session has ended. Sign in again."
+            return None, "ended"
         if not isinstance(payload, dict) or not isinstance(payload.get("s"), str):
             return None, None
         now = self._clock()
@@ -213,11 +224,11 @@ class Authenticator:
                 return None, None
             identity = Identity(str(payload["u"]), str(role), str(payload.get("v") or "token"), payload.get("e"))
             if now - seen > self.idle_seconds and identity.via == "token":
-                return None, f"You were signed out after {int(self.idle_seconds // 60)} minutes without activity. Sign in again."
+                return None, "idle"
             if self.revoked(payload["s"]):
-                return None, "You signed out. Sign in again."
+                return None, "signed-out"
         if now - issued > MAX_SESSION_SECONDS:
-            return None, "Your session has ended. Sign in again."
+            return None, "ended"
         return Session(payload["s"], issued, seen, identity), None
 
     def touched(self, session: Session) -> Session:

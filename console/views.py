@@ -134,7 +134,7 @@ def blueprint(daemon: Any) -> Blueprint:
             if g.fragment:
                 return Response("Not signed in", status=401, mimetype="text/plain")
             return _page(
-                "error.html", 401, title="Sign in first", message=why or "Sign in to use the console.", signin=bool(auth.token)
+                "error.html", 401, title="Sign in first", message=auth.why_text(why) or "Sign in to use the console.", signin=bool(auth.token)
             )
         if auth.token is not None:
             target = request.full_path if request.query_string else request.path
@@ -328,7 +328,9 @@ def blueprint(daemon: Any) -> Blueprint:
                 message="This console signs people in through single sign-on only.",
             )
         g.session_dirty = True  # the anonymous session behind the form's CSRF token
-        return _page("login.html", why=request.args.get("why"), next=_next_url(), error=None)
+        # A code, never text from the URL: a link to the real sign-in page must not be
+        # able to show an attacker's sentence ("the console moved to ...").
+        return _page("login.html", why=auth.why_text(request.args.get("why")), next=_next_url(), error=None)
 
     @bp.post("/login")
     def login_post() -> Any:
@@ -372,7 +374,7 @@ def blueprint(daemon: Any) -> Blueprint:
                 message="Close the browser to sign out of single sign-on too.",
                 identity=None,
             )
-        return redirect(url_for("console.login", why="You signed out."))
+        return redirect(url_for("console.login", why="signed-out"))
 
     def _next_url() -> str:
         wanted = request.values.get("next") or ""

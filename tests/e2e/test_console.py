@@ -204,7 +204,7 @@ def test_an_idle_session_ends_and_an_active_one_goes_on(console: SimpleNamespace
         answer = web.get("/console/runs")
         assert answer.status_code == expected, idle_minutes
         if expected == 302:
-            assert "30+minutes+without+activity" in answer.headers["Location"]
+            assert answer.headers["Location"].endswith("why=idle")
             assert "30 minutes without activity" in web.get(answer.headers["Location"]).text
 
 
@@ -541,3 +541,11 @@ def test_a_page_offset_past_any_file_is_a_message_not_a_500(console: SimpleNames
         answer = web.get(f"{url}?at={at}")
         assert answer.status_code in (200, 400), (at, answer.status_code)
         assert "does not exist" in answer.text or answer.status_code == 400
+
+
+def test_the_sign_in_page_shows_only_its_own_sentences(console: SimpleNamespace) -> None:
+    """`?why=` once put any text from a link on the real sign-in page (content spoofing)."""
+    web = console.app.test_client()
+    spoof = web.get("/console/login?why=The%20console%20moved%3A%20sign%20in%20at%20https%3A%2F%2Fevil.example")
+    assert spoof.status_code == 200 and "evil.example" not in spoof.text and "console moved" not in spoof.text
+    assert "You signed out. Sign in again." in web.get("/console/login?why=signed-out").text

@@ -128,7 +128,7 @@ def test_sessions_end_when_idle_or_too_old_or_signed_out_and_survive_a_replica_c
     assert auth.load(cookie)[0] is not None
     clock.now += 2 * 60
     loaded, why = auth.load(cookie)
-    assert loaded is None and "30 minutes without activity" in (why or "")
+    assert loaded is None and "30 minutes without activity" in (auth.why_text(why) or "")
 
     young = auth.new_session(Identity("10.0.0.1", "operator", "token"))
     old = auth.dump(young.__class__(young.sid, clock.now - MAX_SESSION_SECONDS - 1, clock.now, young.identity))
@@ -136,7 +136,8 @@ def test_sessions_end_when_idle_or_too_old_or_signed_out_and_survive_a_replica_c
 
     fresh = auth.new_session(Identity("10.0.0.1", "operator", "token"))
     auth.revoke(fresh)
-    assert auth.load(auth.dump(fresh)) == (None, "You signed out. Sign in again.")
+    assert auth.load(auth.dump(fresh)) == (None, "signed-out")
+    assert auth.why_text("signed-out") == "You signed out. Sign in again."
 
     assert auth.load(cookie[:-3] + "abc")[0] is None  # tampered
     assert (
