@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -119,7 +120,7 @@ class Daemon:
             syncs = self.state.syncs if scheduled else self._not_held(pending)
             if syncs:
                 self.jobs.cycle_started(taken_at, syncs)
-                self.run_cycle(syncs, force=pending.forced, taken_at=taken_at)
+                self.run_cycle(syncs, force=pending.forced, taken_at=taken_at, requested_by=pending.requested_by)
                 if scheduled or syncs == self.state.syncs:
                     next_at = time.monotonic() + self._interval()
             self.stop.wait(1.0)
@@ -144,7 +145,12 @@ class Daemon:
         return tuple(out)
 
     def run_cycle(
-        self, syncs: tuple[str, ...], *, force: frozenset[str] = frozenset(), taken_at: float | None = None
+        self,
+        syncs: tuple[str, ...],
+        *,
+        force: frozenset[str] = frozenset(),
+        taken_at: float | None = None,
+        requested_by: Mapping[str, str] | None = None,
     ) -> list[Any]:
         from config.bootstrap import new_context, new_run_id
         from sync.runner import run_syncs
@@ -177,7 +183,9 @@ class Daemon:
 
         ctx = None
         try:
-            ctx = new_context(self.runtime, run_id=run_id, progress=progress, force=force, runner_kind="daemon")
+            ctx = new_context(
+                self.runtime, run_id=run_id, progress=progress, force=force, runner_kind="daemon", requested_by=requested_by
+            )
             ctx.on_result = finished
             ctx.on_start = started
             results = run_syncs(ctx, syncs)
@@ -408,7 +416,7 @@ def create_app(daemon: Daemon) -> Flask:
         if name is not None and name not in daemon.state.syncs:
             return jsonify(error=f"unknown or disabled sync {name!r}", enabled=list(daemon.state.syncs)), 404
         # An authenticated operator's request: it overrides quarantine (see the runbook).
-        daemon.state.triggers.request(name, operator=True)
+        daemon.state.triggers.request(name, operator=True, by="trigger token")
         return jsonify(status="queued", sync=name or "all"), 202
 
     verifiers: dict[str, Any] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -157,6 +157,7 @@ def new_context(
     force: Iterable[str] = (),
     runner_kind: str = "cli",
     only_key: str | None = None,
+    requested_by: Mapping[str, str] | None = None,
 ) -> SyncContext:
     """A fresh per-run context: new target cache (each collection read once per run)."""
     from utils.failed_sync_tracker import RunTracker
@@ -187,4 +188,5 @@ def new_context(
         forced=frozenset(force),
         runner_kind=runner_kind,
         only_key=only_key,
+        requested_by=dict(requested_by or {}),
     )

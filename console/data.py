@@ -190,6 +190,30 @@ def _last_success_on_record(control: Any, sync: str) -> float | None:
     return None
 
 
+def _newest_run(mine: dict[str, Any] | None, control: Any, sync: str) -> dict[str, Any] | None:
+    """The newer of this daemon's last run of ``sync`` and the shared history's newest
+    (a CronJob's or an operator's `sync_batch.py` run is recorded there, not here)."""
+    if control is None:
+        return mine
+    found = attempt("run history", functools.partial(control.runs, sync=sync, count=5))
+    # One-record runs ("sync this record now") are not the sync's last run.
+    shared = next((r for r in found if not r.get("key")), None) if isinstance(found, list) else None
+    if shared is None:
+        return mine
+    if mine is None or (parse_time(shared.get("finished_at")) or 0) > (parse_time(mine.get("finished_at")) or 0):
+        return shared
+    return mine
+
+
+def _newest_success(rt: Any, control: Any, sync: str, last: dict[str, Any] | None) -> float | None:
+    gauge = _last_success(rt, sync)
+    if last and last.get("status") == "success":
+        return max(gauge or 0.0, parse_time(last.get("finished_at")) or 0.0) or None
+    # The newest run did not succeed: the history says when one last did (the gauge
+    # starts empty after a restart, and knows nothing of other runners' runs).
+    return max(gauge or 0.0, _last_success_on_record(control, sync) or 0.0) or None
+
+
 def overview(daemon: Any) -> dict[str, Any]:
     """Every sync's state and every outside service's, for the overview page."""
     from sync.runner import SYNC_SERVICES
@@ -210,7 +234,7 @@ def overview(daemon: Any) -> dict[str, Any]:
         snapshots[service] = attempt(f"the {service} breaker", breaker.snapshot)
     syncs = []
     for sync in state.syncs:
-        last = last_runs.get(sync)
+        last = _newest_run(last_runs.get(sync), control, sync)
         quarantine = (
             attempt("quarantine", functools.partial(rt.quarantine.status, sync)) if rt is not None and rt.quarantine else None
         )
@@ -248,9 +272,7 @@ def overview(daemon: Any) -> dict[str, Any]:
                 "quarantine": _quarantine(quarantine, now) if isinstance(quarantine, dict) else quarantine,
                 "open_breakers": open_breakers,
                 "last": _last_run(last, now),
-                "last_success": age(_last_success(rt, sync) or _last_success_on_record(control, sync), now)
-                if rt is not None
-                else "",
+                "last_success": age(_newest_success(rt, control, sync, last), now) if rt is not None else "",
                 "failed_records": failed,
             }
         )

@@ -107,6 +107,8 @@ class RunResult:
     held: list[str] = field(default_factory=list)
     """The keys whose deactivation the guard refused in this run and an operator may
     approve (not the empty-read refusal)."""
+    overrode_quarantine: bool = False
+    """An operator's run went ahead although the sync was quarantined."""
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sync": self.sync, "status": self.status, **self.counts}
@@ -162,6 +164,8 @@ class SyncContext:
     desired and current records are cut down to this key after they are read; nothing
     else is created, updated or deactivated."""
     forced: frozenset[str] = frozenset()
+    requested_by: dict[str, str] = field(default_factory=dict)
+    """sync -> who asked for this run (console operators, "trigger token"); the run history shows it."""
     """Syncs an operator forced (``sync_batch.py --force``, an authenticated ``POST /sync``):
     quarantine does not hold them back. Their outcome counts like any run's."""
     # rosters (issue 4): OneRoster source, SCIM target, delta cursor store, --full

@@ -119,7 +119,7 @@ class Jobs:
         if kind == "run":
             triggers = self._daemon.state.triggers
             for name in params["syncs"] or [None]:
-                triggers.request(name, operator=True)  # what an authenticated POST /sync does
+                triggers.request(name, operator=True, by=job["actor"])  # what an authenticated POST /sync does
         else:
             self._pool.submit(self._work, job)
         return job_id

@@ -143,9 +143,11 @@ def _run_guarded(ctx: SyncContext, name: str, cls: Any, cycle: Any = None) -> tu
         # Not even --force or an operator's POST /sync: resuming is the way out.
         log.warning("sync skipped: %s", pause, extra={"sync": name})
         return RunResult(name, status="skipped", error=pause), False
+    overrode = False
     if not ctx.dry_run and ctx.quarantine is not None:
         reason = ctx.quarantine.blocks(name)
-        if reason and name in ctx.forced:
+        overrode = bool(reason) and name in ctx.forced
+        if overrode:
             log.warning("quarantine overridden by an operator: %s", reason, extra={"sync": name})
         elif reason and _approved(ctx, name):
             # The failed run that quarantined it was most likely the guard's refusal the
@@ -181,6 +183,7 @@ def _run_guarded(ctx: SyncContext, name: str, cls: Any, cycle: Any = None) -> tu
         log.info("sync starting", extra={"sync": name, "dry_run": ctx.dry_run})
         with fenced(fence):
             result = cls(ctx).run()
+            result.overrode_quarantine = overrode
     finally:
         ctx.fence = previous
         if lock is not None:
@@ -297,7 +300,8 @@ def record_history(ctx: SyncContext, result: RunResult) -> None:
             "changes_file": result.changes_file,
             "errors_file": result.errors_file,
             "guard_tripped": result.guard_tripped,
-            "forced": result.sync in ctx.forced,
+            "forced": result.overrode_quarantine,
+            "requested_by": ctx.requested_by.get(result.sync),
             "approval": result.approval,
             "key": ctx.only_key,
         })  # fmt: skip

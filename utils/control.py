@@ -76,6 +76,7 @@ RUN_FIELDS = (
     "changes_file",
     "errors_file",
     "guard_tripped",
+    "requested_by",
     "forced",
     "approval",
     "key",

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 __all__ = ["Pending", "TriggerQueue"]
 
@@ -34,6 +34,8 @@ class Pending:
     """Those an operator asked for: quarantine does not hold them back."""
     everything: bool = False
     """Every enabled sync was asked for (a full cycle: the interval starts again)."""
+    requested_by: Mapping[str, str] = field(default_factory=dict)
+    """sync -> who asked for it (console operators, "trigger token"), for the run history."""
 
     def __bool__(self) -> bool:
         return bool(self.syncs)
@@ -49,10 +51,14 @@ class TriggerQueue:
         self._all_forced = False
         self._named: dict[str, bool] = {}  # sync -> asked for by an operator
         self._due: dict[str, float] = {}  # debounced event runs: sync -> when
+        self._by: dict[str | None, list[str]] = {}  # sync (None: all) -> who asked
 
-    def request(self, sync: str | None = None, *, operator: bool) -> None:
-        """Ask for ``sync`` (None: every enabled sync) at the worker's next turn."""
+    def request(self, sync: str | None = None, *, operator: bool, by: str | None = None) -> None:
+        """Ask for ``sync`` (None: every enabled sync) at the worker's next turn; ``by``
+        names who asked (kept for the run history)."""
         with self._lock:
+            if by and by not in self._by.setdefault(sync, []):
+                self._by[sync].append(by)
             if sync is None:
                 self._all = True
                 self._all_forced = self._all_forced or operator
@@ -84,6 +90,8 @@ class TriggerQueue:
                 syncs = tuple(s for s in enabled if s in self._named)
                 forced = {s for s in syncs if self._named[s]}
             everything = self._all or (bool(syncs) and set(syncs) == set(enabled))
+            by = {s: ", ".join(dict.fromkeys(self._by.get(s, []) + self._by.get(None, []))) for s in syncs}
             self._all = self._all_forced = False
             self._named.clear()
-        return Pending(syncs, frozenset(forced), everything and bool(syncs))
+            self._by.clear()
+        return Pending(syncs, frozenset(forced), everything and bool(syncs), {s: who for s, who in by.items() if who})

@@ -549,3 +549,37 @@ def test_the_sign_in_page_shows_only_its_own_sentences(console: SimpleNamespace)
     spoof = web.get("/console/login?why=The%20console%20moved%3A%20sign%20in%20at%20https%3A%2F%2Fevil.example")
     assert spoof.status_code == 200 and "evil.example" not in spoof.text and "console moved" not in spoof.text
     assert "You signed out. Sign in again." in web.get("/console/login?why=signed-out").text
+
+
+def test_the_overview_shows_runs_other_runners_made_and_who_asked_for_a_run(console: SimpleNamespace) -> None:
+    """A CronJob's or an operator's `sync_batch.py` run reaches the shared run history,
+    not this daemon's memory: the overview once went on showing the daemon's older run.
+    A console run-now names the operator who asked for it and is "forced" only when it
+    really went past a quarantine."""
+    from datetime import UTC, datetime, timedelta
+
+    control = console.runtime.control
+    later = (datetime.now(UTC) + timedelta(seconds=5)).isoformat(timespec="seconds")
+    control.record_run({
+        "run_id": "20991231T000000Z-cronjob1", "sync": "titles", "status": "partial", "started_at": later,
+        "finished_at": later, "duration_seconds": 1.5, "counts": {"unchanged": 7777, "failed": 1},
+        "runner": {"host": "cron-pod", "pid": 1, "kind": "cli"},
+    })  # fmt: skip
+    web = signed_in(console)
+    overview = web.get("/console/").text
+    row = overview[overview.index('id="sync-titles"') :][:4000]
+    assert "7,777" in row or "7777" in row, row
+    runs = web.get("/console/runs?sync=titles").text
+    assert "cli on cron-pod" in runs
+
+    triggers = console.daemon.state.triggers
+    triggers.request("jobs", operator=True, by="pat@example.com")
+    pending = triggers.take(console.syncs)
+    assert pending.requested_by == {"jobs": "pat@example.com"}
+    results = console.daemon.run_cycle(pending.syncs, force=pending.forced, requested_by=pending.requested_by)
+    assert [r.sync for r in results] == ["jobs"]
+    newest = control.runs(sync="jobs", count=1)[0]
+    assert newest["requested_by"] == "pat@example.com"
+    assert newest["forced"] is False, "jobs was not quarantined: nothing was forced past"
+    page = web.get("/console/runs?sync=jobs").text
+    assert "asked for by pat@example.com" in page and "past its quarantine" not in page
