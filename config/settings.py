@@ -263,8 +263,9 @@ class Settings(BaseModel):
         alias="TENANTS_DIR",
         description=(
             "Folder of tenant files, one `<tenant-id>.env` per tenant, holding that tenant's settings with secrets "
-            "by reference only (docs/tenants.md; check with `python -m config.tenants check DIR`). "
-            "Unset: one tenant, `default`, configured by the environment as before."
+            "by reference only (docs/tenants.md); `python -m config.tenants check DIR` validates them. Not yet read "
+            "by the daemon or sync_batch.py (docs/tenants.md, 'Not built yet'). Unset: one tenant, `default`, "
+            "configured by the environment as before."
         ),
     )
     http_max_attempts: int = Field(

@@ -312,14 +312,14 @@ def tenant_settings(
     plain: dict[str, str] = {}
     refs: dict[str, tuple[str, str]] = {}  # setting -> (suffix, reference)
     for name, (value, _line) in values.items():
-        ref = _reference(name)
-        target = ref[0] if ref else name
+        parsed = _reference(name)
+        target = parsed[0] if parsed else name
         if target in PROCESS_WIDE:
             problem(
                 f"{name}: {target} is a setting of the whole process, not of a tenant: set it in the daemon's environment", target
             )
             continue
-        if ref is not None:
+        if parsed is not None:
             if target not in SECRET_NAMES:
                 if target in _FIELD_OF:
                     problem(f"{name}: {target} is not a secret: write its value, {target}=...", target)
@@ -330,7 +330,7 @@ def tenant_settings(
                 problem(f"{name}: {target} has two sources ({target}{refs[target][0]} too); keep one", target)
                 continue
             if value.strip():
-                refs[target] = (ref[1], value.strip())
+                refs[target] = (parsed[1], value.strip())
             continue
         if name not in _FIELD_OF:
             problem(_unknown(name), name)
@@ -360,9 +360,9 @@ def tenant_settings(
 
     merged: dict[str, Any] = {}
     for name in PROCESS_WIDE:
-        value = getattr(base, _FIELD_OF[name])
-        if value is not None:
-            merged[name] = value
+        inherited = getattr(base, _FIELD_OF[name])
+        if inherited is not None:
+            merged[name] = inherited
     merged.update(plain)
     try:
         settings = Settings.model_validate(merged)
@@ -418,9 +418,9 @@ def load_tenant_dir(
             problems[path.name] = tuple(found)
             continue
         tenant_id = path.name[: -len(TENANT_FILE_SUFFIX)]
-        why = tenant_id_problem(tenant_id)
-        if why:
-            found.append(Problem(path.name, why))
+        bad_id = tenant_id_problem(tenant_id)
+        if bad_id:
+            found.append(Problem(path.name, bad_id))
         values, syntax = read_tenant_file(path)
         found += syntax
         settings, more = tenant_settings(path.name, values, base=base, secrets=secrets)
