@@ -285,6 +285,8 @@ def _reference(name: str) -> tuple[str, str] | None:
 
 
 def _unknown(name: str) -> str:
+    if name != name.upper() and (name.upper() in _FIELD_OF or _reference(name.upper())):
+        return f"{name}: setting names are upper case ({name.upper()})"
     known = [n for n in setting_names() if n not in PROCESS_WIDE]
     known += [f"{n}{s}" for n in SECRET_NAMES - PROCESS_WIDE for s in REFERENCE_SUFFIXES]
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)

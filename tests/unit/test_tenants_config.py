@@ -213,6 +213,7 @@ def test_quotes_export_comments_and_empty_values_read_as_in_a_dotenv_file(env: d
             ACME.replace("SAFETYAMP_FQDN=acme.safetyamp.com\n", ""),
             "acme.env: vehicles: SAFETYAMP_FQDN is missing",
         ),
+        (ACME + "scim_token=" + LEAKED + "\n", "acme.env: scim_token: setting names are upper case (SCIM_TOKEN)"),
         (
             "# nothing yet\n",
             "acme.env: no sync is configured: set VIEWPOINT_DB_URL (or SQL_*) and SAFETYAMP_TOKEN/SAFETYAMP_FQDN, SAMSARA_API_KEY, or ONEROSTER_*/SCIM_* (or run with --sandbox)",
@@ -237,6 +238,7 @@ def test_quotes_export_comments_and_empty_values_read_as_in_a_dotenv_file(env: d
         "duplicate-with-bad-value",
         "bad-value",
         "missing-required",
+        "lower-case-name",
         "empty-file",
     ],
 )
@@ -391,6 +393,25 @@ def test_the_watcher_stops_a_tenant_whose_file_turns_bad_and_starts_it_again_whe
     write(folder, {"acme.env": ACME})
     fixed = watcher.poll()
     assert list(fixed.added) == ["acme"] and fixed.problems == () and fixed.problems_changed
+
+
+def test_the_watcher_follows_a_mounted_configmap_update(env: dict[str, str]) -> None:
+    # The kubelet's layout: the keys are links through ..data to a timestamped folder,
+    # and an update writes a new folder and swaps ..data in one rename.
+    folder = Path(env["TENANTS_DIR"])
+    write(folder / "..2026_11_29_01", {"acme.env": ACME, "district-7.env": DISTRICT})
+    (folder / "..data").symlink_to("..2026_11_29_01")
+    for name in ("acme.env", "district-7.env"):
+        (folder / name).symlink_to(f"..data/{name}")
+    watcher = TenantWatcher(env, dotenv_path=None, keyvault_factory=lambda url: VAULT)
+    assert sorted(watcher.poll().added) == ["acme", "district-7"]
+
+    write(folder / "..2026_11_29_02", {"acme.env": ACME.replace("=15", "=45"), "district-7.env": DISTRICT})
+    (folder / "..data_tmp").symlink_to("..2026_11_29_02")
+    (folder / "..data_tmp").rename(folder / "..data")
+    update = watcher.poll()
+    assert list(update.changed) == ["acme"] and update.changed["acme"].sync_interval_minutes == 45
+    assert not update.added and not update.removed and update.problems == ()
 
 
 def test_the_watcher_sees_a_rotated_secret_file(env: dict[str, str]) -> None:
