@@ -356,7 +356,8 @@ def tenant_settings(
             plain[target] = secrets.resolve(suffix, ref)
         except ConfigurationError as exc:
             for text in exc.problems:
-                problem(f"{target}{suffix}={ref}: {text}", target)
+                # Not "NAME=ref": log scrubbers rightly mask whatever follows "..._TOKEN_FROM_ENV=".
+                problem(f"{target}{suffix} ({ref}): {text}", target)
     if problems:
         return None, problems
 
@@ -373,7 +374,7 @@ def tenant_settings(
             setting = _setting_of(text)
             if setting in refs:
                 suffix, ref = refs[setting]
-                text = f"{text} (from {setting}{suffix}={ref})"
+                text = f"{text} (from {setting}{suffix} {ref})"
             problem(text, setting)
         return None, problems
     try:

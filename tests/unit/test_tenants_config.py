@@ -26,6 +26,7 @@ from config.tenants import (
     tenant_id_problem,
 )
 from utils.errors import ConfigurationError
+from utils.scrub import scrub
 
 pytestmark = pytest.mark.unit
 
@@ -173,20 +174,20 @@ def test_quotes_export_comments_and_empty_values_read_as_in_a_dotenv_file(env: d
         ),
         (
             ACME.replace("SAFETYAMP_TOKEN_FROM_ENV=ACME_SAFETYAMP_TOKEN", "SAFETYAMP_TOKEN_FROM_ENV=NOT_SET_ANYWHERE"),
-            "acme.env: SAFETYAMP_TOKEN_FROM_ENV=NOT_SET_ANYWHERE: the environment variable NOT_SET_ANYWHERE is not set",
+            "acme.env: SAFETYAMP_TOKEN_FROM_ENV (NOT_SET_ANYWHERE): the environment variable NOT_SET_ANYWHERE is not set",
         ),
         (
             ACME.replace("acme-samsara-api-key", "no-such-file"),
-            "acme.env: SAMSARA_API_KEY_FROM_FILE=no-such-file: SECRETS_DIR has no file no-such-file (or it is empty)",
+            "acme.env: SAMSARA_API_KEY_FROM_FILE (no-such-file): SECRETS_DIR has no file no-such-file (or it is empty)",
         ),
         (
             ACME.replace("acme-samsara-api-key", "../secrets/acme-samsara-api-key"),
-            "acme.env: SAMSARA_API_KEY_FROM_FILE=../secrets/acme-samsara-api-key: '../secrets/acme-samsara-api-key' "
+            "acme.env: SAMSARA_API_KEY_FROM_FILE (../secrets/acme-samsara-api-key): '../secrets/acme-samsara-api-key' "
             "is not a file name (a name in SECRETS_DIR, not a path)",
         ),
         (
             ACME + "SCIM_TOKEN_FROM_KEYVAULT=not-in-the-vault\n",
-            "acme.env: SCIM_TOKEN_FROM_KEYVAULT=not-in-the-vault: the Key Vault has no enabled secret not-in-the-vault "
+            "acme.env: SCIM_TOKEN_FROM_KEYVAULT (not-in-the-vault): the Key Vault has no enabled secret not-in-the-vault "
             "(or it is empty)",
         ),
         (
@@ -248,6 +249,8 @@ def test_a_bad_file_names_the_file_and_the_setting(env: dict[str, str], text: st
     assert result.tenants == {}
     assert expected in texts(result)
     assert all(LEAKED not in t for t in texts(result))
+    # Whole in the logs too: nothing in a problem looks like a secret to the log scrubber.
+    assert [scrub(t) for t in texts(result)] == texts(result)
 
 
 def test_a_bad_secret_value_behind_a_reference_names_the_reference_not_the_value(env: dict[str, str]) -> None:
@@ -257,7 +260,7 @@ def test_a_bad_secret_value_behind_a_reference_names_the_reference_not_the_value
     [problem] = result.all_problems()
     assert problem.setting == "SAFETYAMP_TOKEN"
     assert str(problem).startswith("acme.env: SAFETYAMP_TOKEN (secret, not shown): must be printable ASCII")
-    assert str(problem).endswith("(from SAFETYAMP_TOKEN_FROM_ENV=ACME_SAFETYAMP_TOKEN)")
+    assert str(problem).endswith("(from SAFETYAMP_TOKEN_FROM_ENV ACME_SAFETYAMP_TOKEN)")
     assert LEAKED not in str(problem)
 
 
@@ -266,8 +269,8 @@ def test_references_without_their_source_configured(env: dict[str, str]) -> None
     result = load(env, {"acme.env": ACME, "district-7.env": DISTRICT})
 
     assert texts(result) == [
-        "acme.env: SAMSARA_API_KEY_FROM_FILE=acme-samsara-api-key: SECRETS_DIR is not set, so there is no file to read it from",
-        "district-7.env: SCIM_TOKEN_FROM_KEYVAULT=d7-scim-token: no Key Vault is configured "
+        "acme.env: SAMSARA_API_KEY_FROM_FILE (acme-samsara-api-key): SECRETS_DIR is not set, so there is no file to read it from",
+        "district-7.env: SCIM_TOKEN_FROM_KEYVAULT (d7-scim-token): no Key Vault is configured "
         "(AZURE_KEY_VAULT_URL or AZURE_KEY_VAULT_NAME)",
     ]
 
@@ -300,7 +303,7 @@ def test_every_problem_of_every_file_at_once_and_the_good_tenant_still_loads(env
     assert d7 == [
         ("SCIM_TOKEN", "SCIM_TOKEN"),
         ("PORT", "PORT"),
-        ("ONEROSTER_TOKEN", "ONEROSTER_TOKEN_FROM_ENV=D7_MISSING"),
+        ("ONEROSTER_TOKEN", "ONEROSTER_TOKEN_FROM_ENV (D7_MISSING)"),
     ]
     assert [str(p) for p in result.problems["notes.txt"]] == [
         "notes.txt: not a tenant file: a tenant is declared by <tenant-id>.env"
