@@ -221,7 +221,7 @@ def read_tenant_file(path: Path) -> tuple[dict[str, tuple[str, int]], list[Probl
 # --------------------------------------------------------------------------- resolving
 
 
-class _Secrets:
+class SecretReferences:
     """Resolves references for one load: the process environment, SECRETS_DIR (read
     once, by the reader ``load_settings`` uses) and the Key Vault (one source)."""
 
@@ -303,7 +303,7 @@ def tenant_settings(
     values: Mapping[str, tuple[str, int]],
     *,
     base: Settings,
-    secrets: _Secrets,
+    secrets: SecretReferences,
 ) -> tuple[Settings | None, list[Problem]]:
     """One tenant's Settings from its file's values, or None and every problem found."""
     problems: list[Problem] = []
@@ -404,7 +404,7 @@ def load_tenant_dir(
         why = "is not a folder" if directory.exists() else "no such folder"
         problem = Problem(str(directory), f"TENANTS_DIR: {why}", "TENANTS_DIR")
         return TenantLoad({}, problems={str(directory): (problem,)}, directory=directory, base=base)
-    secrets = _Secrets(environ, base, keyvault_factory)
+    secrets = SecretReferences(environ, base, keyvault_factory)
     tenants: dict[str, Settings] = {}
     files: dict[str, str] = {}
     problems: dict[str, tuple[Problem, ...]] = {}
