@@ -258,6 +258,16 @@ class Settings(BaseModel):
     secrets_dir: Path | None = Field(
         None, alias="SECRETS_DIR", description="Folder of mounted secret files, one per setting (named like the variable)."
     )
+    tenants_dir: Path | None = Field(
+        None,
+        alias="TENANTS_DIR",
+        description=(
+            "Folder of tenant files, one `<tenant-id>.env` per tenant, holding that tenant's settings with secrets "
+            "by reference only (docs/tenants.md); `python -m config.tenants check DIR` validates them. Not yet read "
+            "by the daemon or sync_batch.py (docs/tenants.md, 'Not built yet'). Unset: one tenant, `default`, "
+            "configured by the environment as before."
+        ),
+    )
     http_max_attempts: int = Field(
         5,
         alias="HTTP_MAX_ATTEMPTS",
