@@ -50,10 +50,6 @@ __all__ = [
     "scrub",
 ]
 
-CONTEXT_FIELDS: tuple[str, ...] = ("run_id", "sync", "key", "event")
-"""Extras the product attaches to records (see :func:`bind`)."""
-
-
 # --------------------------------------------------------------------------- records
 
 
