@@ -50,11 +50,6 @@ with a letter, not ending with a dash."""
 _MAX_DETAIL_CHARS = 300
 
 
-def secret_name_for(env_name: str) -> str:
-    """``SAFETYAMP_TOKEN`` -> ``SAFETYAMP-TOKEN`` (underscores are not allowed in vault names)."""
-    return env_name.replace("_", "-")
-
-
 def env_name_for(secret_name: str) -> str:
     """``safetyamp-token`` -> ``SAFETYAMP_TOKEN``."""
     return secret_name.replace("-", "_").upper()

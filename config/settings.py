@@ -1186,7 +1186,7 @@ def _float_or(text: str | None, default: float) -> float:
 
 
 def _describe(exc: ValidationError, merged: Mapping[str, str]) -> list[str]:
-    from utils.logger import scrub  # a URL setting may carry a credential in its query
+    from utils.scrub import scrub  # a URL setting may carry a credential in its query
 
     problems = []
     for err in exc.errors():

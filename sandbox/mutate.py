@@ -135,16 +135,6 @@ def _drivers_by_payroll(ctx: MutationContext) -> dict[str, tuple[int, dict[str, 
     return found
 
 
-def _person(row: dict[str, Any], title_column: str) -> dataset.Person:
-    cell = "".join(ch for ch in (row.get("CellPhone") or "") if ch.isdigit())[-10:]
-    return dataset.Person(
-        company=row["PRCo"], employee=row["Employee"], first=row["FirstName"] or "",
-        last=row["LastName"], active=row["ActiveYN"] == "Y", hire=row["HireDate"],
-        term=row["TermDate"], title=row.get(title_column), cell_digits=cell if len(cell) == 10 else None,
-        dept=row["PRDept"],
-    )  # fmt: skip
-
-
 def _registry(ctx: MutationContext, employees: list[dict[str, Any]]) -> dataset.Registry:
     phones = [p for r in employees for p in (r["Phone"], r["CellPhone"]) if p]
     reg = dataset.Registry(rng=ctx.rng, phones=dataset.PhoneBook(ctx.rng, phones))

@@ -82,10 +82,6 @@ class TargetCache:
                 self._data[collection] = {_cache_key(row, i): dict(row) for i, row in enumerate(rows)}
                 return list(self._data[collection].values())
 
-    def loaded(self, collection: str) -> bool:
-        with self._lock:
-            return collection in self._data
-
     def put(self, collection: str, row: Mapping[str, Any]) -> None:
         """Record a created or updated object (as the target returned it)."""
         with self._lock:

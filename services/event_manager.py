@@ -56,6 +56,7 @@ from typing import Any
 
 from utils.errors import ChangeLogError
 from utils.scrub import Redactor, default_redactor
+from utils.timefmt import iso_z
 
 __all__ = ["ERROR_KINDS", "EventManager", "RunFiles", "SyncLog", "latest_errors"]
 
@@ -77,10 +78,6 @@ _FILE = re.compile(r"^(?P<tmp>\.)?(?P<name>.+?)(?:\.jsonl|\.json)(?(tmp)\.[^.]+\
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _reason(exc: OSError, path: Path) -> str:
@@ -268,7 +265,7 @@ class SyncLog:
                     "type": "start",
                     "run_id": manager.run_id,
                     "sync": sync,
-                    "started_at": _iso(started_at),
+                    "started_at": iso_z(started_at, "milliseconds"),
                     "dry_run": dry_run,
                 }
             )
@@ -314,7 +311,7 @@ class SyncLog:
                 "key": key,
                 "action": action,
                 "target": target,
-                "at": _iso(self._manager.now()),
+                "at": iso_z(self._manager.now(), "milliseconds"),
             }
             if target_id is not None:
                 entry["id"] = target_id
@@ -346,7 +343,7 @@ class SyncLog:
                 for name in dict.fromkeys([*before, *after])
                 if before.get(name) != after.get(name)
             }
-        entry: dict[str, Any] = {"key": key, "action": action, "at": _iso(self._manager.now())}
+        entry: dict[str, Any] = {"key": key, "action": action, "at": iso_z(self._manager.now(), "milliseconds")}
         if fields is not None:
             entry["fields"] = fields
         if before is not None:
@@ -374,7 +371,7 @@ class SyncLog:
         maps them to messages (a 422's ``errors``). ``intent``: the write it ends."""
         if not isinstance(kind, str) or not kind:
             raise ValueError(f"kind must be a non-empty label such as {', '.join(ERROR_KINDS)}; got {kind!r}")
-        entry: dict[str, Any] = {"key": key, "kind": kind, "reason": reason, "at": _iso(self._manager.now())}
+        entry: dict[str, Any] = {"key": key, "kind": kind, "reason": reason, "at": iso_z(self._manager.now(), "milliseconds")}
         if fields is not None:
             entry["fields"] = dict(fields) if isinstance(fields, Mapping) else list(fields)
         if target_body is not None:
@@ -388,7 +385,7 @@ class SyncLog:
     def settled(self, intent: int, note: str) -> None:
         """Close an intent that ended in neither a change nor an error (e.g. a re-read
         showed nothing left to send)."""
-        self._record("settled", None, {"intent": intent, "note": note, "at": _iso(self._manager.now())}, intent)
+        self._record("settled", None, {"intent": intent, "note": note, "at": iso_z(self._manager.now(), "milliseconds")}, intent)
 
     def finish(self, counts: Mapping[str, Any], status: str, extra: Mapping[str, Any] | None = None) -> RunFiles:
         """Write the changes file (always) and the errors file (when there were
@@ -407,8 +404,8 @@ class SyncLog:
                 "run_id": self._manager.run_id,
                 "sync": self.sync,
                 "status": status,
-                "started_at": _iso(self.started_at),
-                "finished_at": _iso(finished_at),
+                "started_at": iso_z(self.started_at, "milliseconds"),
+                "finished_at": iso_z(finished_at, "milliseconds"),
                 "dry_run": self.dry_run,
                 "counts": dict(counts),
                 "errors_file": errors_path.name if errors_path else None,
@@ -434,7 +431,9 @@ class SyncLog:
             except OSError as exc:
                 reason = _reason(exc, writing)
                 with contextlib.suppress(ChangeLogError):  # the log keeps what it holds; say how it ended if it can
-                    self._write_line({"type": "finish", "status": status, "finished_at": _iso(finished_at), "error": reason})
+                    self._write_line(
+                        {"type": "finish", "status": status, "finished_at": iso_z(finished_at, "milliseconds"), "error": reason}
+                    )
                 self._close()
                 self._finished = RunFiles(changes_path, None, self._path)
                 raise ChangeLogError(reason) from exc

@@ -28,7 +28,6 @@ import requests
 
 from services.http import CountingHttpClient, HttpClient, RequestStats, RetryPolicy
 from sync.ports import Row
-from utils.data_validator import InvalidValue, employee_number
 from utils.errors import ConfigurationError, FatalError, RetriableError
 from utils.scrub import scrub
 
@@ -201,40 +200,6 @@ class GraphAPI:
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme.lower(), parts.netloc.lower()
-
-
-def mail_by_employee_id(users: Iterable[Row]) -> tuple[dict[str, str], dict[str, list[Row]]]:
-    """Map employeeId -> mail for the employees sync.
-
-    Only enabled users (``accountEnabled is True``) with a usable mail count: null mails
-    and tenant-default ``*.onmicrosoft.com`` addresses are ignored. Keys are the
-    employee numbers in their one canonical form (``utils.data_validator.employee_number``:
-    ``"000123"`` -> ``"123"``); an employeeId that is not an employee number is ignored. When two such users claim the same
-    employeeId we cannot tell which mail is right: neither is kept, and both come back
-    in the second value (normalised id -> users) to be reported.
-    """
-    candidates: dict[str, list[Row]] = {}
-    for user in users:
-        if user.get("accountEnabled") is not True:
-            continue
-        try:
-            key = employee_number(user.get("employeeId"))
-        except InvalidValue:
-            continue  # not an employee number: nobody's mail
-        mail = user.get("mail")
-        if key is None or not isinstance(mail, str) or not mail.strip():
-            continue
-        if "onmicrosoft.com" in mail.lower():
-            continue
-        candidates.setdefault(key, []).append(user)
-    mails: dict[str, str] = {}
-    duplicates: dict[str, list[Row]] = {}
-    for key, group in candidates.items():
-        if len(group) > 1:
-            duplicates[key] = group
-        else:
-            mails[key] = str(group[0]["mail"]).strip()
-    return mails, duplicates
 
 
 def build_graph(

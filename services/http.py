@@ -613,9 +613,6 @@ class HttpClient:
         parsed = getattr(resp, _PARSED, _UNSET)
         return parse_json(resp) if parsed is _UNSET else parsed
 
-    def scrub(self, text: str) -> str:
-        return scrub(text, self._secrets)
-
     # -- one attempt -------------------------------------------------------------
     def _attempt(
         self,

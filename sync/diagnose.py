@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from sync.base import BaseSync
+from sync.base import BaseSync, Desired, Rejected
 from sync.engine import diff
 from sync.registry import SYNCS
 from utils.data_validator import InvalidValue
@@ -141,29 +141,24 @@ def diagnose(runtime: Any, sync: str, key: str) -> dict[str, Any]:
         "verdict": "",
         "remediation": [],
     }
+    return _judge(report, job, desired, rejections)
+
+
+def _judge(report: dict[str, Any], job: BaseSync, desired: Desired, rejections: list[Rejected]) -> dict[str, Any]:
+    """Fill in the verdict and what to do, from the mapped record and the target's."""
+    sync, norm, want, target, tracked = report["sync"], report["key"], report["source"], report["target"], report["tracker"]
     hard = [r for r in rejections if r.kind == "rejected"]
     if hard:
         report["verdict"] = "ISSUE_IN_SOURCE"
         for r in hard:
             report["remediation"] += _remedy(sync, norm, r.reason)
         return report
-    if want is None and norm in desired.deactivate:
-        inactive = target is None or all(target.get(k) == v for k, v in (job.deactivation or {}).items())
-        report["verdict"] = "IN_SYNC" if inactive else "PENDING"
-        report["remediation"] = (
-            ["Inactive in the source and not active in the target: nothing to do."]
-            if inactive
-            else [f"Inactive in the source; the next run deactivates it ({job.deactivation})."]
-        )
-        return report
     if want is None:
-        report["verdict"] = "NOT_IN_SCOPE"
-        report["remediation"] = [
-            f"No {SOURCE_NAMES.get(sync, sync)} {norm} is in scope (wrong company, closed/filtered status, or unknown key). "
-            "Check the key and VIEWPOINT_COMPANY / JOB_OPEN_STATUSES."
-        ]
-        return report
-    changes = diff(want, target) if target is not None else ()
+        return _judge_absent(report, job, desired)
+    # What plan() would compare: fields outside compare_fields are sent on create only.
+    compare = job.compare_fields
+    managed = want if compare is None else {k: v for k, v in want.items() if k in compare}
+    changes = diff(managed, target) if target is not None else ()
     report["diff"] = {c.field: c.as_dict() for c in changes}
     if tracked:
         report["verdict"] = "ISSUE_IN_TARGET"
@@ -184,6 +179,26 @@ def diagnose(runtime: Any, sync: str, key: str) -> dict[str, Any]:
         report["remediation"] += _remedy(sync, norm, r.reason)[:1]
     if not report["remediation"]:
         report["remediation"] = [NOTHING_TO_DO]
+    return report
+
+
+def _judge_absent(report: dict[str, Any], job: BaseSync, desired: Desired) -> dict[str, Any]:
+    """No record is wanted: a leaver to deactivate, or nothing this sync manages."""
+    sync, norm, target = report["sync"], report["key"], report["target"]
+    if norm in desired.deactivate:
+        inactive = target is None or all(target.get(k) == v for k, v in (job.deactivation or {}).items())
+        report["verdict"] = "IN_SYNC" if inactive else "PENDING"
+        report["remediation"] = (
+            ["Inactive in the source and not active in the target: nothing to do."]
+            if inactive
+            else [f"Inactive in the source; the next run deactivates it ({job.deactivation})."]
+        )
+        return report
+    report["verdict"] = "NOT_IN_SCOPE"
+    report["remediation"] = [
+        f"No {SOURCE_NAMES.get(sync, sync)} {norm} is in scope (wrong company, closed/filtered status, or unknown key). "
+        "Check the key and VIEWPOINT_COMPANY / JOB_OPEN_STATUSES."
+    ]
     return report
 
 

@@ -142,8 +142,8 @@ def plan(
 
 
 def apply_to(current: Mapping[str, Mapping[str, Any]], actions: list[Action]) -> dict[str, dict[str, Any]]:
-    """The state ``current`` reaches when every action succeeds (used by property tests
-    and by dry runs that chain syncs)."""
+    """The state ``current`` reaches when every action succeeds (the property tests'
+    oracle for ``plan``)."""
     state = {k: dict(v) for k, v in current.items()}
     for action in actions:
         if action.kind == "create":

@@ -20,6 +20,7 @@ from sync.registry import SYNCS
 from utils.errors import LockLostError, SyncError
 from utils.locks import WriteFence, fenced
 from utils.logger import set_run_id
+from utils.timefmt import parse_iso
 
 log = logging.getLogger("sync.runner")
 
@@ -243,20 +244,12 @@ def event_hold(
         if snap.get("state") == "half_open":
             return f"the {service} circuit breaker is half-open (a probe is testing the service)"
         if snap.get("state") == "open":
-            opened = _timestamp(snap.get("opened_at"))
+            opened_at = parse_iso(snap.get("opened_at"))
+            opened = opened_at.timestamp() if opened_at is not None else None
             recovery = float(getattr(breaker, "recovery_seconds", 0.0))
             if opened is None or moment - opened < recovery:
                 return f"the {service} circuit breaker is open since {snap.get('opened_at') or '?'}"
     return None
-
-
-def _timestamp(iso: Any) -> float | None:
-    if not isinstance(iso, str) or not iso:
-        return None
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def paused(ctx: SyncContext, name: str) -> str | None:

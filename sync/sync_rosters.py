@@ -61,6 +61,7 @@ from utils.errors import (
     RecordError,
     RetriableError,
 )
+from utils.timefmt import iso_z, parse_iso
 
 log = logging.getLogger("sync.rosters")
 
@@ -860,15 +861,6 @@ def _role_for(user: RosterUser, roles: Iterable[str]) -> str | None:
     return user.primary_role
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _parse(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+# The cursor's timestamps: written and read by utils/timefmt.py, the one home of that format.
+_iso = iso_z
+_parse = parse_iso

@@ -8,42 +8,10 @@ never renamed or removed: a user title may be referenced by history in SafetyAmp
 
 from __future__ import annotations
 
-from datetime import date
-
 from sync.base import BaseSync, Desired, Rejected, fingerprint
 from sync.ports import Row
-from utils.data_validator import InvalidValue, clean_name, shown_key, to_date
-
-
-def title_key(name: object) -> str | None:
-    if name is None:
-        return None
-    text = " ".join(str(name).split())
-    return text.casefold() or None
-
-
-def is_active_employee(row: Row, today: date | None = None) -> bool:
-    """Vista's 'active' rule used across syncs: ActiveYN = 'Y' and not terminated, or
-    rehired after the last termination (RecentRehireDate on or after TermDate). With
-    ``today``, a TermDate still in the future on an ActiveYN = 'Y' row is a scheduled
-    termination: the person works until that day, so stays active until it has passed
-    (deactivating early would lock a working person out of the safety app)."""
-    if str(row.get("ActiveYN") or "").strip().upper() != "Y":
-        return False
-    term = row.get("TermDate")
-    if term is None:
-        return True
-    try:
-        day = to_date(term, field="TermDate")
-    except InvalidValue:
-        day = None  # not a date: the termination stands
-    try:
-        rehire = to_date(row.get("RecentRehireDate"), field="RecentRehireDate")
-    except InvalidValue:
-        rehire = None  # not a date: no rehire we can trust
-    if rehire is not None and day is not None and rehire >= day:
-        return True
-    return today is not None and day is not None and day > today
+from sync.vista import is_active_employee, title_key
+from utils.data_validator import InvalidValue, clean_name, shown_key
 
 
 class TitleSync(BaseSync):

@@ -28,6 +28,7 @@ from typing import Any
 
 from sync.base import BaseSync, Desired, Rejected, fingerprint
 from sync.ports import Row
+from sync.vista import employee_key
 from utils.data_validator import (
     CODE_MAX_LENGTH,
     InvalidValue,
@@ -99,10 +100,7 @@ class VehicleSync(BaseSync):
         drivers = {str(d.get("id")): d for d in fleet.drivers()} if any(v.get("staticAssignedDriver") for v in vehicles) else {}
         users: dict[str, Any] = {}
         for user in self.ctx.targets.get("users"):
-            try:
-                emp = employee_number(user.get("emp_id"))
-            except InvalidValue:
-                continue  # not an employee number: no driver can name this user
+            emp = employee_key(user.get("emp_id"))  # not an employee number: no driver names it
             if emp:
                 users[emp] = user.get("id")
         out = Desired(source_count=len(vehicles))
@@ -137,35 +135,41 @@ class VehicleSync(BaseSync):
                 "status": 1,
                 "current_user_id": None,
             }
-            assigned = v.get("staticAssignedDriver")
-            if isinstance(assigned, dict) and assigned.get("id"):
-                did = shown_key(_text(assigned["id"]))
-                driver = drivers.get(str(assigned["id"]))
-                field = self.settings.samsara_driver_employee_field
-                try:
-                    emp_key = employee_number(dotted(driver, field), field) if driver else None
-                    why = None
-                except InvalidValue as exc:
-                    emp_key, why = None, f"driver {did}: {exc.reason}"
-                if emp_key and emp_key in users:
-                    record["current_user_id"] = users[emp_key]
-                else:
-                    if why is None:
-                        why = (
-                            f"driver {did} not found in /fleet/drivers"
-                            if driver is None
-                            else f"driver {did} has no {field}"
-                            if emp_key is None
-                            else f"employee {emp_key} of driver {did} is not a SafetyAmp user"
-                        )
-                    dropped.append(
-                        Rejected(key, f"{why}; asset synced without its driver", ("current_user_id",), kind="field_dropped")
-                    )
+            record["current_user_id"] = self._driver_user(key, v, drivers, users, dropped)
             out.rejected += dropped
             out.records[key] = record
             out.fingerprints[key] = fingerprint(v, record["current_user_id"])
         out.deactivate = set(self.current()) - set(out.records) - refused
         return out
+
+    def _driver_user(
+        self, key: str, vehicle: Row, drivers: dict[str, Any], users: dict[str, Any], dropped: list[Rejected]
+    ) -> Any:
+        """The SafetyAmp user id of the vehicle's assigned driver, or None (with the reason
+        in ``dropped`` when a driver is assigned but cannot be linked)."""
+        assigned = vehicle.get("staticAssignedDriver")
+        if not (isinstance(assigned, dict) and assigned.get("id")):
+            return None
+        did = shown_key(_text(assigned["id"]))
+        driver = drivers.get(str(assigned["id"]))
+        field = self.settings.samsara_driver_employee_field
+        try:
+            emp_key = employee_number(dotted(driver, field), field) if driver else None
+            why = None
+        except InvalidValue as exc:
+            emp_key, why = None, f"driver {did}: {exc.reason}"
+        if emp_key and emp_key in users:
+            return users[emp_key]
+        if why is None:
+            why = (
+                f"driver {did} not found in /fleet/drivers"
+                if driver is None
+                else f"driver {did} has no {field}"
+                if emp_key is None
+                else f"employee {emp_key} of driver {did} is not a SafetyAmp user"
+            )
+        dropped.append(Rejected(key, f"{why}; asset synced without its driver", ("current_user_id",), kind="field_dropped"))
+        return None
 
 
 def vehicle_id(raw: Any) -> str:

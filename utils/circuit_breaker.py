@@ -72,7 +72,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -80,6 +79,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from utils.metrics import BREAKER_STATE_VALUES, Metrics
+from utils.timefmt import iso_z
 
 __all__ = ["SERVICES", "STATES", "CircuitBreaker", "build_breakers", "make_redis"]
 
@@ -362,7 +362,7 @@ class CircuitBreaker:
             "state": view.state,
             "failures": view.failures,
             "successes": view.successes,
-            "opened_at": _iso(view.opened_at),
+            "opened_at": iso_z(view.opened_at) if view.opened_at is not None else None,
             "degraded": self.degraded,
             "backend": "redis" if self._redis is not None and not self.degraded else "local",
         }
@@ -450,12 +450,6 @@ class CircuitBreaker:
     def _publish(self, view: _View) -> None:
         if self._metrics is not None:
             self._metrics.breaker_state.labels(self.service).set(BREAKER_STATE_VALUES[view.state])
-
-
-def _iso(moment: float | None) -> str | None:
-    if moment is None:
-        return None
-    return datetime.fromtimestamp(moment, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def make_redis(url: Any, *, socket_timeout: float = 2.0) -> redis.Redis:

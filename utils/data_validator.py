@@ -3,9 +3,9 @@
 Pure functions: no I/O, no clock unless one is injected (``iso_date(today=...)``), no
 logging. Each ``normalize_*``/``clean_*`` function returns the value in the form the
 target wants (``None`` for blank), or raises :class:`InvalidValue` with a reason a
-human operator can act on ("phone '555-01' has 5 digits; ..."). The engine turns a
-rejection into a record-level error (``utils.errors.RecordError``), writes it to the
-errors file and the failed-record tracker, and goes on with the next record.
+human operator can act on ("phone '555-01' has 5 digits; ..."). A sync turns it into a
+``sync.base.Rejected`` (the record refused, or the field left out): written to the errors
+file and counted, and the run goes on with the next record.
 
 Formats follow what SafetyAmp accepts (docs/emulated-apis.md, "SafetyAmp"): phones in E.164
 ``+1XXXXXXXXXX``, dates ``YYYY-MM-DD``, e-mails unique per account case-insensitively.
@@ -16,26 +16,15 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
-
-from utils.errors import RecordError
-
-K = TypeVar("K")
-T = TypeVar("T")
 
 __all__ = [
     "InvalidValue",
-    "Rejection",
-    "ValidationReport",
     "clean_code",
     "clean_name",
     "clean_text",
     "employee_number",
-    "find_duplicates",
     "is_secret_field",
     "iso_date",
     "normalize_email",
@@ -603,164 +592,3 @@ def is_secret_field(name: str) -> bool:
         return True
     words = {w.lower() for w in _WORD_SPLIT.split(name) if w}
     return bool(words & _SECRET_WORDS)
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """One record the validator refused, ready for the errors file and the tracker.
-
-    ``source`` holds only the offending source values (never secret fields: see
-    :func:`is_secret_field`), so the operator sees what to fix in the system of record.
-    """
-
-    key: Any
-    reason: str
-    fields: tuple[str, ...] = ()
-    source: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_row(
-        cls,
-        key: Any,
-        reason: str,
-        fields: Iterable[str],
-        row: Mapping[str, Any] | None = None,
-        *,
-        source_fields: Mapping[str, str | Iterable[str]] | None = None,
-    ) -> Rejection:
-        """Build a rejection, copying the offending values out of ``row``.
-
-        ``source_fields`` maps a target field to the source column(s) it came from
-        (``{"email": "Email"}``) when they are named differently.
-        """
-        names = tuple(dict.fromkeys(fields))
-        source: dict[str, Any] = {}
-        if row is not None:
-            for name in names:
-                columns: Iterable[str] = (name,)
-                if source_fields and name in source_fields:
-                    mapped = source_fields[name]
-                    columns = (mapped,) if isinstance(mapped, str) else tuple(mapped)
-                for column in columns:
-                    if column in row and not is_secret_field(column) and not is_secret_field(name):
-                        source[column] = row[column]
-        return cls(key=key, reason=reason, fields=names, source=source)
-
-    def as_error(self, *, service: str | None = None) -> RecordError:
-        """The same rejection in the product's error taxonomy (record-level)."""
-        return RecordError(
-            self.reason,
-            service=service,
-            field_errors={name: [self.reason] for name in self.fields},
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "reason": self.reason, "fields": list(self.fields), "source": dict(self.source)}
-
-
-class ValidationReport:
-    """Collects the outcome of validating many records in one pass.
-
-    ``check`` runs one normaliser and returns its value; on InvalidValue it records the
-    problem and returns None. A problem on a *required* field rejects the whole record
-    (``rejected(key)``, ``rejections()``); on an optional one the value is dropped and a
-    warning kept (``warnings``), because a user without a work phone is better than no
-    user. Not thread-safe: use one report per thread or per sync pass.
-    """
-
-    def __init__(self) -> None:
-        self._problems: dict[Any, list[tuple[tuple[str, ...], str, dict[str, Any]]]] = {}
-        self.warnings: list[Rejection] = []
-
-    def check(
-        self,
-        key: Any,
-        field: str,
-        fn: Callable[..., T],
-        raw: Any,
-        *args: Any,
-        required: bool = True,
-        source_column: str | None = None,
-        **kwargs: Any,
-    ) -> T | None:
-        """``fn(raw, *args, **kwargs)``, or None after recording why it failed.
-        ``required`` also rejects a blank value (the normaliser returned None).
-        ``source_column`` names the source column shown to the operator."""
-        column = source_column or field
-        shown = {} if is_secret_field(column) or is_secret_field(field) else {column: raw}
-        try:
-            value = fn(raw, *args, **kwargs)
-        except InvalidValue as exc:
-            if required:
-                self._problems.setdefault(key, []).append(((field,), exc.reason, shown))
-            else:
-                self.warnings.append(Rejection(key, f"{exc.reason} (value dropped)", (field,), shown))
-            return None
-        if value is None and required:
-            self._problems.setdefault(key, []).append(((field,), f"{field} is required", shown))
-        return value
-
-    def reject(self, key: Any, reason: str, fields: Iterable[str] = (), source: Mapping[str, Any] | None = None) -> None:
-        """Reject a record for a reason no single normaliser sees (e.g. a duplicate)."""
-        safe = {k: v for k, v in (source or {}).items() if not is_secret_field(k)}
-        self._problems.setdefault(key, []).append((tuple(fields), reason, safe))
-
-    def rejected(self, key: Any) -> bool:
-        return key in self._problems
-
-    def rejection(self, key: Any) -> Rejection | None:
-        """Every problem of one record merged: reasons joined with "; "."""
-        problems = self._problems.get(key)
-        if not problems:
-            return None
-        reasons = list(dict.fromkeys(reason for _, reason, _ in problems))
-        fields = tuple(dict.fromkeys(name for names, _, _ in problems for name in names))
-        source: dict[str, Any] = {}
-        for _, _, values in problems:
-            source.update(values)
-        return Rejection(key=key, reason="; ".join(reasons), fields=fields, source=source)
-
-    def rejections(self) -> list[Rejection]:
-        """One Rejection per rejected record, in the order they were first seen."""
-        return [r for r in (self.rejection(k) for k in self._problems) if r is not None]
-
-    def __len__(self) -> int:
-        return len(self._problems)
-
-
-def find_duplicates(
-    records: Mapping[K, Mapping[str, Any]] | Iterable[Mapping[str, Any]],
-    field: str,
-    *,
-    key: str | None = None,
-    normalize: Callable[[Any], Any] | None = None,
-) -> dict[Any, list[Any]]:
-    """Values of ``field`` shared by more than one record: ``{value: [key, ...]}``.
-
-    ``records`` is either ``{key: record}`` or a list of records with the key in
-    column ``key``. Strings are compared trimmed and case-insensitively (casefold), as
-    SafetyAmp compares e-mails; blanks are ignored. The returned value is the
-    normalised one; keys keep their input order. Used before planning so that two
-    employees sharing one e-mail are both reported instead of one winning at random and
-    the other failing with a 422.
-    """
-    norm = normalize or _casefold
-    if isinstance(records, Mapping):
-        pairs: Iterable[tuple[Any, Mapping[str, Any]]] = records.items()
-    else:
-        if key is None:
-            raise ValueError("find_duplicates needs key= when records is a list")
-        pairs = ((r.get(key), r) for r in records)
-    seen: dict[Any, list[Any]] = {}
-    for record_key, record in pairs:
-        value = norm(record.get(field))
-        if value is None or value == "":
-            continue
-        seen.setdefault(value, []).append(record_key)
-    return {value: keys for value, keys in seen.items() if len(keys) > 1}
-
-
-def _casefold(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.strip().casefold() or None
-    return value

@@ -15,7 +15,6 @@ Every adapter translates its vendor's failures into these classes in one place
     +-- FatalError                 the sync cannot continue (401/403, malformed response,
         |                          partial list read): fail the sync, not the process
         +-- SourceUnavailableError the system of record could not be read completely
-        +-- GuardTrippedError      a deactivation guard refused to act
         +-- ChangeLogError         the run's change log (OUTPUT_DIR) cannot be written: stop
                                    sending, since a write must never go out unrecorded
         +-- LockLostError          this runner's single-writer lock is no longer its own:
@@ -127,10 +126,6 @@ class FatalError(SyncError):
 
 class SourceUnavailableError(FatalError):
     """The system of record could not be read completely; nothing may be deactivated."""
-
-
-class GuardTrippedError(FatalError):
-    """A safety guard (deactivation percentage, empty read) refused to apply a plan."""
 
 
 class ChangeLogError(FatalError):

@@ -48,6 +48,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from utils.scrub import scrub
+from utils.timefmt import iso_z
 
 __all__ = [
     "DEFAULT_RETENTION",
@@ -77,10 +78,6 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def _parse(moment: str | None) -> datetime | None:
     return datetime.fromisoformat(moment) if moment else None
 
@@ -102,7 +99,7 @@ def failed_entry(
     the schedule (quarantined past its end); different inputs: attempt 1 again."""
     same = previous is not None and previous.get("fingerprint") == fingerprint
     attempts = int(previous.get("attempts", 0)) + 1 if same and previous else 1
-    first = previous["first_failed"] if same and previous else _iso(now)
+    first = previous["first_failed"] if same and previous else iso_z(now)
     quarantined = attempts > len(schedule)
     text = scrub(str(reason))
     if len(text) > MAX_REASON_CHARS:
@@ -113,8 +110,8 @@ def failed_entry(
         "fields": sorted({str(f) for f in fields}),
         "attempts": attempts,
         "first_failed": first,
-        "last_failed": _iso(now),
-        "next_retry": None if quarantined else _iso(now + schedule[attempts - 1]),
+        "last_failed": iso_z(now),
+        "next_retry": None if quarantined else iso_z(now + schedule[attempts - 1]),
         "quarantined": quarantined,
     }
 
@@ -486,7 +483,7 @@ class ResilientTracker:
         return {
             "backend": "memory" if since else "redis",
             "degraded": since is not None,
-            "degraded_since": _iso(since) if since else None,
+            "degraded_since": iso_z(since) if since else None,
             "pending_writes": len(self._pending),
         }
 

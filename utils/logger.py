@@ -10,7 +10,7 @@ What is scrubbed, everywhere (message, ``%``-args, ``extra`` fields, exception a
 stack text):
 
 * every registered secret value (``configure_logging(secrets=...)`` with
-  ``Settings.secret_values()``, then :func:`add_secrets` for values learnt later, such
+  ``Settings.secret_values()``, then ``utils.scrub.add_secrets`` for values learnt later, such
   as an OAuth access token), plus its URL-encoded forms;
 * anything shaped like a credential (URL userinfo, secret-named query parameters,
   ``Bearer`` tokens, ``Authorization`` headers, ``password=`` pairs...).
@@ -34,25 +34,16 @@ from typing import IO, Any, Literal
 from pythonjsonlogger.json import JsonFormatter
 
 from utils.data_validator import is_secret_field  # one definition of a secret field
-from utils.scrub import MASK, Redactor, add_secrets, default_redactor, scrub  # the one scrub, re-exported
+from utils.scrub import MASK, Redactor, default_redactor  # the one scrub: utils/scrub.py
 
 __all__ = [
-    "MASK",
     "ContextAdapter",
     "JsonLineFormatter",
-    "Redactor",
     "SecretScrubber",
     "TextLineFormatter",
-    "add_secrets",
     "bind",
     "configure_logging",
-    "default_redactor",
-    "scrub",
 ]
-
-CONTEXT_FIELDS: tuple[str, ...] = ("run_id", "sync", "key", "event")
-"""Extras the product attaches to records (see :func:`bind`)."""
-
 
 # --------------------------------------------------------------------------- records
 

@@ -37,7 +37,7 @@ from azure.core.exceptions import ClientAuthenticationError
 from flask import Flask, jsonify, request
 from werkzeug.serving import make_server
 
-from config.keyvault import KeyVaultSource, env_name_for, secret_name_for, vault_url_from
+from config.keyvault import KeyVaultSource, env_name_for, vault_url_from
 from config.settings import load_settings
 from sandbox.tls import CA_FILE, server_context, write_certificates
 from utils.errors import ConfigurationError
@@ -223,7 +223,6 @@ def test_values_arrive_through_the_challenge_flow(vault_url: str, vault: Vault, 
 
 
 def test_dash_names_map_to_settings() -> None:
-    assert secret_name_for("SAFETYAMP_TOKEN") == "SAFETYAMP-TOKEN"
     assert env_name_for("ms-graph-client-secret") == "MS_GRAPH_CLIENT_SECRET"
 
 

@@ -151,7 +151,7 @@ def test_graph_users_page_hostile_raises_a_taxonomy_error(name: str, reply: Repl
 
 
 def test_graph_mail_map_ignores_hostile_user_objects() -> None:
-    from services.graph_api import mail_by_employee_id
+    from sync.sync_employees import mail_by_employee_id
 
     users = [{"employeeId": ["1"], "mail": "a@x.co", "accountEnabled": True}, {"employeeId": "2", "mail": 7, "accountEnabled": True},
              {"employeeId": "3", "mail": "c@x.co", "accountEnabled": "yes"}, {"employeeId": None, "mail": "d@x.co", "accountEnabled": True},

@@ -12,13 +12,10 @@ from hypothesis import strategies as st
 
 from utils.data_validator import (
     InvalidValue,
-    Rejection,
-    ValidationReport,
     clean_code,
     clean_name,
     clean_text,
     employee_number,
-    find_duplicates,
     is_secret_field,
     iso_date,
     normalize_email,
@@ -26,7 +23,6 @@ from utils.data_validator import (
     shown_key,
     whole_number,
 )
-from utils.errors import RecordError
 
 pytestmark = pytest.mark.unit
 
@@ -511,30 +507,6 @@ def test_iso_date_leap_day_today_and_default_clock() -> None:
 # --------------------------------------------------------------------------- rejections
 
 
-def test_rejection_copies_only_offending_non_secret_values() -> None:
-    row = {"Employee": 7, "Email": "bad", "Phone": "n/a", "SSN": "123-45-6789", "BirthDate": "1980-01-01"}
-    rejection = Rejection.from_row(
-        7,
-        "email 'bad' has no @",
-        ["email", "ssn", "date_of_birth"],
-        row,
-        source_fields={"email": "Email", "ssn": "SSN", "date_of_birth": "BirthDate"},
-    )
-    assert rejection.source == {"Email": "bad"}
-    assert rejection.fields == ("email", "ssn", "date_of_birth")
-    assert rejection.to_dict() == {
-        "key": 7,
-        "reason": "email 'bad' has no @",
-        "fields": ["email", "ssn", "date_of_birth"],
-        "source": {"Email": "bad"},
-    }
-    with pytest.raises(AttributeError):
-        rejection.reason = "x"  # type: ignore[misc]
-    error = rejection.as_error(service="safetyamp")
-    assert isinstance(error, RecordError)
-    assert error.field_errors == {f: ["email 'bad' has no @"] for f in rejection.fields}
-
-
 @pytest.mark.parametrize(
     ("name", "secret"),
     [
@@ -562,73 +534,6 @@ def test_rejection_copies_only_offending_non_secret_values() -> None:
 )
 def test_is_secret_field(name: str, secret: bool) -> None:
     assert is_secret_field(name) is secret
-
-
-def test_validation_report_rejects_on_required_and_warns_on_optional() -> None:
-    report = ValidationReport()
-    rows = {
-        1: {"Email": "ok@example.com", "Phone": "504-555-0101", "FirstName": "Ann"},
-        2: {"Email": "broken", "Phone": "n/a", "FirstName": "x" * 120},
-        3: {"Email": "", "Phone": "", "FirstName": "Bo"},
-    }
-    out = {}
-    for key, row in rows.items():
-        out[key] = {
-            "email": report.check(key, "email", normalize_email, row["Email"], source_column="Email"),
-            "mobile_phone": report.check(key, "mobile_phone", normalize_phone, row["Phone"], required=False),
-            "first_name": report.check(key, "first_name", clean_name, row["FirstName"], "first_name"),
-        }
-    assert out[1] == {"email": "ok@example.com", "mobile_phone": "+15045550101", "first_name": "Ann"}
-    assert not report.rejected(1)
-    assert report.rejected(2) and report.rejected(3)
-    assert len(report) == 2
-    two = report.rejection(2)
-    assert two is not None
-    assert two.fields == ("email", "first_name")
-    assert two.reason == "email 'broken' has no @; first_name is 120 characters; the limit is 100"
-    assert two.source == {"Email": "broken", "first_name": "x" * 120}
-    three = report.rejection(3)
-    assert three is not None and three.reason == "email is required"
-    assert [w.key for w in report.warnings] == [2]
-    assert report.warnings[0].reason.endswith("(value dropped)")
-    assert [r.key for r in report.rejections()] == [2, 3]
-    assert report.rejection(1) is None
-
-
-def test_report_reject_for_a_cross_record_reason_hides_secrets() -> None:
-    report = ValidationReport()
-    report.reject(5, "email shared with employee 6", ["email"], {"Email": "a@x.com", "password": "pw"})
-    rejection = report.rejection(5)
-    assert rejection == Rejection(5, "email shared with employee 6", ("email",), {"Email": "a@x.com"})
-
-
-# --------------------------------------------------------------------------- duplicates
-
-
-def test_find_duplicates_is_case_insensitive_and_ignores_blanks() -> None:
-    records = {
-        101: {"email": "Jane@Example.com"},
-        102: {"email": "jane@example.com "},
-        103: {"email": "bob@example.com"},
-        104: {"email": None},
-        105: {"email": ""},
-        106: {"email": "JANE@EXAMPLE.COM"},
-        107: {},
-    }
-    assert find_duplicates(records, "email") == {"jane@example.com": [101, 102, 106]}
-
-
-def test_find_duplicates_over_a_list_of_rows() -> None:
-    rows = [
-        {"Employee": 1, "Phone": "+15045550101"},
-        {"Employee": 2, "Phone": "+15045550101"},
-        {"Employee": 3, "Phone": "+15045550102"},
-    ]
-    assert find_duplicates(rows, "Phone", key="Employee") == {"+15045550101": [1, 2]}
-    assert find_duplicates([], "Phone", key="Employee") == {}
-    with pytest.raises(ValueError, match="key="):
-        find_duplicates(rows, "Phone")
-    assert find_duplicates(rows, "Phone", key="Employee", normalize=lambda v: v[-1]) == {"1": [1, 2]}
 
 
 @pytest.mark.parametrize("raw", ["٣٣٧٩١١١٣٤٤", "+٩٦٦٥٠١٢٣٤٥٦٧", "+٤٤٢٠٧٩٤٦٠٠٠٠", "५०४५५५०१०१", "504 555 0101 x١٢"])

@@ -14,7 +14,7 @@ import pytest
 from services.event_manager import MAX_BODY_CHARS, EventManager, _write_atomic
 from tests.support.disk import small_tmpfs
 from utils.errors import ChangeLogError
-from utils.logger import MASK, add_secrets
+from utils.scrub import MASK, add_secrets
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from config.settings import load_settings
-from services.graph_api import GraphAPI, MsalTokenProvider, build_graph, mail_by_employee_id
+from services.graph_api import GraphAPI, MsalTokenProvider, build_graph
 from services.http import RequestStats
 from tests.fakes.transport import FakeClock, FakeTransport, RecordedRequest, Reply
 from utils.errors import ConfigurationError, FatalError
@@ -235,33 +235,6 @@ def test_factory_does_no_io():
     t = FakeTransport()
     make_api(t)
     assert t.requests == []
-
-
-# -- mail_by_employee_id --------------------------------------------------------------------
-def test_mail_by_employee_id_rules():
-    users = [
-        user(1),
-        {"id": "a", "employeeId": " 000123 ", "mail": " Ann@acme.test ", "accountEnabled": True},
-        {"id": "b", "employeeId": "E-7", "mail": "e7@acme.test", "accountEnabled": True},
-        {"id": "b2", "employeeId": "\u00b2", "mail": "sup@acme.test", "accountEnabled": True},
-        {"id": "b3", "employeeId": "1" * 5000, "mail": "huge@acme.test", "accountEnabled": True},
-        {"id": "c", "employeeId": "5", "mail": "off@acme.test", "accountEnabled": False},
-        {"id": "d", "employeeId": "6", "mail": None, "accountEnabled": True},
-        {"id": "e", "employeeId": "8", "mail": "x@acme.onmicrosoft.com", "accountEnabled": True},
-        {"id": "f", "employeeId": None, "mail": "nobody@acme.test", "accountEnabled": True},
-        {"id": "g", "employeeId": "", "mail": "blank@acme.test", "accountEnabled": True},
-        {"id": "h", "employeeId": "9", "mail": "no-flag@acme.test"},
-        {"id": "i1", "employeeId": "42", "mail": "one@acme.test", "accountEnabled": True},
-        {"id": "i2", "employeeId": "0042", "mail": "two@acme.test", "accountEnabled": True},
-        {"id": "j", "employeeId": "42", "mail": "disabled@acme.test", "accountEnabled": False},
-        {"id": "k", "employeeId": "77", "mail": "k@acme.test", "accountEnabled": True},
-        {"id": "k-admin", "employeeId": "77", "mail": "k@acme.onmicrosoft.com", "accountEnabled": True},
-    ]
-    mails, duplicates = mail_by_employee_id(users)
-    # not employee numbers ("E-7", a superscript digit, 5000 digits): nobody's mail
-    assert mails == {"1": "p1@acme.test", "123": "Ann@acme.test", "77": "k@acme.test"}
-    assert list(duplicates) == ["42"]
-    assert [u["id"] for u in duplicates["42"]] == ["i1", "i2"]
 
 
 def test_ca_bundle_is_passed_on_every_request_including_msal(monkeypatch, tmp_path):

@@ -15,14 +15,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from utils.logger import (
-    MASK,
-    Redactor,
-    add_secrets,
-    bind,
-    configure_logging,
-    scrub,
-)
+from utils.logger import bind, configure_logging
+from utils.scrub import MASK, Redactor, add_secrets, scrub
 
 pytestmark = pytest.mark.unit
 

@@ -141,8 +141,30 @@ def test_graph_mail_wins_and_terminated_are_deactivated_not_deleted(tmp_path):
     assert {u["emp_id"]: u for u in target.rows("users")}["2"]["system_access"] == 1
 
 
+def test_entra_mail_rule_is_the_one_the_sync_runs(tmp_path):
+    # One rule (issue 12): only users with accountEnabled true and a usable work mail
+    # compete for an employeeId. An admin account on *.onmicrosoft.com sharing the
+    # employeeId does not make it ambiguous; a user without accountEnabled is not
+    # known to be enabled and gives no mail; two real mails are ambiguous.
+    target = seed_target()
+    rows = [emp(77), emp(9), emp(42)]
+    graph = FakeGraph(
+        [
+            {"employeeId": "77", "mail": "k@work.com", "accountEnabled": True},
+            {"employeeId": "77", "mail": "k-admin@tenant.onmicrosoft.com", "accountEnabled": True},
+            {"employeeId": "77", "mail": None, "accountEnabled": True},
+            {"employeeId": "9", "mail": "no-flag@work.com"},
+            {"employeeId": "42", "mail": "one@work.com", "accountEnabled": True},
+            {"employeeId": "0042", "mail": "two@work.com", "accountEnabled": True},
+        ]
+    )
+    full_run(tmp_path, target, FakeViewpoint(DEPTS, JOBS, rows), graph)
+    mails = {u["emp_id"]: u["email"] for u in target.rows("users")}
+    assert mails == {"77": "k@work.com", "9": "e9@co.com", "42": "e42@co.com"}
+
+
 def test_scheduled_termination_stays_active_until_its_day(tmp_path):
-    from sync.sync_titles import is_active_employee
+    from sync.vista import is_active_employee
 
     target = seed_target()
     tomorrow, yesterday = TODAY + timedelta(days=1), TODAY - timedelta(days=1)
