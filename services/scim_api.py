@@ -172,7 +172,10 @@ class ScimIntents:
     role_attribute: str = "title"
     """Where the flat ``role`` goes: ``title``, ``roles`` (multi-valued) or ``none``."""
 
-    etags: bool = False
+    @property
+    def etags(self) -> bool:
+        """Whether writes carry If-Match (the provider announced ETag support)."""
+        return False
 
     # the verbs (ScimAPI implements them over HTTP)
     def list(self, resource: str) -> builtins.list[dict[str, Any]]:
@@ -272,7 +275,7 @@ class ScimAPI(ScimIntents):
                 self._config = body if isinstance(body, dict) else {}
             return self._config
 
-    @property  # type: ignore[override]
+    @property
     def etags(self) -> bool:
         etag = self.service_provider_config().get("etag")
         return bool(isinstance(etag, dict) and etag.get("supported"))

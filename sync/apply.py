@@ -182,13 +182,7 @@ def apply_in_order(
     def one(item: T) -> R | str:
         if abort or ctx.stop.is_set():
             return "abandoned"
-        fence = ctx.fence
-        with recording(requests_log):
-            if fence is None:
-                return write(item)
-            fence.raise_if_lost()
-            with fenced(fence):  # worker threads do not inherit the runner's context
-                return write(item)
+        return _fenced_write(ctx, requests_log, write, item)
 
     done = 0
 
@@ -219,3 +213,15 @@ def apply_in_order(
         raise abort[0]
     if ctx.stop.is_set() and done < total:
         raise FatalError(f"stopped by shutdown request after {done} of {total} writes")
+
+
+def _fenced_write(ctx: SyncContext, requests_log: Any, write: Callable[[T], R], item: T) -> R:
+    """``write(item)`` on a worker thread: only while this runner still holds its write
+    locks (``ctx.fence``), with the run's request log."""
+    fence = ctx.fence
+    with recording(requests_log):
+        if fence is None:
+            return write(item)
+        fence.raise_if_lost()
+        with fenced(fence):  # worker threads do not inherit the runner's context
+            return write(item)

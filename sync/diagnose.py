@@ -141,13 +141,20 @@ def diagnose(runtime: Any, sync: str, key: str) -> dict[str, Any]:
         "verdict": "",
         "remediation": [],
     }
+    _record_verdict(report, job, norm in desired.deactivate, rejections)
+    return report
+
+
+def _record_verdict(report: dict[str, Any], job: BaseSync, to_deactivate: bool, rejections: list[Any]) -> None:
+    """The verdict and remediation of a SafetyAmp record's report."""
+    sync, norm, want, target, tracked = report["sync"], report["key"], report["source"], report["target"], report["tracker"]
     hard = [r for r in rejections if r.kind == "rejected"]
     if hard:
         report["verdict"] = "ISSUE_IN_SOURCE"
         for r in hard:
             report["remediation"] += _remedy(sync, norm, r.reason)
-        return report
-    if want is None and norm in desired.deactivate:
+        return
+    if want is None and to_deactivate:
         inactive = target is None or all(target.get(k) == v for k, v in (job.deactivation or {}).items())
         report["verdict"] = "IN_SYNC" if inactive else "PENDING"
         report["remediation"] = (
@@ -155,14 +162,14 @@ def diagnose(runtime: Any, sync: str, key: str) -> dict[str, Any]:
             if inactive
             else [f"Inactive in the source; the next run deactivates it ({job.deactivation})."]
         )
-        return report
+        return
     if want is None:
         report["verdict"] = "NOT_IN_SCOPE"
         report["remediation"] = [
             f"No {SOURCE_NAMES.get(sync, sync)} {norm} is in scope (wrong company, closed/filtered status, or unknown key). "
             "Check the key and VIEWPOINT_COMPANY / JOB_OPEN_STATUSES."
         ]
-        return report
+        return
     changes = diff(want, target) if target is not None else ()
     report["diff"] = {c.field: c.as_dict() for c in changes}
     if tracked:
@@ -174,7 +181,7 @@ def diagnose(runtime: Any, sync: str, key: str) -> dict[str, Any]:
         ]
         for r in rejections:
             report["remediation"] += _remedy(sync, norm, r.reason)[:1]
-        return report
+        return
     if target is None or changes:
         report["verdict"] = "PENDING"
         report["remediation"] = ["The next run sends this change; nothing to do unless it stays pending."]
@@ -184,12 +191,11 @@ def diagnose(runtime: Any, sync: str, key: str) -> dict[str, Any]:
         report["remediation"] += _remedy(sync, norm, r.reason)[:1]
     if not report["remediation"]:
         report["remediation"] = [NOTHING_TO_DO]
-    return report
 
 
 def _diagnose_roster(ctx: Any, runtime: Any, key: str) -> dict[str, Any]:
     """A OneRoster user (SCIM User) or class (SCIM Group) by sourcedId."""
-    from sync.sync_rosters import GROUPS, USERS, RosterSync, class_in_scope, desired_users
+    from sync.sync_rosters import GROUPS, USERS, RosterSync
 
     job = RosterSync(ctx)
     if job.source is None or job.target is None:
@@ -217,17 +223,30 @@ def _diagnose_roster(ctx: Any, runtime: Any, key: str) -> dict[str, Any]:
         "remediation": [],
     }
     if kind == "user":
-        ours = {sid: user_row} if user_row is not None and user_row.get("id") else {}
-        desired, reasons = desired_users(snap, ours, job.policy)
-        report["rejections"] += [
-            {"reason": r.reason, "kind": r.kind, "fields": list(r.fields)} for r in desired.rejected if r.key == sid
-        ]
-        user = snap.users.get(sid)
-        want = desired.records.get(sid)
-        report.update(source=want, source_record=asdict(user) if user else None, target=user_row)
-        current = job.target.user_fields(user_row) if user_row is not None else None
-        _roster_verdict(report, sid, "user", want, current, sid in desired.deactivate, reasons.get(sid, ""))
-        return report
+        _diagnose_roster_user(report, job, snap, sid, user_row)
+    else:
+        _diagnose_roster_class(report, job, snap, sid, group_row)
+    return report
+
+
+def _diagnose_roster_user(report: dict[str, Any], job: Any, snap: Any, sid: str, user_row: dict[str, Any] | None) -> None:
+    from sync.sync_rosters import desired_users
+
+    ours = {sid: user_row} if user_row is not None and user_row.get("id") else {}
+    desired, reasons = desired_users(snap, ours, job.policy)
+    report["rejections"] += [
+        {"reason": r.reason, "kind": r.kind, "fields": list(r.fields)} for r in desired.rejected if r.key == sid
+    ]
+    user = snap.users.get(sid)
+    want = desired.records.get(sid)
+    report.update(source=want, source_record=asdict(user) if user else None, target=user_row)
+    current = job.target.user_fields(user_row) if user_row is not None else None
+    _roster_verdict(report, sid, "user", want, current, sid in desired.deactivate, reasons.get(sid, ""))
+
+
+def _diagnose_roster_class(report: dict[str, Any], job: Any, snap: Any, sid: str, group_row: dict[str, Any] | None) -> None:
+    from sync.sync_rosters import USERS, class_in_scope, desired_users
+
     cls = snap.classes.get(sid)
     report.update(source_record=asdict(cls) if cls else None, target=group_row)
     in_scope = cls is not None and class_in_scope(cls, job.policy.schools)
@@ -270,7 +289,6 @@ def _diagnose_roster(ctx: Any, runtime: Any, key: str) -> dict[str, Any]:
         report["remediation"].insert(
             0, "The enrollments of this class's school could not be read completely: its members are kept."
         )
-    return report
 
 
 def _roster_verdict(
