@@ -23,6 +23,12 @@ one request counter (the ``requests.scim`` of the run summary) and one error map
 that may have been applied: the sync looks the externalId up before creating again),
 401/403 -> FatalError, 409 -> ConflictError (uniqueness, e.g. userName), other 4xx on a
 write -> RecordError. This module adds FatalError for malformed lists.
+
+The sync speaks intents (``create_user``, ``update_user``, ``deactivate_user``,
+``create_group``, ``change_members``, ``delete_group``: the ``ScimTarget`` port of
+sync/ports.py) in flat fields (``userName``, ``givenName``, ``email``, ``role``, ...);
+the request formats (the User resource, PatchOps, member filters, If-Match) live here
+only, in ``ScimIntents``.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import requests
@@ -50,17 +56,206 @@ SCHEMAS = {"Users": [USER_SCHEMA], "Groups": [GROUP_SCHEMA]}
 MAX_PAGES = 100_000
 
 
+USERS, GROUPS = "Users", "Groups"
+
+# flat field -> SCIM attribute path (RFC 7643 §4.1); "role" depends on ROSTER_ROLE_ATTRIBUTE
+USER_PATHS = {
+    "userName": "userName",
+    "displayName": "displayName",
+    "givenName": "name.givenName",
+    "familyName": "name.familyName",
+    "active": "active",
+    "externalId": "externalId",
+}
+
+
 def filter_eq(attribute: str, value: str) -> str:
     """``attribute eq "value"`` with the value escaped as a JSON string (RFC 7644 §3.4.2.2)."""
     return f"{attribute} eq {json.dumps(value, ensure_ascii=False)}"
 
 
-class ScimAPI:
+# --------------------------------------------------------------------------------------
+# request formats (pure; unit tested with literals)
+# --------------------------------------------------------------------------------------
+def scim_user_flat(row: Mapping[str, Any], role_attribute: str = "title") -> dict[str, Any]:
+    """The comparable fields of a SCIM User."""
+    raw_name = row.get("name")
+    name: Mapping[str, Any] = raw_name if isinstance(raw_name, Mapping) else {}
+    emails = [e for e in _items(row.get("emails")) if isinstance(e, Mapping)]
+    primary = next((e for e in emails if e.get("primary")), emails[0] if emails else None)
+    flat = {
+        "userName": row.get("userName"),
+        "displayName": row.get("displayName"),
+        "givenName": name.get("givenName"),
+        "familyName": name.get("familyName"),
+        "email": primary.get("value") if primary else None,
+        "active": row.get("active"),
+        "externalId": row.get("externalId"),
+    }
+    if role_attribute == "title":
+        flat["role"] = row.get("title")
+    elif role_attribute == "roles":
+        roles = [r for r in _items(row.get("roles")) if isinstance(r, Mapping)]
+        first = next((r for r in roles if r.get("primary")), roles[0] if roles else None)
+        flat["role"] = first.get("value") if first else None
+    return flat
+
+
+def user_ops(changes: Mapping[str, Any], role_attribute: str = "title") -> list[dict[str, Any]]:
+    """PatchOp operations (RFC 7644 §3.5.2.3 replace) for changed flat fields."""
+    ops: list[dict[str, Any]] = []
+    for name in sorted(changes):
+        value = changes[name]
+        if name == "email":
+            ops.append({"op": "replace", "path": "emails", "value": [{"value": value, "type": "work", "primary": True}]})
+        elif name == "role":
+            if role_attribute == "title":
+                ops.append({"op": "replace", "path": "title", "value": value})
+            elif role_attribute == "roles":
+                ops.append({"op": "replace", "path": "roles", "value": [{"value": value, "primary": True}]})
+        else:
+            ops.append({"op": "replace", "path": USER_PATHS[name], "value": value})
+    return ops
+
+
+def user_create_payload(flat: Mapping[str, Any], role_attribute: str = "title") -> dict[str, Any]:
+    """A SCIM User for POST from the flat desired record (None fields left out)."""
+    payload: dict[str, Any] = {k: flat[k] for k in ("userName", "displayName", "externalId", "active") if flat.get(k) is not None}
+    name = {k: flat[k] for k in ("givenName", "familyName") if flat.get(k) is not None}
+    if name:
+        payload["name"] = name
+    if flat.get("email"):
+        payload["emails"] = [{"value": flat["email"], "type": "work", "primary": True}]
+    if flat.get("role"):
+        if role_attribute == "title":
+            payload["title"] = flat["role"]
+        elif role_attribute == "roles":
+            payload["roles"] = [{"value": flat["role"], "primary": True}]
+    return payload
+
+
+def member_ids(row: Mapping[str, Any]) -> set[str]:
+    """The SCIM ids of a Group's members."""
+    return {str(m["value"]) for m in _items(row.get("members")) if isinstance(m, Mapping) and m.get("value")}
+
+
+def member_ops(add: Iterable[str], remove: Iterable[str]) -> list[dict[str, Any]]:
+    """Membership PatchOps: one ``add`` with every new member, one ``remove`` per leaver
+    with a value filter path (RFC 7644 §3.5.2.1/§3.5.2.2)."""
+    ops: list[dict[str, Any]] = []
+    adds = sorted(add)
+    if adds:
+        ops.append({"op": "add", "path": "members", "value": [{"value": i} for i in adds]})
+    for i in sorted(remove):
+        ops.append({"op": "remove", "path": f'members[value eq "{_escape(i)}"]'})
+    return ops
+
+
+def _items(value: Any) -> builtins.list[Any]:
+    """A multi-valued SCIM attribute as a list (a provider's odd value is no value)."""
+    return value if isinstance(value, list) else []
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+# --------------------------------------------------------------------------------------
+# intents over the resource verbs
+# --------------------------------------------------------------------------------------
+class ScimIntents:
+    """The ``ScimTarget`` intents, written once over the resource verbs a subclass
+    provides (``list``, ``get``, ``find``, ``create``, ``patch``, ``delete``, ``etags``):
+    ``ScimAPI`` over HTTP, the tests' in-memory fake over a dict, so both translate an
+    intent into the same requests."""
+
+    role_attribute: str = "title"
+    """Where the flat ``role`` goes: ``title``, ``roles`` (multi-valued) or ``none``."""
+
+    @property
+    def etags(self) -> bool:
+        """Whether writes carry If-Match (the provider announced ETag support)."""
+        return False
+
+    # the verbs (ScimAPI implements them over HTTP)
+    def list(self, resource: str) -> builtins.list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def get(self, resource: str, resource_id: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def find(self, resource: str, attribute: str, value: str) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def create(self, resource: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def patch(
+        self, resource: str, resource_id: str, operations: Sequence[Mapping[str, Any]], etag: str | None = None
+    ) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def delete(self, resource: str, resource_id: str, etag: str | None = None) -> None:
+        raise NotImplementedError
+
+    # reading in the sync's terms
+    def user_fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        return scim_user_flat(row, self.role_attribute)
+
+    def member_ids(self, row: Mapping[str, Any]) -> set[str]:
+        return member_ids(row)
+
+    # the intents
+    def create_user(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """POST a User made from flat fields; returns the created resource."""
+        return self.create(USERS, user_create_payload(fields, self.role_attribute))
+
+    def update_user(self, row: Mapping[str, Any], changes: Mapping[str, Any]) -> None:
+        """PATCH the flat ``changes`` onto the User ``row`` (If-Match its version)."""
+        self.patch(USERS, str(row["id"]), user_ops(changes, self.role_attribute), self._etag(row))
+
+    def deactivate_user(self, row: Mapping[str, Any], *, delete: bool = False) -> None:
+        """``active=false`` by PATCH, or DELETE when ``delete`` (SCIM_DELETE_MODE=delete)."""
+        if delete:
+            self.delete(USERS, str(row["id"]), self._etag(row))
+        else:
+            self.update_user(row, {"active": False})
+
+    def create_group(self, fields: Mapping[str, Any], members: Iterable[str]) -> dict[str, Any]:
+        """POST a Group (``displayName``, ``externalId``) with these member ids."""
+        return self.create(GROUPS, {**fields, "members": [{"value": i} for i in sorted(members)]})
+
+    def change_members(
+        self,
+        row: Mapping[str, Any],
+        *,
+        add: Iterable[str] = (),
+        remove: Iterable[str] = (),
+        display_name: str | None = None,
+    ) -> None:
+        """One PATCH of the Group ``row``: a new displayName (when given), the members to
+        add and those to remove."""
+        ops = [{"op": "replace", "path": "displayName", "value": display_name}] if display_name is not None else []
+        self.patch(GROUPS, str(row["id"]), ops + member_ops(add, remove), self._etag(row))
+
+    def delete_group(self, row: Mapping[str, Any]) -> None:
+        """DELETE the Group ``row`` (SCIM_DELETE_MODE=delete)."""
+        self.delete(GROUPS, str(row["id"]), self._etag(row))
+
+    def _etag(self, row: Mapping[str, Any]) -> str | None:
+        if not self.etags:
+            return None
+        meta = row.get("meta")
+        return meta.get("version") if isinstance(meta, Mapping) else None
+
+
+class ScimAPI(ScimIntents):
     """SCIM Users/Groups over an ``HttpClient`` configured for the provider."""
 
-    def __init__(self, http: HttpClient, *, page_size: int = 100) -> None:
+    def __init__(self, http: HttpClient, *, page_size: int = 100, role_attribute: str = "title") -> None:
         self.http = http
         self.page_size = page_size
+        self.role_attribute = role_attribute
         self._config: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
@@ -203,4 +398,4 @@ def build_scim(
         breaker=breaker,
         secrets=[token],
     )
-    return ScimAPI(http, page_size=int(getattr(settings, "scim_page_size", 100)))
+    return ScimAPI(http, page_size=int(getattr(settings, "scim_page_size", 100)), role_attribute=settings.roster_role_attribute)

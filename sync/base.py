@@ -16,36 +16,29 @@ import json
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from sync.engine import Action, guard_allows, plan
+from sync.apply import COUNTED, Applier, Done, Entry
+from sync.apply import apply_in_order as apply_in_order  # its home was here; utils/locks.py names it so
+from sync.engine import Action, plan
+from sync.guard import guard_reason, judge
 from sync.ports import FailedRecords, GraphDirectory, Row, SafetyAmpTarget, SamsaraFleet, ViewpointSource
 from utils.data_validator import InvalidValue, clean_code
 from utils.errors import (
     AmbiguousWriteError,
     ChangeLogError,
     ConfigurationError,
-    FatalError,
-    RecordError,
-    RetriableError,
     SourceUnavailableError,
     SyncError,
 )
-from utils.locks import fenced
-from utils.request_log import current_request_log, recording
 
 log = logging.getLogger("sync")
 
 AMBIGUOUS_CREATE_ATTEMPTS = 3
 """Creates whose outcome was unknown, each re-checked by key before the next one."""
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 COUNT_KEYS = ("created", "updated", "deactivated", "unchanged", "skipped", "failed")
 
@@ -247,8 +240,6 @@ class BaseSync:
     def __init__(self, ctx: SyncContext) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
-        self._lock = threading.Lock()
-        self._consecutive_errors = 0
         self._slog: Any = None  # the running sync's change log (set by _run)
 
     @property
@@ -333,11 +324,25 @@ class BaseSync:
             # against the whole target, and an empty read still stops it).
             desired = only_record(desired, only)
             current = {k: v for k, v in whole.items() if k == only}
-        for rej in desired.rejected:
-            slog.error(rej.key, rej.reason, payload=rej.payload, fields=list(rej.fields), kind=rej.kind)
-            if rej.kind == "rejected":
-                result.counts["failed"] += 1
-                result.rejected += 1
+        record_rejections(desired.rejected, result, slog)
+        records = self._not_held_back(desired, result)
+        actions = plan(
+            records, current, deactivate=desired.deactivate, deactivation=self.deactivation, compare=self.compare_fields
+        )
+        actions = self._guard(actions, desired, whole, result)
+        writes = [a for a in actions if a.is_write]
+        if self.ctx.dry_run or only is not None:  # only these show it: 70 000 described writes cost 150 MB
+            result.plan = [self._describe(a) for a in writes]
+        result.counts["unchanged"] += len(actions) - len(writes)
+        applier: Applier[Action, Row] = Applier(self.name, self.ctx, slog, result, workers=self.ctx.max_workers)
+        applier.apply(writes, lambda a: self._entry(a, desired), lambda a: self._send(a, current.get(a.key)))
+        if result.guard_tripped:
+            result.status = "failed"
+        elif result.counts["failed"]:
+            result.status = "partial"
+
+    def _not_held_back(self, desired: Desired, result: RunResult) -> dict[str, dict[str, Any]]:
+        """The desired records less those the failed-record tracker holds back (counted skipped)."""
         records = {}
         for key, rec in desired.records.items():
             fp = desired.fingerprints.get(key, "")
@@ -345,54 +350,24 @@ class BaseSync:
                 result.counts["skipped"] += 1
                 continue
             records[key] = rec
-        actions = plan(
-            records, current, deactivate=desired.deactivate, deactivation=self.deactivation, compare=self.compare_fields
-        )
-        deactivations = [a for a in actions if a.kind == "deactivate"]
-        # An empty read while the target holds records trips the guard even when nothing
-        # was planned for deactivation: otherwise a wrong VIEWPOINT_COMPANY or an emptied
-        # view reports "success" forever while leavers keep their access.
-        if deactivations or (desired.source_count == 0 and whole):
-            reason = None
-            held = ""
-            active = self.active_count(whole)
-            if desired.source_count == 0:
-                reason = f"the source returned no records while the target holds {len(whole)}"
-            elif not guard_allows(len(deactivations), active, self.settings.deactivation_guard_percent):
-                reason = (
-                    f"{len(deactivations)} deactivations exceed DEACTIVATION_GUARD_PERCENT="
-                    f"{self.settings.deactivation_guard_percent:g} of {active} active records"
-                )
-                keys = [a.key for a in deactivations]
-                result.approval = approve_or_hold(self.ctx, self.name, keys, reason)
-                if result.approval is not None:
-                    reason = None
-                else:
-                    held = held_message(self.name, self.ctx)
-                    result.held = sorted(keys)
-            if reason:
-                result.guard_tripped = True
-                self.ctx.metrics.deactivation_guard.labels(self.name).inc()
-                actions = [a for a in actions if a.kind != "deactivate"]
-                result.error = f"deactivation guard tripped: {reason}; no record was deactivated{held}"
-                log.error(result.error, extra={"sync": self.name})
-        if not result.held:
-            nothing_held(self.ctx, self.name)
-        writes = [a for a in actions if a.is_write]
-        if self.ctx.dry_run or only is not None:  # only these show it: 70 000 described writes cost 150 MB
-            result.plan = [self._describe(a) for a in writes]
-        result.counts["unchanged"] += len(actions) - len(writes)
-        if self.ctx.dry_run:
-            for a in writes:
-                result.counts[_COUNTED[a.kind]] += 1
-                slog.change(a.key, a.kind, None, None, {c.field: c.as_dict() for c in a.changes})
-        else:
-            self._apply(writes, current, result, slog, desired)
-        failed = result.counts["failed"]
-        if result.guard_tripped:
-            result.status = "failed"
-        elif failed:
-            result.status = "partial"
+        return records
+
+    def _guard(self, actions: list[Action], desired: Desired, whole: Mapping[str, Row], result: RunResult) -> list[Action]:
+        """``actions`` less the deactivations the guard refuses (sync/guard.py).
+
+        An empty read while the target holds records trips the guard even when nothing
+        was planned for deactivation: otherwise a wrong VIEWPOINT_COMPANY or an emptied
+        view reports "success" forever while leavers keep their access."""
+        deactivations = [a.key for a in actions if a.kind == "deactivate"]
+        refusal = None
+        if deactivations or desired.source_count == 0:
+            percent = self.settings.deactivation_guard_percent
+            active = self.active_count(whole) if deactivations else 0
+            refusal = guard_reason(len(deactivations), active, percent, source_count=desired.source_count, held=len(whole))
+        (verdict,) = judge(self.ctx, result, self.name, [(refusal, deactivations)])
+        if verdict == "refused":
+            return [a for a in actions if a.kind != "deactivate"]
+        return actions
 
     def _describe(self, action: Action) -> dict[str, Any]:
         return {
@@ -401,79 +376,27 @@ class BaseSync:
             "changes": {c.field: c.as_dict() for c in action.changes},
         }
 
-    def _apply(self, writes: list[Action], current: Mapping[str, Row], result: RunResult, slog: Any, desired: Desired) -> None:
-        def settle(_action: Action, outcome: str, done: int, total: int) -> None:
-            if outcome in COUNT_KEYS:
-                result.counts[outcome] += 1
-            if self.ctx.progress:
-                self.ctx.progress(self.name, done, total)
-
-        apply_in_order(
-            self.name,
-            self.ctx,
-            writes,
-            lambda a: self._apply_one(a, current.get(a.key), slog, desired),
-            settle,
-            self.ctx.max_workers,
-        )
-
-    def _apply_one(self, action: Action, row: Row | None, slog: Any, desired: Desired) -> str:
-        target = self.ctx.safetyamp
-        fp = desired.fingerprints.get(action.key, "")
-        # Write-ahead: on disk before the request, or ChangeLogError and nothing is sent.
-        intent = slog.intent(action.key, action.kind, target=self.collection, target_id=action.target_id)
-        try:
-            if action.kind == "create":
-                payload = self.create_payload(action)
-                created = self._create(payload, action.key, intent=intent)
-                self.ctx.targets.put(self.collection, created)
-                outcome = "created"
-            else:
-                assert row is not None and action.target_id is not None
-                payload = self.update_payload(action, row)
-                target.update(self.collection, action.target_id, payload)
-                self.ctx.targets.merge(self.collection, action.target_id, action.payload)
-                outcome = _COUNTED[action.kind]
-        except RecordError as exc:
-            reason = exc.message
-            if exc.field_errors:
-                reason = "; ".join(f"{f}: {' '.join(m)}" for f, m in exc.field_errors.items())
-            self.ctx.tracker.record_failure(self.name, action.key, fp, reason, list(exc.field_errors))
-            slog.error(
-                action.key,
-                reason,
-                target_body=exc.body,
-                payload=dict(action.payload),
-                fields=list(exc.field_errors),
-                kind="failed",
-                intent=intent,
-            )
-            self._consecutive_errors = 0
-            return "failed"
-        except RetriableError as exc:
-            slog.error(
-                action.key, f"gave up after retries: {exc.message}", payload=dict(action.payload), kind="failed", intent=intent
-            )
-            with self._lock:
-                self._consecutive_errors += 1
-                too_many = self._consecutive_errors >= self.settings.consecutive_error_limit
-            if too_many:
-                raise FatalError(
-                    f"{self._consecutive_errors} consecutive requests failed; stopping the {self.name} sync", service=exc.service
-                ) from exc
-            return "failed"
-        with self._lock:
-            self._consecutive_errors = 0
-        self.ctx.tracker.record_success(self.name, action.key)
-        slog.change(
+    def _entry(self, action: Action, desired: Desired) -> Entry:
+        return Entry(
             action.key,
             action.kind,
-            _subset(row, action.payload),
+            self.collection,
+            action.target_id,
+            desired.fingerprints.get(action.key, ""),
             dict(action.payload),
             {c.field: c.as_dict() for c in action.changes},
-            intent=intent,
         )
-        return outcome
+
+    def _send(self, action: Action, row: Row | None) -> Done[Row]:
+        """One planned write to SafetyAmp (the applier records it)."""
+        if action.kind == "create":
+            created = self._create(self.create_payload(action), action.key, recorded=True)
+            self.ctx.targets.put(self.collection, created)
+            return Done("created", None, dict(action.payload), value=created)
+        assert row is not None and action.target_id is not None
+        self.ctx.safetyamp.update(self.collection, action.target_id, self.update_payload(action, row))
+        self.ctx.targets.merge(self.collection, action.target_id, action.payload)
+        return Done(COUNTED[action.kind], _subset(row, action.payload), dict(action.payload))
 
     def _create(
         self,
@@ -482,16 +405,17 @@ class BaseSync:
         collection: str | None = None,
         key_field: str | None = None,
         *,
-        intent: int | None = None,
+        recorded: bool = False,
     ) -> Row:
-        """Create one record (re-checked by key when the answer is lost). ``intent``: the
-        write-ahead record the caller made; without one (``prepare`` hooks) the create
-        records its own intent before sending and its outcome after."""
+        """Create one record (re-checked by key when the answer is lost). ``recorded``:
+        the applier records this write; otherwise (``prepare`` hooks) the create records
+        its own intent before sending and its outcome after."""
         target = self.ctx.safetyamp
         collection = collection or self.collection
         key_field = key_field or self.key_field
         slog = None
-        if intent is None:
+        intent = None
+        if not recorded:
             if self._slog is None:
                 raise RuntimeError(f"{self.name}: a create outside a run would go out without a change log record")
             slog = self._slog
@@ -512,6 +436,16 @@ class BaseSync:
         return created
 
 
+def record_rejections(rejected: Sequence[Rejected], result: RunResult, slog: Any, prefix: str = "") -> None:
+    """Record the source records a sync refused (and the fields it dropped): refusals
+    count as failed, and as rejected (not write failures) for the quarantine."""
+    for rej in rejected:
+        slog.error(prefix + rej.key, rej.reason, payload=rej.payload, fields=list(rej.fields), kind=rej.kind)
+        if rej.kind == "rejected":
+            result.counts["failed"] += 1
+            result.rejected += 1
+
+
 def only_record(desired: Desired, key: str) -> Desired:
     """``desired`` cut down to one key (a one-record run); the source count stays whole."""
     return Desired(
@@ -522,78 +456,6 @@ def only_record(desired: Desired, key: str) -> Desired:
         source_count=desired.source_count,
         notes=desired.notes,
     )
-
-
-def approve_or_hold(ctx: SyncContext, sync: str, keys: Sequence[str], reason: str) -> dict[str, Any] | None:
-    """The one path every sync takes when the deactivation guard refuses a batch because
-    it is too large (never for an empty or incomplete read: that is not approvable).
-
-    Returns the operator's approval of exactly this batch (utils.control), taken, so it
-    is used once: the caller then deactivates the batch. Otherwise the batch is recorded
-    as held, for an operator to review and approve, and None is returned. A dry run only
-    looks (a preview shows an approved batch as it would go through); a one-record run
-    neither takes nor holds anything (its batch is not the sync's batch)."""
-    control = ctx.control
-    if control is None or ctx.only_key is not None or not keys:
-        return None
-    from utils.control import digest
-
-    try:
-        if ctx.dry_run:
-            approval = control.approval(sync)
-            return approval if approval is not None and approval.get("digest") == digest(keys) else None
-        approval = control.take_approval(sync, list(keys))
-        run_id = str(getattr(ctx.events, "run_id", ""))
-        if approval is not None:
-            log.warning(
-                "deactivation guard: %d deactivations go through, approved by %s at %s (digest %s)",
-                len(keys),
-                approval.get("by"),
-                approval.get("at"),
-                approval.get("digest"),
-                extra={"sync": sync},
-            )
-            control.audit(
-                actor=f"runner:{_runner_name()}",
-                role="system",
-                action="approval_used",
-                target=f"sync/{sync}",
-                result="ok",
-                detail={**approval, "run_id": run_id},
-            )
-            return approval
-        control.hold(sync, list(keys), reason=reason, run_id=run_id)
-    except Exception:  # operator state unavailable: the guard's refusal stands
-        log.warning("could not look up or record the held deactivations", extra={"sync": sync}, exc_info=True)
-    return None
-
-
-def nothing_held(ctx: SyncContext, sync: str) -> None:
-    """A whole run of ``sync`` got past the guard without holding a batch: a batch held
-    by an earlier run is obsolete (the console must not offer to approve it)."""
-    if ctx.control is None or ctx.only_key is not None or ctx.dry_run:
-        return
-    try:
-        ctx.control.clear_hold(sync)
-    except Exception:
-        log.warning("could not clear the held deactivations", extra={"sync": sync}, exc_info=True)
-
-
-def held_message(sync: str, ctx: SyncContext) -> str:
-    """What a refused, approvable batch adds to the run's error: how to let it through."""
-    if ctx.control is None or ctx.only_key is not None or ctx.dry_run:
-        return ""
-    return (
-        f"; held for approval: `sync_batch.py holds` lists them with their digest, "
-        f"`sync_batch.py approve {sync} DIGEST` (or the console) lets them through once"
-    )
-
-
-def _runner_name() -> str:
-    import os
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def run_recorded(name: str, ctx: SyncContext, body: Callable[[RunResult, Any], Mapping[str, Any] | None]) -> RunResult:
@@ -665,71 +527,6 @@ def _change_log_failed(ctx: SyncContext, name: str) -> None:
         counter.labels(name).inc()
 
 
-def apply_in_order(
-    name: str,
-    ctx: SyncContext,
-    items: Sequence[T],
-    write: Callable[[T], R],
-    settle: Callable[[T, R | str, int, int], None],
-    workers: int,
-) -> None:
-    """Apply ``write`` to every item on a bounded thread pool (the rate limiter paces the
-    requests; threads only hide the target's latency), settling results in item order.
-
-    ``settle(item, outcome, done, total)`` runs in the calling thread with what ``write``
-    returned, or ``"failed"`` when it raised FatalError, or ``"abandoned"`` when it never
-    ran or its change log refused it (ChangeLogError). No new write starts once shutdown
-    is requested (``ctx.stop``), a lock of ``ctx.fence`` was lost (another runner may own
-    the target now: every write request is checked, see utils/locks.py) or a write raised
-    FatalError; the first such reason is raised when the in-flight writes have settled."""
-    total = len(items)
-    if not total:
-        return
-    abort: list[BaseException] = []
-    requests_log = current_request_log()  # a one-record run shows what it sent (utils/request_log.py)
-
-    def one(item: T) -> R | str:
-        if abort or ctx.stop.is_set():
-            return "abandoned"
-        fence = ctx.fence
-        with recording(requests_log):
-            if fence is None:
-                return write(item)
-            fence.raise_if_lost()
-            with fenced(fence):  # worker threads do not inherit the runner's context
-                return write(item)
-
-    done = 0
-
-    def settle_next(item: T, fut: Future[R | str]) -> None:
-        nonlocal done
-        try:
-            outcome = fut.result()
-        except FatalError as exc:
-            if not abort:
-                abort.append(exc)
-            # a write stopped by its change log was not sent, or its outcome is unknown: not a failed record
-            outcome = "abandoned" if isinstance(exc, ChangeLogError) else "failed"
-        done += 1
-        settle(item, outcome, done, total)
-
-    size = max(1, min(workers, total))
-    with ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"apply-{name}") as pool:
-        # A bounded window of submitted writes: 70 000 futures submitted at once held tens
-        # of MB for nothing (the rate limit paces them anyway).
-        pending: deque[tuple[T, Future[R | str]]] = deque()
-        for item in items:
-            pending.append((item, pool.submit(one, item)))
-            if len(pending) >= size * 4:
-                settle_next(*pending.popleft())
-        while pending:
-            settle_next(*pending.popleft())
-    if abort:
-        raise abort[0]
-    if ctx.stop.is_set() and done < total:
-        raise FatalError(f"stopped by shutdown request after {done} of {total} writes")
-
-
 def create_once(
     create: Callable[[], Row], find: Callable[[], Row | None], *, sync: str, key: Any, attempts: int = AMBIGUOUS_CREATE_ATTEMPTS
 ) -> Row:
@@ -762,9 +559,6 @@ def create_once(
             if attempt == attempts:
                 raise
     raise AssertionError("unreachable")
-
-
-_COUNTED = {"create": "created", "update": "updated", "deactivate": "deactivated"}
 
 
 def _subset(row: Row | None, payload: Mapping[str, Any]) -> dict[str, Any] | None:

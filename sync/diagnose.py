@@ -204,14 +204,14 @@ def _judge_absent(report: dict[str, Any], job: BaseSync, desired: Desired) -> di
 
 def _diagnose_roster(ctx: Any, runtime: Any, key: str) -> dict[str, Any]:
     """A OneRoster user (SCIM User) or class (SCIM Group) by sourcedId."""
-    from sync.sync_rosters import GROUPS, USERS, RosterSync, class_in_scope, member_ids, scim_user_flat
+    from sync.sync_rosters import GROUPS, USERS, RosterSync
 
     job = RosterSync(ctx)
     if job.source is None or job.target is None:
         raise ConfigurationError("diagnose rosters needs a OneRoster source and a SCIM target (ONEROSTER_*, SCIM_*)")
     kind, _, sid = key.partition("/") if key.startswith(("user/", "class/")) else ("", "", key)
     sid = sid.strip()
-    snap = job.source.read(None, job.schools)
+    snap = job.source.read(None, job.policy.schools)
     user_row = job.target.find(USERS, "externalId", sid) if kind in ("", "user") else None
     group_row = job.target.find(GROUPS, "externalId", sid) if kind in ("", "class") else None
     if not kind:
@@ -232,20 +232,33 @@ def _diagnose_roster(ctx: Any, runtime: Any, key: str) -> dict[str, Any]:
         "remediation": [],
     }
     if kind == "user":
-        ours = {sid: user_row} if user_row is not None and user_row.get("id") else {}
-        desired, reasons = job._desired_users(snap, ours)
-        report["rejections"] += [
-            {"reason": r.reason, "kind": r.kind, "fields": list(r.fields)} for r in desired.rejected if r.key == sid
-        ]
-        user = snap.users.get(sid)
-        want = desired.records.get(sid)
-        report.update(source=want, source_record=asdict(user) if user else None, target=user_row)
-        current = scim_user_flat(user_row, job.role_attribute) if user_row is not None else None
-        _roster_verdict(report, sid, "user", want, current, sid in desired.deactivate, reasons.get(sid, ""))
-        return report
+        _diagnose_roster_user(report, job, snap, sid, user_row)
+    else:
+        _diagnose_roster_class(report, job, snap, sid, group_row)
+    return report
+
+
+def _diagnose_roster_user(report: dict[str, Any], job: Any, snap: Any, sid: str, user_row: dict[str, Any] | None) -> None:
+    from sync.sync_rosters import desired_users
+
+    ours = {sid: user_row} if user_row is not None and user_row.get("id") else {}
+    desired, reasons = desired_users(snap, ours, job.policy)
+    report["rejections"] += [
+        {"reason": r.reason, "kind": r.kind, "fields": list(r.fields)} for r in desired.rejected if r.key == sid
+    ]
+    user = snap.users.get(sid)
+    want = desired.records.get(sid)
+    report.update(source=want, source_record=asdict(user) if user else None, target=user_row)
+    current = job.target.user_fields(user_row) if user_row is not None else None
+    _roster_verdict(report, sid, "user", want, current, sid in desired.deactivate, reasons.get(sid, ""))
+
+
+def _diagnose_roster_class(report: dict[str, Any], job: Any, snap: Any, sid: str, group_row: dict[str, Any] | None) -> None:
+    from sync.sync_rosters import USERS, class_in_scope, desired_users
+
     cls = snap.classes.get(sid)
     report.update(source_record=asdict(cls) if cls else None, target=group_row)
-    in_scope = cls is not None and class_in_scope(cls, job.schools)
+    in_scope = cls is not None and class_in_scope(cls, job.policy.schools)
     want = {"displayName": cls.title or cls.class_code or sid, "externalId": sid} if cls is not None and in_scope else None
     current = None
     if group_row is not None:
@@ -256,15 +269,15 @@ def _diagnose_roster(ctx: Any, runtime: Any, key: str) -> dict[str, Any]:
     have: set[str] = set()
     if group_row is not None:
         ext_of = {str(u["id"]): str(u["externalId"]) for u in job.target.list(USERS) if u.get("id") and u.get("externalId")}
-        have = {ext_of[m] for m in member_ids(group_row) if m in ext_of}
+        have = {ext_of[m] for m in job.target.member_ids(group_row) if m in ext_of}
     members: set[str] = set()
     if want is not None:
-        desired_users, _ = job._desired_users(snap, {})
-        wanted_roles = {r.lower() for r in job.roles}
+        wanted_users, _ = desired_users(snap, (), job.policy)
+        wanted_roles = {r.lower() for r in job.policy.roles}
         members = {
             e.user
             for e in snap.enrollments.values()
-            if e.class_id == sid and e.status == "active" and e.user in desired_users.records
+            if e.class_id == sid and e.status == "active" and e.user in wanted_users.records
             and (e.role is None or e.role in wanted_roles)
         }  # fmt: skip
         report["source"] = {**want, "members": sorted(members)}
@@ -285,7 +298,6 @@ def _diagnose_roster(ctx: Any, runtime: Any, key: str) -> dict[str, Any]:
         report["remediation"].insert(
             0, "The enrollments of this class's school could not be read completely: its members are kept."
         )
-    return report
 
 
 def _roster_verdict(

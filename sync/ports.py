@@ -90,3 +90,60 @@ class FailedRecords(Protocol):
 
     def count(self, sync: str) -> int:
         """Records currently tracked as failing for a sync."""
+
+
+class ScimTarget(Protocol):
+    """A SCIM 2.0 service provider (RFC 7644) in the rosters sync's terms. ``resource``
+    is ``Users`` or ``Groups``; reads return the provider's JSON objects (lists are
+    complete or raise); writes are intents in flat fields (``userName``, ``displayName``,
+    ``givenName``, ``familyName``, ``email``, ``active``, ``externalId``, ``role``): the
+    adapter owns the request formats (User resource, PatchOps, member filters, If-Match).
+    A write refused because the resource changed since it was read raises RecordError
+    with status 412; the sync re-reads it (``get``) and plans the write again."""
+
+    def list(self, resource: str) -> list[dict[str, Any]]:
+        """Every resource of a type (all pages)."""
+        ...
+
+    def get(self, resource: str, resource_id: str) -> dict[str, Any]:
+        """One resource by its SCIM id."""
+        ...
+
+    def find(self, resource: str, attribute: str, value: str) -> dict[str, Any] | None:
+        """The resource whose ``attribute`` equals ``value`` (a filter ``eq``), or None."""
+        ...
+
+    def user_fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """The flat, comparable fields of a User resource."""
+        ...
+
+    def member_ids(self, row: Mapping[str, Any]) -> set[str]:
+        """The SCIM ids of a Group resource's members."""
+        ...
+
+    def create_user(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a User from flat fields (None fields left out); returns it (with ``id``)."""
+        ...
+
+    def update_user(self, row: Mapping[str, Any], changes: Mapping[str, Any]) -> None:
+        """Set the flat ``changes`` on the User ``row`` (as read: its id and version)."""
+        ...
+
+    def deactivate_user(self, row: Mapping[str, Any], *, delete: bool = False) -> None:
+        """``active=false``; removed instead when ``delete`` (SCIM_DELETE_MODE=delete)."""
+        ...
+
+    def create_group(self, fields: Mapping[str, Any], members: Iterable[str]) -> dict[str, Any]:
+        """Create a Group (``displayName``, ``externalId``) with these member ids."""
+        ...
+
+    def change_members(
+        self, row: Mapping[str, Any], *, add: Iterable[str] = (), remove: Iterable[str] = (), display_name: str | None = None
+    ) -> None:
+        """Add and remove members of the Group ``row`` (and rename it when
+        ``display_name`` is given), in one write."""
+        ...
+
+    def delete_group(self, row: Mapping[str, Any]) -> None:
+        """Remove the Group ``row`` (SCIM_DELETE_MODE=delete)."""
+        ...

@@ -16,10 +16,12 @@ decides what absence means:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
+
+from sync.ports import ScimTarget as ScimTarget  # the port lives with the others; this name stays
 
 ACTIVE = "active"
 TOBEDELETED = "tobedeleted"
@@ -121,40 +123,4 @@ class CursorStore(Protocol):
 
     def save(self, state: Mapping[str, str]) -> None:
         """Remember the cursor of a complete run."""
-        ...
-
-
-class ScimTarget(Protocol):
-    """A SCIM 2.0 service provider (RFC 7644). ``resource`` is ``Users`` or ``Groups``;
-    records are the provider's JSON objects. Lists are complete or raise."""
-
-    @property
-    def etags(self) -> bool:
-        """Whether the provider announced ETag support (send If-Match on writes)."""
-        ...
-
-    def list(self, resource: str) -> list[dict[str, Any]]:
-        """Every resource of a type (all pages)."""
-        ...
-
-    def get(self, resource: str, resource_id: str) -> dict[str, Any]:
-        """One resource by its SCIM id."""
-        ...
-
-    def find(self, resource: str, attribute: str, value: str) -> dict[str, Any] | None:
-        """The resource whose ``attribute`` equals ``value`` (a filter ``eq``), or None."""
-        ...
-
-    def create(self, resource: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """POST; returns the created resource (with ``id``)."""
-        ...
-
-    def patch(
-        self, resource: str, resource_id: str, operations: Sequence[Mapping[str, Any]], etag: str | None = None
-    ) -> dict[str, Any] | None:
-        """PATCH with a PatchOp message; returns the resource when the provider sends it."""
-        ...
-
-    def delete(self, resource: str, resource_id: str, etag: str | None = None) -> None:
-        """DELETE (only when SCIM_DELETE_MODE=delete)."""
         ...

@@ -3,8 +3,15 @@
 Not a BaseSync: that loop serves one SafetyAmp collection keyed by one field, while a
 roster is two linked collections (a Group's members are the SCIM ids of Users created
 in the same run) read either completely or as a delta. What it shares with the other
-syncs is the functional core (``sync.engine.plan``, ``guard_allows``), the result and
-rejection types, the failed-record tracker and the EventManager's change/error files.
+syncs: the functional core (``sync.engine.plan``), the deactivation guard and its held
+batches (sync/guard.py), the applier (sync/apply.py: write-ahead change log, the
+failed-record tracker, the consecutive-error limit, the write fence), the result and
+rejection types. It speaks to SCIM in intents (the ``ScimTarget`` port); the request
+formats live in services/scim_api.py.
+
+The walk of one run goes one way: read the source and the target, plan the users
+(pure: ``desired_users``, ``plan_users``), judge the guard, apply them, plan the groups
+from the snapshot and the users' ids (pure: ``plan_groups``), apply them, record.
 
 One run:
 
@@ -32,142 +39,52 @@ a User or Group with an externalId is "ours" (docs/rosters.md).
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sync.base import (
-    COUNT_KEYS,
-    Desired,
-    Rejected,
-    RunResult,
-    SyncContext,
-    apply_in_order,
-    approve_or_hold,
-    create_once,
-    fingerprint,
-    held_message,
-    nothing_held,
-    run_recorded,
-)
-from sync.engine import FieldChange, diff, guard_allows, plan
+from sync.apply import COUNTED, Applier, Done, Entry
+from sync.base import Desired, Rejected, RunResult, SyncContext, create_once, fingerprint, record_rejections, run_recorded
+from sync.engine import FieldChange, diff, plan
+from sync.guard import Refusal, guard_reason, judge
 from sync.roster_model import ACTIVE, RosterClass, RosterSnapshot, RosterUser
 from utils.data_validator import InvalidValue, clean_code, clean_name, shown_key
-from utils.errors import (
-    ConflictError,
-    FatalError,
-    RecordError,
-    RetriableError,
-)
+from utils.errors import ConflictError, FatalError, RecordError
 from utils.timefmt import iso_z, parse_iso
 
 log = logging.getLogger("sync.rosters")
 
 USERS, GROUPS = "Users", "Groups"
-EMPTY_READ = "the source returned no"
-"""How the guard's empty-read reason starts: that refusal is never approvable."""
 SCIM_CODE_MAX_LENGTH = 255
 """sourcedId, userName and e-mail (an e-mail address has at most 254 characters)."""
 SCIM_NAME_MAX_LENGTH = 255
 DEACTIVATED = {"active": False}
 DEFAULT_ROLES = ("student", "teacher")
 
-# flat field -> SCIM attribute path (RFC 7643 §4.1); "role" depends on ROSTER_ROLE_ATTRIBUTE
-USER_PATHS = {
-    "userName": "userName",
-    "displayName": "displayName",
-    "givenName": "name.givenName",
-    "familyName": "name.familyName",
-    "active": "active",
-    "externalId": "externalId",
-}
-
 
 # --------------------------------------------------------------------------------------
-# pure helpers (unit tested with literals)
+# pure rules (unit tested with literals)
 # --------------------------------------------------------------------------------------
-def scim_user_flat(row: Mapping[str, Any], role_attribute: str = "title") -> dict[str, Any]:
-    """The comparable fields of a SCIM User."""
-    raw_name = row.get("name")
-    name: Mapping[str, Any] = raw_name if isinstance(raw_name, Mapping) else {}
-    emails = [e for e in _items(row.get("emails")) if isinstance(e, Mapping)]
-    primary = next((e for e in emails if e.get("primary")), emails[0] if emails else None)
-    flat = {
-        "userName": row.get("userName"),
-        "displayName": row.get("displayName"),
-        "givenName": name.get("givenName"),
-        "familyName": name.get("familyName"),
-        "email": primary.get("value") if primary else None,
-        "active": row.get("active"),
-        "externalId": row.get("externalId"),
-    }
-    if role_attribute == "title":
-        flat["role"] = row.get("title")
-    elif role_attribute == "roles":
-        roles = [r for r in _items(row.get("roles")) if isinstance(r, Mapping)]
-        first = next((r for r in roles if r.get("primary")), roles[0] if roles else None)
-        flat["role"] = first.get("value") if first else None
-    return flat
+@dataclass(frozen=True)
+class RosterPolicy:
+    """What the settings say about the roster: who is in scope and how they are written."""
 
+    roles: tuple[str, ...] = DEFAULT_ROLES
+    schools: tuple[str, ...] = ()
+    username_field: str = "username"
+    role_attribute: str = "title"
+    delete_mode: bool = False
 
-def user_ops(changes: Mapping[str, Any], role_attribute: str = "title") -> list[dict[str, Any]]:
-    """PatchOp operations (RFC 7644 §3.5.2.3 replace) for changed flat fields."""
-    ops: list[dict[str, Any]] = []
-    for name in sorted(changes):
-        value = changes[name]
-        if name == "email":
-            ops.append({"op": "replace", "path": "emails", "value": [{"value": value, "type": "work", "primary": True}]})
-        elif name == "role":
-            if role_attribute == "title":
-                ops.append({"op": "replace", "path": "title", "value": value})
-            elif role_attribute == "roles":
-                ops.append({"op": "replace", "path": "roles", "value": [{"value": value, "primary": True}]})
-        else:
-            ops.append({"op": "replace", "path": USER_PATHS[name], "value": value})
-    return ops
-
-
-def user_create_payload(flat: Mapping[str, Any], role_attribute: str = "title") -> dict[str, Any]:
-    """A SCIM User for POST from the flat desired record (None fields left out)."""
-    payload: dict[str, Any] = {k: flat[k] for k in ("userName", "displayName", "externalId", "active") if flat.get(k) is not None}
-    name = {k: flat[k] for k in ("givenName", "familyName") if flat.get(k) is not None}
-    if name:
-        payload["name"] = name
-    if flat.get("email"):
-        payload["emails"] = [{"value": flat["email"], "type": "work", "primary": True}]
-    if flat.get("role"):
-        if role_attribute == "title":
-            payload["title"] = flat["role"]
-        elif role_attribute == "roles":
-            payload["roles"] = [{"value": flat["role"], "primary": True}]
-    return payload
-
-
-def member_ids(row: Mapping[str, Any]) -> set[str]:
-    return {str(m["value"]) for m in _items(row.get("members")) if isinstance(m, Mapping) and m.get("value")}
-
-
-def _items(value: Any) -> list[Any]:
-    """A multi-valued SCIM attribute as a list (a provider's odd value is no value)."""
-    return value if isinstance(value, list) else []
-
-
-def member_ops(add: Iterable[str], remove: Iterable[str]) -> list[dict[str, Any]]:
-    """Membership PatchOps: one ``add`` with every new member, one ``remove`` per leaver
-    with a value filter path (RFC 7644 §3.5.2.1/§3.5.2.2)."""
-    ops: list[dict[str, Any]] = []
-    adds = sorted(add)
-    if adds:
-        ops.append({"op": "add", "path": "members", "value": [{"value": i} for i in adds]})
-    for i in sorted(remove):
-        ops.append({"op": "remove", "path": f'members[value eq "{_escape(i)}"]'})
-    return ops
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
+    @classmethod
+    def from_settings(cls, s: Any) -> RosterPolicy:
+        return cls(
+            roles=tuple(s.roster_roles or DEFAULT_ROLES),
+            schools=tuple(s.roster_schools or ()),
+            username_field=s.roster_username_field,
+            role_attribute=s.roster_role_attribute,
+            delete_mode=s.scim_delete_mode == "delete",
+        )
 
 
 def user_in_scope(user: RosterUser, roles: Iterable[str], schools: Iterable[str]) -> tuple[bool | None, str]:
@@ -218,9 +135,92 @@ def plan_members(
     return to_add, to_remove - keep
 
 
-# --------------------------------------------------------------------------------------
-# the sync
-# --------------------------------------------------------------------------------------
+def desired_users(snap: RosterSnapshot, ours: Collection[str], policy: RosterPolicy) -> tuple[Desired, dict[str, str]]:
+    """The SCIM Users the source wants (flat fields, by sourcedId), the users to take
+    down with the reason why, and the users refused. ``ours``: the externalIds the
+    target holds (a complete read takes down those missing from it)."""
+    out = Desired(source_count=len(snap.users))
+    reasons: dict[str, str] = {}
+    for sid, user in snap.users.items():
+        verdict, why = user_in_scope(user, policy.roles, policy.schools)
+        if verdict is None:
+            if sid not in ours:
+                out.rejected.append(Rejected(sid, why))
+            continue
+        if verdict is False:
+            out.deactivate.add(sid)
+            reasons[sid] = why
+            continue
+        rec = user_record(user, policy)
+        if isinstance(rec, Rejected):
+            out.rejected.append(rec)
+            continue
+        out.records[sid] = rec
+        out.fingerprints[sid] = fingerprint(rec)
+    if snap.users_full:
+        for sid in ours:
+            if sid not in snap.users:
+                out.deactivate.add(sid)
+                reasons[sid] = "absent from a complete read of the source"
+    return out, reasons
+
+
+def user_record(user: RosterUser, policy: RosterPolicy) -> dict[str, Any] | Rejected:
+    """A user in scope as flat SCIM User fields, or why it is refused."""
+    sid = user.sourced_id
+    try:
+        # The text policy (utils/data_validator.py), as for SafetyAmp: nothing with a
+        # control, invisible or separator character reaches SCIM.
+        clean_code(sid, "sourcedId", SCIM_CODE_MAX_LENGTH)
+        user_name = clean_code(_user_name(user, policy.username_field), "userName", SCIM_CODE_MAX_LENGTH)
+        given = clean_name(user.given_name, "givenName", SCIM_NAME_MAX_LENGTH)
+        family = clean_name(user.family_name, "familyName", SCIM_NAME_MAX_LENGTH)
+        email = clean_code(user.email, "email", SCIM_CODE_MAX_LENGTH)
+        role = clean_name(_role_for(user, policy.roles), "role", SCIM_NAME_MAX_LENGTH)
+    except InvalidValue as exc:
+        return Rejected(shown_key(sid), exc.reason, (exc.field,) if exc.field else ())
+    if not user_name:
+        return Rejected(sid, f"no {policy.username_field} to use as userName (ROSTER_USERNAME_FIELD)", ("userName",))
+    rec = {
+        "userName": user_name,
+        "displayName": " ".join(p for p in (given, family) if p) or None,
+        "givenName": given,
+        "familyName": family,
+        "email": email,
+        "active": True,
+        "externalId": sid,
+    }
+    if policy.role_attribute != "none":
+        rec["role"] = role
+    return rec
+
+
+def class_names(snap: RosterSnapshot) -> tuple[dict[str, str], dict[str, str]]:
+    """Each class's Group displayName under the text policy, and the classes refused
+    by it (sourcedId -> reason): those are neither provisioned nor treated as gone."""
+    names: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    for sid, cls in snap.classes.items():
+        try:
+            clean_code(sid, "class sourcedId", SCIM_CODE_MAX_LENGTH)
+            title = clean_name(cls.title, "title", SCIM_NAME_MAX_LENGTH)
+            code = clean_name(cls.class_code, "classCode", SCIM_NAME_MAX_LENGTH) if not title else None
+        except InvalidValue as exc:
+            refused[sid] = exc.reason
+            continue
+        names[sid] = title or code or sid
+    return names, refused
+
+
+def gone_classes(snap: RosterSnapshot, ours: Collection[str], names: Mapping[str, str], schools: Iterable[str]) -> set[str]:
+    """Classes to take down: out of scope or, on a complete read, gone from the source
+    (a class whose name was refused is still in the source: left as it is)."""
+    gone = {sid for sid, cls in snap.classes.items() if sid in names and not class_in_scope(cls, schools)}
+    if snap.classes_full:
+        gone |= {k for k in ours if k not in snap.classes}
+    return gone
+
+
 @dataclass
 class _Write:
     """One planned write to the target."""
@@ -251,10 +251,245 @@ class _Write:
             out["reason"] = self.reason
         return out
 
+    def entry(self) -> Entry:
+        changes = self.describe()["changes"]
+        target_id = str(self.row["id"]) if self.row else None
+        return Entry(self.log_key, self.kind, self.resource, target_id, self.fingerprint, changes, changes)
 
-_COUNTED = {"create": "created", "update": "updated", "deactivate": "deactivated"}
+
+@dataclass
+class TargetView:
+    """What the sync reads from the SCIM target once per run: its Users and Groups with
+    an externalId ("ours"), by externalId, with their comparable fields."""
+
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    user_fields: dict[str, dict[str, Any]] = field(default_factory=dict)
+    members: dict[str, set[str]] = field(default_factory=dict)
+    """Group externalId -> the SCIM ids of its members."""
 
 
+@dataclass
+class UserPlan:
+    """The user writes of a run (deactivations included) and what the guard says of them."""
+
+    writes: list[_Write]
+    unchanged: int
+    deactivations: list[str]
+    refusal: Refusal | None
+
+
+def plan_users(
+    records: Mapping[str, Mapping[str, Any]],
+    desired: Desired,
+    reasons: Mapping[str, str],
+    view: TargetView,
+    percent: float,
+    complete: bool,
+) -> UserPlan:
+    """Creates, updates and deactivations of Users: ``records`` are the desired users
+    still to try (the tracker's held-back ones left out), ``desired`` the whole picture."""
+    actions = plan(records, view.user_fields, deactivate=desired.deactivate, deactivation=DEACTIVATED)
+    deact = [a.key for a in actions if a.kind == "deactivate"]
+    active = sum(1 for r in view.user_fields.values() if r.get("active") is not False)
+    refusal = guard_reason(
+        len(deact), active, percent, source_count=desired.source_count, held=len(deact) if complete else 0, what="users"
+    )
+    writes = [
+        _Write(
+            USERS,
+            a.kind,
+            a.key,
+            view.users.get(a.key),
+            dict(records.get(a.key) or DEACTIVATED),
+            a.changes,
+            fingerprint=desired.fingerprints.get(a.key, ""),
+            reason=reasons.get(a.key, "") if a.kind == "deactivate" else "",
+        )
+        for a in actions
+        if a.is_write
+    ]
+    return UserPlan(writes, sum(1 for a in actions if not a.is_write), deact, refusal)
+
+
+@dataclass
+class UserState:
+    """The users once their writes were applied: what the groups are planned from."""
+
+    ids: dict[str, str]
+    """externalId -> SCIM id (users created in this run included)."""
+    active: dict[str, bool]
+    deactivated_ids: set[str]
+    held_ids: set[str]
+    """SCIM ids of users whose deactivation the guard held back: they keep their groups."""
+
+    def member(self, ext: str | None) -> str | None:
+        """The SCIM id of an active user of ours, or None."""
+        if ext and self.active.get(ext) and ext in self.ids:
+            return self.ids[ext]
+        return None
+
+
+def users_after(
+    ours: Mapping[str, Mapping[str, Any]], writes: Iterable[_Write], applied: Mapping[str, str], held: Collection[str]
+) -> UserState:
+    """``applied``: log key -> SCIM id of the user writes that went through."""
+    ids = {k: str(r["id"]) for k, r in ours.items()}
+    active = {k: r.get("active") is not False for k, r in ours.items()}
+    deactivated: set[str] = set()
+    for w in writes:
+        got = applied.get(w.log_key)
+        if got is None:
+            continue
+        if w.kind == "create":
+            ids[w.key] = got
+            active[w.key] = True
+        elif w.kind == "deactivate":
+            active[w.key] = False
+            if w.key in ids:
+                deactivated.add(ids[w.key])
+        else:
+            active[w.key] = w.desired.get("active", active.get(w.key)) is not False
+    for key in held:
+        active[key] = True
+    return UserState(ids, active, deactivated, {ids[k] for k in held if k in ids})
+
+
+def classes_to_take_down(snap: RosterSnapshot, view: TargetView, names: Mapping[str, str], policy: RosterPolicy) -> list[str]:
+    """The Groups of ours this run would take down (the guard's batch): known before any
+    user is written, since a user created now is in no class yet."""
+    our_user_ids = {str(r["id"]) for r in view.users.values()}
+    return sorted(
+        k
+        for k in gone_classes(snap, view.groups, names, policy.schools)
+        if k in view.groups and (policy.delete_mode or view.members[k] & our_user_ids)
+    )
+
+
+@dataclass
+class GroupPlan:
+    writes: list[_Write] = field(default_factory=list)
+    unchanged: int = 0
+
+
+def plan_groups(
+    snap: RosterSnapshot, view: TargetView, users: UserState, names: Mapping[str, str], policy: RosterPolicy
+) -> GroupPlan:
+    """The Group writes of a run, from the source, the target as read and the users as
+    they are now (with the ids of the users created in this run)."""
+    gone = gone_classes(snap, view.groups, names, policy.schools)
+    desired = {sid: {"displayName": names[sid], "externalId": sid} for sid in snap.classes if sid in names and sid not in gone}
+    exact, adds, removes = membership(snap, desired.keys() | (view.groups.keys() - gone), users, policy)
+    current = {k: {"displayName": r.get("displayName"), "externalId": r.get("externalId")} for k, r in view.groups.items()}
+    actions = {a.key: a for a in plan(desired, current)}
+    touched = (set(desired) | set(exact) | set(adds) | set(removes) | gone) - (snap.classes.keys() - names.keys())
+    if users.deactivated_ids:
+        touched |= {k for k in view.groups if view.members[k] & users.deactivated_ids}
+    ours_user_ids = set(users.ids.values())
+    out, take_downs = GroupPlan(), []
+    for key in sorted(touched):
+        row = view.groups.get(key)
+        if key in gone:
+            leave = view.members[key] & ours_user_ids if row is not None else set()
+            if row is not None and (policy.delete_mode or leave):
+                take_downs.append(_Write(GROUPS, "deactivate", key, row, remove=set() if policy.delete_mode else leave))
+            elif row is not None:
+                out.unchanged += 1
+            continue
+        if key not in desired and row is None:
+            continue  # a delta enrollment of a class we never provisioned (out of scope)
+        to_add, to_remove = plan_members(
+            exact.get(key),
+            view.members.get(key, set()),
+            ours_user_ids,
+            add=adds.get(key, set()),
+            remove=removes.get(key, set()),
+            keep=users.held_ids,
+        )
+        if exact.get(key) is None:
+            to_remove |= (view.members.get(key, set()) & users.deactivated_ids) - users.held_ids
+        write = _group_write(key, row, desired.get(key), actions.get(key), to_add, to_remove)
+        if write is None:
+            out.unchanged += 1
+        else:
+            out.writes.append(write)
+    out.writes += take_downs
+    return out
+
+
+def _group_write(
+    key: str, row: dict[str, Any] | None, want: dict[str, Any] | None, action: Any, to_add: set[str], to_remove: set[str]
+) -> _Write | None:
+    """A class's create or update (None: nothing to change)."""
+    if row is None:
+        assert want is not None and action is not None and action.kind == "create"
+        return _Write(
+            GROUPS, "create", key, None, dict(want), action.changes, add=to_add, fingerprint=fingerprint(want, sorted(to_add))
+        )
+    changes = action.changes if action is not None and action.kind == "update" else ()
+    if not (changes or to_add or to_remove):
+        return None
+    fp = fingerprint(want, sorted(to_add), sorted(to_remove))
+    return _Write(GROUPS, "update", key, row, dict(want or {}), changes, add=to_add, remove=to_remove, fingerprint=fp)
+
+
+def membership(
+    snap: RosterSnapshot, classes: Collection[str], users: UserState, policy: RosterPolicy
+) -> tuple[dict[str, set[str]], dict[str, set[str]], dict[str, set[str]]]:
+    """Membership intent per class: (exact members, from a complete enrollments read;
+    members to add and to remove, from a delta). ``classes``: the classes that may have
+    an exact membership."""
+    wanted_roles = {r.lower() for r in policy.roles}
+    if snap.enrollments_full:
+        return exact_members(snap, classes, users, wanted_roles), {}, {}
+    if snap.enrollments_full is False:
+        adds, removes = delta_members(snap, users, wanted_roles, policy.schools)
+        return {}, adds, removes
+    return {}, {}, {}
+
+
+def exact_members(
+    snap: RosterSnapshot, classes: Collection[str], users: UserState, wanted_roles: Collection[str]
+) -> dict[str, set[str]]:
+    """Each class's members from a complete read; a class whose enrollments were not read
+    (an enrollment gap) is left out: it keeps its members."""
+    by_class: dict[str, set[str]] = {}
+    for e in snap.enrollments.values():
+        if e.status == ACTIVE and e.class_id and (e.role is None or e.role in wanted_roles):
+            uid = users.member(e.user)
+            if uid:
+                by_class.setdefault(e.class_id, set()).add(uid)
+    exact: dict[str, set[str]] = {}
+    for sid in classes:
+        known = snap.classes.get(sid)
+        school = known.school if known else None
+        if snap.enrollments_gap_for(school) or (known is None and snap.enrollment_gaps):
+            continue  # its enrollments were not read: keep its members
+        exact[sid] = by_class.get(sid, set())
+    return exact
+
+
+def delta_members(
+    snap: RosterSnapshot, users: UserState, wanted_roles: Collection[str], schools: Collection[str]
+) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Members to add and to remove per class, from the enrollments of a delta."""
+    adds: dict[str, set[str]] = {}
+    removes: dict[str, set[str]] = {}
+    for e in snap.enrollments.values():
+        if not e.class_id or (schools and e.school and e.school not in schools):
+            continue
+        if e.status == ACTIVE and (e.role is None or e.role in wanted_roles):
+            uid = users.member(e.user)
+            if uid:
+                adds.setdefault(e.class_id, set()).add(uid)
+        elif e.user in users.ids:
+            removes.setdefault(e.class_id, set()).add(users.ids[e.user])
+    return adds, removes
+
+
+# --------------------------------------------------------------------------------------
+# the sync
+# --------------------------------------------------------------------------------------
 class RosterSync:
     """``RosterSync(ctx).run() -> RunResult``; ctx.oneroster, ctx.scim (and optionally
     ctx.roster_cursor, ctx.full) are set by config.bootstrap."""
@@ -264,22 +499,15 @@ class RosterSync:
     def __init__(self, ctx: SyncContext, *, now: Callable[[], datetime] | None = None) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
-        self.source: Any = getattr(ctx, "oneroster", None)  # RosterSource
-        self.target: Any = getattr(ctx, "scim", None)  # ScimTarget
-        self.cursor = getattr(ctx, "roster_cursor", None)
+        self.source: Any = ctx.oneroster  # RosterSource
+        self.target: Any = ctx.scim  # ScimTarget
+        self.cursor = ctx.roster_cursor
         self._now = now or (lambda: datetime.now(UTC))
-        self._lock = threading.Lock()
-        self._consecutive_errors = 0
         self._users_by_name: dict[str, list[dict[str, Any]]] = {}
-        s = self.settings
-        self.roles = tuple(getattr(s, "roster_roles", None) or DEFAULT_ROLES)
-        self.schools = tuple(getattr(s, "roster_schools", None) or ())
-        self.username_field = getattr(s, "roster_username_field", "username")
-        self.role_attribute = getattr(s, "roster_role_attribute", "title")
-        self.delete_mode = getattr(s, "scim_delete_mode", "deactivate") == "delete"
-        self.workers = int(getattr(s, "scim_max_concurrency", 4))
+        self.policy = RosterPolicy.from_settings(self.settings)
+        self.workers = int(self.settings.scim_max_concurrency)
 
-    # ---- shell ------------------------------------------------------------------
+    # ---- shell: read, plan (pure), apply, record ----------------------------------
     def run(self) -> RunResult:
         return run_recorded(self.name, self.ctx, self._run)
 
@@ -294,129 +522,97 @@ class RosterSync:
             f" since {since.isoformat()}" if since else "",
             extra={"sync": self.name},
         )
-        snap: RosterSnapshot = self.source.read(None if full else since, self.schools)
-        rejected = len(snap.rejected)
+        snap: RosterSnapshot = self.source.read(None if full else since, self.policy.schools)
         for key, reason in snap.rejected:
             slog.error(key, reason, kind="rejected")
             result.counts["failed"] += 1
+            result.rejected += 1
         for note in snap.notes:
             log.warning(note, extra={"sync": self.name})
+        view = self._read_target()
+        applier: Applier[_Write, str] = Applier(self.name, self.ctx, slog, result, workers=self.workers)
+        self._sync(snap, view, applier, result, slog)
+        self._finish(result, snap)
+        # Rejected source records do not hold the cursor back: only a change in the source
+        # can fix them, and that change brings them into a later delta anyway. A failed
+        # write, a held deactivation or an unread enrollment set does.
+        clean = not result.guard_tripped and not snap.enrollment_gaps and result.counts["failed"] == result.rejected
+        if not self.ctx.dry_run and self.cursor is not None and self.source.supports_delta and clean:
+            last_full = run_started if full else _parse(state.get("last_full") if state else None) or run_started
+            self.cursor.save({"cursor": _iso(run_started), "last_full": _iso(last_full)})
+        return {"mode": "full" if full else "delta", "since": _iso(since) if since else None, "source": snap.source}
 
+    def _sync(self, snap: RosterSnapshot, view: TargetView, applier: Applier[_Write, str], result: RunResult, slog: Any) -> None:
+        """Users first (a Group's members are the SCIM ids of Users created now), then Groups."""
+        desired, reasons = desired_users(snap, view.users.keys(), self.policy)
+        record_rejections(desired.rejected, result, slog, prefix="user/")
+        records = {k: r for k, r in desired.records.items() if not self._held_back(f"user/{k}", desired.fingerprints[k], result)}
+        users = plan_users(
+            records, desired, reasons, view, float(self.settings.deactivation_guard_percent), bool(snap.users_full)
+        )
+        names, refused = class_names(snap)
+        gone = classes_to_take_down(snap, view, names, self.policy)
+        group_refusal = guard_reason(
+            len(gone),
+            len(view.groups),
+            float(self.settings.deactivation_guard_percent),
+            source_count=len(snap.classes),
+            held=len(gone) if snap.classes_full else 0,
+            what="groups",
+        )
+        # The guard judges users and classes as one batch: one approval covers what one run refused.
+        user_verdict, group_verdict = judge(
+            self.ctx,
+            result,
+            self.name,
+            [(users.refusal, [f"user/{k}" for k in users.deactivations]), (group_refusal, [f"class/{k}" for k in gone])],
+        )
+        held: set[str] = set()
+        user_writes = users.writes
+        if user_verdict == "refused":
+            held = set(users.deactivations)
+            user_writes = [w for w in user_writes if w.kind != "deactivate"]
+        result.counts["unchanged"] += users.unchanged
+        applied = self._apply(applier, user_writes, result)
+        state = users_after(view.users, user_writes, applied, held)
+        for sid, reason in refused.items():
+            slog.error(f"class/{shown_key(sid)}", reason, kind="rejected")
+            result.counts["failed"] += 1
+            result.rejected += 1
+        groups = plan_groups(snap, view, state, names, self.policy)
+        group_writes = [w for w in groups.writes if w.kind != "create" or not self._held_back(w.log_key, w.fingerprint, result)]
+        if group_verdict != "free":  # refused: no class goes; approved: exactly the approved ones
+            allowed = set(gone) if group_verdict == "approved" else set()
+            group_writes = [w for w in group_writes if w.kind != "deactivate" or w.key in allowed]
+        result.counts["unchanged"] += groups.unchanged
+        self._apply(applier, group_writes, result)
+
+    def _held_back(self, log_key: str, fp: str, result: RunResult) -> bool:
+        """True (and counted skipped) while the failed-record tracker holds the record back."""
+        if not self.ctx.dry_run and self.ctx.tracker.should_skip(self.name, log_key, fp):
+            result.counts["skipped"] += 1
+            return True
+        return False
+
+    def _read_target(self) -> TargetView:
         users_now = self.target.list(USERS)
         groups_now = self.target.list(GROUPS)
         self._users_by_name = {}
         for r in users_now:
             if r.get("id") and isinstance(r.get("userName"), str):
                 self._users_by_name.setdefault(r["userName"].casefold(), []).append(r)
-        ours_users = {str(r["externalId"]): r for r in users_now if r.get("externalId") and r.get("id")}
-        ours_groups = {str(r["externalId"]): r for r in groups_now if r.get("externalId") and r.get("id")}
-
-        # ---- users ----------------------------------------------------------------
-        desired, reasons = self._desired_users(snap, ours_users)
-        rejected += len(desired.rejected)
-        for rej in desired.rejected:
-            slog.error(f"user/{rej.key}", rej.reason, payload=rej.payload, fields=list(rej.fields), kind=rej.kind)
-            result.counts["failed"] += 1
-        current_flat = {k: scim_user_flat(r, self.role_attribute) for k, r in ours_users.items()}
-        records = {}
-        for key, rec in desired.records.items():
-            if not self.ctx.dry_run and self.ctx.tracker.should_skip(self.name, f"user/{key}", desired.fingerprints[key]):
-                result.counts["skipped"] += 1
-                continue
-            records[key] = rec
-        actions = plan(records, current_flat, deactivate=desired.deactivate, deactivation=DEACTIVATED)
-        held: set[str] = set()
-        deact = [a for a in actions if a.kind == "deactivate"]
-        active_ours = sum(1 for r in current_flat.values() if r.get("active") is not False)
-        user_guard = self._guard_reason(len(deact), active_ours, desired.source_count, bool(snap.users_full), "users")
-        # The classes this run would deactivate are known before any user is written (a
-        # user created now is in no class yet): the guard judges users and classes as one
-        # batch, so one approval covers what one run refused.
-        names, refused = self._class_names(snap)
-        our_user_ids = {str(r["id"]) for r in ours_users.values()}
-        gone = sorted(
-            k
-            for k in self._gone_classes(snap, ours_groups, names)
-            if k in ours_groups and (self.delete_mode or member_ids(ours_groups[k]) & our_user_ids)
+        users = {str(r["externalId"]): r for r in users_now if r.get("externalId") and r.get("id")}
+        groups = {str(r["externalId"]): r for r in groups_now if r.get("externalId") and r.get("id")}
+        return TargetView(
+            users,
+            groups,
+            {k: self.target.user_fields(r) for k, r in users.items()},
+            {k: self.target.member_ids(r) for k, r in groups.items()},
         )
-        group_guard = self._guard_reason(len(gone), len(ours_groups), len(snap.classes), bool(snap.classes_full), "groups")
-        batches = [(user_guard, [f"user/{a.key}" for a in deact]), (group_guard, [f"class/{k}" for k in gone])]
-        approvable = [(why, keys) for why, keys in batches if why and not why.startswith(EMPTY_READ)]
-        note = ""
-        allowed_groups: set[str] | None = None  # None: the guard let every class through
-        if approvable:
-            keys = [k for _, batch in approvable for k in batch]
-            result.approval = approve_or_hold(self.ctx, self.name, keys, "; ".join(why for why, _ in approvable))
-            if result.approval is None:
-                note = held_message(self.name, self.ctx)
-                result.held = sorted(keys)
-            else:
-                approved = {why for why, _ in approvable}
-                if user_guard in approved:
-                    user_guard = None
-                if group_guard in approved:
-                    group_guard = None
-                    allowed_groups = set(gone)
-        if not result.held:
-            nothing_held(self.ctx, self.name)
-        if user_guard:
-            held = {a.key for a in deact}
-            actions = [a for a in actions if a.kind != "deactivate"]
-            self._trip(result, user_guard, note)
-            note = ""
-        user_writes = [
-            _Write(
-                USERS,
-                a.kind,
-                a.key,
-                ours_users.get(a.key),
-                dict(records.get(a.key) or DEACTIVATED),
-                a.changes,
-                fingerprint=desired.fingerprints.get(a.key, ""),
-                reason=reasons.get(a.key, "") if a.kind == "deactivate" else "",
-            )
-            for a in actions
-            if a.is_write
-        ]
-        result.counts["unchanged"] += sum(1 for a in actions if not a.is_write)
-        ids = {k: str(r["id"]) for k, r in ours_users.items()}
-        active_after = {k: r.get("active") is not False for k, r in ours_users.items()}
-        outcomes = self._apply(user_writes, result, slog)
-        for w in user_writes:
-            got = outcomes.get(w.log_key)
-            if got is None:
-                continue
-            if w.kind == "create":
-                ids[w.key] = got
-                active_after[w.key] = True
-            elif w.kind == "deactivate":
-                active_after[w.key] = False
-            else:
-                active_after[w.key] = w.desired.get("active", active_after.get(w.key)) is not False
-        for key in held:
-            active_after[key] = True
-        deactivated_ids = {ids[w.key] for w in user_writes if w.kind == "deactivate" and w.log_key in outcomes and w.key in ids}
 
-        # ---- groups ---------------------------------------------------------------
-        rejected += len(refused)
-        for sid, reason in refused.items():
-            slog.error(f"class/{shown_key(sid)}", reason, kind="rejected")
-            result.counts["failed"] += 1
-        group_writes, unchanged = self._plan_groups(
-            snap, ours_groups, ids, active_after, deactivated_ids, {ids[k] for k in held if k in ids}, result, names
-        )
-        if group_guard:
-            self._trip(result, group_guard, note)
-            allowed_groups = set()
-        if allowed_groups is not None:  # held, or approved: then exactly the approved classes
-            group_writes = [w for w in group_writes if w.kind != "deactivate" or w.key in allowed_groups]
-        result.counts["unchanged"] += unchanged
-        self._apply(group_writes, result, slog)
-
-        # ---- status and cursor ----------------------------------------------------
+    def _finish(self, result: RunResult, snap: RosterSnapshot) -> None:
         # Refused source records are the source's business: the quarantine judges the
         # writes (without this, five known-bad users quarantined a steady rosters sync).
-        result.rejected = rejected
         if result.guard_tripped:
             result.status = "failed"
         elif result.counts["failed"]:
@@ -424,379 +620,75 @@ class RosterSync:
         elif snap.enrollment_gaps:
             result.status = "partial"
             result.error = "; ".join(snap.notes) or "some enrollments could not be read; their classes kept their members"
-        # Rejected source records do not hold the cursor back: only a change in the source
-        # can fix them, and that change brings them into a later delta anyway. A failed
-        # write, a held deactivation or an unread enrollment set does.
-        clean = not result.guard_tripped and not snap.enrollment_gaps and result.counts["failed"] == rejected
-        if not self.ctx.dry_run and self.cursor is not None and self.source.supports_delta and clean:
-            last_full = run_started if full else _parse(state.get("last_full") if state else None) or run_started
-            self.cursor.save({"cursor": _iso(run_started), "last_full": _iso(last_full)})
-        return {"mode": "full" if full else "delta", "since": _iso(since) if since else None, "source": snap.source}
 
     # ---- mode -------------------------------------------------------------------
     def _mode(self) -> tuple[bool, datetime | None, dict[str, str] | None]:
         if not getattr(self.source, "supports_delta", False):
             return True, None, None
         state = self.cursor.load() if self.cursor is not None else None
-        if getattr(self.ctx, "full", False) or not state:
+        if self.ctx.full or not state:
             return True, None, state
         cursor = _parse(state.get("cursor"))
         last_full = _parse(state.get("last_full"))
-        hours = float(getattr(self.settings, "roster_full_sync_hours", 24))
+        hours = float(self.settings.roster_full_sync_hours)
         if cursor is None or last_full is None or hours <= 0 or self._now() - last_full >= timedelta(hours=hours):
             return True, None, state
-        overlap = float(getattr(self.settings, "roster_delta_overlap_seconds", 300))
+        overlap = float(self.settings.roster_delta_overlap_seconds)
         return False, cursor - timedelta(seconds=overlap), state
 
-    # ---- users ------------------------------------------------------------------
-    def _desired_users(self, snap: RosterSnapshot, ours: Mapping[str, Any]) -> tuple[Desired, dict[str, str]]:
-        out = Desired(source_count=len(snap.users))
-        reasons: dict[str, str] = {}
-        for sid, user in snap.users.items():
-            verdict, why = user_in_scope(user, self.roles, self.schools)
-            if verdict is None:
-                if sid not in ours:
-                    out.rejected.append(Rejected(sid, why))
-                continue
-            if verdict is False:
-                out.deactivate.add(sid)
-                reasons[sid] = why
-                continue
-            try:
-                # The text policy (utils/data_validator.py), as for SafetyAmp: nothing
-                # with a control, invisible or separator character reaches SCIM.
-                clean_code(sid, "sourcedId", SCIM_CODE_MAX_LENGTH)
-                user_name = clean_code(self._user_name(user), "userName", SCIM_CODE_MAX_LENGTH)
-                given = clean_name(user.given_name, "givenName", SCIM_NAME_MAX_LENGTH)
-                family = clean_name(user.family_name, "familyName", SCIM_NAME_MAX_LENGTH)
-                email = clean_code(user.email, "email", SCIM_CODE_MAX_LENGTH)
-                role = clean_name(_role_for(user, self.roles), "role", SCIM_NAME_MAX_LENGTH)
-            except InvalidValue as exc:
-                out.rejected.append(Rejected(shown_key(sid), exc.reason, (exc.field,) if exc.field else ()))
-                continue
-            if not user_name:
-                out.rejected.append(
-                    Rejected(sid, f"no {self.username_field} to use as userName (ROSTER_USERNAME_FIELD)", ("userName",))
-                )
-                continue
-            display = " ".join(p for p in (given, family) if p) or None
-            rec = {
-                "userName": user_name,
-                "displayName": display,
-                "givenName": given,
-                "familyName": family,
-                "email": email,
-                "active": True,
-                "externalId": sid,
-            }
-            if self.role_attribute != "none":
-                rec["role"] = role
-            out.records[sid] = rec
-            out.fingerprints[sid] = fingerprint(rec)
-        if snap.users_full:
-            for sid in ours:
-                if sid not in snap.users:
-                    out.deactivate.add(sid)
-                    reasons[sid] = "absent from a complete read of the source"
-        return out, reasons
-
-    def _user_name(self, user: RosterUser) -> str | None:
-        f = self.username_field
-        if f == "email":
-            return user.email
-        if f == "identifier":
-            return user.identifier
-        if f == "sourcedId":
-            return user.sourced_id
-        return user.username
-
-    # ---- groups -----------------------------------------------------------------
-    def _class_names(self, snap: RosterSnapshot) -> tuple[dict[str, str], dict[str, str]]:
-        """Each class's Group displayName under the text policy, and the classes refused
-        by it (sourcedId -> reason): those are neither provisioned nor treated as gone."""
-        names: dict[str, str] = {}
-        refused: dict[str, str] = {}
-        for sid, cls in snap.classes.items():
-            try:
-                clean_code(sid, "class sourcedId", SCIM_CODE_MAX_LENGTH)
-                title = clean_name(cls.title, "title", SCIM_NAME_MAX_LENGTH)
-                code = clean_name(cls.class_code, "classCode", SCIM_NAME_MAX_LENGTH) if not title else None
-            except InvalidValue as exc:
-                refused[sid] = exc.reason
-                continue
-            names[sid] = title or code or sid
-        return names, refused
-
-    def _plan_groups(
-        self,
-        snap: RosterSnapshot,
-        ours: Mapping[str, dict[str, Any]],
-        ids: Mapping[str, str],
-        active_after: Mapping[str, bool],
-        deactivated_ids: set[str],
-        held_ids: set[str],
-        result: RunResult,
-        names: Mapping[str, str],
-    ) -> tuple[list[_Write], int]:
-        ours_user_ids = set(ids.values())
-        wanted_roles = {r.lower() for r in self.roles}
-
-        def member_ok(ext: str | None) -> str | None:
-            if ext and active_after.get(ext) and ext in ids:
-                return ids[ext]
-            return None
-
-        refused = {sid for sid in snap.classes if sid not in names}
-        gone = self._gone_classes(snap, ours, names)
-        desired = {
-            sid: {"displayName": names[sid], "externalId": sid} for sid in snap.classes if sid not in refused and sid not in gone
-        }
-
-        # membership intent per class
-        exact: dict[str, set[str]] = {}
-        adds: dict[str, set[str]] = {}
-        removes: dict[str, set[str]] = {}
-        if snap.enrollments_full:
-            by_class: dict[str, set[str]] = {}
-            for e in snap.enrollments.values():
-                if e.status == ACTIVE and e.class_id and (e.role is None or e.role in wanted_roles):
-                    uid = member_ok(e.user)
-                    if uid:
-                        by_class.setdefault(e.class_id, set()).add(uid)
-            for sid in set(desired) | {k for k in ours if k not in gone}:
-                known = snap.classes.get(sid)
-                school = known.school if known else None
-                if snap.enrollments_gap_for(school) or (known is None and snap.enrollment_gaps):
-                    continue  # its enrollments were not read: keep its members
-                exact[sid] = by_class.get(sid, set())
-        elif snap.enrollments_full is False:
-            for e in snap.enrollments.values():
-                if not e.class_id or (self.schools and e.school and e.school not in self.schools):
-                    continue
-                uid = ids.get(e.user or "")
-                if e.status == ACTIVE and (e.role is None or e.role in wanted_roles):
-                    ok = member_ok(e.user)
-                    if ok:
-                        adds.setdefault(e.class_id, set()).add(ok)
-                elif uid:
-                    removes.setdefault(e.class_id, set()).add(uid)
-
-        # plan the scalar fields with the engine, then add membership
-        current_flat = {k: {"displayName": r.get("displayName"), "externalId": r.get("externalId")} for k, r in ours.items()}
-        actions = {a.key: a for a in plan(desired, current_flat)}
-        writes: list[_Write] = []
-        unchanged = 0
-        touched = (set(desired) | set(exact) | set(adds) | set(removes) | gone) - refused
-        if deactivated_ids:
-            touched |= {k for k, r in ours.items() if member_ids(r) & deactivated_ids}
-        group_deacts: list[_Write] = []
-        for key in sorted(touched):
-            row = ours.get(key)
-            current = member_ids(row) if row else set()
-            if key in gone:
-                if row is None:
-                    continue
-                leave = current & ours_user_ids
-                if self.delete_mode or leave:
-                    group_deacts.append(_Write(GROUPS, "deactivate", key, row, remove=set() if self.delete_mode else leave))
-                else:
-                    unchanged += 1
-                continue
-            if key not in desired and row is None:
-                continue  # a delta enrollment of a class we never provisioned (out of scope)
-            to_add, to_remove = plan_members(
-                exact.get(key),
-                current,
-                ours_user_ids,
-                add=adds.get(key, set()),
-                remove=removes.get(key, set()),
-                keep=held_ids,
-            )
-            if exact.get(key) is None:
-                to_remove |= (current & deactivated_ids) - held_ids
-            action = actions.get(key)
-            if row is None:
-                assert action is not None and action.kind == "create"
-                fp = fingerprint(desired[key], sorted(to_add))
-                if not self.ctx.dry_run and self.ctx.tracker.should_skip(self.name, f"class/{key}", fp):
-                    result.counts["skipped"] += 1
-                    continue
-                writes.append(
-                    _Write(
-                        GROUPS,
-                        "create",
-                        key,
-                        None,
-                        dict(desired[key]),
-                        action.changes,
-                        add=to_add,
-                        fingerprint=fingerprint(desired[key], sorted(to_add)),
-                    )
-                )
-                continue
-            changes = action.changes if action is not None and action.kind == "update" else ()
-            if changes or to_add or to_remove:
-                writes.append(
-                    _Write(
-                        GROUPS,
-                        "update",
-                        key,
-                        row,
-                        dict(desired.get(key) or {}),
-                        changes,
-                        add=to_add,
-                        remove=to_remove,
-                        fingerprint=fingerprint(desired.get(key), sorted(to_add), sorted(to_remove)),
-                    )
-                )
-            else:
-                unchanged += 1
-        return writes + group_deacts, unchanged
-
-    def _gone_classes(self, snap: RosterSnapshot, ours: Mapping[str, Any], names: Mapping[str, str]) -> set[str]:
-        """Classes to take down: out of scope or, on a complete read, gone from the source
-        (a class whose name was refused is still in the source: left as it is)."""
-        gone = {sid for sid, cls in snap.classes.items() if sid in names and not class_in_scope(cls, self.schools)}
-        if snap.classes_full:
-            gone |= {k for k in ours if k not in snap.classes}
-        return gone
-
-    # ---- guard ------------------------------------------------------------------
-    def _guard_reason(self, n: int, active: int, source_count: int, complete: bool, what: str) -> str | None:
-        if not n:
-            return None
-        if complete and source_count == 0:
-            return f"{EMPTY_READ} {what}"
-        percent = float(self.settings.deactivation_guard_percent)
-        if not guard_allows(n, active, percent):
-            return f"{n} {what} deactivations exceed DEACTIVATION_GUARD_PERCENT={percent:g} of {active} active {what}"
-        return None
-
-    def _trip(self, result: RunResult, reason: str, note: str = "") -> None:
-        result.guard_tripped = True
-        try:
-            self.ctx.metrics.deactivation_guard.labels(self.name).inc()
-        except AttributeError:
-            pass
-        msg = f"deactivation guard tripped: {reason}; nothing was deactivated{note}"
-        result.error = msg if not result.error else f"{result.error}; {msg}"
-        log.error(msg, extra={"sync": self.name})
-
     # ---- apply ------------------------------------------------------------------
-    def _apply(self, writes: list[_Write], result: RunResult, slog: Any) -> dict[str, str]:
-        """Apply writes in parallel; returns {log_key: SCIM id} of those that went through."""
+    def _apply(self, applier: Applier[_Write, str], writes: list[_Write], result: RunResult) -> dict[str, str]:
+        """Apply writes in parallel; returns {log_key: SCIM id} of those that went through
+        (a dry run: of every write, new ones with a placeholder id, so that it can plan
+        the groups of the users it would create)."""
         result.plan += [w.describe() for w in writes]
-        done: dict[str, str] = {}
+        done = applier.apply(writes, _Write.entry, self._send)
         if self.ctx.dry_run:
-            for w in writes:
-                result.counts[_COUNTED[w.kind]] += 1
-                slog.change(w.log_key, w.kind, None, None, w.describe()["changes"])
-                # placeholder ids let the dry run plan the groups of users it would create
-                done[w.log_key] = str(w.row["id"]) if w.row else f"(new){w.key}"
-            return done
-        if not writes:
-            return done
+            return {w.log_key: str(w.row["id"]) if w.row else f"(new){w.key}" for w in writes}
+        return {w.log_key: d.value for w, d in zip(writes, done, strict=True) if d is not None and d.value is not None}
 
-        def settle(w: _Write, value: tuple[str, str | None] | str, count: int, total: int) -> None:
-            outcome, sid = (value, None) if isinstance(value, str) else value
-            if outcome in COUNT_KEYS:
-                result.counts[outcome] += 1
-            if sid is not None:
-                done[w.log_key] = sid
-            if self.ctx.progress:
-                self.ctx.progress(self.name, count, total)
-
-        apply_in_order(self.name, self.ctx, writes, lambda w: self._apply_one(w, slog), settle, self.workers)
-        return done
-
-    def _apply_one(self, w: _Write, slog: Any) -> tuple[str, str | None]:
-        # Write-ahead: on disk before the request, or ChangeLogError and nothing is sent.
-        intent = slog.intent(w.log_key, w.kind, target=w.resource, target_id=str(w.row["id"]) if w.row else None)
-        try:
-            outcome, sid = self._write(w)
-        except RecordError as exc:
-            reason = exc.message
-            self.ctx.tracker.record_failure(self.name, w.log_key, w.fingerprint, reason, list(exc.field_errors))
-            slog.error(w.log_key, reason, target_body=exc.body, payload=w.describe()["changes"], kind="failed", intent=intent)
-            return "failed", None
-        except RetriableError as exc:
-            slog.error(
-                w.log_key, f"gave up after retries: {exc.message}", payload=w.describe()["changes"], kind="failed", intent=intent
-            )
-            with self._lock:
-                self._consecutive_errors += 1
-                too_many = self._consecutive_errors >= int(self.settings.consecutive_error_limit)
-            if too_many:
-                raise FatalError(
-                    f"{self._consecutive_errors} consecutive requests failed; stopping the rosters sync", service=exc.service
-                ) from exc
-            return "failed", None
-        with self._lock:
-            self._consecutive_errors = 0
-        self.ctx.tracker.record_success(self.name, w.log_key)
-        if outcome != "unchanged":
-            slog.change(
-                w.log_key, w.kind if outcome != "adopted" else "adopted", None, None, w.describe()["changes"], intent=intent
-            )
-        else:
-            slog.settled(intent, "nothing left to change after re-reading the record")
-        return ("updated" if outcome == "adopted" else outcome), sid
-
-    def _etag(self, row: Mapping[str, Any] | None) -> str | None:
-        if row is None or not self.target.etags:
-            return None
-        meta = row.get("meta")
-        return meta.get("version") if isinstance(meta, Mapping) else None
-
-    def _write(self, w: _Write) -> tuple[str, str | None]:
-        t = self.target
-        if w.resource == USERS:
-            if w.kind == "create":
-                return self._create_user(w)
-            assert w.row is not None
-            rid = str(w.row["id"])
-            if w.kind == "deactivate" and self.delete_mode:
-                t.delete(USERS, rid, self._etag(w.row))
-                return "deactivated", rid
-            return self._patch_with_retry(
-                w, rid, lambda row: user_ops(_changed(w.desired, scim_user_flat(row, self.role_attribute)), self.role_attribute)
-            )
+    def _send(self, w: _Write) -> Done[str]:
+        """One write to the SCIM target, as intents (the adapter owns the formats)."""
         if w.kind == "create":
-            payload = dict(w.desired)
-            payload["members"] = [{"value": i} for i in sorted(w.add)]
-            created = self._create(GROUPS, payload, w.key)
-            return "created", str(created["id"])
+            return self._create_user(w) if w.resource == USERS else self._create_group(w)
         assert w.row is not None
-        gid = str(w.row["id"])
-        if w.kind == "deactivate" and self.delete_mode:
-            t.delete(GROUPS, gid, self._etag(w.row))
-            return "deactivated", gid
+        if w.kind == "deactivate" and self.policy.delete_mode:
+            if w.resource == USERS:
+                self.target.deactivate_user(w.row, delete=True)
+            else:
+                self.target.delete_group(w.row)
+            return Done("deactivated", value=str(w.row["id"]))
+        send = self._send_user_fields if w.resource == USERS else self._send_group_change
+        return self._with_fresh_read(w, lambda row: send(w, row))
 
-        def ops(row: Mapping[str, Any]) -> list[dict[str, Any]]:
-            have = member_ids(row)
-            out = []
-            if (
-                w.kind == "update"
-                and w.desired.get("displayName") is not None
-                and w.desired["displayName"] != row.get("displayName")
-            ):
-                out.append({"op": "replace", "path": "displayName", "value": w.desired["displayName"]})
-            return out + member_ops(w.add - have, w.remove & have)
+    def _send_user_fields(self, w: _Write, row: Mapping[str, Any]) -> bool:
+        changes = _changed(w.desired, self.target.user_fields(row))
+        if not changes:
+            return False
+        if w.kind == "deactivate":
+            self.target.deactivate_user(row)
+        else:
+            self.target.update_user(row, changes)
+        return True
 
-        return self._patch_with_retry(w, gid, ops)
+    def _send_group_change(self, w: _Write, row: Mapping[str, Any]) -> bool:
+        have = self.target.member_ids(row)
+        name = w.desired.get("displayName") if w.kind == "update" else None
+        rename = name if name is not None and name != row.get("displayName") else None
+        add, remove = w.add - have, w.remove & have
+        if rename is None and not add and not remove:
+            return False
+        self.target.change_members(row, add=add, remove=remove, display_name=rename)
+        return True
 
-    def _patch_with_retry(
-        self, w: _Write, rid: str, ops_for: Callable[[Mapping[str, Any]], list[dict[str, Any]]]
-    ) -> tuple[str, str | None]:
-        """PATCH with If-Match; on 412 (changed meanwhile) re-read once and re-plan."""
+    def _with_fresh_read(self, w: _Write, send: Callable[[Mapping[str, Any]], bool]) -> Done[str]:
+        """``send(row)`` (False: nothing to send); on 412 (changed since it was read) re-read
+        the resource once and plan the write again against what it holds now."""
         row: Mapping[str, Any] = w.row or {}
+        rid = str(row.get("id"))
         for attempt in range(2):
-            ops = ops_for(row)
-            if not ops:
-                return "unchanged", rid
             try:
-                self.target.patch(w.resource, rid, ops, self._etag(row))
-                return _COUNTED[w.kind], rid
+                return Done(COUNTED[w.kind] if send(row) else "unchanged", value=rid)
             except RecordError as exc:
                 if exc.status != 412 or attempt:
                     raise
@@ -804,27 +696,38 @@ class RosterSync:
                 row = self.target.get(w.resource, rid)
         raise AssertionError("unreachable")
 
-    def _create_user(self, w: _Write) -> tuple[str, str | None]:
-        payload = user_create_payload(w.desired, self.role_attribute)
+    def _create_group(self, w: _Write) -> Done[str]:
+        created = create_once(
+            lambda: self.target.create_group(w.desired, w.add),
+            lambda: self.target.find(GROUPS, "externalId", w.key),
+            sync=self.name,
+            key=w.key,
+        )
+        return Done("created", value=str(created["id"]))
+
+    def _create_user(self, w: _Write) -> Done[str]:
         try:
-            created = self._create(USERS, payload, w.key)
-            return "created", str(created["id"])
+            created = create_once(
+                lambda: self.target.create_user(w.desired),
+                lambda: self.target.find(USERS, "externalId", w.key),
+                sync=self.name,
+                key=w.key,
+            )
+            return Done("created", value=str(created["id"]))
         except ConflictError:
             # 409: the userName is taken. Adopt that user when it is not someone else's
             # (no externalId, or ours); otherwise the record fails and is tracked.
-            found = self.target.find(USERS, "userName", str(payload["userName"]))
+            user_name = str(w.desired["userName"])
+            found = self.target.find(USERS, "userName", user_name)
             if found is None:
-                found = self._case_variant(str(payload["userName"]), w.key)
+                found = self._case_variant(user_name, w.key)
             if found is None or (found.get("externalId") and str(found["externalId"]) != w.key):
                 raise
-            rid = str(found["id"])
-            ops = user_ops(_changed(w.desired, scim_user_flat(found, self.role_attribute)), self.role_attribute)
-            if ops:
-                self.target.patch(USERS, rid, ops, self._etag(found))
-            log.info(
-                "userName %s already existed without our externalId; adopted it", payload["userName"], extra={"sync": self.name}
-            )
-            return "adopted", rid
+            changes = _changed(w.desired, self.target.user_fields(found))
+            if changes:
+                self.target.update_user(found, changes)
+            log.info("userName %s already existed without our externalId; adopted it", user_name, extra={"sync": self.name})
+            return Done("updated", logged_as="adopted", value=str(found["id"]))
 
     def _case_variant(self, user_name: str, key: str) -> dict[str, Any] | None:
         """The user read this run whose userName equals ``user_name`` ignoring case.
@@ -838,17 +741,19 @@ class RosterSync:
             return variants[0]
         return next((r for r in variants if str(r.get("externalId") or "") == key), None)
 
-    def _create(self, resource: str, payload: Mapping[str, Any], key: str) -> dict[str, Any]:
-        return create_once(
-            lambda: self.target.create(resource, payload),
-            lambda: self.target.find(resource, "externalId", key),
-            sync=self.name,
-            key=key,
-        )
-
 
 def _changed(desired: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
     return {c.field: c.after for c in diff(desired, current)}
+
+
+def _user_name(user: RosterUser, username_field: str) -> str | None:
+    if username_field == "email":
+        return user.email
+    if username_field == "identifier":
+        return user.identifier
+    if username_field == "sourcedId":
+        return user.sourced_id
+    return user.username
 
 
 def _role_for(user: RosterUser, roles: Iterable[str]) -> str | None:

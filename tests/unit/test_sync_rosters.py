@@ -15,9 +15,10 @@ import pytest
 
 from config.settings import load_settings
 from services.event_manager import EventManager
+from services.scim_api import ScimIntents, member_ops, scim_user_flat, user_ops
 from sync.base import SyncContext
 from sync.roster_model import RosterClass, RosterEnrollment, RosterSnapshot, RosterUser
-from sync.sync_rosters import RosterSync, member_ops, plan_members, scim_user_flat, user_in_scope, user_ops
+from sync.sync_rosters import RosterSync, plan_members, user_in_scope
 from utils.failed_sync_tracker import InMemoryTracker
 from utils.metrics import Metrics
 
@@ -25,8 +26,10 @@ pytestmark = pytest.mark.unit
 NOW = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 
 
-class FakeScim:
-    """Just enough of a SCIM provider: replace on simple paths, add/remove members."""
+class FakeScim(ScimIntents):
+    """Just enough of a SCIM provider: replace on simple paths, add/remove members. The
+    intents of the ScimTarget port come from services.scim_api (``ScimIntents``): the
+    fake stores the very resources and operations the real adapter would send."""
 
     etags = False
 

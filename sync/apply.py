@@ -1,0 +1,227 @@
+"""The applier: how every sync sends its planned writes and records what became of them.
+
+One path for the SafetyAmp syncs (BaseSync) and the rosters sync:
+
+- write-ahead: each write's intent is in the change log before its request goes out
+  (the log refuses: ChangeLogError, nothing is sent);
+- no write starts once shutdown is requested, a write lock of the runner is lost (the
+  fence is checked before every write; see utils/locks.py) or a write failed fatally;
+- a record-level refusal (RecordError: validation, 422, 409, ...) is recorded in the
+  errors file and the failed-record tracker, and the run goes on;
+- a write that failed after its retries (RetriableError) is recorded too; a run of
+  CONSECUTIVE_ERROR_LIMIT of them stops the sync (FatalError): the target is down;
+- a write that went through clears the record from the tracker and is recorded in the
+  changes file with its field-level diff;
+- a dry run sends nothing and records every planned write as it would go.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from utils.errors import ChangeLogError, FatalError, RecordError, RetriableError
+from utils.locks import fenced
+from utils.request_log import current_request_log, recording
+
+if TYPE_CHECKING:
+    from sync.base import RunResult, SyncContext
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+COUNTED = {"create": "created", "update": "updated", "deactivate": "deactivated"}
+"""The count a write of each kind adds when it goes through."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One planned write as the change log, the errors file and the tracker see it."""
+
+    key: str
+    kind: str  # create | update | deactivate
+    target: str
+    """The collection or resource written."""
+    target_id: str | None = None
+    fingerprint: str = ""
+    payload: Mapping[str, Any] | None = None
+    """What the errors file shows when the write fails."""
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    """The field-level diff ``{field: {"before": x, "after": y}}``."""
+
+
+@dataclass(frozen=True)
+class Done(Generic[R]):
+    """What a write that went through did."""
+
+    outcome: str
+    """created | updated | deactivated, or unchanged (a re-read showed nothing to send)."""
+    before: Mapping[str, Any] | None = None
+    after: Mapping[str, Any] | None = None
+    logged_as: str | None = None
+    """The change log's action when it is not the planned kind (``adopted``)."""
+    value: R | None = None
+    """What the caller needs back (the new record's id)."""
+
+
+class Applier(Generic[T, R]):
+    """Sends one run's writes for ``sync`` and records them in ``slog`` and ``result``.
+
+    ``entry(item)`` describes a write; ``send(item)`` sends it and returns ``Done``
+    (RecordError, RetriableError and FatalError pass through it to the applier). One
+    Applier per run: it counts consecutive failures across every batch of the run."""
+
+    def __init__(self, sync: str, ctx: SyncContext, slog: Any, result: RunResult, *, workers: int) -> None:
+        self.sync = sync
+        self.ctx = ctx
+        self.slog = slog
+        self.result = result
+        self.workers = workers
+        self._lock = threading.Lock()
+        self._consecutive_errors = 0
+
+    def apply(self, items: Sequence[T], entry: Callable[[T], Entry], send: Callable[[T], Done[R]]) -> list[Done[R] | None]:
+        """Apply ``items`` in order (bounded concurrency); per item its ``Done``, or None
+        when it failed, was abandoned or (dry run) was not sent."""
+        done: list[Done[R] | None] = [None] * len(items)
+        if self.ctx.dry_run:
+            for item in items:
+                e = entry(item)
+                self.result.counts[COUNTED[e.kind]] += 1
+                self.slog.change(e.key, e.kind, None, None, dict(e.changes))
+            return done
+        indexed = list(enumerate(items))
+
+        def settle(pair: tuple[int, T], outcome: Done[R] | str, count: int, total: int) -> None:
+            name = outcome.outcome if isinstance(outcome, Done) else outcome
+            if name in self.result.counts:
+                self.result.counts[name] += 1
+            if isinstance(outcome, Done):
+                done[pair[0]] = outcome
+            if self.ctx.progress:
+                self.ctx.progress(self.sync, count, total)
+
+        apply_in_order(self.sync, self.ctx, indexed, lambda pair: self._one(pair[1], entry, send), settle, self.workers)
+        return done
+
+    def _one(self, item: T, entry: Callable[[T], Entry], send: Callable[[T], Done[R]]) -> Done[R] | str:
+        e = entry(item)
+        # Write-ahead: on disk before the request, or ChangeLogError and nothing is sent.
+        intent = self.slog.intent(e.key, e.kind, target=e.target, target_id=e.target_id)
+        try:
+            got = send(item)
+        except RecordError as exc:
+            self._refused(e, exc, intent)
+            return "failed"
+        except RetriableError as exc:
+            self.slog.error(e.key, f"gave up after retries: {exc.message}", payload=e.payload, kind="failed", intent=intent)
+            self._count_failure(exc)
+            return "failed"
+        with self._lock:
+            self._consecutive_errors = 0
+        self.ctx.tracker.record_success(self.sync, e.key)
+        if got.outcome == "unchanged":
+            self.slog.settled(intent, "nothing left to change after re-reading the record")
+        else:
+            self.slog.change(e.key, got.logged_as or e.kind, got.before, got.after, dict(e.changes), intent=intent)
+        return got
+
+    def _refused(self, e: Entry, exc: RecordError, intent: int) -> None:
+        """The target answered and refused this record: record it, go on (the target is up)."""
+        reason = exc.message
+        if exc.field_errors:
+            reason = "; ".join(f"{f}: {' '.join(m)}" for f, m in exc.field_errors.items())
+        self.ctx.tracker.record_failure(self.sync, e.key, e.fingerprint, reason, list(exc.field_errors))
+        self.slog.error(
+            e.key,
+            reason,
+            target_body=exc.body,
+            payload=e.payload,
+            fields=list(exc.field_errors),
+            kind="failed",
+            intent=intent,
+        )
+        with self._lock:
+            self._consecutive_errors = 0
+
+    def _count_failure(self, exc: RetriableError) -> None:
+        with self._lock:
+            self._consecutive_errors += 1
+            count = self._consecutive_errors
+        if count >= int(self.ctx.settings.consecutive_error_limit):
+            raise FatalError(f"{count} consecutive requests failed; stopping the {self.sync} sync", service=exc.service) from exc
+
+
+def apply_in_order(
+    name: str,
+    ctx: SyncContext,
+    items: Sequence[T],
+    write: Callable[[T], R],
+    settle: Callable[[T, R | str, int, int], None],
+    workers: int,
+) -> None:
+    """Apply ``write`` to every item on a bounded thread pool (the rate limiter paces the
+    requests; threads only hide the target's latency), settling results in item order.
+
+    ``settle(item, outcome, done, total)`` runs in the calling thread with what ``write``
+    returned, or ``"failed"`` when it raised FatalError, or ``"abandoned"`` when it never
+    ran or its change log refused it (ChangeLogError). No new write starts once shutdown
+    is requested (``ctx.stop``), a lock of ``ctx.fence`` was lost (another runner may own
+    the target now: every write request is checked, see utils/locks.py) or a write raised
+    FatalError; the first such reason is raised when the in-flight writes have settled."""
+    total = len(items)
+    if not total:
+        return
+    abort: list[BaseException] = []
+    requests_log = current_request_log()  # a one-record run shows what it sent (utils/request_log.py)
+
+    def one(item: T) -> R | str:
+        if abort or ctx.stop.is_set():
+            return "abandoned"
+        return _fenced_write(ctx, requests_log, write, item)
+
+    done = 0
+
+    def settle_next(item: T, fut: Future[R | str]) -> None:
+        nonlocal done
+        try:
+            outcome = fut.result()
+        except FatalError as exc:
+            if not abort:
+                abort.append(exc)
+            # a write stopped by its change log was not sent, or its outcome is unknown: not a failed record
+            outcome = "abandoned" if isinstance(exc, ChangeLogError) else "failed"
+        done += 1
+        settle(item, outcome, done, total)
+
+    size = max(1, min(workers, total))
+    with ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"apply-{name}") as pool:
+        # A bounded window of submitted writes: 70 000 futures submitted at once held tens
+        # of MB for nothing (the rate limit paces them anyway).
+        pending: deque[tuple[T, Future[R | str]]] = deque()
+        for item in items:
+            pending.append((item, pool.submit(one, item)))
+            if len(pending) >= size * 4:
+                settle_next(*pending.popleft())
+        while pending:
+            settle_next(*pending.popleft())
+    if abort:
+        raise abort[0]
+    if ctx.stop.is_set() and done < total:
+        raise FatalError(f"stopped by shutdown request after {done} of {total} writes")
+
+
+def _fenced_write(ctx: SyncContext, requests_log: Any, write: Callable[[T], R], item: T) -> R:
+    """``write(item)`` on a worker thread: only while this runner still holds its write
+    locks (``ctx.fence``), with the run's request log."""
+    fence = ctx.fence
+    with recording(requests_log):
+        if fence is None:
+            return write(item)
+        fence.raise_if_lost()
+        with fenced(fence):  # worker threads do not inherit the runner's context
+            return write(item)
