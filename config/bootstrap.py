@@ -19,7 +19,7 @@ from config.settings import Settings
 from services.data_manager import TargetCache
 from services.event_manager import EventManager
 from services.http import RequestStats
-from sync.base import SyncContext
+from sync.base import COUNT_KEYS, SyncContext
 from utils.metrics import Metrics
 
 log = logging.getLogger("bootstrap")
@@ -65,9 +65,10 @@ def build_runtime(
     """Adapters for ``syncs`` only (a vehicles-only run needs no database). One Redis
     client (lazy: no connection until first use) serves tracker, breakers, locks and
     quarantine."""
-    from utils.circuit_breaker import build_breakers, make_redis
+    from utils.circuit_breaker import build_breakers
     from utils.control import ControlStore
     from utils.quarantine import Quarantine
+    from utils.redis_client import make_redis
 
     metrics = metrics or Metrics()
     stats = RequestStats(metrics=metrics)
@@ -81,7 +82,7 @@ def build_runtime(
     rt.breakers = build_breakers(settings, redis_client, metrics)
     # Zero-valued series from the start, so dashboards and alerts see them before the
     # first throttle or guard trip (a missing series reads as "No data", not 0).
-    metrics.initialise(syncs, SERVICES, settings.sync_interval_minutes * 60)
+    metrics.initialise(syncs, SERVICES, settings.sync_interval_minutes * 60, actions=COUNT_KEYS)
     rt.quarantine = Quarantine(
         redis_client, prefix=settings.redis_prefix, interval_seconds=settings.sync_interval_minutes * 60, metrics=metrics
     )
