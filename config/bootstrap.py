@@ -7,15 +7,17 @@ SyncContext. Tests build SyncContext themselves with fakes instead.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from config.settings import Settings
+from config.settings import ALL_SYNCS, Settings
 from services.data_manager import TargetCache
 from services.event_manager import EventManager
 from services.http import RequestStats
@@ -189,3 +191,79 @@ def new_context(
         runner_kind=runner_kind,
         only_key=only_key,
     )
+
+
+def sandbox_overrides(endpoints: Mapping[str, Any], sandbox_dir: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """Settings that point every adapter at the sandbox (``--sandbox`` of main.py and
+    sync_batch.py; ``endpoints`` is the sandbox's port file). Connection settings are
+    forced (a real SAFETYAMP_URL in the environment must never be hit by a sandbox run);
+    tuning settings get fast defaults that the environment may still override."""
+    has_rosters = "oneroster" in endpoints and "scim" in endpoints
+    digest = hashlib.sha256(str(sandbox_dir.resolve()).encode()).hexdigest()[:10]
+    forced = _sandbox_connections(endpoints, has_rosters)
+    if has_rosters:
+        # The emulators get new ports at every start: the folder, not the URL, is the SIS.
+        forced["ROSTER_CURSOR_SCOPE"] = f"sandbox-{digest}"
+    defaults = _sandbox_tuning(endpoints, has_rosters, digest)
+    out = {k: v for k, v in defaults.items() if k not in environ}
+    out.update(forced)
+    return out
+
+
+def _sandbox_connections(endpoints: Mapping[str, Any], has_rosters: bool) -> dict[str, str]:
+    sa, sam, gr, vp = endpoints["safetyamp"], endpoints["samsara"], endpoints["graph"], endpoints["viewpoint"]
+    forced = {
+        "SAFETYAMP_URL": sa["url"],
+        "SAFETYAMP_TOKEN": sa["token"],
+        "SAFETYAMP_FQDN": sa["fqdn"],
+        "SAMSARA_URL": sam["url"],
+        "SAMSARA_API_KEY": sam["api_key"],
+        "MS_GRAPH_AUTHORITY_URL": gr["authority_url"],
+        "MS_GRAPH_URL": gr["graph_url"],
+        "MS_GRAPH_TENANT_ID": gr["tenant_id"],
+        "MS_GRAPH_CLIENT_ID": gr["client_id"],
+        "MS_GRAPH_CLIENT_SECRET": gr["client_secret"],
+        "MS_GRAPH_CA_BUNDLE": gr["ca_bundle"],
+        "VIEWPOINT_DB_URL": vp["url"],
+    }
+    if has_rosters:  # rosters (issue 4): the OneRoster emulator and scim2-server
+        ors, sc = endpoints["oneroster"], endpoints["scim"]
+        forced.update({
+            "ONEROSTER_URL": ors["url"],
+            "ONEROSTER_CLIENT_ID": ors["client_id"],
+            "ONEROSTER_CLIENT_SECRET": ors["client_secret"],
+            "ONEROSTER_TOKEN_URL": ors["token_url"],
+            "SCIM_URL": sc["url"],
+            "SCIM_TOKEN": sc["token"],
+        })  # fmt: skip
+    return forced
+
+
+def _sandbox_tuning(endpoints: Mapping[str, Any], has_rosters: bool, digest: str) -> dict[str, str]:
+    defaults = {
+        "SYNC_TYPES": ",".join(s for s in ALL_SYNCS if has_rosters or s != "rosters"),
+        "SAFETYAMP_RATE_LIMIT_PER_MINUTE": "60000",
+        "SAFETYAMP_MAX_CONCURRENCY": "8",
+        "SAMSARA_RATE_LIMIT_PER_SECOND": "1000",
+        "REDIS_PREFIX": f"sandbox-{digest}:",
+        "HTTP_MAX_RETRY_SECONDS": "30",
+        # The emulators answer in milliseconds (seconds under latency faults). A short
+        # timeout also keeps short the wait of a runner that takes a lock on a Redis that
+        # just started (utils/locks.py): about twice the timeout.
+        "SAFETYAMP_TIMEOUT_SECONDS": "5",
+        # Without Redis the sandbox still works: file locks exclude runs on this machine.
+        "LOCK_REQUIRED": "false",
+    }
+    page_cap = endpoints["safetyamp"].get("max_page_size")
+    if page_cap:  # the emulator's documented cap (docs/emulated-apis.md): short pages end a read at once
+        defaults["SAFETYAMP_MAX_PAGE_SIZE"] = str(page_cap)
+    if has_rosters:
+        defaults.update({
+            "ONEROSTER_VERSION": endpoints["oneroster"].get("version", "1.2"),
+            "ONEROSTER_AUTH": "oauth2",
+            "ONEROSTER_RATE_LIMIT_PER_SECOND": "1000",
+            "SCIM_RATE_LIMIT_PER_SECOND": "1000",
+            "SCIM_MAX_CONCURRENCY": "8",
+            "SCIM_TIMEOUT_SECONDS": "5",
+        })  # fmt: skip
+    return defaults

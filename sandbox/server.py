@@ -174,6 +174,7 @@ def _start_locked(root: Path, size: int, fault_config: dict[str, Any], run_seed:
             "url": f"http://{HOST}:{sa_server.server_port}",
             "token": creds.safetyamp_token,
             "fqdn": SAFETYAMP_FQDN,
+            "max_page_size": str(safetyamp.MAX_LIMIT),  # its documented page cap (docs/emulated-apis.md)
         },
         "samsara": {"url": f"http://{HOST}:{sam_server.server_port}", "api_key": creds.samsara_api_key},
         "graph": {
