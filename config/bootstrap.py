@@ -15,14 +15,28 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config.settings import ALL_SYNCS, Settings
-from services.data_manager import TargetCache
+from services.data_manager import NoTarget, TargetCache
 from services.event_manager import EventManager
 from services.http import RequestStats
 from sync.base import COUNT_KEYS, SyncContext
 from utils.metrics import Metrics
+
+if TYPE_CHECKING:
+    import redis
+
+    from services.graph_api import GraphAPI
+    from services.safetyamp_api import SafetyAmpAPI
+    from services.samsara_api import SamsaraAPI
+    from services.scim_api import ScimAPI
+    from services.viewpoint_api import ViewpointAPI
+    from sync.roster_model import CursorStore, RosterSource
+    from utils.circuit_breaker import CircuitBreaker
+    from utils.control import ControlStore
+    from utils.failed_sync_tracker import ResilientTracker, TrackerBase
+    from utils.quarantine import Quarantine
 
 log = logging.getLogger("bootstrap")
 
@@ -36,18 +50,19 @@ class Runtime:
     settings: Settings
     metrics: Metrics
     stats: RequestStats
-    tracker: Any
-    redis: Any = None
-    breakers: dict[str, Any] = field(default_factory=dict)
-    quarantine: Any = None
-    control: Any = None  # utils.control.ControlStore: pauses, held deactivations, audit, run history
-    safetyamp: Any = None
-    viewpoint: Any = None
-    graph: Any = None
-    samsara: Any = None
-    oneroster: Any = None  # rosters (issue 4)
-    scim: Any = None
-    roster_cursor: Any = None
+    tracker: TrackerBase | ResilientTracker
+    redis: redis.Redis | None = None
+    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+    quarantine: Quarantine | None = None
+    control: ControlStore | None = None
+    """Pauses, held deactivations, audit, run history."""
+    safetyamp: SafetyAmpAPI | None = None
+    viewpoint: ViewpointAPI | None = None
+    graph: GraphAPI | None = None
+    samsara: SamsaraAPI | None = None
+    oneroster: RosterSource | None = None  # rosters (issue 4): the REST API or a CSV drop
+    scim: ScimAPI | None = None
+    roster_cursor: CursorStore | None = None
     stop: threading.Event = field(default_factory=threading.Event)
 
     def close(self) -> None:
@@ -168,7 +183,7 @@ def new_context(
     events = EventManager(s.output_dir, run_id, secrets=s.secret_values())
     return SyncContext(
         settings=s,
-        targets=TargetCache(rt.safetyamp) if rt.safetyamp is not None else None,
+        targets=TargetCache(rt.safetyamp) if rt.safetyamp is not None else NoTarget(),
         tracker=RunTracker(rt.tracker),  # one read of the tracked records per sync, not one per record
         events=events,
         metrics=rt.metrics,

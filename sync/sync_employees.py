@@ -145,8 +145,8 @@ class EmployeeSync(BaseSync):
         vp = self.viewpoint
         rows = self.ctx.source("employees", vp.employees)
         since = _history_start(self.ctx)
-        latest = self.ctx.source(f"latest_jobs:{since}", lambda: vp.latest_jobs(since))
-        latest = {emp: str(v).strip() for k, v in latest.items() if (emp := _norm_emp(k)) is not None}
+        latest_rows = self.ctx.source(f"latest_jobs:{since}", lambda: vp.latest_jobs(since))
+        latest = {emp: str(v).strip() for k, v in latest_rows.items() if (emp := _norm_emp(k)) is not None}
         mails: dict[str, str] = {}
         if self.ctx.graph is not None:
             users = self.ctx.source("graph_users", self.ctx.graph.users)
@@ -213,7 +213,7 @@ class EmployeeSync(BaseSync):
         self,
         key: str,
         row: Row,
-        latest: dict[str | None, str],
+        latest: dict[str, str],
         mails: dict[str, str],
         ambiguous: dict[str, list[str]],
         look: dict[str, Any],
@@ -296,7 +296,7 @@ class EmployeeSync(BaseSync):
             "system_access": 1,
         }
 
-    def _home_site(self, key: str, row: Row, latest: dict[str | None, str], sites: dict[str, Any]) -> tuple[Any, str]:
+    def _home_site(self, key: str, row: Row, latest: dict[str, str], sites: dict[str, Any]) -> tuple[Any, str]:
         worked = latest.get(key)
         if worked and worked in sites:
             return sites[worked], ""
