@@ -80,8 +80,9 @@ def build_runtime(
     redis_client: Any = None,
 ) -> Runtime:
     """Adapters for ``syncs`` only (a vehicles-only run needs no database). One Redis
-    client (lazy: no connection until first use) serves tracker, breakers, locks and
-    quarantine."""
+    client (``utils.redis_client.make_redis``: lazy, no connection until first use)
+    serves breakers, locks, quarantine, operator state and the roster cursor; the
+    tracker makes its own the same way (it degrades to memory on its own)."""
     from utils.circuit_breaker import build_breakers
     from utils.control import ControlStore
     from utils.quarantine import Quarantine
@@ -94,7 +95,7 @@ def build_runtime(
     if tracker is None:
         from utils.failed_sync_tracker import build_tracker
 
-        tracker = build_tracker(settings.redis_url.get_secret_value(), settings.redis_prefix)
+        tracker = build_tracker(settings.redis_url, settings.redis_prefix)
     rt = Runtime(settings=settings, metrics=metrics, stats=stats, tracker=tracker, redis=redis_client)
     rt.breakers = build_breakers(settings, redis_client, metrics)
     # Zero-valued series from the start, so dashboards and alerts see them before the
@@ -111,6 +112,13 @@ def build_runtime(
         audit_retention_days=settings.audit_retention_days,
         run_history_length=settings.run_history_length,
     )
+    _build_adapters(rt, syncs)
+    return rt
+
+
+def _build_adapters(rt: Runtime, syncs: tuple[str, ...]) -> None:
+    """The outside systems' adapters ``syncs`` need, each with its circuit breaker."""
+    settings, stats = rt.settings, rt.stats
     safetyamp_syncs = {"departments", "jobs", "titles", "employees", "vehicles"}
     if safetyamp_syncs & set(syncs):
         from services.safetyamp_api import build_safetyamp
@@ -134,8 +142,7 @@ def build_runtime(
 
         rt.oneroster = build_oneroster(settings, stats, breaker=rt.breakers.get("oneroster"))
         rt.scim = build_scim(settings, stats, breaker=rt.breakers.get("scim"))
-        rt.roster_cursor = RedisCursorStore(redis_client, settings.redis_prefix, scope=roster_scope(settings))
-    return rt
+        rt.roster_cursor = RedisCursorStore(rt.redis, settings.redis_prefix, scope=roster_scope(settings))
 
 
 def new_run_id() -> str:
