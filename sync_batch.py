@@ -29,7 +29,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from config.bootstrap import sandbox_overrides
 from config.settings import ALL_SYNCS, DEPENDENCIES, Settings, load_settings, logging_options
 from utils.errors import ConfigurationError
 from utils.scrub import scrub, scrub_value
@@ -222,6 +221,7 @@ def operator_main(args: argparse.Namespace, environ: dict[str, str]) -> int:
     with ExitStack() as stack:
         overrides: dict[str, str] = {}
         if args.sandbox:
+            from config.bootstrap import sandbox_overrides
             from sandbox.server import start_sandbox
 
             sb = stack.enter_context(start_sandbox(Path(args.sandbox_dir), size=args.sandbox_size))
@@ -439,6 +439,7 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     with ExitStack() as stack:
         overrides: dict[str, str] = {}
         if args.sandbox:
+            from config.bootstrap import sandbox_overrides
             from sandbox.server import start_sandbox
 
             sandbox_dir = Path(args.sandbox_dir)
