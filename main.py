@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hmac
 import logging
-import math
 import os
 import random
 import signal
@@ -37,7 +36,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-from config.settings import Settings, load_settings, logging_options
+from config.settings import ProbeSettings, Settings, load_settings, logging_options, probe_settings
 from utils.errors import ConfigurationError
 from utils.triggers import Pending, TriggerQueue
 
@@ -80,9 +79,17 @@ class Daemon:
     """Wires runtime, worker thread and HTTP app; ``stop`` is the injected stop flag."""
 
     def __init__(
-        self, settings: Settings | None, syncs: tuple[str, ...], runtime: Any = None, *, config_error: list[str] | None = None
+        self,
+        settings: Settings | None,
+        syncs: tuple[str, ...],
+        runtime: Any = None,
+        *,
+        config_error: list[str] | None = None,
+        probes: ProbeSettings | None = None,
     ) -> None:
         self.state = DaemonState(settings, syncs, config_error or [])
+        self.probes = probes or probe_settings({})
+        """PORT, HOST and LIVENESS_STALE_SECONDS (read before the settings: the probes answer first)."""
         self.runtime = runtime
         self.stop = runtime.stop if runtime is not None else threading.Event()
         self.worker = threading.Thread(target=self._loop, name="sync-worker", daemon=True)
@@ -237,7 +244,7 @@ class Daemon:
     # ---- probes -------------------------------------------------------------------
     def live(self) -> tuple[bool, float]:
         age = time.monotonic() - self.state.heartbeat
-        stale_after = float(os.environ.get("LIVENESS_STALE_SECONDS", "600"))
+        stale_after = self.probes.liveness_stale_seconds
         return (self.worker.is_alive() or not self.worker.ident) and age < stale_after, age
 
     def ready(self) -> tuple[bool, str]:
@@ -480,7 +487,7 @@ def create_app(daemon: Daemon) -> Flask:
     return app
 
 
-def start_http(daemon: Daemon, port: int) -> Any:
+def start_http(daemon: Daemon) -> Any:
     """Serve the endpoints from a background thread (waitress, not the Flask dev server)."""
     from waitress import create_server
 
@@ -495,8 +502,8 @@ def start_http(daemon: Daemon, port: int) -> Any:
     max_body = MAX_REQUEST_BODY_BYTES + 64 * 1024
     server = create_server(
         app,
-        host=os.environ.get("HOST", "0.0.0.0"),  # noqa: S104 - a pod listens on all interfaces
-        port=port,
+        host=daemon.probes.host,
+        port=daemon.probes.port,
         threads=4,
         max_request_body_size=max_body,
         inbuf_overflow=2 * max_body,
@@ -518,7 +525,7 @@ def start_http(daemon: Daemon, port: int) -> Any:
                 raise
 
     threading.Thread(target=serve, name="http", daemon=True).start()
-    log.info("listening on port %d", port)
+    log.info("listening on port %d", daemon.probes.port)
     return server
 
 
@@ -543,13 +550,6 @@ def wait_and_stop(daemon: Daemon, server: Any) -> int:
     return 0
 
 
-def _positive_seconds(text: str) -> bool:
-    try:
-        return 0 < float(text) < math.inf
-    except ValueError:
-        return False
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="main.py", description="Sync daemon: probes, metrics and a worker running every enabled sync."
@@ -564,22 +564,14 @@ def main(argv: list[str] | None = None) -> int:
     # Only valid values before the settings are validated: a bad LOG_LEVEL or LOG_FORMAT
     # becomes the configuration error naming it, as it does from .env or a secret file.
     configure_logging(*logging_options(environ, "INFO", "json"))
-    raw_port = environ.get("PORT") or "8080"
-    # ASCII digits only: str.isdigit() takes "²", which int() refuses.
-    if not (raw_port.isascii() and raw_port.isdigit() and len(raw_port) <= 5) or not 0 < int(raw_port) < 65536:
-        log.error("configuration error: PORT=%r is not a TCP port", raw_port)
+    try:
+        probes = probe_settings(environ)
+    except ConfigurationError as exc:  # no probes, no way to stay up and explain: exit 2
+        log.error("configuration error: %s", "; ".join(exc.problems))
         return 2
-    if not _positive_seconds(environ.get("LIVENESS_STALE_SECONDS") or "600"):
-        log.error(
-            "configuration error: LIVENESS_STALE_SECONDS=%r is not a positive number of seconds",
-            environ["LIVENESS_STALE_SECONDS"],
-        )
-        return 2
-    if environ.get("LIVENESS_STALE_SECONDS") == "":
-        os.environ.pop("LIVENESS_STALE_SECONDS")  # empty means unset, as for every setting; /live reads os.environ
     # The probes answer first (/live 200, /ready 503 "starting"), then everything slow
     # (sandbox seeding, Key Vault, clients) happens: a slow start never looks like a hang.
-    daemon = Daemon(None, ())
+    daemon = Daemon(None, (), probes=probes)
     daemon.state.starting = True
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -590,37 +582,45 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        server = start_http(daemon, int(raw_port))
+        server = start_http(daemon)
     except (OSError, ValueError) as exc:  # address in use, a HOST that does not resolve...
-        log.error("cannot listen on %s port %s: %s", environ.get("HOST", "0.0.0.0"), raw_port, exc)  # noqa: S104
+        log.error("cannot listen on %s port %s: %s", probes.host, probes.port, exc)
         return 2
     daemon.worker.start()
     with ExitStack() as stack:
-        overrides: dict[str, str] = {}
-        try:
-            if args.sandbox:
-                from sandbox.server import start_sandbox
-                from sync_batch import sandbox_overrides
-
-                environ.setdefault("SYNC_INTERVAL_MINUTES", "5")
-                sb = stack.enter_context(start_sandbox(Path(args.sandbox_dir), size=args.sandbox_size))
-                overrides = sandbox_overrides(sb.endpoints, Path(args.sandbox_dir), environ)
-            settings = load_settings(environ, overrides=overrides)
-            syncs = settings.enabled_syncs()
-            settings.check(syncs)
-            configure_logging(settings.log_level, settings.log_format, secrets=settings.secret_values())
-            from config.bootstrap import build_runtime
-
-            runtime = build_runtime(settings, syncs)
-        except ConfigurationError as exc:
-            # Stay up so /ready can say why (a crash loop hides the reason in old logs).
-            log.error("configuration error: %s", "; ".join(exc.problems))
-            daemon.state.config_error = exc.problems
-            daemon.state.starting = False
-        else:
-            daemon.attach(settings, syncs, runtime)
-            log.info("syncs: %s", ", ".join(syncs) or "(none)")
+        start_worker(daemon, args, environ, stack)
         return wait_and_stop(daemon, server)
+
+
+def start_worker(daemon: Daemon, args: argparse.Namespace, environ: dict[str, str], stack: ExitStack) -> None:
+    """Read the settings (starting the sandbox first with ``--sandbox``) and hand the
+    worker its runtime; a configuration error keeps the daemon up so /ready says why
+    (a crash loop hides the reason in old logs)."""
+    from utils.logger import configure_logging
+
+    overrides: dict[str, str] = {}
+    try:
+        if args.sandbox:
+            from config.bootstrap import sandbox_overrides
+            from sandbox.server import start_sandbox
+
+            environ.setdefault("SYNC_INTERVAL_MINUTES", "5")
+            sb = stack.enter_context(start_sandbox(Path(args.sandbox_dir), size=args.sandbox_size))
+            overrides = sandbox_overrides(sb.endpoints, Path(args.sandbox_dir), environ)
+        settings = load_settings(environ, overrides=overrides)
+        syncs = settings.enabled_syncs()
+        settings.check(syncs)
+        configure_logging(settings.log_level, settings.log_format, secrets=settings.secret_values())
+        from config.bootstrap import build_runtime
+
+        runtime = build_runtime(settings, syncs)
+    except ConfigurationError as exc:
+        log.error("configuration error: %s", "; ".join(exc.problems))
+        daemon.state.config_error = exc.problems
+        daemon.state.starting = False
+    else:
+        daemon.attach(settings, syncs, runtime)
+        log.info("syncs: %s", ", ".join(syncs) or "(none)")
 
 
 if __name__ == "__main__":

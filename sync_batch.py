@@ -20,7 +20,6 @@ of stdout is the run summary; logs go to stderr.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -158,73 +157,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def sandbox_overrides(endpoints: dict[str, Any], sandbox_dir: Path, environ: dict[str, str]) -> dict[str, str]:
-    """Settings that point every adapter at the sandbox. Connection settings are forced
-    (a real SAFETYAMP_URL in the environment must never be hit by a sandbox run);
-    tuning settings get fast defaults that the environment may still override."""
-    sa, sam, gr, vp = endpoints["safetyamp"], endpoints["samsara"], endpoints["graph"], endpoints["viewpoint"]
-    forced = {
-        "SAFETYAMP_URL": sa["url"],
-        "SAFETYAMP_TOKEN": sa["token"],
-        "SAFETYAMP_FQDN": sa["fqdn"],
-        "SAMSARA_URL": sam["url"],
-        "SAMSARA_API_KEY": sam["api_key"],
-        "MS_GRAPH_AUTHORITY_URL": gr["authority_url"],
-        "MS_GRAPH_URL": gr["graph_url"],
-        "MS_GRAPH_TENANT_ID": gr["tenant_id"],
-        "MS_GRAPH_CLIENT_ID": gr["client_id"],
-        "MS_GRAPH_CLIENT_SECRET": gr["client_secret"],
-        "MS_GRAPH_CA_BUNDLE": gr["ca_bundle"],
-        "VIEWPOINT_DB_URL": vp["url"],
-    }
-    # rosters (issue 4): the OneRoster emulator and scim2-server, when the sandbox has them
-    has_rosters = "oneroster" in endpoints and "scim" in endpoints
-    if has_rosters:
-        ors, sc = endpoints["oneroster"], endpoints["scim"]
-        forced.update({
-            "ONEROSTER_URL": ors["url"],
-            "ONEROSTER_CLIENT_ID": ors["client_id"],
-            "ONEROSTER_CLIENT_SECRET": ors["client_secret"],
-            "ONEROSTER_TOKEN_URL": ors["token_url"],
-            "SCIM_URL": sc["url"],
-            "SCIM_TOKEN": sc["token"],
-        })  # fmt: skip
-    digest = hashlib.sha256(str(sandbox_dir.resolve()).encode()).hexdigest()[:10]
-    if has_rosters:
-        # The emulators get new ports at every start: the folder, not the URL, is the SIS.
-        forced["ROSTER_CURSOR_SCOPE"] = f"sandbox-{digest}"
-    from sandbox.safetyamp import MAX_LIMIT as SAFETYAMP_MAX_LIMIT
-
-    defaults = {
-        "SYNC_TYPES": ",".join(s for s in ALL_SYNCS if has_rosters or s != "rosters"),
-        # The emulator's documented cap (docs/emulated-apis.md): short pages end a read at once.
-        "SAFETYAMP_MAX_PAGE_SIZE": str(SAFETYAMP_MAX_LIMIT),
-        "SAFETYAMP_RATE_LIMIT_PER_MINUTE": "60000",
-        "SAFETYAMP_MAX_CONCURRENCY": "8",
-        "SAMSARA_RATE_LIMIT_PER_SECOND": "1000",
-        "REDIS_PREFIX": f"sandbox-{digest}:",
-        "HTTP_MAX_RETRY_SECONDS": "30",
-        # The emulators answer in milliseconds (seconds under latency faults). A short
-        # timeout also keeps short the wait of a runner that takes a lock on a Redis that
-        # just started (utils/locks.py): about twice the timeout.
-        "SAFETYAMP_TIMEOUT_SECONDS": "5",
-        # Without Redis the sandbox still works: file locks exclude runs on this machine.
-        "LOCK_REQUIRED": "false",
-    }
-    if has_rosters:
-        defaults.update({
-            "ONEROSTER_VERSION": endpoints["oneroster"].get("version", "1.2"),
-            "ONEROSTER_AUTH": "oauth2",
-            "ONEROSTER_RATE_LIMIT_PER_SECOND": "1000",
-            "SCIM_RATE_LIMIT_PER_SECOND": "1000",
-            "SCIM_MAX_CONCURRENCY": "8",
-            "SCIM_TIMEOUT_SECONDS": "5",
-        })  # fmt: skip
-    out = {k: v for k, v in defaults.items() if k not in environ}
-    out.update(forced)
-    return out
-
-
 def choose_syncs(settings: Settings, only: str | None) -> tuple[tuple[str, ...], list[str]]:
     """The syncs to run, in run order, and warnings about dependencies left out."""
     if only is None:
@@ -289,6 +221,7 @@ def operator_main(args: argparse.Namespace, environ: dict[str, str]) -> int:
     with ExitStack() as stack:
         overrides: dict[str, str] = {}
         if args.sandbox:
+            from config.bootstrap import sandbox_overrides
             from sandbox.server import start_sandbox
 
             sb = stack.enter_context(start_sandbox(Path(args.sandbox_dir), size=args.sandbox_size))
@@ -506,6 +439,7 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     with ExitStack() as stack:
         overrides: dict[str, str] = {}
         if args.sandbox:
+            from config.bootstrap import sandbox_overrides
             from sandbox.server import start_sandbox
 
             sandbox_dir = Path(args.sandbox_dir)

@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     seeded = sandbox.start()
     print(f"  ready in {seeded:.0f} s", flush=True)
     try:
-        from sync_batch import sandbox_overrides
+        from config.bootstrap import sandbox_overrides
 
         env = sandbox.settings_env(
             sandbox_overrides,

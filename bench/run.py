@@ -135,7 +135,7 @@ class Scenario:
         self.previous_start: str | None = None
 
     def env(self) -> dict[str, str]:
-        from sync_batch import sandbox_overrides
+        from config.bootstrap import sandbox_overrides
 
         base = {
             "OUTPUT_DIR": str(self.out),

@@ -7,20 +7,36 @@ SyncContext. Tests build SyncContext themselves with fakes instead.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from config.settings import Settings
-from services.data_manager import TargetCache
+from config.settings import ALL_SYNCS, Settings
+from services.data_manager import NoTarget, TargetCache
 from services.event_manager import EventManager
 from services.http import RequestStats
-from sync.base import SyncContext
+from sync.base import COUNT_KEYS, SyncContext
 from utils.metrics import Metrics
+
+if TYPE_CHECKING:
+    import redis
+
+    from services.graph_api import GraphAPI
+    from services.safetyamp_api import SafetyAmpAPI
+    from services.samsara_api import SamsaraAPI
+    from services.scim_api import ScimAPI
+    from services.viewpoint_api import ViewpointAPI
+    from sync.roster_model import CursorStore, RosterSource
+    from utils.circuit_breaker import CircuitBreaker
+    from utils.control import ControlStore
+    from utils.failed_sync_tracker import ResilientTracker, TrackerBase
+    from utils.quarantine import Quarantine
 
 log = logging.getLogger("bootstrap")
 
@@ -34,18 +50,19 @@ class Runtime:
     settings: Settings
     metrics: Metrics
     stats: RequestStats
-    tracker: Any
-    redis: Any = None
-    breakers: dict[str, Any] = field(default_factory=dict)
-    quarantine: Any = None
-    control: Any = None  # utils.control.ControlStore: pauses, held deactivations, audit, run history
-    safetyamp: Any = None
-    viewpoint: Any = None
-    graph: Any = None
-    samsara: Any = None
-    oneroster: Any = None  # rosters (issue 4)
-    scim: Any = None
-    roster_cursor: Any = None
+    tracker: TrackerBase | ResilientTracker
+    redis: redis.Redis | None = None
+    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+    quarantine: Quarantine | None = None
+    control: ControlStore | None = None
+    """Pauses, held deactivations, audit, run history."""
+    safetyamp: SafetyAmpAPI | None = None
+    viewpoint: ViewpointAPI | None = None
+    graph: GraphAPI | None = None
+    samsara: SamsaraAPI | None = None
+    oneroster: RosterSource | None = None  # rosters (issue 4): the REST API or a CSV drop
+    scim: ScimAPI | None = None
+    roster_cursor: CursorStore | None = None
     stop: threading.Event = field(default_factory=threading.Event)
 
     def close(self) -> None:
@@ -63,11 +80,13 @@ def build_runtime(
     redis_client: Any = None,
 ) -> Runtime:
     """Adapters for ``syncs`` only (a vehicles-only run needs no database). One Redis
-    client (lazy: no connection until first use) serves tracker, breakers, locks and
-    quarantine."""
-    from utils.circuit_breaker import build_breakers, make_redis
+    client (``utils.redis_client.make_redis``: lazy, no connection until first use)
+    serves breakers, locks, quarantine, operator state and the roster cursor; the
+    tracker makes its own the same way (it degrades to memory on its own)."""
+    from utils.circuit_breaker import build_breakers
     from utils.control import ControlStore
     from utils.quarantine import Quarantine
+    from utils.redis_client import make_redis
 
     metrics = metrics or Metrics()
     stats = RequestStats(metrics=metrics)
@@ -76,12 +95,12 @@ def build_runtime(
     if tracker is None:
         from utils.failed_sync_tracker import build_tracker
 
-        tracker = build_tracker(settings.redis_url.get_secret_value(), settings.redis_prefix)
+        tracker = build_tracker(settings.redis_url, settings.redis_prefix)
     rt = Runtime(settings=settings, metrics=metrics, stats=stats, tracker=tracker, redis=redis_client)
     rt.breakers = build_breakers(settings, redis_client, metrics)
     # Zero-valued series from the start, so dashboards and alerts see them before the
     # first throttle or guard trip (a missing series reads as "No data", not 0).
-    metrics.initialise(syncs, SERVICES, settings.sync_interval_minutes * 60)
+    metrics.initialise(syncs, SERVICES, settings.sync_interval_minutes * 60, actions=COUNT_KEYS)
     rt.quarantine = Quarantine(
         redis_client, prefix=settings.redis_prefix, interval_seconds=settings.sync_interval_minutes * 60, metrics=metrics
     )
@@ -93,6 +112,13 @@ def build_runtime(
         audit_retention_days=settings.audit_retention_days,
         run_history_length=settings.run_history_length,
     )
+    _build_adapters(rt, syncs)
+    return rt
+
+
+def _build_adapters(rt: Runtime, syncs: tuple[str, ...]) -> None:
+    """The outside systems' adapters ``syncs`` need, each with its circuit breaker."""
+    settings, stats = rt.settings, rt.stats
     safetyamp_syncs = {"departments", "jobs", "titles", "employees", "vehicles"}
     if safetyamp_syncs & set(syncs):
         from services.safetyamp_api import build_safetyamp
@@ -116,8 +142,7 @@ def build_runtime(
 
         rt.oneroster = build_oneroster(settings, stats, breaker=rt.breakers.get("oneroster"))
         rt.scim = build_scim(settings, stats, breaker=rt.breakers.get("scim"))
-        rt.roster_cursor = RedisCursorStore(redis_client, settings.redis_prefix, scope=roster_scope(settings))
-    return rt
+        rt.roster_cursor = RedisCursorStore(rt.redis, settings.redis_prefix, scope=roster_scope(settings))
 
 
 def new_run_id() -> str:
@@ -166,7 +191,7 @@ def new_context(
     events = EventManager(s.output_dir, run_id, secrets=s.secret_values())
     return SyncContext(
         settings=s,
-        targets=TargetCache(rt.safetyamp) if rt.safetyamp is not None else None,
+        targets=TargetCache(rt.safetyamp) if rt.safetyamp is not None else NoTarget(),
         tracker=RunTracker(rt.tracker),  # one read of the tracked records per sync, not one per record
         events=events,
         metrics=rt.metrics,
@@ -190,3 +215,79 @@ def new_context(
         only_key=only_key,
         requested_by=dict(requested_by or {}),
     )
+
+
+def sandbox_overrides(endpoints: Mapping[str, Any], sandbox_dir: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """Settings that point every adapter at the sandbox (``--sandbox`` of main.py and
+    sync_batch.py; ``endpoints`` is the sandbox's port file). Connection settings are
+    forced (a real SAFETYAMP_URL in the environment must never be hit by a sandbox run);
+    tuning settings get fast defaults that the environment may still override."""
+    has_rosters = "oneroster" in endpoints and "scim" in endpoints
+    digest = hashlib.sha256(str(sandbox_dir.resolve()).encode()).hexdigest()[:10]
+    forced = _sandbox_connections(endpoints, has_rosters)
+    if has_rosters:
+        # The emulators get new ports at every start: the folder, not the URL, is the SIS.
+        forced["ROSTER_CURSOR_SCOPE"] = f"sandbox-{digest}"
+    defaults = _sandbox_tuning(endpoints, has_rosters, digest)
+    out = {k: v for k, v in defaults.items() if k not in environ}
+    out.update(forced)
+    return out
+
+
+def _sandbox_connections(endpoints: Mapping[str, Any], has_rosters: bool) -> dict[str, str]:
+    sa, sam, gr, vp = endpoints["safetyamp"], endpoints["samsara"], endpoints["graph"], endpoints["viewpoint"]
+    forced = {
+        "SAFETYAMP_URL": sa["url"],
+        "SAFETYAMP_TOKEN": sa["token"],
+        "SAFETYAMP_FQDN": sa["fqdn"],
+        "SAMSARA_URL": sam["url"],
+        "SAMSARA_API_KEY": sam["api_key"],
+        "MS_GRAPH_AUTHORITY_URL": gr["authority_url"],
+        "MS_GRAPH_URL": gr["graph_url"],
+        "MS_GRAPH_TENANT_ID": gr["tenant_id"],
+        "MS_GRAPH_CLIENT_ID": gr["client_id"],
+        "MS_GRAPH_CLIENT_SECRET": gr["client_secret"],
+        "MS_GRAPH_CA_BUNDLE": gr["ca_bundle"],
+        "VIEWPOINT_DB_URL": vp["url"],
+    }
+    if has_rosters:  # rosters (issue 4): the OneRoster emulator and scim2-server
+        ors, sc = endpoints["oneroster"], endpoints["scim"]
+        forced.update({
+            "ONEROSTER_URL": ors["url"],
+            "ONEROSTER_CLIENT_ID": ors["client_id"],
+            "ONEROSTER_CLIENT_SECRET": ors["client_secret"],
+            "ONEROSTER_TOKEN_URL": ors["token_url"],
+            "SCIM_URL": sc["url"],
+            "SCIM_TOKEN": sc["token"],
+        })  # fmt: skip
+    return forced
+
+
+def _sandbox_tuning(endpoints: Mapping[str, Any], has_rosters: bool, digest: str) -> dict[str, str]:
+    defaults = {
+        "SYNC_TYPES": ",".join(s for s in ALL_SYNCS if has_rosters or s != "rosters"),
+        "SAFETYAMP_RATE_LIMIT_PER_MINUTE": "60000",
+        "SAFETYAMP_MAX_CONCURRENCY": "8",
+        "SAMSARA_RATE_LIMIT_PER_SECOND": "1000",
+        "REDIS_PREFIX": f"sandbox-{digest}:",
+        "HTTP_MAX_RETRY_SECONDS": "30",
+        # The emulators answer in milliseconds (seconds under latency faults). A short
+        # timeout also keeps short the wait of a runner that takes a lock on a Redis that
+        # just started (utils/locks.py): about twice the timeout.
+        "SAFETYAMP_TIMEOUT_SECONDS": "5",
+        # Without Redis the sandbox still works: file locks exclude runs on this machine.
+        "LOCK_REQUIRED": "false",
+    }
+    page_cap = endpoints["safetyamp"].get("max_page_size")
+    if page_cap:  # the emulator's documented cap (docs/emulated-apis.md): short pages end a read at once
+        defaults["SAFETYAMP_MAX_PAGE_SIZE"] = str(page_cap)
+    if has_rosters:
+        defaults.update({
+            "ONEROSTER_VERSION": endpoints["oneroster"].get("version", "1.2"),
+            "ONEROSTER_AUTH": "oauth2",
+            "ONEROSTER_RATE_LIMIT_PER_SECOND": "1000",
+            "SCIM_RATE_LIMIT_PER_SECOND": "1000",
+            "SCIM_MAX_CONCURRENCY": "8",
+            "SCIM_TIMEOUT_SECONDS": "5",
+        })  # fmt: skip
+    return defaults

@@ -39,6 +39,7 @@ import re
 import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
 from urllib.parse import urlsplit
@@ -193,6 +194,19 @@ class Settings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL", description="Lowest level logged.")
     port: int = Field(
         8080, alias="PORT", ge=1, le=65535, description="HTTP port of the daemon (/live, /ready, /health, /metrics)."
+    )
+    host: str = Field(
+        "0.0.0.0",  # noqa: S104 - a pod listens on all interfaces
+        alias="HOST",
+        min_length=1,
+        description="Address the daemon listens on (all interfaces by default). Like PORT and LIVENESS_STALE_SECONDS, main.py reads it from the environment alone, before the other settings: the probes answer first.",
+    )
+    liveness_stale_seconds: float = Field(
+        600,
+        alias="LIVENESS_STALE_SECONDS",
+        gt=0,
+        description="`/live` fails once the worker has not shown a sign of life for this long (read from the environment alone, as PORT).",
+        json_schema_extra=_unit("seconds"),
     )
     redis_url: SecretStr = Field(
         SecretStr("redis://127.0.0.1:6379/0"),
@@ -1176,6 +1190,31 @@ def load_settings(
     if problems:
         raise ConfigurationError(problems)
     return settings
+
+
+PROBE_NAMES = ("PORT", "HOST", "LIVENESS_STALE_SECONDS")
+"""What the daemon's listener and /live need, read before everything else."""
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """PORT, HOST and LIVENESS_STALE_SECONDS, validated as Settings validates them."""
+
+    port: int
+    host: str
+    liveness_stale_seconds: float
+
+
+def probe_settings(environ: Mapping[str, str]) -> ProbeSettings:
+    """The probe settings from ``environ`` alone (no .env, secret files or Key Vault):
+    main.py serves /live and /ready before it reads the rest, so a slow or broken
+    configuration never looks like a hang. Raises ConfigurationError naming each bad one."""
+    given = _present({name: environ.get(name) for name in PROBE_NAMES})
+    try:
+        s = Settings.model_validate(given)  # every other setting keeps its default here
+    except ValidationError as exc:
+        raise ConfigurationError(_describe(exc, given)) from None
+    return ProbeSettings(port=s.port, host=s.host, liveness_stale_seconds=s.liveness_stale_seconds)
 
 
 def _float_or(text: str | None, default: float) -> float:

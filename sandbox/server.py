@@ -118,6 +118,31 @@ def setup_lock(root: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def _endpoints(root: Path, creds: Any, servers: list[Any], roster_endpoints: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The port file's content: where each emulator listens and its dummy credentials."""
+    (sa_server, _), (sam_server, _), (graph_server, _) = servers[:3]
+    graph_origin = f"https://{HOST}:{graph_server.server_port}"
+    return {
+        "safetyamp": {
+            "url": f"http://{HOST}:{sa_server.server_port}",
+            "token": creds.safetyamp_token,
+            "fqdn": SAFETYAMP_FQDN,
+            "max_page_size": str(safetyamp.MAX_LIMIT),  # its documented page cap (docs/emulated-apis.md)
+        },
+        "samsara": {"url": f"http://{HOST}:{sam_server.server_port}", "api_key": creds.samsara_api_key},
+        "graph": {
+            "authority_url": graph_origin,
+            "graph_url": graph_origin,
+            "tenant_id": creds.graph_tenant_id,
+            "client_id": creds.graph_client_id,
+            "client_secret": creds.graph_client_secret,
+            "ca_bundle": str(root / tls.CA_FILE),
+        },
+        "viewpoint": {"url": f"sqlite:///{root / VIEWPOINT_FILE}"},
+        **roster_endpoints,  # rosters (issue 4): "oneroster" and "scim"
+    }
+
+
 def _start_locked(root: Path, size: int, fault_config: dict[str, Any], run_seed: int) -> RunningSandbox:
     marker = ensure_seeded(root, size=size, seed=run_seed)
     data_seed = str(marker["seed"])
@@ -167,25 +192,6 @@ def _start_locked(root: Path, size: int, fault_config: dict[str, Any], run_seed:
     except BaseException:
         sandbox.stop()
         raise
-    (sa_server, _), (sam_server, _), (graph_server, _) = sandbox._servers[:3]
-    graph_origin = f"https://{HOST}:{graph_server.server_port}"
-    sandbox.endpoints = {
-        "safetyamp": {
-            "url": f"http://{HOST}:{sa_server.server_port}",
-            "token": creds.safetyamp_token,
-            "fqdn": SAFETYAMP_FQDN,
-        },
-        "samsara": {"url": f"http://{HOST}:{sam_server.server_port}", "api_key": creds.samsara_api_key},
-        "graph": {
-            "authority_url": graph_origin,
-            "graph_url": graph_origin,
-            "tenant_id": creds.graph_tenant_id,
-            "client_id": creds.graph_client_id,
-            "client_secret": creds.graph_client_secret,
-            "ca_bundle": str(root / tls.CA_FILE),
-        },
-        "viewpoint": {"url": f"sqlite:///{root / VIEWPOINT_FILE}"},
-        **roster_endpoints,  # rosters (issue 4): "oneroster" and "scim"
-    }
+    sandbox.endpoints = _endpoints(root, creds, sandbox._servers, roster_endpoints)
     log.info("sandbox started in %s", root)
     return sandbox

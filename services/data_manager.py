@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sync.ports import Row, SafetyAmpTarget
+from utils.errors import ConfigurationError
 
 log = logging.getLogger("sync.targets")
 
@@ -106,3 +107,24 @@ class TargetCache:
 def _cache_key(row: Row, index: int) -> Any:
     rid = row.get("id")
     return rid if isinstance(rid, (int, str)) else ("#", index)
+
+
+class NoTarget:
+    """The target records of a run with no SafetyAmp sync (rosters only): nothing to
+    prefetch, and reading or writing SafetyAmp in it is a wiring bug, reported as such."""
+
+    def prefetch(self, collections: Iterable[str]) -> None:
+        return None
+
+    @property
+    def target(self) -> SafetyAmpTarget:
+        raise ConfigurationError("this run has no SafetyAmp target (no SafetyAmp sync was enabled)")
+
+    def get(self, collection: str) -> list[Row]:
+        raise ConfigurationError(f"this run has no SafetyAmp target to read {collection} from")
+
+    def put(self, collection: str, row: Mapping[str, Any]) -> None:
+        raise ConfigurationError(f"this run has no SafetyAmp target to write {collection} to")
+
+    def merge(self, collection: str, record_id: Any, fields: Mapping[str, Any]) -> None:
+        raise ConfigurationError(f"this run has no SafetyAmp target to write {collection} to")

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from config.settings import Settings
 from services.http import CountingHttpClient, HttpClient, RequestStats, RetryPolicy
 from sync.ports import Row
 from utils.errors import ConfigurationError, FatalError, RetriableError
@@ -203,7 +204,7 @@ def _origin(url: str) -> tuple[str, str]:
 
 
 def build_graph(
-    settings: Any,
+    settings: Settings,
     stats: RequestStats,
     session: requests.Session | None = None,
     *,
@@ -242,7 +243,7 @@ def build_graph(
         verify=verify,
     )
     tokens = MsalTokenProvider(
-        client_id=settings.ms_graph_client_id,
+        client_id=settings.ms_graph_client_id or "",
         client_secret=secret,
         authority=f"{settings.ms_graph_authority_url.rstrip('/')}/{settings.ms_graph_tenant_id}",
         scope=f"{settings.ms_graph_url.rstrip('/')}/.default",

@@ -53,8 +53,10 @@ from urllib.parse import urlsplit
 
 import requests
 
+from config.settings import Settings
 from services.http import CountingHttpClient, HttpClient, RateLimiter, RequestStats, RetryPolicy, parse_json
-from sync.roster_model import ACTIVE, TOBEDELETED, RosterClass, RosterEnrollment, RosterSnapshot, RosterUser
+from services.oneroster_json import class_from_json, collect, enrollment_from_json, ref, user_from_json
+from sync.roster_model import RosterSnapshot, RosterSource
 from utils.errors import ConfigurationError, FatalError, RetriableError, SourceUnavailableError, SyncError
 
 log = logging.getLogger("services.oneroster")
@@ -69,135 +71,6 @@ DEFAULT_SCOPES = {
 }
 MAX_PAGES = 200_000
 TOKEN_EARLY_REFRESH_SECONDS = 60.0
-
-
-# --------------------------------------------------------------------------------------
-# normalisation: OneRoster JSON (either version) -> roster model
-# --------------------------------------------------------------------------------------
-def ref(value: Any) -> str | None:
-    """A GUID reference's sourcedId (``{"sourcedId": ...}``) or a plain id string."""
-    if isinstance(value, Mapping):
-        value = value.get("sourcedId")
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
-
-
-def text(value: Any) -> str | None:
-    if value is None:
-        return None
-    out = str(value).strip()
-    return out or None
-
-
-def flag(value: Any, default: bool = True) -> bool:
-    """OneRoster booleans arrive as JSON booleans or as "true"/"false" strings (1.1)."""
-    if isinstance(value, bool):
-        return value
-    t = text(value)
-    if t is None:
-        return default
-    return t.lower() in ("true", "1", "yes", "y")
-
-
-def status(value: Any) -> str:
-    """``active`` or ``tobedeleted``. Blank (CSV bulk files leave it empty) is active;
-    1.0's ``inactive`` is read as ``tobedeleted``."""
-    t = (text(value) or ACTIVE).lower()
-    if t in ("tobedeleted", "inactive", "deleted"):
-        return TOBEDELETED
-    return ACTIVE
-
-
-def user_from_json(obj: Mapping[str, Any]) -> RosterUser:
-    """A user of either version: 1.1 ``role`` + ``orgs[]``, 1.2 ``roles[]`` (+ ``primaryOrg``)."""
-    sid = ref(obj.get("sourcedId"))
-    if sid is None:
-        raise ValueError("user without sourcedId")
-    roles: list[tuple[str, str | None]] | None
-    primary: str | None = None
-    if isinstance(obj.get("roles"), list):
-        roles = []
-        for item in obj["roles"]:
-            if not isinstance(item, Mapping):
-                continue
-            role = text(item.get("role"))
-            if role is None:
-                continue
-            roles.append((role, ref(item.get("org"))))
-            if primary is None and (text(item.get("roleType")) or "").lower() == "primary":
-                primary = role
-        if primary is None and roles:
-            primary = roles[0][0]
-        if roles and not any(org for _r, org in roles) and ref(obj.get("primaryOrg")):
-            roles = [(r, ref(obj.get("primaryOrg"))) for r, _o in roles]
-    elif text(obj.get("role")) is not None:
-        primary = text(obj.get("role"))
-        assert primary is not None
-        listed = obj.get("orgs")
-        orgs = [ref(o) for o in listed] if isinstance(listed, list) else []
-        orgs = [o for o in orgs if o]
-        roles = [(primary, o) for o in orgs] or [(primary, None)]
-    else:
-        roles = None
-    return RosterUser(
-        sourced_id=sid,
-        status=status(obj.get("status")),
-        enabled=flag(obj.get("enabledUser"), True),
-        username=text(obj.get("username")),
-        given_name=text(obj.get("givenName")),
-        family_name=text(obj.get("familyName")),
-        email=text(obj.get("email")),
-        identifier=text(obj.get("identifier")),
-        roles=tuple(roles) if roles is not None else None,
-        primary_role=primary,
-        date_last_modified=text(obj.get("dateLastModified")),
-    )
-
-
-def class_from_json(obj: Mapping[str, Any]) -> RosterClass:
-    sid = ref(obj.get("sourcedId"))
-    if sid is None:
-        raise ValueError("class without sourcedId")
-    return RosterClass(
-        sourced_id=sid,
-        status=status(obj.get("status")),
-        title=text(obj.get("title")),
-        class_code=text(obj.get("classCode")),
-        school=ref(obj.get("school")),
-        date_last_modified=text(obj.get("dateLastModified")),
-    )
-
-
-def enrollment_from_json(obj: Mapping[str, Any]) -> RosterEnrollment:
-    sid = ref(obj.get("sourcedId"))
-    if sid is None:
-        raise ValueError("enrollment without sourcedId")
-    return RosterEnrollment(
-        sourced_id=sid,
-        status=status(obj.get("status")),
-        user=ref(obj.get("user")),
-        class_id=ref(obj.get("class")),
-        school=ref(obj.get("school")),
-        role=(text(obj.get("role")) or "").lower() or None,
-        date_last_modified=text(obj.get("dateLastModified")),
-    )
-
-
-def collect(
-    items: list[dict[str, Any]], parse: Callable[[Mapping[str, Any]], Any], kind: str, snap: RosterSnapshot
-) -> dict[str, Any]:
-    """Parse records into ``{sourcedId: record}``; unusable ones become ``snap.rejected``."""
-    out: dict[str, Any] = {}
-    for n, item in enumerate(items):
-        try:
-            rec = parse(item)
-        except ValueError as exc:
-            snap.rejected.append((f"{kind}#{n + 1}", f"{kind} #{n + 1} ignored: {exc}"))
-            continue
-        out[rec.sourced_id] = rec
-    return out
 
 
 def iso_cursor(moment: datetime) -> str:
@@ -483,14 +356,14 @@ def _seg(value: str) -> str:
 # --------------------------------------------------------------------------------------
 # the delta cursor (Redis)
 # --------------------------------------------------------------------------------------
-def roster_scope(settings: Any) -> str:
+def roster_scope(settings: Settings) -> str:
     """What a roster cursor is valid for: the source (OneRoster URL and version, or the CSV
     drop), the SCIM target and the selection and mapping. A cursor taken for another scope
     would make a delta run skip everything older than it (a new SIS, a new SCIM tenant, a
     school added to ROSTER_SCHOOLS), so a change of scope means a full read.
     ROSTER_CURSOR_SCOPE names the SIS and target explicitly (the sandbox sets it, since its
     emulators get new ports at every start)."""
-    explicit = getattr(settings, "roster_cursor_scope", None)
+    explicit = settings.roster_cursor_scope
     parts = {
         "source": explicit or settings.oneroster_url or str(settings.oneroster_csv_path or ""),
         "version": settings.oneroster_version,
@@ -542,20 +415,12 @@ class RedisCursorStore:
             log.warning("could not save the roster cursor (%s); the next run reads a larger delta", type(exc).__name__)
 
 
-def build_cursor_store(settings: Any, *, socket_timeout: float = 2.0) -> RedisCursorStore:
-    """Same client shape as ``utils.failed_sync_tracker.build_tracker`` (short timeouts,
-    one retry); no connection is made here."""
-    import redis
-    from redis.backoff import ExponentialBackoff
-    from redis.retry import Retry
+def build_cursor_store(settings: Settings, *, socket_timeout: float = 2.0) -> RedisCursorStore:
+    """A cursor store on its own client (``utils.redis_client.make_redis``: short
+    timeouts, one retry); no connection is made here."""
+    from utils.redis_client import make_redis
 
-    client = redis.Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_timeout,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
-        decode_responses=True,
-    )
+    client = make_redis(settings.redis_url, socket_timeout=socket_timeout)
     return RedisCursorStore(client, settings.redis_prefix, scope=roster_scope(settings))
 
 
@@ -563,7 +428,7 @@ def build_cursor_store(settings: Any, *, socket_timeout: float = 2.0) -> RedisCu
 # wiring
 # --------------------------------------------------------------------------------------
 def build_oneroster(
-    settings: Any,
+    settings: Settings,
     stats: RequestStats,
     session: requests.Session | None = None,
     *,
@@ -571,7 +436,7 @@ def build_oneroster(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     breaker: Any = None,
-) -> Any:
+) -> RosterSource:
     """A RosterSource from settings: the CSV drop when ONEROSTER_CSV_PATH is set and no
     ONEROSTER_URL, else the REST API."""
     if not settings.oneroster_url:
@@ -580,42 +445,10 @@ def build_oneroster(
 
             return OneRosterCSV(settings.oneroster_csv_path)
         raise ConfigurationError("ONEROSTER_URL or ONEROSTER_CSV_PATH is required for the rosters sync")
-    mode = getattr(settings, "oneroster_auth", "oauth2")
-    secret = settings.oneroster_client_secret.get_secret_value() if settings.oneroster_client_secret else ""
-    client_id = settings.oneroster_client_id or ""
     session = session or requests.Session()
     headers = {"Accept": "application/json"}
-    secrets = [secret]
-    tokens: TokenProvider | None = None
-    if mode == "bearer":
-        token = settings.oneroster_token.get_secret_value() if getattr(settings, "oneroster_token", None) else ""
-        if not token:
-            raise ConfigurationError("ONEROSTER_TOKEN is required when ONEROSTER_AUTH=bearer")
-        headers["Authorization"] = f"Bearer {token}"
-        secrets.append(token)
-    elif not (client_id and secret):
-        raise ConfigurationError(f"ONEROSTER_CLIENT_ID and ONEROSTER_CLIENT_SECRET are required when ONEROSTER_AUTH={mode}")
-    elif mode == "oauth1":
-        session.auth = oauth1_auth(client_id, secret)
-    else:
-        token_url = settings.oneroster_token_url or settings.oneroster_url.rstrip("/") + "/token"
-        scopes = getattr(settings, "oneroster_scopes", None)
-        if scopes is None:
-            scopes = DEFAULT_SCOPES[settings.oneroster_version]
-        tokens = TokenProvider(
-            token_url,
-            client_id,
-            secret,
-            " ".join(scopes.replace(",", " ").split()) or None,
-            # The same session as the API calls: Aeries asks clients to keep the cookies of
-            # the token response (load-balancer affinity) for every later call.
-            CountingHttpClient(token_session or session, SERVICE, stats, clock=clock),
-            auth_method=getattr(settings, "oneroster_token_auth_method", "basic"),
-            clock=clock,
-            policy=RetryPolicy(max_attempts=3, max_retry_seconds=30, sleep=sleep, clock=clock),
-        )
-        session.auth = BearerAuth(tokens)
-    rate = float(getattr(settings, "oneroster_rate_limit_per_second", 10))
+    secrets, tokens = _oneroster_auth(settings, session, headers, stats, token_session, sleep, clock)
+    rate = settings.oneroster_rate_limit_per_second
     http = HttpClient(
         SERVICE,
         settings.oneroster_url,
@@ -631,6 +464,50 @@ def build_oneroster(
         breaker=breaker,
         secrets=secrets,
     )
-    return OneRosterAPI(
-        http, settings.oneroster_version, page_size=int(getattr(settings, "oneroster_page_size", 100)), tokens=tokens
+    return OneRosterAPI(http, settings.oneroster_version, page_size=settings.oneroster_page_size, tokens=tokens)
+
+
+def _oneroster_auth(
+    settings: Settings,
+    session: requests.Session,
+    headers: dict[str, str],
+    stats: RequestStats,
+    token_session: requests.Session | None,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+) -> tuple[list[str], TokenProvider | None]:
+    """Set up ONEROSTER_AUTH on ``session`` (or ``headers``); returns the secrets to mask
+    and the OAuth2 token provider (None for bearer and OAuth 1.0a)."""
+    mode = settings.oneroster_auth
+    secret = settings.oneroster_client_secret.get_secret_value() if settings.oneroster_client_secret else ""
+    client_id = settings.oneroster_client_id or ""
+    secrets = [secret]
+    if mode == "bearer":
+        token = settings.oneroster_token.get_secret_value() if settings.oneroster_token else ""
+        if not token:
+            raise ConfigurationError("ONEROSTER_TOKEN is required when ONEROSTER_AUTH=bearer")
+        headers["Authorization"] = f"Bearer {token}"
+        return [*secrets, token], None
+    if not (client_id and secret):
+        raise ConfigurationError(f"ONEROSTER_CLIENT_ID and ONEROSTER_CLIENT_SECRET are required when ONEROSTER_AUTH={mode}")
+    if mode == "oauth1":
+        session.auth = oauth1_auth(client_id, secret)
+        return secrets, None
+    token_url = settings.oneroster_token_url or str(settings.oneroster_url).rstrip("/") + "/token"
+    scopes = settings.oneroster_scopes
+    if scopes is None:
+        scopes = DEFAULT_SCOPES[settings.oneroster_version]
+    tokens = TokenProvider(
+        token_url,
+        client_id,
+        secret,
+        " ".join(scopes.replace(",", " ").split()) or None,
+        # The same session as the API calls: Aeries asks clients to keep the cookies of
+        # the token response (load-balancer affinity) for every later call.
+        CountingHttpClient(token_session or session, SERVICE, stats, clock=clock),
+        auth_method=settings.oneroster_token_auth_method,
+        clock=clock,
+        policy=RetryPolicy(max_attempts=3, max_retry_seconds=30, sleep=sleep, clock=clock),
     )
+    session.auth = BearerAuth(tokens)
+    return secrets, tokens

@@ -37,7 +37,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from services.oneroster_api import class_from_json, collect, enrollment_from_json, text, user_from_json
+from services.oneroster_json import class_from_json, collect, enrollment_from_json, text, user_from_json
 from sync.roster_model import RosterSnapshot
 from utils.errors import SourceUnavailableError
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import requests
 
+from config.settings import Settings
 from services.http import HttpClient, RateLimiter, RequestStats
 from sync.ports import Row
 from utils.errors import ConfigurationError, FatalError, RecordError
@@ -256,7 +257,7 @@ def _first_match(rows: list[Row], field: str, value: Any) -> Row | None:
 
 
 def build_safetyamp(
-    settings: Any,
+    settings: Settings,
     stats: RequestStats,
     session: requests.Session | None = None,
     *,
@@ -270,7 +271,8 @@ def build_safetyamp(
     ``limiter`` defaults to SAFETYAMP_RATE_LIMIT_PER_MINUTE; pass one shared limiter if
     several adapters talk to the same account."""
     token = settings.safetyamp_token.get_secret_value() if settings.safetyamp_token else ""
-    problems = [n for n, v in (("SAFETYAMP_TOKEN", token), ("SAFETYAMP_FQDN", settings.safetyamp_fqdn)) if not v]
+    fqdn = settings.safetyamp_fqdn or ""
+    problems = [n for n, v in (("SAFETYAMP_TOKEN", token), ("SAFETYAMP_FQDN", fqdn)) if not v]
     if problems:
         raise ConfigurationError([f"{p} is required for SafetyAmp" for p in problems])
     if limiter is None:
@@ -292,7 +294,7 @@ def build_safetyamp(
         max_retry_seconds=settings.http_max_retry_seconds,
         default_headers={
             "Authorization": f"Bearer {token}",
-            "Fqdn": settings.safetyamp_fqdn,
+            "Fqdn": fqdn,
             "User-Agent": settings.safetyamp_user_agent,
             "Accept": "application/json",
         },

@@ -21,6 +21,7 @@ from typing import Any
 
 import requests
 
+from config.settings import Settings
 from services.http import HttpClient, RateLimiter, RequestStats
 from sync.ports import Row
 from utils.errors import ConfigurationError, FatalError
@@ -74,7 +75,7 @@ class SamsaraAPI:
 
 
 def build_samsara(
-    settings: Any,
+    settings: Settings,
     stats: RequestStats,
     session: requests.Session | None = None,
     *,

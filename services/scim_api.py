@@ -43,6 +43,7 @@ from typing import Any
 
 import requests
 
+from config.settings import Settings
 from services.http import HttpClient, RateLimiter, RequestStats, parse_json
 from utils.errors import ConfigurationError, FatalError
 
@@ -366,7 +367,7 @@ def _seg(value: str) -> str:
 
 
 def build_scim(
-    settings: Any,
+    settings: Settings,
     stats: RequestStats,
     session: requests.Session | None = None,
     *,
@@ -378,14 +379,14 @@ def build_scim(
     token = settings.scim_token.get_secret_value() if settings.scim_token else ""
     if not settings.scim_url or not token:
         raise ConfigurationError("SCIM_URL and SCIM_TOKEN are required for the rosters sync")
-    rate = float(getattr(settings, "scim_rate_limit_per_second", 20))
+    rate = settings.scim_rate_limit_per_second
     http = HttpClient(
         SERVICE,
         settings.scim_url,
         session or requests.Session(),
         stats=stats,
         limiter=RateLimiter(rate, burst=max(1, int(rate)), clock=clock, sleep=sleep),
-        timeout=float(getattr(settings, "scim_timeout_seconds", 30.0)),
+        timeout=settings.scim_timeout_seconds,
         max_attempts=settings.http_max_attempts,
         max_retry_seconds=settings.http_max_retry_seconds,
         default_headers={
@@ -398,4 +399,4 @@ def build_scim(
         breaker=breaker,
         secrets=[token],
     )
-    return ScimAPI(http, page_size=int(getattr(settings, "scim_page_size", 100)), role_attribute=settings.roster_role_attribute)
+    return ScimAPI(http, page_size=settings.scim_page_size, role_attribute=settings.roster_role_attribute)

@@ -37,6 +37,7 @@ from sqlalchemy import Select, String, create_engine, event, func, inspect, lite
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from config.settings import Settings
 from services.viewpoint_schema import build_metadata
 from sync.ports import Row
 from utils.errors import ConfigurationError, SourceUnavailableError, SyncError
@@ -91,7 +92,7 @@ def db_url_problem(text: str) -> str | None:
     return None
 
 
-def connection_problems(settings: Any, *, odbc_drivers: Callable[[], list[str]] | None = None) -> list[str]:
+def connection_problems(settings: Settings, *, odbc_drivers: Callable[[], list[str]] | None = None) -> list[str]:
     """Whether the database driver the settings choose can be loaded and, for pyodbc, the
     ODBC driver named is installed; each problem names the setting that chose it and the
     advice matches what is set (VIEWPOINT_DB_URL, else SQL_DRIVER). ``odbc_drivers`` lists
@@ -137,7 +138,7 @@ def _odbc_connect_driver(connect: str) -> str | None:
     return None
 
 
-def _driver_advice(settings: Any, url: URL, exc: ImportError) -> str:
+def _driver_advice(settings: Settings, url: URL, exc: ImportError) -> str:
     """The message for a DBAPI that cannot be imported, naming what the settings chose."""
     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if settings.viewpoint_db_url:
@@ -344,7 +345,7 @@ class ViewpointAPI:
 # --------------------------------------------------------------------------------------
 # wiring
 # --------------------------------------------------------------------------------------
-def viewpoint_url(settings: Any) -> URL:
+def viewpoint_url(settings: Settings) -> URL:
     """The SQLAlchemy URL: VIEWPOINT_DB_URL as given, else mssql+pyodbc from SQL_*."""
     if settings.viewpoint_db_url:
         return make_url(settings.viewpoint_db_url.get_secret_value())
@@ -357,7 +358,7 @@ def viewpoint_url(settings: Any) -> URL:
     return URL.create(
         "mssql+pyodbc",
         username=None if entra else settings.sql_username,
-        password=None if entra else settings.sql_password.get_secret_value(),
+        password=None if entra or settings.sql_password is None else settings.sql_password.get_secret_value(),
         host=settings.sql_server,
         database=settings.sql_database,
         query={"driver": settings.sql_driver, "Encrypt": "yes", "TrustServerCertificate": "yes"},
@@ -401,7 +402,7 @@ def _sqlite_existing_only(url: Any) -> Any:
     return url.set(database="file:" + quote(database, safe="/"), query={**url.query, "mode": "rw", "uri": "true"})
 
 
-def build_viewpoint_engine(settings: Any, *, credential: Any = None) -> Engine:
+def build_viewpoint_engine(settings: Settings, *, credential: Any = None) -> Engine:
     """Engine for Viewpoint. ``credential`` (entra_token mode) defaults to azure-identity's
     DefaultAzureCredential (workload identity on AKS). Creating an engine does not connect."""
     url = viewpoint_url(settings)
@@ -442,19 +443,19 @@ def _as_int(value: Any) -> Any:
     return value
 
 
-def build_viewpoint(settings: Any, engine: Engine | None = None) -> ViewpointAPI:
+def build_viewpoint(settings: Settings, engine: Engine | None = None) -> ViewpointAPI:
     """Wire a ViewpointAPI from ``config.settings.Settings``."""
     return ViewpointAPI(
         engine or build_viewpoint_engine(settings),
         company=settings.viewpoint_company,
         jc_company=settings.jc_company,
         title_column=settings.viewpoint_title_column,
-        secrets=settings.secret_values() if hasattr(settings, "secret_values") else (),
+        secrets=settings.secret_values(),
         open_job_statuses=settings.job_open_statuses,
     )
 
 
-def compiled_queries(settings: Any, *, since: date | None = None) -> dict[str, str]:
+def compiled_queries(settings: Settings, *, since: date | None = None) -> dict[str, str]:
     """Each query as SQL Server SQL with literal values, for review and for the test that
     shows what production runs. ``since`` defaults to today minus JOB_HISTORY_DAYS."""
     from sqlalchemy.dialects import mssql  # the dialect only; pyodbc is not imported

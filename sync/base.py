@@ -19,13 +19,26 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sync.apply import COUNTED, Applier, Done, Entry
 from sync.apply import apply_in_order as apply_in_order  # its home was here; utils/locks.py names it so
 from sync.engine import Action, plan
 from sync.guard import guard_reason, judge
-from sync.ports import FailedRecords, GraphDirectory, Row, SafetyAmpTarget, SamsaraFleet, ViewpointSource
+from sync.ports import (
+    ChangeLog,
+    FailedRecords,
+    GraphDirectory,
+    Metrics,
+    OperatorControl,
+    Quarantine,
+    Row,
+    SafetyAmpTarget,
+    SamsaraFleet,
+    TargetRecords,
+    ViewpointSource,
+)
+from sync.roster_model import CursorStore, RosterSource, ScimTarget
 from utils.data_validator import InvalidValue, clean_code
 from utils.errors import (
     AmbiguousWriteError,
@@ -34,8 +47,14 @@ from utils.errors import (
     SourceUnavailableError,
     SyncError,
 )
+from utils.locks import Lock, WriteFence
+
+if TYPE_CHECKING:
+    from config.settings import Settings
 
 log = logging.getLogger("sync")
+
+T = TypeVar("T")
 
 AMBIGUOUS_CREATE_ATTEMPTS = 3
 """Creates whose outcome was unknown, each re-checked by key before the next one."""
@@ -123,11 +142,13 @@ class RunResult:
 class SyncContext:
     """Everything a sync may use, wired once by ``bootstrap`` (tests pass fakes)."""
 
-    settings: Any
-    targets: Any  # services.data_manager.TargetCache
+    settings: Settings
+    targets: TargetRecords
+    """The SafetyAmp account for this run (services.data_manager.NoTarget when no sync of
+    the run uses SafetyAmp)."""
     tracker: FailedRecords
-    events: Any  # services.event_manager.EventManager
-    metrics: Any  # utils.metrics.Metrics
+    events: ChangeLog
+    metrics: Metrics
     today: date
     viewpoint: ViewpointSource | None = None
     graph: GraphDirectory | None = None
@@ -136,14 +157,14 @@ class SyncContext:
     stop: threading.Event = field(default_factory=threading.Event)
     progress: Callable[[str, int, int], None] | None = None
     max_workers: int = 4
-    source_cache: dict[str, Any] = field(default_factory=dict)
-    locks: Callable[[str], Any] | None = None
+    source_cache: dict[str, object] = field(default_factory=dict)
+    locks: Callable[[str], Lock] | None = None
     """name -> lock (acquire(blocking=False) -> bool, release(), holder()); None: no locking."""
-    quarantine: Any = None
-    control: Any = None
+    quarantine: Quarantine | None = None
+    control: OperatorControl | None = None
     """utils.control.ControlStore: operator pauses, held deactivations and approvals, run
     history; None: no operator state (tests)."""
-    fence: Any = None
+    fence: WriteFence | None = None
     """utils.locks.WriteFence: the locks this runner must still own for a write to go out
     (checked in Redis before every write request); None: no locking (dry runs, tests)."""
     on_result: Callable[[RunResult], None] | None = None
@@ -162,9 +183,9 @@ class SyncContext:
     """Syncs an operator forced (``sync_batch.py --force``, an authenticated ``POST /sync``):
     quarantine does not hold them back. Their outcome counts like any run's."""
     # rosters (issue 4): OneRoster source, SCIM target, delta cursor store, --full
-    oneroster: Any = None  # sync.roster_model.RosterSource
-    scim: Any = None  # sync.roster_model.ScimTarget
-    roster_cursor: Any = None  # sync.roster_model.CursorStore
+    oneroster: RosterSource | None = None
+    scim: ScimTarget | None = None
+    roster_cursor: CursorStore | None = None
     full: bool = False
     _source_pending: dict[str, threading.Event] = field(default_factory=dict, repr=False)
     _source_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -173,22 +194,23 @@ class SyncContext:
     def safetyamp(self) -> SafetyAmpTarget:
         return self.targets.target
 
-    def source(self, name: str, loader: Callable[[], Any]) -> Any:
+    def source(self, name: str, loader: Callable[[], T]) -> T:
         """Read a source collection once per run (employees are used by two syncs). A
         read started by ``prefetch_sources`` is waited for; if it failed, the source is
-        read here, so the error (after its own retries) is this sync's."""
+        read here, so the error (after its own retries) is this sync's. One name, one
+        loader: the cached value is what that loader returned."""
         with self._source_lock:
             pending = self._source_pending.get(name)
         if pending is not None:
             pending.wait()
         with self._source_lock:
             if name in self.source_cache:
-                return self.source_cache[name]
+                return cast(T, self.source_cache[name])
         value = loader()
         with self._source_lock:
-            return self.source_cache.setdefault(name, value)
+            return cast(T, self.source_cache.setdefault(name, value))
 
-    def prefetch_sources(self, loaders: Mapping[str, Callable[[], Any]]) -> threading.Thread:
+    def prefetch_sources(self, loaders: Mapping[str, Callable[[], object]]) -> threading.Thread:
         """Read sources (in order) on a background thread while earlier syncs run: the
         database's and the APIs' waiting overlaps other work instead of adding to it.
         Still one read per source and run."""

@@ -1,4 +1,6 @@
-"""The small interfaces the engine needs from outside systems.
+"""The small interfaces the engine needs from outside systems, and from the run-scoped
+services bootstrap wires into ``SyncContext`` (the target cache, the change log, the
+metrics, quarantine and operator control).
 
 sync/ never imports requests, sqlalchemy, msal or redis: it talks to these Protocols.
 services/ implements them against the real systems (and the sandbox emulators);
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import date
+from pathlib import Path
 from typing import Any, Protocol
 
 Row = dict[str, Any]
@@ -147,3 +150,191 @@ class ScimTarget(Protocol):
     def delete_group(self, row: Mapping[str, Any]) -> None:
         """Remove the Group ``row`` (SCIM_DELETE_MODE=delete)."""
         ...
+
+
+class TargetRecords(Protocol):
+    """The SafetyAmp account as one run sees it (services.data_manager.TargetCache):
+    each collection read once, then kept up to date with the run's own writes."""
+
+    @property
+    def target(self) -> SafetyAmpTarget:
+        """The adapter underneath, for writes."""
+
+    def get(self, collection: str) -> list[Row]:
+        """Every record of ``collection``; read from the target on first use only."""
+
+    def put(self, collection: str, row: Mapping[str, Any]) -> None:
+        """Add or replace a record this run created."""
+
+    def merge(self, collection: str, record_id: Any, fields: Mapping[str, Any]) -> None:
+        """Apply the fields this run updated to the cached record."""
+
+    def prefetch(self, collections: Iterable[str]) -> object:
+        """Start reading ``collections`` in the background (still one read each)."""
+
+
+class WrittenFiles(Protocol):
+    """Where a finished run's change log went (services.event_manager.RunFiles)."""
+
+    @property
+    def changes(self) -> Path: ...
+
+    @property
+    def errors(self) -> Path | None: ...
+
+
+class RunLog(Protocol):
+    """One sync run's change log (services.event_manager.SyncLog): an intent is written
+    durably before each write, then its outcome. Raises ChangeLogError once it cannot
+    write: the caller must then not send the write."""
+
+    def intent(self, key: Any, action: str, *, target: str, target_id: Any = None) -> int:
+        """Record that a write is about to go out; returns its number for the outcome."""
+
+    def change(
+        self,
+        key: Any,
+        action: str,
+        before: Mapping[str, Any] | None = None,
+        after: Mapping[str, Any] | None = None,
+        fields: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        intent: int | None = None,
+    ) -> None:
+        """Record one change (``created``, ``updated``, ``deactivated``, ...)."""
+
+    def error(
+        self,
+        key: Any,
+        reason: str,
+        *,
+        target_body: Any = None,
+        payload: Mapping[str, Any] | None = None,
+        fields: Iterable[str] | Mapping[str, Any] | None = None,
+        kind: str = "rejected",
+        intent: int | None = None,
+    ) -> None:
+        """Record a record-level problem (rejected, failed, field_dropped)."""
+
+    def settled(self, intent: int, note: str) -> None:
+        """Close an intent that ended in neither a change nor an error."""
+
+    def finish(self, counts: Mapping[str, Any], status: str, extra: Mapping[str, Any] | None = None) -> WrittenFiles:
+        """Write the run's changes (and errors) files."""
+
+
+class ChangeLog(Protocol):
+    """The change logs of one cycle (services.event_manager.EventManager): one RunLog
+    per sync run, all under the cycle's ``run_id``."""
+
+    run_id: str
+
+    def start(self, sync: str, *, dry_run: bool | None = None) -> RunLog:
+        """Open the log of one sync run; raises ChangeLogError when it cannot be written."""
+
+    def prune(self, max_age_days: float, max_runs: int) -> list[Path]:
+        """Delete the files of old runs; returns what was deleted."""
+
+
+class CounterSample(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class GaugeSample(Protocol):
+    def set(self, value: float) -> None: ...
+
+
+class HistogramSample(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
+class Counter(Protocol):
+    def labels(self, *values: str) -> CounterSample: ...
+
+
+class Gauge(Protocol):
+    def labels(self, *values: str) -> GaugeSample: ...
+
+
+class Histogram(Protocol):
+    def labels(self, *values: str) -> HistogramSample: ...
+
+
+class Metrics(Protocol):
+    """The series the engine reports to (utils.metrics.Metrics; names in docs/metrics.md)."""
+
+    @property
+    def sync_runs(self) -> Counter:
+        """Runs by sync and final status."""
+
+    @property
+    def sync_records(self) -> Counter:
+        """Records by sync and action (the run's counts)."""
+
+    @property
+    def sync_duration(self) -> Histogram:
+        """Run duration by sync."""
+
+    @property
+    def last_success(self) -> Gauge:
+        """When a sync last succeeded."""
+
+    @property
+    def failed_records(self) -> Gauge:
+        """Records the failed-record tracker holds, by sync."""
+
+    @property
+    def deactivation_guard(self) -> Counter:
+        """Deactivation batches the guard refused, by sync."""
+
+    @property
+    def change_log_failures(self) -> Counter:
+        """Runs stopped because their change log could not be written, by sync."""
+
+
+class Quarantine(Protocol):
+    """Backs off a sync whose runs keep failing (utils.quarantine.Quarantine)."""
+
+    def blocks(self, sync: str) -> str | None:
+        """Why ``sync`` must not run now, or None."""
+
+    def record(self, sync: str, status: str, counts: dict[str, int], error: str | None) -> None:
+        """Judge a finished run."""
+
+
+class OperatorControl(Protocol):
+    """Operator state (utils.control.ControlStore): pauses, deactivation batches held by
+    the guard and their approvals, the audit trail and the run history."""
+
+    def paused(self, sync: str) -> dict[str, Any] | None:
+        """The pause of ``sync``, or None."""
+
+    def pause_reason(self, entry: dict[str, Any]) -> str:
+        """A pause as the reason a run was skipped."""
+
+    def hold(self, sync: str, keys: list[str], *, reason: str, run_id: str) -> dict[str, Any]:
+        """Record a batch the guard refused, for an operator to approve."""
+
+    def clear_hold(self, sync: str) -> None:
+        """Forget an obsolete held batch."""
+
+    def approval(self, sync: str) -> dict[str, Any] | None:
+        """The operator's approval waiting for ``sync``, without using it."""
+
+    def take_approval(self, sync: str, keys: list[str]) -> dict[str, Any] | None:
+        """Use the approval of exactly this batch, once."""
+
+    def audit(
+        self,
+        *,
+        actor: str,
+        role: str,
+        action: str,
+        target: str,
+        result: str,
+        detail: dict[str, Any] | None = None,
+    ) -> object:
+        """Add an entry to the audit trail."""
+
+    def record_run(self, entry: dict[str, Any]) -> None:
+        """Add a run to the history."""

@@ -72,16 +72,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from utils.metrics import BREAKER_STATE_VALUES, Metrics
 from utils.timefmt import iso_z
 
-__all__ = ["SERVICES", "STATES", "CircuitBreaker", "build_breakers", "make_redis"]
+__all__ = ["SERVICES", "STATES", "CircuitBreaker", "build_breakers"]
 
 log = logging.getLogger(__name__)
 
@@ -452,24 +450,25 @@ class CircuitBreaker:
             self._metrics.breaker_state.labels(self.service).set(BREAKER_STATE_VALUES[view.state])
 
 
-def make_redis(url: Any, *, socket_timeout: float = 2.0) -> redis.Redis:
-    """A Redis client for breakers, locks and the tracker. Connects lazily (on the first
-    command), answers text (``decode_responses``), times out in ``socket_timeout``
-    seconds and retries a failed command once (a pooled connection dropped by a Redis
-    restart), not ten times: Redis is bookkeeping and must not stall a request.
-    ``url`` may be a str or a SecretStr (it may carry a password)."""
-    text = url.get_secret_value() if hasattr(url, "get_secret_value") else str(url)
-    return redis.Redis.from_url(
-        text,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_timeout,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
-        health_check_interval=30,
-        decode_responses=True,
-    )
+class BreakerSettings(Protocol):
+    """What ``build_breakers`` reads from ``config.settings.Settings`` (utils does not
+    import config: it sits below it)."""
+
+    @property
+    def redis_prefix(self) -> str: ...
+    @property
+    def breaker_failure_threshold(self) -> int: ...
+    @property
+    def breaker_recovery_seconds(self) -> float: ...
+    @property
+    def breaker_success_threshold(self) -> int: ...
+    @property
+    def breaker_probe_lease_seconds(self) -> float: ...
 
 
-def build_breakers(settings: Any, redis_client: redis.Redis | None, metrics: Metrics | None) -> dict[str, CircuitBreaker]:
+def build_breakers(
+    settings: BreakerSettings, redis_client: redis.Redis | None, metrics: Metrics | None
+) -> dict[str, CircuitBreaker]:
     """One breaker per outside service (SERVICES), configured from Settings
     (BREAKER_*, REDIS_PREFIX). No connection is made here."""
     return {

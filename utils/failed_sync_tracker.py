@@ -44,9 +44,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
+from utils.redis_client import make_redis
 from utils.scrub import scrub
 from utils.timefmt import iso_z
 
@@ -590,18 +589,9 @@ def build_tracker(
     """Wire the production tracker. No connection is made here (redis-py connects on
     first use). ``redis_url`` may be a str or a SecretStr (it may carry a password).
 
-    Socket timeouts are short (2 s) and a failed command is retried once (a pooled
-    connection dropped by a Redis restart), not redis-py's default ten times: the
+    The client is ``utils.redis_client.make_redis``'s: short timeouts, one retry; the
     tracker is bookkeeping and must not stall a run."""
-    url = redis_url.get_secret_value() if hasattr(redis_url, "get_secret_value") else str(redis_url)
-    client = redis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_timeout,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
-        health_check_interval=30,
-        decode_responses=True,
-    )
+    client = make_redis(redis_url, socket_timeout=socket_timeout)
     primary = FailedSyncTracker(client, prefix, clock)
     return ResilientTracker(primary, InMemoryTracker(clock), probe_interval=probe_interval, clock=clock)
 

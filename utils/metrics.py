@@ -6,6 +6,8 @@ sync_batch may push it. Tests build their own instance, so nothing is global.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
@@ -76,15 +78,24 @@ class Metrics:
             registry=r,
         )
 
-    def initialise(self, syncs: tuple[str, ...] | list[str], services: tuple[str, ...], interval_seconds: float) -> None:
+    def initialise(
+        self,
+        syncs: Iterable[str],
+        services: Iterable[str],
+        interval_seconds: float,
+        *,
+        actions: Iterable[str],
+    ) -> None:
         """Create every series at 0 so ``increase()`` sees a counter's first step and a
-        panel shows 0, not "No data", before anything has happened."""
-        from sync.base import COUNT_KEYS  # local: metrics stays importable on its own
+        panel shows 0, not "No data", before anything has happened. ``actions``: the
+        record counts a run reports (``sync.base.COUNT_KEYS``, passed down: metrics sits
+        below the engine and does not import it)."""
+        actions = tuple(actions)
 
         for sync in syncs:
             for status in ("success", "partial", "failed", "skipped"):
                 self.sync_runs.labels(sync, status)
-            for action in COUNT_KEYS:
+            for action in actions:
                 self.sync_records.labels(sync, action)
             self.deactivation_guard.labels(sync)
             self.quarantined.labels(sync)

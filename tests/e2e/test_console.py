@@ -19,12 +19,11 @@ from typing import Any
 
 import pytest
 
-from config.bootstrap import build_runtime
+from config.bootstrap import build_runtime, sandbox_overrides
 from config.settings import load_settings
 from console.auth import COOKIE, Authenticator, Identity
 from main import Daemon, create_app
 from sandbox.server import start_sandbox
-from sync_batch import sandbox_overrides
 from tests.support.redis_server import REDIS_URL, connect, shared_server
 from utils.scrub import add_secrets
 

@@ -16,11 +16,10 @@ from typing import Any
 
 import pytest
 
-from config.bootstrap import build_runtime
+from config.bootstrap import build_runtime, sandbox_overrides
 from config.settings import load_settings
 from main import Daemon, create_app
 from sandbox.server import start_sandbox
-from sync_batch import sandbox_overrides
 from tests.e2e.test_console import csrf_of, finished_job
 from tests.e2e.test_faults_oracle import source_employees, target_state, vista_active
 from tests.support.redis_server import REDIS_URL, connect, shared_server

@@ -43,11 +43,10 @@ def wait_job(daemon: Any, job_id: str, timeout: float = 120.0) -> dict[str, Any]
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Any]:
-    from config.bootstrap import build_runtime
+    from config.bootstrap import build_runtime, sandbox_overrides
     from config.settings import load_settings
     from main import Daemon
     from sandbox.server import start_sandbox
-    from sync_batch import sandbox_overrides
 
     prefix = f"test-jobs-{uuid.uuid4().hex}:"
     environ = {

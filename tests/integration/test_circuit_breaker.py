@@ -25,9 +25,10 @@ from config.settings import load_settings
 from services.http import HttpClient, RequestStats
 from tests.fakes.transport import FakeClock, FakeTransport, Reply
 from tests.support.redis_server import RedisProcess, connect, free_port, key_prefix, shared_server
-from utils.circuit_breaker import SERVICES, CircuitBreaker, build_breakers, make_redis
+from utils.circuit_breaker import SERVICES, CircuitBreaker, build_breakers
 from utils.errors import FatalError
 from utils.metrics import Metrics
+from utils.redis_client import make_redis
 
 pytestmark = pytest.mark.integration
 

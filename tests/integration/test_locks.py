@@ -29,7 +29,6 @@ import redis
 
 from config.settings import load_settings
 from tests.support.redis_server import REDIS_URL, RedisProcess, connect, free_port, key_prefix, shared_server
-from utils.circuit_breaker import make_redis
 from utils.errors import FatalError, LockLostError
 from utils.locks import (
     FileLock,
@@ -42,6 +41,7 @@ from utils.locks import (
     fenced,
     redis_location,
 )
+from utils.redis_client import make_redis
 
 pytestmark = pytest.mark.integration
 

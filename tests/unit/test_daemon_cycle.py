@@ -10,6 +10,7 @@ import pytest
 
 from config.settings import load_settings
 from main import Daemon
+from sync.base import COUNT_KEYS
 from utils.failed_sync_tracker import InMemoryTracker
 from utils.metrics import Metrics
 
@@ -21,7 +22,7 @@ SYNCS = ("departments", "jobs", "vehicles")
 def test_a_cycle_that_cannot_start_counts_as_failed_runs_with_the_reason(tmp_path: Path) -> None:
     settings = load_settings({"OUTPUT_DIR": str(tmp_path)}, dotenv_path=None)
     metrics = Metrics()
-    metrics.initialise(SYNCS, (), 3600)
+    metrics.initialise(SYNCS, (), 3600, actions=COUNT_KEYS)
     # A runtime missing its SafetyAmp client: building the cycle's context fails, as any
     # bug or broken dependency between two syncs would, before a sync could report.
     runtime = SimpleNamespace(settings=settings, stop=threading.Event(), metrics=metrics, tracker=InMemoryTracker())

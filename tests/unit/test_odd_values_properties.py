@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from config.settings import load_settings
 from services.data_manager import TargetCache
 from services.event_manager import EventManager
-from services.oneroster_api import class_from_json, collect, enrollment_from_json, user_from_json
+from services.oneroster_json import class_from_json, collect, enrollment_from_json, user_from_json
 from sync.base import SyncContext
 from sync.roster_model import RosterSnapshot
 from sync.runner import run_syncs
