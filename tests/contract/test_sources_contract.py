@@ -142,7 +142,8 @@ def test_graph_users_have_the_selected_fields(graph: Any) -> None:
     assert users and [set(u) for u in users] == [GRAPH_FIELDS] * len(users)
     for user in users:
         assert user["accountEnabled"] in (True, False, None), user
-        assert all(_text(user[f]) for f in GRAPH_FIELDS - {"accountEnabled"}), user
+        assert isinstance(user["id"], str) and isinstance(user["userPrincipalName"], str), user  # always set in Entra
+        assert _text(user["employeeId"]) and _text(user["mail"]), user
 
 
 # -- Samsara ----------------------------------------------------------------------------------

@@ -137,9 +137,35 @@ class FakeSafetyAmp:
         return list(self.data.get(collection, {}).values())
 
 
+# The columns of each Viewpoint read (sync/ports.py ViewpointSource): a fake row gets the
+# ones it leaves out as NULL, as the real query returns them; a column the query never
+# returns is a mistake in the test.
+VIEWPOINT_COLUMNS = {
+    "departments": ("PRDept", "Description"),
+    "jobs": ("Job", "Description", "JobStatus", "Contract", "Department", "ShipAddress", "ShipCity", "ShipState", "ShipZip"),
+    "employees": (
+        "Employee", "FirstName", "MidName", "LastName", "Suffix", "Email", "Phone", "CellPhone", "Address", "City",
+        "State", "Zip", "PRDept", "HireDate", "TermDate", "RecentRehireDate", "ActiveYN", "JCCo", "Job", "Title",
+    ),
+}  # fmt: skip
+GRAPH_FIELDS = ("id", "employeeId", "mail", "userPrincipalName", "accountEnabled")
+
+
+def _as_selected(read: str, rows: Any, columns: tuple[str, ...]) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        extra = set(row) - set(columns)
+        if extra:
+            raise ValueError(f"{read} rows have no column {sorted(extra)} (the real read returns {list(columns)})")
+        out.append({c: row.get(c) for c in columns})
+    return out
+
+
 class FakeViewpoint:
     def __init__(self, departments=(), jobs=(), employees=(), latest=None, fail: Exception | None = None) -> None:
-        self._d, self._j, self._e = list(departments), list(jobs), list(employees)
+        self._d = _as_selected("departments", departments, VIEWPOINT_COLUMNS["departments"])
+        self._j = _as_selected("jobs", jobs, VIEWPOINT_COLUMNS["jobs"])
+        self._e = _as_selected("employees", employees, VIEWPOINT_COLUMNS["employees"])
         self._latest = dict(latest or {})
         self.fail = fail
 
@@ -168,8 +194,14 @@ class FakeViewpoint:
 
 
 class FakeGraph:
+    """Users with every selected field (a field left out is null, as Graph sends it);
+    ``id`` and ``userPrincipalName``, always set in Entra, get made-up values."""
+
     def __init__(self, users=()) -> None:
-        self._users = list(users)
+        self._users = _as_selected("graph users", users, GRAPH_FIELDS)
+        for i, row in enumerate(self._users, 1):
+            row["id"] = row["id"] or f"fake-user-{i}"
+            row["userPrincipalName"] = row["userPrincipalName"] or f"fake-user-{i}@tenant.onmicrosoft.com"
 
     def users(self):
         return [dict(u) for u in self._users]
