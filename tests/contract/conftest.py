@@ -8,6 +8,9 @@ contract modules. Tests that write use keys of their own (``unique``), so they d
 depend on order or on each other. When a check fails on the fake only, fix the fake:
 the sandbox side is the reference (it is what tests/integration holds to the vendors'
 documented behaviour).
+
+The FailedRecords port already has its suite run over every backend (in memory, Redis,
+Redis with fallback) in tests/integration/test_failed_sync_tracker.py.
 """
 
 from __future__ import annotations
