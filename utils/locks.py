@@ -232,6 +232,8 @@ def _public(info: Any) -> dict[str, Any] | None:
 
 class _LockBase:
     name: str
+    _clock: Callable[[], float]
+    _sleep: Callable[[float], None]
 
     def acquire(self, blocking: bool = False, timeout: float | None = None) -> bool:
         raise NotImplementedError
@@ -242,16 +244,14 @@ class _LockBase:
     def holder(self) -> dict[str, Any] | None:
         raise NotImplementedError
 
-    def _wait(
-        self, attempt: Callable[[], bool], blocking: bool, timeout: float | None, poll: float, sleep: Callable[[float], None]
-    ) -> bool:
+    def _wait(self, attempt: Callable[[], bool], blocking: bool, timeout: float | None, poll: float) -> bool:
         if attempt():
             return True
         if not blocking:
             return False
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while deadline is None or time.monotonic() < deadline:
-            sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+        deadline = None if timeout is None else self._clock() + timeout
+        while deadline is None or self._clock() < deadline:
+            self._sleep(poll if deadline is None else max(0.0, min(poll, deadline - self._clock())))
             if attempt():
                 return True
         return False
@@ -276,6 +276,12 @@ class RedisLock(_LockBase):
     ``settle_seconds``: the longest a write checked under this lock may take to land
     (``request_bound_seconds`` of the write clients' timeout); ``stop``: ends a handover
     wait early (the daemon's shutdown).
+
+    ``clock`` (monotonic seconds) and ``sleep`` are injectable, as in services.http: the
+    blocking acquire's polling and timeout, the handover wait and the grace of an
+    unreachable Redis run on them, so tests pass a fake clock instead of waiting. Two
+    things stay in real time: key expiry, which is Redis's own clock (the handover
+    arithmetic uses Redis's TIME), and the renewal thread's cadence (``renew_every``).
     """
 
     def __init__(
@@ -288,6 +294,7 @@ class RedisLock(_LockBase):
         renew_every: float | None = None,
         poll_seconds: float = 0.1,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
         where: str | None = None,
         settle_seconds: float = 0.0,
         stop: threading.Event | None = None,
@@ -313,6 +320,7 @@ class RedisLock(_LockBase):
         self._r = redis_client
         self._poll = poll_seconds
         self._sleep = sleep
+        self._clock = clock
         self._halt = stop
         self._where = where or redis_location(redis_client)
         self._value: str | None = None
@@ -354,7 +362,7 @@ class RedisLock(_LockBase):
         taken: list[Any] = []
 
         def attempt() -> bool:
-            sent = time.monotonic()
+            sent = self._clock()
             try:
                 got = self._acquire(keys=[self.key, self.state_key], args=[value, self._ttl_ms, self._hold_ms])
             except _OUTAGE as exc:
@@ -364,7 +372,7 @@ class RedisLock(_LockBase):
             taken[:] = [sent, got]
             return True
 
-        if not self._wait(attempt, blocking, timeout, self._poll, self._sleep):
+        if not self._wait(attempt, blocking, timeout, self._poll):
             return False
         sent, (before, now_ms) = taken
         self._value = value
@@ -376,7 +384,7 @@ class RedisLock(_LockBase):
         self._thread.start()
         wait, why = self._handover(str(before), int(now_ms))
         self.handover_wait = wait
-        self._handover_until = time.monotonic() + wait
+        self._handover_until = self._clock() + wait
         if wait > 0:
             log.warning(
                 "lock %s: %s; waiting %.1f s for writes it may have in flight to land before reading the target",
@@ -428,7 +436,7 @@ class RedisLock(_LockBase):
         value, self._value = self._value, None
         if value is None:
             return False
-        clean = not self.lost.is_set() and time.monotonic() >= self._handover_until
+        clean = not self.lost.is_set() and self._clock() >= self._handover_until
         try:
             return bool(self._release(keys=[self.key, self.state_key], args=[value, "1" if clean else "0"]))
         except _OUTAGE as exc:
@@ -468,7 +476,7 @@ class RedisLock(_LockBase):
 
     def _unconfirmed(self, exc: BaseException) -> None:
         """Redis did not answer a confirmation: write on within the grace, else lose."""
-        age = time.monotonic() - self._last_ok
+        age = self._clock() - self._last_ok
         if age >= self.grace_seconds:
             self._lose(
                 f"Redis at {self._where} could not confirm it for {age:.0f} s ({type(exc).__name__}), "
@@ -519,7 +527,7 @@ def confirm_all(locks: Sequence[RedisLock]) -> None:
         for lock in group:
             keys += [lock.key, lock.state_key]
             args += [lock._value, lock._ttl_ms, lock._hold_ms]
-        sent = time.monotonic()
+        sent = [lock._clock() for lock in group]  # each lock's own clock (one, outside tests)
         try:
             gone = int(group[0]._confirm(keys=keys, args=args))
         except _OUTAGE as exc:
@@ -530,8 +538,8 @@ def confirm_all(locks: Sequence[RedisLock]) -> None:
             lock = group[gone - 1]
             lock._lose(_MISSING_KEY)
             raise lock.lost_error()
-        for lock in group:
-            lock._last_ok = sent
+        for lock, at in zip(group, sent, strict=True):
+            lock._last_ok = at
             lock._unreachable_warned = False
 
 
@@ -550,12 +558,14 @@ class FileLock(_LockBase):
         *,
         poll_seconds: float = 0.1,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = Path(path)
         self.name = name or self.path.stem
         self.lost = threading.Event()
         self._poll = poll_seconds
         self._sleep = sleep
+        self._clock = clock
         self._file: IO[str] | None = None
 
     @property
@@ -581,7 +591,7 @@ class FileLock(_LockBase):
             self._file = handle
             return True
 
-        return self._wait(attempt, blocking, timeout, self._poll, self._sleep)
+        return self._wait(attempt, blocking, timeout, self._poll)
 
     def release(self) -> bool:
         handle, self._file = self._file, None

@@ -118,7 +118,12 @@ def test_webhooks_respect_quarantine_and_an_operator_trigger_overrides_it(tmp_pa
         BREAKER_FAILURE_THRESHOLD="1000",
     )
     try:
-        failed = wait_for(lambda: (h := d.health()).get("quarantine", {}).get("vehicles") and h, 90, 0.3)
+        # The runner quarantines the sync before the daemon records its last run: wait for both.
+        failed = wait_for(
+            lambda: (h := d.health()).get("quarantine", {}).get("vehicles") and "vehicles" in h.get("last_runs", {}) and h,
+            90,
+            0.3,
+        )
         assert failed, d.tail()
         assert failed["last_runs"]["vehicles"]["status"] == "failed"
         assert failed["status"] == "failing"

@@ -2,9 +2,13 @@
 
 Redis: redis://127.0.0.1:6379/15 (``TEST_REDIS_URL`` overrides it), a unique prefix per
 test, removed afterwards; unreachable Redis fails the suite in CI (CI=true), elsewhere
-fakeredis stands in (tests needing Lua are skipped if it has no Lua engine). Lock
-expiry is Redis's own clock, so the renewal and crash tests wait for real, with TTLs
-of a second or less.
+fakeredis stands in (tests needing Lua are skipped if it has no Lua engine).
+
+Time: what the lock measures itself (a blocking acquire's polling and timeout, the
+handover wait, the grace of an unreachable Redis) runs on an injected ``FakeClock``.
+Key expiry is Redis's own clock, which no fake reaches: the tests about expiry shorten
+the key with PEXPIRE or use TTLs of a few tenths of a second and wait for the key to
+go, and the renewal test waits (briefly) for the real renewal thread.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import pytest
 import redis
 
 from config.settings import load_settings
+from tests.fakes.transport import FakeClock
 from tests.support.redis_server import REDIS_URL, RedisProcess, connect, free_port, key_prefix, shared_server
 from utils.errors import FatalError, LockLostError
 from utils.locks import (
@@ -46,6 +51,16 @@ from utils.redis_client import make_redis
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _until(predicate: Any, timeout: float) -> bool:
+    """Poll ``predicate`` in real time: for what Redis's clock or a real thread does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +126,11 @@ def test_release_by_a_non_owner_is_refused(redis_client: redis.Redis, prefix: st
 
 
 def test_renewal_keeps_the_lock_past_its_ttl(redis_client: redis.Redis, prefix: str) -> None:
-    lock = RedisLock(redis_client, "departments", prefix=prefix, ttl_seconds=0.6, renew_every=0.15)
-    rival = RedisLock(redis_client, "departments", prefix=prefix, ttl_seconds=0.6)
+    lock = RedisLock(redis_client, "departments", prefix=prefix, ttl_seconds=30, renew_every=0.05)
+    rival = RedisLock(redis_client, "departments", prefix=prefix, ttl_seconds=30)
     assert lock.acquire()
-    time.sleep(1.2)  # twice the TTL: only the renewal thread keeps it
+    redis_client.pexpire(lock.key, 10_000)  # as if most of the TTL had passed with nothing written
+    assert _until(lambda: redis_client.pttl(lock.key) > 25_000, 5)  # the renewal thread alone extended it
     assert rival.acquire() is False
     assert not lock.lost.is_set() and lock.held
     assert lock.release() is True
@@ -169,15 +185,34 @@ def test_a_crashed_owner_blocks_until_expiry_then_another_acquires(
 
 
 def test_blocking_acquire_gives_up_after_timeout(redis_client: redis.Redis, prefix: str) -> None:
-    sleeps: list[float] = []
+    clock = FakeClock()
     holder = RedisLock(redis_client, "jobs", prefix=prefix)
-    waiter = RedisLock(redis_client, "jobs", prefix=prefix, poll_seconds=0.01, sleep=sleeps.append)
+    waiter = RedisLock(redis_client, "jobs", prefix=prefix, poll_seconds=0.25, sleep=clock.sleep, clock=clock)
     assert holder.acquire()
     try:
-        assert waiter.acquire(blocking=True, timeout=0.05) is False
-        assert sleeps  # it polled
+        assert waiter.acquire(blocking=True, timeout=1.0) is False
+        assert clock.sleeps == [0.25, 0.25, 0.25, 0.25]  # polled until the timeout, on its clock
+        clock.sleeps.clear()
+        assert waiter.acquire(blocking=True, timeout=0.6) is False
+        assert clock.sleeps == pytest.approx([0.25, 0.25, 0.1])  # the last wait ends at the deadline, not past it
     finally:
         holder.release()
+
+
+def test_blocking_acquire_takes_the_lock_once_it_is_free(redis_client: redis.Redis, prefix: str) -> None:
+    clock = FakeClock()
+    holder = RedisLock(redis_client, "jobs", prefix=prefix)
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if len(clock.sleeps) == 3:
+            holder.release()  # freed while the waiter polls
+
+    waiter = RedisLock(redis_client, "jobs", prefix=prefix, poll_seconds=0.5, sleep=sleep, clock=clock)
+    assert holder.acquire()
+    assert waiter.acquire(blocking=True, timeout=None) is True
+    assert clock.sleeps == [0.5, 0.5, 0.5] and waiter.held
+    assert waiter.release() is True
 
 
 def test_renew_every_must_be_shorter_than_ttl(redis_client: redis.Redis) -> None:
@@ -290,27 +325,29 @@ def test_taking_over_a_lost_lock_waits_for_the_holders_last_writes(redis_client:
     holder.confirm()  # the holder's last confirmation: a write of it may land until +15 s + 9 s
     confirmed = time.monotonic()
     redis_client.delete(holder.key)  # the key vanished (evicted, deleted) but not its state
-    sleeps: list[float] = []
-    taker = RedisLock(redis_client, "sync-departments", prefix=prefix, ttl_seconds=2, sleep=sleeps.append)
+    clock = FakeClock()
+    taker = RedisLock(redis_client, "sync-departments", prefix=prefix, ttl_seconds=2, sleep=clock.sleep, clock=clock)
     assert taker.acquire()
+    sleeps = clock.sleeps
     assert 23 < sleeps[0] + (time.monotonic() - confirmed) <= 24.1, sleeps  # the holder's hold, not the taker's
     assert taker.handover_wait == sleeps[0]
     with pytest.raises(LockLostError):
         holder.confirm()  # and the old holder learns it at its next write
-    taker.release()
+    assert taker.release() is True
+    assert _state(redis_client, taker) == "released"  # it waited the handover out: a clean handover
     holder.release()
 
 
 def test_a_crashed_holder_needs_no_wait_beyond_its_expiry(redis_client: redis.Redis, prefix: str) -> None:
-    dead = RedisLock(redis_client, "sync-jobs", prefix=prefix, ttl_seconds=1.0, renew_every=0.9, settle_seconds=0.2)
+    dead = RedisLock(redis_client, "sync-jobs", prefix=prefix, ttl_seconds=0.3, renew_every=0.25, settle_seconds=0.05)
     assert dead.acquire()
-    dead.confirm()
     dead._stop.set()  # SIGKILL: no renewal, no release
-    time.sleep(1.1)  # the key expires one TTL after the last confirmation
-    sleeps: list[float] = []
-    taker = RedisLock(redis_client, "sync-jobs", prefix=prefix, ttl_seconds=1.0, sleep=sleeps.append)
+    dead.confirm()
+    assert _until(lambda: not redis_client.exists(dead.key), 2)  # Redis expires it one TTL after the last confirmation
+    clock = FakeClock()
+    taker = RedisLock(redis_client, "sync-jobs", prefix=prefix, ttl_seconds=0.3, sleep=clock.sleep, clock=clock)
     assert taker.acquire()
-    assert sleeps == [] and taker.handover_wait == 0  # grace 0.5 + settle 0.2 < TTL 1.0: all landed
+    assert clock.sleeps == [] and taker.handover_wait == 0  # grace 0.15 + settle 0.05 < TTL 0.3: all landed
     taker.release()
 
 
@@ -342,6 +379,7 @@ def test_redis_restarted_empty_holder_stops_and_taker_waits_from_the_restart(
         with caplog.at_level(logging.WARNING, logger="utils.locks"):
             holder.confirm()  # unreachable, within the 2 s grace: writes go on
         assert "writing on for at most" in caplog.text and holder.held
+        starting = time.monotonic()
         server.start()  # empty
         restarted = time.monotonic()
         with pytest.raises(LockLostError, match="its key is gone"):
@@ -349,8 +387,11 @@ def test_redis_restarted_empty_holder_stops_and_taker_waits_from_the_restart(
         sleeps: list[float] = []
         taker = RedisLock(make_redis(server.url), "sync-departments", ttl_seconds=4, settle_seconds=3, sleep=sleeps.append)
         assert taker.acquire()
-        waited_until = sleeps[0] + (time.monotonic() - restarted)
-        assert 2.5 <= waited_until <= 4.2, sleeps  # until Redis's start + settle (uptime is whole seconds)
+        # Until Redis's start + settle. Redis started between ``starting`` and ``restarted``
+        # (a loaded machine takes a while to get it answering) and reports its uptime in
+        # whole seconds, so the wait may end up to a second later than start + settle.
+        waited_until = sleeps[0] + (time.monotonic() - starting)
+        assert 3 - 0.1 <= waited_until <= 3 + 1 + (restarted - starting) + 0.3, (sleeps, restarted - starting)
         taker.release()
         holder.release()
     finally:
@@ -361,14 +402,17 @@ def test_redis_restarted_empty_holder_stops_and_taker_waits_from_the_restart(
 def test_redis_unreachable_past_the_grace_loses_the_lock(tmp_path: Path) -> None:
     server = RedisProcess(tmp_path).start()
     try:
-        lock = RedisLock(make_redis(server.url), "sync-employees", ttl_seconds=1.0, renew_every=0.9)
+        clock = FakeClock()
+        lock = RedisLock(make_redis(server.url), "sync-employees", ttl_seconds=60, clock=clock)
         assert lock.acquire()
         lock._stop.set()  # only the explicit checks below
         lock.confirm()
         server.stop()
-        lock.confirm()  # within the 0.5 s grace
-        time.sleep(0.6)
-        with pytest.raises(LockLostError, match="could not confirm it for"):
+        clock.advance(29.9)
+        lock.confirm()  # within the 30 s grace (half the TTL) of the last confirmation
+        assert lock.held
+        clock.advance(0.2)
+        with pytest.raises(LockLostError, match="could not confirm it for 30 s"):
             lock.confirm()
         assert lock.lost.is_set()
     finally:

@@ -19,6 +19,7 @@ from services.scim_api import ScimIntents, member_ops, scim_user_flat, user_ops
 from sync.base import SyncContext
 from sync.roster_model import RosterClass, RosterEnrollment, RosterSnapshot, RosterUser
 from sync.sync_rosters import RosterSync, plan_members, user_in_scope
+from utils.errors import ConflictError, FatalError, RecordError
 from utils.failed_sync_tracker import InMemoryTracker
 from utils.metrics import Metrics
 
@@ -27,8 +28,10 @@ NOW = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 
 
 class FakeScim(ScimIntents):
-    """Just enough of a SCIM provider: replace on simple paths, add/remove members. The
-    intents of the ScimTarget port come from services.scim_api (``ScimIntents``): the
+    """Just enough of a SCIM provider: replace on simple paths, add/remove members; a
+    taken userName (not case-exact) is a 409 ConflictError, an unknown id a 404 (fatal on
+    a read, a RecordError on a write), as services.scim_api maps them (tests/contract).
+    The intents of the ScimTarget port come from services.scim_api (``ScimIntents``): the
     fake stores the very resources and operations the real adapter would send."""
 
     etags = False
@@ -41,20 +44,33 @@ class FakeScim(ScimIntents):
     def list(self, resource: str) -> list[dict[str, Any]]:
         return copy.deepcopy(list(self.data[resource].values()))
 
+    def _row(self, resource: str, rid: str) -> dict[str, Any]:
+        if rid not in self.data[resource]:
+            raise RecordError(f"Resource {rid} not found", service="scim", status=404)
+        return self.data[resource][rid]
+
     def get(self, resource: str, rid: str) -> dict[str, Any]:
+        if rid not in self.data[resource]:
+            raise FatalError(f"Resource {rid} not found", service="scim", status=404)
         return copy.deepcopy(self.data[resource][rid])
 
     def find(self, resource: str, attribute: str, value: str) -> dict[str, Any] | None:
-        return next((copy.deepcopy(r) for r in self.data[resource].values() if r.get(attribute) == value), None)
+        def same(have: Any) -> bool:  # userName is not case-exact (RFC 7643 §4.1.1)
+            return have == value or (attribute == "userName" and str(have).lower() == value.lower())
+
+        return next((copy.deepcopy(r) for r in self.data[resource].values() if same(r.get(attribute))), None)
 
     def create(self, resource: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        name = payload.get("userName")
+        if resource == "Users" and name is not None and self.find("Users", "userName", str(name)) is not None:
+            raise ConflictError("userName is already taken", service="scim", status=409)
         rid = f"id{next(self.ids)}"
         self.data[resource][rid] = {**copy.deepcopy(dict(payload)), "id": rid}
         self.writes.append(("POST", resource, rid))
         return copy.deepcopy(self.data[resource][rid])
 
     def patch(self, resource: str, rid: str, ops: Sequence[Mapping[str, Any]], etag: str | None = None) -> None:
-        row = self.data[resource][rid]
+        row = self._row(resource, rid)
         for op in ops:
             path = op["path"]
             if op["op"] == "add" and path == "members":
@@ -71,6 +87,7 @@ class FakeScim(ScimIntents):
         self.writes.append(("PATCH", resource, rid))
 
     def delete(self, resource: str, rid: str, etag: str | None = None) -> None:
+        self._row(resource, rid)
         del self.data[resource][rid]
         self.writes.append(("DELETE", resource, rid))
 
