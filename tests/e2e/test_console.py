@@ -512,3 +512,35 @@ def test_the_overview_shows_a_running_sync_with_its_progress(console: SimpleName
         with state.lock:
             state.progress.clear()
     assert 'data-state="running"' not in web.get("/console/fragment/overview").text
+
+
+def test_the_failed_records_page_pages_and_filters_in_the_tracker(console: SimpleNamespace) -> None:
+    """Each page shows its 50 records and the right total, the filters included (the
+    tracker pages in Redis: it reads only the page)."""
+    tracker = console.runtime.tracker
+    keys = [f"Title {n:03d}" for n in range(120)]
+    for key in keys:
+        tracker.record_failure("titles", key, "fp", "SafetyAmp refused: 422", ["name"])
+    for _ in range(8):
+        tracker.record_failure("titles", keys[7], "fp", "SafetyAmp refused: 422", ["name"])
+    try:
+        web = signed_in(console)
+        rows = re.compile(r'data-testid="failed-row" data-sync="titles" data-key="([^"]+)" data-status="(\w+)"')
+        second = web.get("/console/failed?sync=titles&start=50")
+        assert second.status_code == 200
+        shown = rows.findall(second.text)
+        assert [k for k, _ in shown] == [k for k in keys if k != keys[7]][50:100]
+        assert "120 record(s) of titles, showing 51 to 100" in second.text
+        assert 'id="failed-next"' in second.text and 'id="failed-prev"' in second.text
+        held = web.get("/console/failed?sync=titles&status=quarantined")
+        assert rows.findall(held.text) == [(keys[7], "quarantined")]
+        assert "1 record(s) of titles (quarantined)" in held.text
+        every = web.get("/console/failed?sync=all&status=waiting&start=100")
+        assert [k for k, _ in rows.findall(every.text)][-1] == keys[-1]
+        assert re.search(
+            r'<tr data-sync="titles">\s*<th scope="row"><a [^>]+>titles</a></th>\s*<td class="num">120</td>',
+            web.get("/console/failed").text,
+        )
+    finally:
+        for key in keys:
+            tracker.dismiss("titles", key)
