@@ -673,14 +673,14 @@ class ResilientTracker:
         result: Entry | None = self._call("get", (sync, key))
         return result
 
-    def list(self, sync: str | None = None) -> list[Entry]:
-        result: list[Entry] = self._call("list", (sync,))
-        return result
-
     def page(
         self, sync: str | None = None, status: str | None = None, start: int = 0, count: int = 50
     ) -> tuple[list[Entry], int]:
         result: tuple[list[Entry], int] = self._call("page", (sync, status, start, count))
+        return result
+
+    def list(self, sync: str | None = None) -> list[Entry]:
+        result: list[Entry] = self._call("list", (sync,))
         return result
 
     def retry(self, sync: str | None = None, key: str | None = None) -> int:
