@@ -364,6 +364,13 @@ def blueprint(daemon: Any) -> Blueprint:
         g.session = auth.new_session(None)
         g.session_dirty = True
         if g.identity is not None and g.identity.via == "proxy":
+            # The proxy's sign-in outlives the console's session: without its sign-out the
+            # next click would sign the person in again (CONSOLE_SIGN_OUT_URL, a path on
+            # this host, so form-action 'self' allows the redirect).
+            settings = daemon.state.settings
+            target = getattr(settings, "console_sign_out_url", None) if settings is not None else None
+            if target:
+                return redirect(target)
             return _page(
                 "error.html",
                 200,

@@ -544,3 +544,18 @@ def test_the_failed_records_page_pages_and_filters_in_the_tracker(console: Simpl
     finally:
         for key in keys:
             tracker.dismiss("titles", key)
+
+
+def test_signing_out_behind_single_sign_on_goes_to_the_proxys_sign_out(console: SimpleNamespace) -> None:
+    """Ending only the console's session left the person signed in at the proxy: the next
+    click signed them in again. Sign out now ends the proxy's sign-in too (oauth2-proxy's
+    /oauth2/sign_out, CONSOLE_SIGN_OUT_URL); a token session goes back to the sign-in form."""
+    operator = proxy(console, OPERATORS, user="sol")
+    page = operator.get("/console/")
+    out = operator.post("/console/logout", data={"csrf_token": csrf_of(page.text)})
+    assert out.status_code == 302 and out.headers["Location"] == "/oauth2/sign_out"
+    audited = [e for e in console.runtime.control.audit_log(count=20) if e.get("action") == "sign-out"]
+    assert audited and "sol" in str(audited[0].get("actor"))
+    web = signed_in(console)
+    out = web.post("/console/logout", data={"csrf_token": csrf_of(web.get("/console/").text)})
+    assert out.status_code == 302 and out.headers["Location"].startswith("/console/login")
