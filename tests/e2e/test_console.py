@@ -559,3 +559,47 @@ def test_signing_out_behind_single_sign_on_goes_to_the_proxys_sign_out(console: 
     web = signed_in(console)
     out = web.post("/console/logout", data={"csrf_token": csrf_of(web.get("/console/").text)})
     assert out.status_code == 302 and out.headers["Location"].startswith("/console/login")
+
+
+def test_a_lookup_of_a_terminated_employee_left_in_the_failed_queue_says_so(console: SimpleNamespace) -> None:
+    """Hired, refused by SafetyAmp (queued by the tracker), then terminated in Vista before
+    any create went through: the lookup said "in sync" over an empty table ("Neither the
+    source nor the target holds this record") and nothing of the queued failure. It must
+    say what is true (terminated in Vista, not in SafetyAmp) and how to clear the entry."""
+    import sqlite3
+
+    from sync.diagnose import format_report
+
+    conn = sqlite3.connect(console.root / "sandbox" / "viewpoint.sqlite")
+    conn.row_factory = sqlite3.Row
+    try:
+        like = dict(conn.execute('SELECT * FROM "bPREH" WHERE "PRCo" = 1 AND "ActiveYN" = \'Y\' LIMIT 1').fetchone())
+        number = int(conn.execute('SELECT MAX("Employee") FROM "bPREH"').fetchone()[0]) + 500
+        row = {**like, "Employee": number, "ActiveYN": "N", "TermDate": "2026-01-02", "Email": f"left.{number}@example.com"}
+        with conn:
+            conn.execute(
+                f'INSERT INTO "bPREH" ({", ".join(chr(34) + c + chr(34) for c in row)}) VALUES ({", ".join("?" for _ in row)})',
+                list(row.values()),
+            )
+    finally:
+        conn.close()
+    key = str(number)
+    console.runtime.tracker.record_failure("employees", key, "fp-left", "SafetyAmp refused: email already taken", ["email"])
+    try:
+        operator = proxy(console, OPERATORS)
+        csrf = csrf_of(operator.get("/console/lookup").text)
+        started = operator.post("/console/lookup", data={"sync": "employees", "record": key, "csrf_token": csrf})
+        page = finished_job(operator, started.headers["Location"])
+        job = console.daemon.jobs.get(started.headers["Location"].rsplit("/", 1)[1])
+        report = job["result"]
+        assert "terminated in Viewpoint Vista" in report["verdict_text"] and "not in SafetyAmp" in report["verdict_text"]
+        steps = " ".join(report["remediation"])
+        assert "email already taken" in steps and f"failed dismiss --sync employees --key {key}" in steps, steps
+        assert "Dismiss" in steps and "Nothing to do" not in steps
+        assert "Neither the source nor the target holds this record" not in page
+        assert "terminated in Viewpoint Vista" in page and "not in SafetyAmp" in page
+        assert f"failed dismiss --sync employees --key {key}" in page
+        text = format_report(report)
+        assert "terminated in Viewpoint Vista" in text and "failed dismiss" in text
+    finally:
+        console.runtime.tracker.dismiss("employees", key)

@@ -262,3 +262,18 @@ def test_sync_record_never_deactivates_a_record_of_a_held_batch(daemon: Any) -> 
     job = wait_job(daemon, daemon.jobs.submit("sync_record", actor="console:ann", sync="employees", key=str(back["Employee"])))
     assert job["state"] == "done" and job["result"]["outcome"] == "updated", job
     assert target_state(daemon.sandbox_dir)["users"][str(back["Employee"])]["last_name"] == "Back-Again"
+
+
+def test_diagnose_of_a_terminated_employee_says_terminated_and_where_the_target_stands(daemon: Any) -> None:
+    users = target_state(daemon.sandbox_dir)["users"]
+    gone = next(r for r in employees(daemon) if str(r["Employee"]) in users)
+    key = str(gone["Employee"])
+    sql(daemon, 'UPDATE "bPREH" SET "ActiveYN" = \'N\' WHERE "PRCo" = 1 AND "Employee" = ?', gone["Employee"])
+    pending = wait_job(daemon, daemon.jobs.submit("diagnose", actor="console:ann", sync="employees", key=key))["result"]
+    assert pending["verdict"] == "PENDING" and "terminated in Viewpoint Vista" in pending["verdict_text"]
+    assert "still active in SafetyAmp" in pending["verdict_text"], pending["verdict_text"]
+    [run] = daemon.run_cycle(["employees"])
+    assert run.counts["deactivated"] == 1, run.summary()
+    done = wait_job(daemon, daemon.jobs.submit("diagnose", actor="console:ann", sync="employees", key=key))["result"]
+    assert done["verdict"] == "IN_SYNC" and done["verdict_text"].startswith("terminated in Viewpoint Vista"), done
+    assert "deactivated in SafetyAmp" in done["verdict_text"], done["verdict_text"]
