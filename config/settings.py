@@ -340,6 +340,17 @@ class Settings(BaseModel):
             "console groups is refused. Unset: everyone the proxy lets through may look."
         ),
     )
+    console_sign_out_url: str | None = Field(
+        None,
+        alias="CONSOLE_SIGN_OUT_URL",
+        validate_default=True,
+        description=(
+            "Where Sign out sends someone signed in through single sign-on once the console's own session has ended: "
+            "a path on the console's host, the proxy's sign-out, which ends its sign-in too. Default with "
+            "CONSOLE_TRUSTED_PROXY: `/oauth2/sign_out` (oauth2-proxy; add `?rd=` and a URL-encoded address to go on "
+            "to the identity provider's sign-out). Sessions signed in with CONSOLE_TOKEN go back to the sign-in form."
+        ),
+    )
     console_session_idle_minutes: float = Field(
         30,
         alias="CONSOLE_SESSION_IDLE_MINUTES",
@@ -848,6 +859,19 @@ class Settings(BaseModel):
                 )
             networks.append(str(network))
         return tuple(networks)
+
+    @field_validator("console_sign_out_url")
+    @classmethod
+    def _sign_out_path(cls, value: str | None, info: Any) -> str | None:
+        value = (value or "").strip() or None
+        if value is None:
+            return "/oauth2/sign_out" if info.data.get("console_trusted_proxy") else None
+        if not value.startswith("/") or value.startswith("//") or "\\" in value or any(c.isspace() for c in value):
+            raise ValueError(
+                f"{value!r} is not a path on the console's host (such as /oauth2/sign_out): the console sends "
+                "people only to its own host; the proxy's `rd` parameter goes on from there"
+            )
+        return value
 
     @field_validator("console_operator_groups", "console_viewer_groups")
     @classmethod

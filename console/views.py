@@ -367,6 +367,13 @@ def blueprint(daemon: Any) -> Blueprint:
         g.session = auth.new_session(None)
         g.session_dirty = True
         if g.identity is not None and g.identity.via == "proxy":
+            # The proxy's sign-in outlives the console's session: without its sign-out the
+            # next click would sign the person in again (CONSOLE_SIGN_OUT_URL, a path on
+            # this host, so form-action 'self' allows the redirect).
+            settings = daemon.state.settings
+            target = getattr(settings, "console_sign_out_url", None) if settings is not None else None
+            if target:
+                return redirect(target)
             return _page(
                 "error.html",
                 200,
@@ -522,9 +529,21 @@ def blueprint(daemon: Any) -> Blueprint:
 
     # ---- failed records ----------------------------------------------------------------
     def _failed_rows(sync: str | None, status: str | None) -> list[dict[str, Any]]:
+        """The whole queue (the CSV export)."""
         rt = daemon.runtime
         rows = rt.tracker.list(sync) if rt is not None else []
         return [r for r in rows if status is None or r.get("status") == status]
+
+    def _failed_page(sync: str | None, status: str | None, start: int) -> tuple[list[dict[str, Any]], int]:
+        """One page of the queue and how many match: the tracker reads only that page."""
+        rt = daemon.runtime
+        if rt is None:
+            return [], 0
+        pager = getattr(rt.tracker, "page", None)
+        if pager is None:  # a tracker without pages (an older runtime): the whole queue, cut
+            rows = _failed_rows(sync, status)
+            return rows[start : start + PAGE_SIZE], len(rows)
+        return pager(sync, status, start, PAGE_SIZE)  # type: ignore[no-any-return]
 
     @bp.get("/failed")
     def failed_records() -> Any:
@@ -533,9 +552,8 @@ def blueprint(daemon: Any) -> Blueprint:
         if status is not None and status not in FAILED_STATUSES:
             abort(400, description=f"status must be one of {', '.join(FAILED_STATUSES)}")
         start = _int_arg("start") or 0
-        rows = data.attempt("failed records", lambda: _failed_rows(sync, status))
-        total = len(rows) if isinstance(rows, list) else 0
-        shown = rows[start : start + PAGE_SIZE] if isinstance(rows, list) else []
+        found = data.attempt("failed records", lambda: _failed_page(sync, status, start))
+        shown, total = found if isinstance(found, tuple) else ([], 0)
         counts = {}
         for name in daemon.state.syncs:
             counts[name] = (
@@ -547,7 +565,7 @@ def blueprint(daemon: Any) -> Blueprint:
             status=status,
             statuses=FAILED_STATUSES,
             rows=[{**r, "next": data.age(r.get("next_retry")), "last": data.age(r.get("last_failed"))} for r in shown],
-            unknown=rows if isinstance(rows, data.Unknown) else None,
+            unknown=found if isinstance(found, data.Unknown) else None,
             total=total,
             start=start,
             page_size=PAGE_SIZE,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from sync.apply import COUNTED, Applier, Done, Entry
 from sync.apply import apply_in_order as apply_in_order  # its home was here; utils/locks.py names it so
 from sync.engine import Action, plan
-from sync.guard import guard_reason, judge
+from sync.guard import guard_reason, held_refusal, judge
 from sync.ports import (
     ChangeLog,
     FailedRecords,
@@ -351,6 +351,7 @@ class BaseSync:
         actions = plan(
             records, current, deactivate=desired.deactivate, deactivation=self.deactivation, compare=self.compare_fields
         )
+        actions, refused = self._one_record_hold(actions, only, result)
         actions = self._guard(actions, desired, whole, result)
         writes = [a for a in actions if a.is_write]
         if self.ctx.dry_run or only is not None:  # only these show it: 70 000 described writes cost 150 MB
@@ -360,8 +361,23 @@ class BaseSync:
         applier.apply(writes, lambda a: self._entry(a, desired), lambda a: self._send(a, current.get(a.key)))
         if result.guard_tripped:
             result.status = "failed"
+        elif refused:
+            result.status = "skipped"
         elif result.counts["failed"]:
             result.status = "partial"
+
+    def _one_record_hold(self, actions: list[Action], only: str | None, result: RunResult) -> tuple[list[Action], bool]:
+        """A one-record run ("sync this record now") leaves out the deactivation of a
+        record in the batch the guard holds: alone, it would go round the approval (and
+        change the list an operator may be reviewing)."""
+        if only is None or not any(a.kind == "deactivate" for a in actions):
+            return actions, False
+        refused = held_refusal(self.ctx, self.name, only)
+        if not refused:
+            return actions, False
+        result.error = refused
+        log.warning(refused, extra={"sync": self.name})
+        return [a for a in actions if a.kind != "deactivate"], True
 
     def _not_held_back(self, desired: Desired, result: RunResult) -> dict[str, dict[str, Any]]:
         """The desired records less those the failed-record tracker holds back (counted skipped)."""

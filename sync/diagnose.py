@@ -36,6 +36,38 @@ SOURCE_NAMES = {
     "rosters": "OneRoster record",
 }
 NOTHING_TO_DO = "Nothing to do: the target matches the source."
+GONE_FROM_SOURCE = {
+    "employees": "terminated in Viewpoint Vista",
+    "jobs": "closed in Viewpoint Vista",
+}
+"""How a record the source no longer has active is said, per sync (``verdict_text``)."""
+TARGET_NAMES = {"rosters": "the SCIM service"}
+
+
+def _target_name(sync: str) -> str:
+    return TARGET_NAMES.get(sync, "SafetyAmp")
+
+
+def tracked_note(sync: str, key: str, tracked: dict[str, Any], *, still_applies: bool, state: str = "") -> str:
+    """What the failed-records queue's entry of a record means when the verdict is not
+    about it (the record left the source, or a deactivation is pending), and how to clear
+    or retry it: the lookup must not hide it behind "in sync"."""
+    when = f", last {tracked.get('last_failed')}" if tracked.get("last_failed") else ""
+    head = f"The failed-records queue still holds a failure of this record ({tracked.get('attempts')} attempt(s){when}): {tracked.get('reason')}."
+    dismiss = (
+        f"Dismiss it (Dismiss on the console's failed-records page, or `python sync_batch.py failed dismiss --sync {sync} "
+        f"--key {key}`)"
+    )
+    if not still_applies:
+        return (
+            f"{head} It no longer applies now that the record is {state}: {dismiss}; left alone, it expires 30 days after "
+            "its last failure."
+        )
+    return (
+        f"{head} The next run sends the deactivation all the same (the queue holds back creates and updates only) and "
+        f"forgets the entry once it goes through; to try at once: Retry on the failed-records page, or `python sync_batch.py "
+        f"failed retry --sync {sync} --key {key}`, then run the sync. {dismiss} if it no longer applies."
+    )
 
 
 class ImpossibleKey(ConfigurationError):
@@ -139,6 +171,7 @@ def diagnose(runtime: Any, sync: str, key: str) -> dict[str, Any]:
         "rejections": [{"reason": r.reason, "kind": r.kind, "fields": list(r.fields)} for r in rejections],
         "tracker": tracked,
         "verdict": "",
+        "verdict_text": "",
         "remediation": [],
     }
     return _judge(report, job, desired, rejections)
@@ -183,22 +216,37 @@ def _judge(report: dict[str, Any], job: BaseSync, desired: Desired, rejections: 
 
 
 def _judge_absent(report: dict[str, Any], job: BaseSync, desired: Desired) -> dict[str, Any]:
-    """No record is wanted: a leaver to deactivate, or nothing this sync manages."""
-    sync, norm, target = report["sync"], report["key"], report["target"]
-    if norm in desired.deactivate:
-        inactive = target is None or all(target.get(k) == v for k, v in (job.deactivation or {}).items())
-        report["verdict"] = "IN_SYNC" if inactive else "PENDING"
-        report["remediation"] = (
-            ["Inactive in the source and not active in the target: nothing to do."]
-            if inactive
-            else [f"Inactive in the source; the next run deactivates it ({job.deactivation})."]
-        )
+    """No record is wanted: a leaver to deactivate, or nothing this sync manages (and a
+    failure left in the queue from before, named with how to dismiss or retry it)."""
+    sync, norm, target, tracked = report["sync"], report["key"], report["target"], report["tracker"]
+    if norm not in desired.deactivate:
+        report["verdict"] = "NOT_IN_SCOPE"
+        report["remediation"] = [
+            f"No {SOURCE_NAMES.get(sync, sync)} {norm} is in scope (wrong company, closed/filtered status, or unknown key). "
+            "Check the key and VIEWPOINT_COMPANY / JOB_OPEN_STATUSES."
+        ]
+        if tracked:
+            report["remediation"].append(tracked_note(sync, norm, tracked, still_applies=False, state="out of this sync's scope"))
         return report
-    report["verdict"] = "NOT_IN_SCOPE"
-    report["remediation"] = [
-        f"No {SOURCE_NAMES.get(sync, sync)} {norm} is in scope (wrong company, closed/filtered status, or unknown key). "
-        "Check the key and VIEWPOINT_COMPANY / JOB_OPEN_STATUSES."
-    ]
+    gone = GONE_FROM_SOURCE.get(sync, f"inactive in the source ({SOURCE_NAMES.get(sync, sync)})")
+    where = _target_name(sync)
+    deactivation = job.deactivation or {}
+    fields = ", ".join(f"{k} = {v}" for k, v in deactivation.items())
+    if target is None:
+        inactive, state = True, f"not in {where}"
+    elif not deactivation:
+        inactive, state = True, f"kept in {where} (this sync is set not to deactivate)"
+    elif all(target.get(k) == v for k, v in deactivation.items()):
+        inactive, state = True, f"deactivated in {where} ({fields})"
+    else:
+        inactive, state = False, f"still active in {where}: the next run deactivates it ({fields})"
+    report["verdict"] = "IN_SYNC" if inactive else "PENDING"
+    report["verdict_text"] = f"{gone}, {state}"
+    report["remediation"] = (
+        [f"Nothing to sync: {gone}, {state}."] if inactive else [f"{gone.capitalize()}; the next run deactivates it ({fields})."]
+    )
+    if tracked:
+        report["remediation"].append(tracked_note(sync, norm, tracked, still_applies=not inactive, state=gone))
     return report
 
 
@@ -229,6 +277,7 @@ def _diagnose_roster(ctx: Any, runtime: Any, key: str) -> dict[str, Any]:
         "rejections": [{"reason": reason, "kind": "rejected", "fields": []} for k, reason in snap.rejected if k == sid],
         "tracker": tracked,
         "verdict": "",
+        "verdict_text": "",
         "remediation": [],
     }
     if kind == "user":
@@ -319,11 +368,21 @@ def _roster_verdict(
     elif want is None and kind == "user" and to_deactivate:
         inactive = current is None or current.get("active") is False
         report["verdict"] = "IN_SYNC" if inactive else "PENDING"
+        state = "not in the SCIM service" if current is None else "inactive in the SCIM service"
+        report["verdict_text"] = (
+            f"out of scope in OneRoster ({why}), {state}"
+            if inactive
+            else f"out of scope in OneRoster ({why}), still active in the SCIM service: the next run deactivates it"
+        )
         report["remediation"] = (
             [f"Out of scope in the source ({why}) and not active in the SCIM service: nothing to do."]
             if inactive
             else [f"Out of scope in the source ({why}); the next run deactivates the SCIM user."]
         )
+        if tracked:
+            report["remediation"].append(
+                tracked_note("rosters", report["key"], tracked, still_applies=not inactive, state="out of scope in OneRoster")
+            )
     elif want is None and kind == "class" and to_deactivate:
         report["verdict"] = "PENDING"
         report["remediation"] = ["The class is gone or out of scope in the source; the next run removes its members."]
@@ -354,6 +413,8 @@ def _roster_verdict(
 
 def format_report(report: dict[str, Any]) -> str:
     lines = [f"{report['sync']} {report['key']}: {report['verdict']}"]
+    if report.get("verdict_text"):
+        lines[0] += f" ({report['verdict_text']})"
     for r in report["rejections"]:
         lines.append(f"  {r['kind']}: {r['reason']}")
     for field, change in report["diff"].items():

@@ -160,3 +160,36 @@ def held_message(sync: str, ctx: SyncContext) -> str:
         f"; held for approval: `sync_batch.py holds` lists them with their digest, "
         f"`sync_batch.py approve {sync} DIGEST` (or the console) lets them through once"
     )
+
+
+def held_refusal(ctx: SyncContext, sync: str, key: str) -> str | None:
+    """Why a one-record run (the console's "sync this record now") must not deactivate
+    ``key``: it is in the batch the guard holds for approval (or the held batches cannot
+    be read, so it might be). None when it may go ahead. The batch goes through a run of
+    the sync once approved, as a whole: one record at a time would go round the approval."""
+    control = ctx.control
+    if control is None:
+        return None
+    try:
+        hold = control.held(sync)
+        approval = control.approval(sync) if hold is not None else None
+    except Exception:
+        log.warning("could not read the held deactivations", extra={"sync": sync}, exc_info=True)
+        return (
+            f"{sync} {key} was not deactivated: the deactivations held for approval could not be read "
+            f"(operator state unavailable), so it may be one of them; run {sync} instead"
+        )
+    if hold is None or str(key) not in {str(k) for k in hold.get("keys") or ()}:
+        return None
+    where = f"the console's held-deactivation page (/console/holds/{sync})"
+    if approval is not None and approval.get("digest") == hold.get("digest"):
+        return (
+            f"{sync} {key} is one of the {hold.get('count')} deactivations held for approval, and the batch is "
+            f"approved: run {sync} now (Run now on {where}) to deactivate them together; a one-record sync "
+            "does not deactivate a record of a held batch"
+        )
+    return (
+        f"{sync} {key} is one of the {hold.get('count')} deactivations held for approval "
+        "(DEACTIVATION_GUARD_PERCENT): a one-record sync does not deactivate it. Review and approve the batch on "
+        f"{where}, or `sync_batch.py holds` and `sync_batch.py approve {sync} DIGEST`, then run {sync}"
+    )

@@ -17,7 +17,9 @@ it submits a job and reads its state. Kinds:
     ``sync``, ``key``: plan and apply that one record now (like Entra's provision on
     demand) under that sync's lock: the desired and target records are cut down to the
     key after they are read, so nothing else is created, updated or deactivated. The
-    guard, the tracker and a pause still apply. Refused while another run holds the
+    guard, the tracker and a pause still apply, and a record of a batch the guard holds
+    for approval is never deactivated alone (refused: the batch is approved and run as a
+    whole; creating or updating such a record is fine). Refused while another run holds the
     sync's lock. Result: the plan, the requests sent (method, path, status) and the
     outcome. The SafetyAmp syncs only: a rosters user synced alone would miss the class
     memberships the next delta read never brings back.

@@ -318,6 +318,9 @@ class OperatorControl(Protocol):
     def clear_hold(self, sync: str) -> None:
         """Forget an obsolete held batch."""
 
+    def held(self, sync: str) -> dict[str, Any] | None:
+        """The batch the guard holds for approval (keys, count, digest), or None."""
+
     def approval(self, sync: str) -> dict[str, Any] | None:
         """The operator's approval waiting for ``sync``, without using it."""
 

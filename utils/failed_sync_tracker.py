@@ -20,7 +20,13 @@ to MAX_REASON_CHARS, and nothing else about the record (no payload) is stored.
 Storage::
 
     FailedSyncTracker   Redis: one hash per sync, ``{prefix}failed:{sync}``, field = record
-                        key, value = JSON entry; the hash's TTL is refreshed on every write
+                        key, value = JSON entry; beside it two sorted sets of the same
+                        keys, ``{prefix}failed-due:{sync}`` (score: when the record is
+                        due, see ``due_score``) and ``{prefix}failed-seen:{sync}`` (score:
+                        its last failure), written in the same transaction, so that a
+                        count is HLEN, expiry finds its victims without reading the hash
+                        and a page of the console's queue decodes only the entries it
+                        shows (``page``). The three keys' TTL is refreshed on every write.
     InMemoryTracker     a dict, same behaviour (tests; fallback while Redis is down)
     ResilientTracker    wraps the Redis tracker: when Redis stops answering it logs one
                         warning, serves from an InMemoryTracker, probes Redis every
@@ -52,6 +58,7 @@ from utils.timefmt import iso_z
 __all__ = [
     "DEFAULT_RETENTION",
     "DEFAULT_SCHEDULE",
+    "STATUSES",
     "FailedSyncTracker",
     "InMemoryTracker",
     "ResilientTracker",
@@ -136,6 +143,28 @@ def status_of(entry: Entry, now: datetime) -> str:
         return "quarantined"
     due = _parse(entry.get("next_retry"))
     return "waiting" if due is not None and now < due else "due"
+
+
+STATUSES = ("due", "waiting", "quarantined")
+
+
+def due_score(entry: Entry) -> float:
+    """Where an entry stands in the queue: 0 for due at once (released by an operator),
+    the time of its next retry, +inf once quarantined. ``status_of`` in one number: due
+    when the score is not after now, waiting while it is, quarantined at infinity."""
+    if entry.get("quarantined"):
+        return float("inf")
+    due = _parse(entry.get("next_retry"))
+    return due.timestamp() if due is not None else 0.0
+
+
+def seen_score(entry: Entry | None) -> float:
+    """The last failure in Unix seconds (-inf when unreadable: such an entry expires)."""
+    try:
+        last = _parse((entry or {}).get("last_failed"))
+    except (TypeError, ValueError):
+        return float("-inf")
+    return last.timestamp() if last is not None else float("-inf")
 
 
 def released(entry: Entry) -> Entry:
@@ -234,6 +263,26 @@ class TrackerBase:
         """Records currently tracked as failing (waiting, due or quarantined)."""
         return len(self._entries(sync, self.now()))
 
+    def page(
+        self, sync: str | None = None, status: str | None = None, start: int = 0, count: int = 50
+    ) -> tuple[list[Entry], int]:
+        """One page of the queue for the console, and how many records match in all:
+        the records of ``sync`` (every sync, by name, when None) with ``status`` (any when
+        None), each sync's due first, then waiting by next retry, quarantined last (ties
+        by key); ``count`` of them from ``start``. Backends that can (Redis) read only the
+        entries of the page."""
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        now = self.now()
+        rows: list[Entry] = []
+        for name in [sync] if sync is not None else sorted(self._syncs()):
+            entries = sorted(self._entries(name, now).items(), key=lambda item: (due_score(item[1]), item[0]))
+            for key, entry in entries:
+                if status is None or status_of(entry, now) == status:
+                    rows.append(self._present(name, key, entry, now))
+        start = max(0, int(start))
+        return rows[start : start + max(0, int(count))], len(rows)
+
     def list(self, sync: str | None = None) -> list[Entry]:
         """Every tracked record, for ``failed list``: sorted by sync then key."""
         now = self.now()
@@ -329,6 +378,12 @@ class FailedSyncTracker(TrackerBase):
     def _hash(self, sync: str) -> str:
         return f"{self.prefix}failed:{sync}"
 
+    def _due_index(self, sync: str) -> str:
+        return f"{self.prefix}failed-due:{sync}"
+
+    def _seen_index(self, sync: str) -> str:
+        return f"{self.prefix}failed-seen:{sync}"
+
     @property
     def _ttl(self) -> int:
         return max(1, int(self.retention.total_seconds()))
@@ -350,14 +405,21 @@ class FailedSyncTracker(TrackerBase):
     def _update(self, sync: str, key: str, change: Callable[[Entry | None], Entry | None]) -> Entry | None:
         name = self._hash(sync)
 
+        due, seen = self._due_index(sync), self._seen_index(sync)
+
         def attempt(pipe: Any) -> Entry | None:
             new = change(_loads(pipe.hget(name, key)))
             pipe.multi()
             if new is None:
                 pipe.hdel(name, key)
+                pipe.zrem(due, key)
+                pipe.zrem(seen, key)
             else:
                 pipe.hset(name, key, json.dumps(new, sort_keys=True))
-                pipe.expire(name, self._ttl)
+                pipe.zadd(due, {key: due_score(new)})
+                pipe.zadd(seen, {key: seen_score(new)})
+                for one in (name, due, seen):
+                    pipe.expire(one, self._ttl)
             return new
 
         # redis-py's annotations say the callable returns None; value_from_callable passes its value through
@@ -367,12 +429,114 @@ class FailedSyncTracker(TrackerBase):
     def _delete(self, sync: str, keys: Iterable[str]) -> None:
         keys = list(keys)
         if keys:
-            self._r.hdel(self._hash(sync), *keys)
+            with self._r.pipeline(transaction=True) as pipe:
+                pipe.hdel(self._hash(sync), *keys)
+                pipe.zrem(self._due_index(sync), *keys)
+                pipe.zrem(self._seen_index(sync), *keys)
+                pipe.execute()
+
+    # --- the console's queue: counts and pages without reading the whole hash -----------
+    def count(self, sync: str) -> int:
+        return self._settled(sync, self.now())
+
+    def page(
+        self, sync: str | None = None, status: str | None = None, start: int = 0, count: int = 50
+    ) -> tuple[list[Entry], int]:
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        now = self.now()
+        lo, hi = _due_bounds(status, now)
+        skip, left = max(0, int(start)), max(0, int(count))
+        total = 0
+        rows: list[Entry] = []
+        for name in [sync] if sync is not None else sorted(self._syncs()):
+            if not self._settled(name, now):
+                continue
+            index = self._due_index(name)
+            matching = int(self._r.zcount(index, lo, hi))
+            total += matching
+            if left and skip < matching:
+                keys = [_decode(k) for k in self._r.zrangebyscore(index, lo, hi, start=skip, num=left)]
+                raws = self._r.hmget(self._hash(name), keys) if keys else []
+                for key, raw in zip(keys, raws, strict=True):
+                    entry = _loads(raw)
+                    if entry is not None:
+                        rows.append(self._present(name, key, entry, now))
+                left -= len(keys)
+                skip = 0
+            else:
+                skip -= min(skip, matching)
+        return rows, total
+
+    def _settled(self, sync: str, now: datetime) -> int:
+        """HLEN of the sync's hash once its indexes agree with it (rebuilt once from the
+        hash if not: written by an older version, or a crash between versions) and its
+        expired entries are gone; reads no entry unless one expired."""
+        name, due, seen = self._hash(sync), self._due_index(sync), self._seen_index(sync)
+        cutoff = (now - self.retention).timestamp()
+        for _ in range(3):
+            with self._r.pipeline(transaction=False) as pipe:
+                pipe.hlen(name)
+                pipe.zcard(due)
+                pipe.zcard(seen)
+                pipe.zrangebyscore(seen, "-inf", cutoff, start=0, num=500)
+                size, n_due, n_seen, stale = pipe.execute()
+            if not size == n_due == n_seen:
+                self._reindex(sync)
+                continue
+            if not stale:
+                return int(size)
+            self._expire(sync, [_decode(k) for k in stale], now)
+        return int(self._r.hlen(name))
+
+    def _reindex(self, sync: str) -> None:
+        name, due, seen = self._hash(sync), self._due_index(sync), self._seen_index(sync)
+
+        def attempt(pipe: Any) -> None:
+            raw = pipe.hgetall(name)
+            ttl = pipe.ttl(name)
+            entries = {_decode(k): _loads(v) for k, v in raw.items()}
+            pipe.multi()
+            pipe.delete(due, seen)
+            if entries:
+                pipe.zadd(due, {k: due_score(e or {}) for k, e in entries.items()})
+                pipe.zadd(seen, {k: seen_score(e) for k, e in entries.items()})  # unreadable: -inf, expires now
+                for one in (due, seen):
+                    pipe.expire(one, ttl if ttl and ttl > 0 else self._ttl)
+
+        log.info("failed-record tracker: indexing the %s queue", sync, extra={"event": "tracker_reindex"})
+        self._r.transaction(attempt, name)
+
+    def _expire(self, sync: str, keys: list[str], now: datetime) -> None:
+        """Delete these entries if they are still expired (one may have failed again since)."""
+        name = self._hash(sync)
+
+        def attempt(pipe: Any) -> None:
+            raws = pipe.hmget(name, keys)
+            gone = [k for k, raw in zip(keys, raws, strict=True) if (e := _loads(raw)) is None or expired(e, now, self.retention)]
+            pipe.multi()
+            if gone:
+                pipe.hdel(name, *gone)
+                pipe.zrem(self._due_index(sync), *gone)
+                pipe.zrem(self._seen_index(sync), *gone)
+
+        self._r.transaction(attempt, name)
 
     def _syncs(self) -> list[str]:
         head = f"{self.prefix}failed:"
         found = {_decode(k)[len(head) :] for k in self._r.scan_iter(match=_glob_escape(head) + "*", count=500)}
         return sorted(found)
+
+
+def _due_bounds(status: str | None, now: datetime) -> tuple[str, str]:
+    """ZRANGEBYSCORE bounds of the due index for a status (``due_score``)."""
+    moment = repr(now.timestamp())
+    return {
+        None: ("-inf", "+inf"),
+        "due": ("-inf", moment),
+        "waiting": ("(" + moment, "(+inf"),
+        "quarantined": ("+inf", "+inf"),
+    }[status]
 
 
 class InMemoryTracker(TrackerBase):
@@ -503,6 +667,12 @@ class ResilientTracker:
 
     def get(self, sync: str, key: str) -> Entry | None:
         result: Entry | None = self._call("get", (sync, key))
+        return result
+
+    def page(
+        self, sync: str | None = None, status: str | None = None, start: int = 0, count: int = 50
+    ) -> tuple[list[Entry], int]:
+        result: tuple[list[Entry], int] = self._call("page", (sync, status, start, count))
         return result
 
     def list(self, sync: str | None = None) -> list[Entry]:

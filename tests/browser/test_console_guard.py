@@ -76,8 +76,20 @@ def test_approve_a_held_deactivation_and_exactly_those_records_are_deactivated(
     assert int(page.get_by_test_id("hold-count").inner_text()) == len(leavers)
     shown = sorted(page.get_by_test_id("hold-key").all_inner_texts())
     assert shown == leavers, f"held {shown} but {leavers} left"
-    page.get_by_test_id("approve-confirm").check()
-    page.get_by_test_id("approve").click()
+    # The approval form comes before the list: on a 1366x768 screen it is in view without
+    # scrolling, however long the list, and it works from the keyboard.
+    page.goto("/console/holds/employees")
+    box = page.get_by_test_id("approve").bounding_box()
+    assert box is not None and box["y"] + box["height"] <= page.viewport_size["height"], f"below the fold: {box}"
+    assert page.evaluate("window.scrollY") == 0
+    assert page.get_by_label(re.compile("I checked this list")).count() == 1, "the box is labelled"
+    page.get_by_test_id("approve-confirm").focus()
+    page.keyboard.press("Space")
+    assert page.get_by_test_id("approve-confirm").is_checked()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.dataset.testid") == "approve", "the button follows the box"
+    page.keyboard.press("Enter")
+    page.get_by_test_id("approval").wait_for()
     assert page.get_by_test_id("approval").is_visible()
 
     # 3. The next run deactivates exactly those, once.

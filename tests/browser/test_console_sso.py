@@ -98,3 +98,17 @@ def test_someone_in_neither_group_sees_nothing(browser: Any, console: ConsoleDae
         assert page.get_by_test_id("sync-row").count() == 0 and "employees" not in page.content()
     finally:
         ctx.close()
+
+
+def test_sign_out_goes_on_to_the_proxys_sign_out(browser: Any, console: ConsoleDaemon) -> None:
+    """Behind oauth2-proxy, Sign out must end the proxy's sign-in too: the browser lands
+    on /oauth2/sign_out (served by the sidecar; here, with no proxy, the daemon's 404)."""
+    ctx, _ = signed_in_as(browser, console, "sian", OPERATOR_GROUP)
+    try:
+        page = ctx.new_page()
+        page.goto("/console/")
+        page.get_by_test_id("sign-out").click()
+        page.wait_for_url("**/oauth2/sign_out")
+        assert page.url.endswith("/oauth2/sign_out")
+    finally:
+        ctx.close()

@@ -582,3 +582,94 @@ def test_the_overview_shows_runs_other_runners_made_and_who_asked_for_a_run(cons
     assert newest["forced"] is False, "jobs was not quarantined: nothing was forced past"
     page = web.get("/console/runs?sync=jobs").text
     assert "asked for by pat@example.com" in page and "past its quarantine" not in page
+
+
+def test_the_failed_records_page_pages_and_filters_in_the_tracker(console: SimpleNamespace) -> None:
+    """Each page shows its 50 records and the right total, the filters included (the
+    tracker pages in Redis: it reads only the page)."""
+    tracker = console.runtime.tracker
+    keys = [f"Title {n:03d}" for n in range(120)]
+    for key in keys:
+        tracker.record_failure("titles", key, "fp", "SafetyAmp refused: 422", ["name"])
+    for _ in range(8):
+        tracker.record_failure("titles", keys[7], "fp", "SafetyAmp refused: 422", ["name"])
+    try:
+        web = signed_in(console)
+        rows = re.compile(r'data-testid="failed-row" data-sync="titles" data-key="([^"]+)" data-status="(\w+)"')
+        second = web.get("/console/failed?sync=titles&start=50")
+        assert second.status_code == 200
+        shown = rows.findall(second.text)
+        assert [k for k, _ in shown] == [k for k in keys if k != keys[7]][50:100], (shown, tracker.health())
+        assert "120 record(s) of titles, showing 51 to 100" in second.text
+        assert 'id="failed-next"' in second.text and 'id="failed-prev"' in second.text
+        held = web.get("/console/failed?sync=titles&status=quarantined")
+        assert rows.findall(held.text) == [(keys[7], "quarantined")]
+        assert "1 record(s) of titles (quarantined)" in held.text
+        every = web.get("/console/failed?sync=all&status=waiting&start=100")
+        assert [k for k, _ in rows.findall(every.text)][-1] == keys[-1]
+        assert re.search(
+            r'<tr data-sync="titles">\s*<th scope="row"><a [^>]+>titles</a></th>\s*<td class="num">120</td>',
+            web.get("/console/failed").text,
+        )
+    finally:
+        for key in keys:
+            tracker.dismiss("titles", key)
+
+
+def test_signing_out_behind_single_sign_on_goes_to_the_proxys_sign_out(console: SimpleNamespace) -> None:
+    """Ending only the console's session left the person signed in at the proxy: the next
+    click signed them in again. Sign out now ends the proxy's sign-in too (oauth2-proxy's
+    /oauth2/sign_out, CONSOLE_SIGN_OUT_URL); a token session goes back to the sign-in form."""
+    operator = proxy(console, OPERATORS, user="sol")
+    page = operator.get("/console/")
+    out = operator.post("/console/logout", data={"csrf_token": csrf_of(page.text)})
+    assert out.status_code == 302 and out.headers["Location"] == "/oauth2/sign_out"
+    audited = [e for e in console.runtime.control.audit_log(count=20) if e.get("action") == "sign-out"]
+    assert audited and "sol" in str(audited[0].get("actor"))
+    web = signed_in(console)
+    out = web.post("/console/logout", data={"csrf_token": csrf_of(web.get("/console/").text)})
+    assert out.status_code == 302 and out.headers["Location"].startswith("/console/login")
+
+
+def test_a_lookup_of_a_terminated_employee_left_in_the_failed_queue_says_so(console: SimpleNamespace) -> None:
+    """Hired, refused by SafetyAmp (queued by the tracker), then terminated in Vista before
+    any create went through: the lookup said "in sync" over an empty table ("Neither the
+    source nor the target holds this record") and nothing of the queued failure. It must
+    say what is true (terminated in Vista, not in SafetyAmp) and how to clear the entry."""
+    import sqlite3
+
+    from sync.diagnose import format_report
+
+    conn = sqlite3.connect(console.root / "sandbox" / "viewpoint.sqlite")
+    conn.row_factory = sqlite3.Row
+    try:
+        like = dict(conn.execute('SELECT * FROM "bPREH" WHERE "PRCo" = 1 AND "ActiveYN" = \'Y\' LIMIT 1').fetchone())
+        number = int(conn.execute('SELECT MAX("Employee") FROM "bPREH"').fetchone()[0]) + 500
+        row = {**like, "Employee": number, "ActiveYN": "N", "TermDate": "2026-01-02", "Email": f"left.{number}@example.com"}
+        with conn:
+            conn.execute(
+                f'INSERT INTO "bPREH" ({", ".join(chr(34) + c + chr(34) for c in row)}) VALUES ({", ".join("?" for _ in row)})',
+                list(row.values()),
+            )
+    finally:
+        conn.close()
+    key = str(number)
+    console.runtime.tracker.record_failure("employees", key, "fp-left", "SafetyAmp refused: email already taken", ["email"])
+    try:
+        operator = proxy(console, OPERATORS)
+        csrf = csrf_of(operator.get("/console/lookup").text)
+        started = operator.post("/console/lookup", data={"sync": "employees", "record": key, "csrf_token": csrf})
+        page = finished_job(operator, started.headers["Location"])
+        job = console.daemon.jobs.get(started.headers["Location"].rsplit("/", 1)[1])
+        report = job["result"]
+        assert "terminated in Viewpoint Vista" in report["verdict_text"] and "not in SafetyAmp" in report["verdict_text"]
+        steps = " ".join(report["remediation"])
+        assert "email already taken" in steps and f"failed dismiss --sync employees --key {key}" in steps, steps
+        assert "Dismiss" in steps and "Nothing to do" not in steps
+        assert "Neither the source nor the target holds this record" not in page
+        assert "terminated in Viewpoint Vista" in page and "not in SafetyAmp" in page
+        assert f"failed dismiss --sync employees --key {key}" in page
+        text = format_report(report)
+        assert "terminated in Viewpoint Vista" in text and "failed dismiss" in text
+    finally:
+        console.runtime.tracker.dismiss("employees", key)

@@ -215,3 +215,64 @@ def test_run_job_goes_through_the_trigger_queue_and_diagnose_and_a_crash_fail_al
     again = wait_job(daemon, daemon.jobs.submit("run", actor="console:ann", syncs=["departments"]))
     assert again["state"] == "done" and again["result"]["runs"][0]["status"] in ("success", "partial"), again
     assert daemon.worker.is_alive()
+
+
+def test_sync_record_never_deactivates_a_record_of_a_held_batch(daemon: Any) -> None:
+    """The guard held a layoff for approval; "sync this record now" of one of those people
+    must not deactivate them behind the approval's back (the batch would change under the
+    operator reviewing it): refused, pointing at the approval. A held person rehired in the
+    meantime is an update, not a deactivation: that goes through."""
+    active = employees(daemon)
+    leavers = [r for r in active if r["LastName"]][: len(active) // 3]
+    for row in leavers:
+        sql(daemon, 'UPDATE "bPREH" SET "ActiveYN" = \'N\' WHERE "PRCo" = 1 AND "Employee" = ?', row["Employee"])
+    [run] = daemon.run_cycle(["employees"])
+    assert run.guard_tripped and run.counts["deactivated"] == 0, run.summary()
+    held = daemon.runtime.control.held("employees")
+    assert held is not None and str(leavers[0]["Employee"]) in held["keys"]
+    users = target_state(daemon.sandbox_dir)["users"]
+    key = str(leavers[0]["Employee"])
+    assert users[key]["system_access"] == 1
+
+    job = wait_job(daemon, daemon.jobs.submit("sync_record", actor="console:ann", sync="employees", key=key))
+    assert job["state"] == "failed", job
+    assert "held for approval" in job["error"] and "approve" in job["error"] and "/console/holds/employees" in job["error"], job[
+        "error"
+    ]
+    assert job["result"]["outcome"] == "skipped" and job["result"]["writes"] == [], job["result"]
+    assert target_state(daemon.sandbox_dir)["users"][key]["system_access"] == 1, "not deactivated"
+    after = daemon.runtime.control.held("employees")
+    assert after is not None and after["digest"] == held["digest"], "the held batch is untouched"
+
+    # Approved, the batch still goes through a run, never one record at a time.
+    daemon.runtime.control.approve("employees", held["digest"], by="console:ann")
+    job = wait_job(daemon, daemon.jobs.submit("sync_record", actor="console:ann", sync="employees", key=key))
+    assert job["state"] == "failed" and "run employees" in job["error"].lower(), job["error"]
+    assert target_state(daemon.sandbox_dir)["users"][key]["system_access"] == 1
+
+    # Rehired (and renamed) meanwhile: an update, not a deactivation, so it goes through.
+    back = leavers[1]
+    sql(
+        daemon,
+        'UPDATE "bPREH" SET "ActiveYN" = \'Y\', "LastName" = ? WHERE "PRCo" = 1 AND "Employee" = ?',
+        "Back-Again",
+        back["Employee"],
+    )
+    job = wait_job(daemon, daemon.jobs.submit("sync_record", actor="console:ann", sync="employees", key=str(back["Employee"])))
+    assert job["state"] == "done" and job["result"]["outcome"] == "updated", job
+    assert target_state(daemon.sandbox_dir)["users"][str(back["Employee"])]["last_name"] == "Back-Again"
+
+
+def test_diagnose_of_a_terminated_employee_says_terminated_and_where_the_target_stands(daemon: Any) -> None:
+    users = target_state(daemon.sandbox_dir)["users"]
+    gone = next(r for r in employees(daemon) if str(r["Employee"]) in users)
+    key = str(gone["Employee"])
+    sql(daemon, 'UPDATE "bPREH" SET "ActiveYN" = \'N\' WHERE "PRCo" = 1 AND "Employee" = ?', gone["Employee"])
+    pending = wait_job(daemon, daemon.jobs.submit("diagnose", actor="console:ann", sync="employees", key=key))["result"]
+    assert pending["verdict"] == "PENDING" and "terminated in Viewpoint Vista" in pending["verdict_text"]
+    assert "still active in SafetyAmp" in pending["verdict_text"], pending["verdict_text"]
+    [run] = daemon.run_cycle(["employees"])
+    assert run.counts["deactivated"] == 1, run.summary()
+    done = wait_job(daemon, daemon.jobs.submit("diagnose", actor="console:ann", sync="employees", key=key))["result"]
+    assert done["verdict"] == "IN_SYNC" and done["verdict_text"].startswith("terminated in Viewpoint Vista"), done
+    assert "deactivated in SafetyAmp" in done["verdict_text"], done["verdict_text"]

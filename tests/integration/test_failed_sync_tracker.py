@@ -9,6 +9,7 @@ elsewhere, so a laptop without Redis still runs it. Time is an injected clock: t
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -470,3 +471,127 @@ def test_build_tracker_connects_lazily_with_short_timeouts(redis_server: tuple[s
         live.record_failure("employees", "1", "fp", "x", [])
         assert live.count("employees") == 1 and live.degraded is False
         live.record_success("employees", "1")
+
+
+# --------------------------------------------------------------------------- paged listing (the console)
+
+
+def _queue(tracker: Any, clock: Clock) -> None:
+    """employees: 3 due, 2 waiting, 2 quarantined; jobs: 1 waiting; vehicles: 1 due."""
+    for key in ("e5", "e1", "e3"):
+        tracker.record_failure("employees", key, "fp", f"{key} refused", ["email"])
+    for key in ("q2", "q1"):
+        for _ in range(8):
+            tracker.record_failure("employees", key, "fp", "dup", ["email"])
+    tracker.record_failure("vehicles", "v1", "fp", "bad vin", ["vin"])
+    clock.advance(timedelta(hours=3))  # the first ones are due now
+    tracker.record_failure("employees", "w2", "fp", "later", [])
+    clock.advance(timedelta(minutes=10))
+    tracker.record_failure("employees", "w1", "fp", "later still", [])
+    tracker.record_failure("jobs", "J-1", "fp", "closed", [])
+
+
+def test_page_lists_in_pages_by_sync_and_status(make_tracker: Factory, clock: Clock) -> None:
+    tracker = make_tracker()
+    _queue(tracker, clock)
+    rows, total = tracker.page("employees")
+    # due first, then waiting by next try, quarantined last; ties by key
+    assert [(r["key"], r["status"]) for r in rows] == [
+        ("e1", "due"),
+        ("e3", "due"),
+        ("e5", "due"),
+        ("w2", "waiting"),
+        ("w1", "waiting"),
+        ("q1", "quarantined"),
+        ("q2", "quarantined"),
+    ]
+    assert total == 7
+    assert rows[0] == tracker.get("employees", "e1")
+    assert tracker.page("employees", start=2, count=3) == (rows[2:5], 7)
+    assert tracker.page("employees", status="due") == (rows[:3], 3)
+    assert tracker.page("employees", status="waiting", start=1) == (rows[4:5], 2)
+    assert tracker.page("employees", status="quarantined") == (rows[5:], 2)
+    assert tracker.page("rosters") == ([], 0)
+    every, total = tracker.page()
+    assert total == 9
+    assert [(r["sync"], r["key"]) for r in every] == [("employees", r["key"]) for r in rows] + [
+        ("jobs", "J-1"),
+        ("vehicles", "v1"),
+    ]
+    assert tracker.page(start=6, count=2) == (every[6:8], 9)  # across the syncs' boundary
+    assert tracker.page(status="due", start=2, count=10) == ([every[2], every[8]], 4)
+    assert tracker.page(start=50) == ([], 9)
+    clock.advance(timedelta(hours=2))  # w2 and w1 fall due, J-1 too
+    assert [r["key"] for r in tracker.page(status="due")[0]] == ["e1", "e3", "e5", "w2", "w1", "J-1", "v1"]
+    assert tracker.retry("employees", "q1") == 1  # released: due at once
+    assert [r["key"] for r in tracker.page("employees", status="quarantined")[0]] == ["q2"]
+    tracker.dismiss("employees", "e1")
+    tracker.record_success("employees", "e3")
+    assert tracker.page("employees") == (tracker.page("employees", count=100)[0], 5)
+    assert tracker.count("employees") == 5
+
+
+def test_page_leaves_out_expired_entries(make_tracker: Factory, clock: Clock) -> None:
+    tracker = make_tracker(retention=timedelta(days=30))
+    tracker.record_failure("employees", "old", "fp", "x", [])
+    clock.advance(timedelta(days=10))
+    tracker.record_failure("employees", "newer", "fp", "x", [])
+    clock.advance(timedelta(days=20))
+    assert [r["key"] for r in tracker.page("employees")[0]] == ["newer"]
+    assert tracker.page("employees")[1] == 1 and tracker.count("employees") == 1
+
+
+def _commands(client: redis.Redis, prefix: str, action: Callable[[], Any]) -> list[list[str]]:
+    """The Redis commands ``action`` sent about keys under ``prefix`` (MONITOR)."""
+    marker = f"end-{uuid.uuid4().hex}"
+    seen: list[list[str]] = []
+    with client.monitor() as monitor:
+        ready = threading.Event()
+
+        def listen() -> None:
+            ready.set()
+            for event in monitor.listen():
+                words = str(event.get("command", "")).split(" ")
+                if marker in words[-1]:
+                    return
+                if any(prefix in w for w in words):
+                    seen.append(words)
+
+        reader = threading.Thread(target=listen, daemon=True)
+        reader.start()
+        ready.wait(2)
+        action()
+        client.echo(marker)
+        reader.join(10)
+    return seen
+
+
+def test_page_and_count_read_only_what_the_page_shows(redis_server: tuple[str, Any], prefix: str, clock: Clock) -> None:
+    """The console's queue page and overview: with thousands of records queued, a page
+    decodes only its own entries and a count decodes none (issue 11: the whole hash was
+    read at every request)."""
+    if redis_server[0] != "real":
+        pytest.skip("MONITOR needs a real Redis")
+    client = make_client(redis_server, decode=True)
+    watcher = make_client(redis_server, decode=True)
+    tracker = FailedSyncTracker(client, prefix, clock)
+    with client.pipeline(transaction=False) as pipe:  # 2,000 entries written the old way (no index)
+        for n in range(2000):
+            pipe.hset(f"{prefix}failed:employees", f"{n:05d}", json.dumps({"attempts": 1, "last_failed": "2026-11-22T01:00:00Z", "next_retry": None, "quarantined": False, "fingerprint": "fp", "reason": "x", "fields": []}))  # fmt: skip
+        pipe.execute()
+    tracker.record_failure("employees", "zzz", "fp", "new", [])
+    assert tracker.count("employees") == 2001  # the first look builds the index, once
+    whole = {"HGETALL", "HVALS", "HKEYS", "HSCAN", "SCAN"}
+
+    counted = _commands(watcher, prefix, lambda: tracker.count("employees"))
+    assert counted and not [c for c in counted if c[0].strip('"').upper() in whole | {"HMGET", "HGET"}]
+    page: dict[str, Any] = {}
+    sent = _commands(watcher, prefix, lambda: page.update(result=tracker.page("employees", start=1000, count=50)))
+    rows, total = page["result"]
+    assert total == 2001 and len(rows) == 50 and rows[0]["key"] == "01000"
+    names = [c[0].strip('"').upper() for c in sent]
+    assert not whole & set(names), names
+    fields = sum(len(c) - 2 for c in sent if c[0].strip('"').upper() == "HMGET")
+    assert fields == 50
+    client.close()
+    watcher.close()

@@ -387,9 +387,22 @@ def test_an_odbc_driver_that_is_not_installed_is_named_by_the_setting_that_chose
     assert connection_problems(load({**base, "VIEWPOINT_DB_URL": "mssql+pyodbc://u:p@my_dsn"})) == []  # a DSN: nothing to judge
 
 
-@pytest.mark.parametrize("url", ["https://api.safetyamp.test/?api_key=x", "https://api.safetyamp.test/#top", "https://api.safetyamp.test/?"])
+@pytest.mark.parametrize(
+    "url", ["https://api.safetyamp.test/?api_key=x", "https://api.safetyamp.test/#top", "https://api.safetyamp.test/?"]
+)
 def test_a_base_url_with_a_query_or_fragment_is_refused(url: str) -> None:
     """The adapter appends API paths: https://h/?api_key=x became
     https://h/?api_key=x/api/site_clusters, every request to the wrong place."""
     problems = _problems({"SAFETYAMP_URL": url, "SAFETYAMP_TOKEN": "t" * 20, "SAFETYAMP_FQDN": "acme.safetyamp.com"})
     assert any(p.startswith("SAFETYAMP_URL") and "base URL" in p for p in problems), problems
+
+
+def test_console_sign_out_url_defaults_to_the_proxys_sign_out_behind_single_sign_on() -> None:
+    assert load({"CONSOLE_TOKEN": "t" * 40}).console_sign_out_url is None  # the console's own sign-in form
+    sso = load({"CONSOLE_TRUSTED_PROXY": "127.0.0.1/32"})
+    assert sso.console_sign_out_url == "/oauth2/sign_out"  # oauth2-proxy's: ends its sign-in too
+    chosen = "/oauth2/sign_out?rd=%2Fconsole%2F"
+    assert load({"CONSOLE_TRUSTED_PROXY": "127.0.0.1/32", "CONSOLE_SIGN_OUT_URL": chosen}).console_sign_out_url == chosen
+    for bad in ("https://evil.example/x", "//evil.example/x", "oauth2/sign_out", "/x\\y"):
+        with pytest.raises(ConfigurationError, match="CONSOLE_SIGN_OUT_URL"):
+            load({"CONSOLE_TRUSTED_PROXY": "127.0.0.1/32", "CONSOLE_SIGN_OUT_URL": bad})
