@@ -380,11 +380,15 @@ class BaseSync:
         return [a for a in actions if a.kind != "deactivate"], True
 
     def _not_held_back(self, desired: Desired, result: RunResult) -> dict[str, dict[str, Any]]:
-        """The desired records less those the failed-record tracker holds back (counted skipped)."""
+        """The desired records less those the failed-record tracker holds back (counted
+        skipped). A one-record run ("sync this record now") is an operator asking for that
+        record now: the queue's wait does not hold it back (it stays queued until a write
+        succeeds)."""
         records = {}
+        waits = not self.ctx.dry_run and self.ctx.only_key is None
         for key, rec in desired.records.items():
             fp = desired.fingerprints.get(key, "")
-            if not self.ctx.dry_run and self.ctx.tracker.should_skip(self.name, key, fp):
+            if waits and self.ctx.tracker.should_skip(self.name, key, fp):
                 result.counts["skipped"] += 1
                 continue
             records[key] = rec

@@ -312,11 +312,6 @@ class Jobs:
                 error += "; try again when that run has finished"
         elif result.status == "failed":
             error = result.error or "failed"
-        elif outcome == "skipped":
-            report["note"] = (
-                "the failed-record tracker holds this record back until its next retry: "
-                f"`sync_batch.py failed retry --sync {sync} --key {key}` (or Retry in the console) releases it"
-            )
         return report, error
 
     def _diagnose(self, runtime: Any, params: dict[str, Any]) -> tuple[dict[str, Any], None]:

@@ -686,3 +686,20 @@ def test_a_lookup_of_a_terminated_employee_left_in_the_failed_queue_says_so(cons
         assert "terminated in Viewpoint Vista" in text and "failed dismiss" in text
     finally:
         console.runtime.tracker.dismiss("employees", key)
+
+
+def test_a_sync_record_that_did_not_run_never_says_the_target_already_matches(console: SimpleNamespace) -> None:
+    """"Sync this record now" of a paused sync answered "Nothing to send: the target
+    already matches the source" under the refusal, for a record that differed."""
+    control = console.runtime.control
+    operator = proxy(console, OPERATORS)
+    csrf = csrf_of(operator.get("/console/lookup").text)
+    control.pause("departments", by="test", reason="review")
+    try:
+        started = operator.post("/console/lookup/sync-record", data={"sync": "departments", "record": "100", "csrf_token": csrf})
+        assert started.status_code == 302, started.text[:500]
+        page = finished_job(operator, started.headers["Location"])
+    finally:
+        control.resume("departments", by="test")
+    assert "paused" in page
+    assert "already matches" not in page and "Nothing was planned" in page

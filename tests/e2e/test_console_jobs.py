@@ -276,3 +276,29 @@ def test_diagnose_of_a_terminated_employee_says_terminated_and_where_the_target_
     done = wait_job(daemon, daemon.jobs.submit("diagnose", actor="console:ann", sync="employees", key=key))["result"]
     assert done["verdict"] == "IN_SYNC" and done["verdict_text"].startswith("terminated in Viewpoint Vista"), done
     assert "deactivated in SafetyAmp" in done["verdict_text"], done["verdict_text"]
+
+
+def test_sync_record_of_a_record_the_failed_queue_holds_back_tries_it_now(daemon: Any) -> None:
+    """An operator who presses "sync this record now" on a record waiting in the failed
+    queue means now: the queue's wait does not hold it back (it once answered "held back,
+    not sent ... Nothing to send: the target already matches the source" for a record the
+    target did not hold at all). It stays in the queue until a write succeeds."""
+    rows = employees(daemon)
+    before = target_state(daemon.sandbox_dir)["users"]
+    one = next(r for r in rows if str(r["Employee"]) in before and r["LastName"])
+    key = str(one["Employee"])
+    sql(daemon, 'UPDATE "bPREH" SET "LastName" = ? WHERE "PRCo" = 1 AND "Employee" = ?', "Waited-Out", one["Employee"])
+    from config.bootstrap import new_context
+    from sync.sync_employees import EmployeeSync
+
+    # Failed with the very inputs it has now (its fingerprint): a run would hold it back.
+    fp = EmployeeSync(new_context(daemon.runtime, run_id="fp", dry_run=True)).load().fingerprints[key]
+    tracker = daemon.runtime.tracker
+    tracker.record_failure("employees", key, fp, "SafetyAmp refused: 422 (earlier)", ["last_name"])
+    assert tracker.should_skip("employees", key, fp), "the queue does not hold it back: the test proves nothing"
+    job = wait_job(daemon, daemon.jobs.submit("sync_record", actor="console:ann", sync="employees", key=key))
+    assert job["state"] == "done", job
+    assert job["result"]["outcome"] == "updated", job["result"]
+    assert [p["action"] for p in job["result"]["plan"]] == ["update"]
+    assert target_state(daemon.sandbox_dir)["users"][key]["last_name"] == "Waited-Out"
+    assert tracker.get("employees", key) is None, "a write that succeeded clears the record's failure"
