@@ -703,3 +703,18 @@ def test_a_sync_record_that_did_not_run_never_says_the_target_already_matches(co
         control.resume("departments", by="test")
     assert "paused" in page
     assert "already matches" not in page and "Nothing was planned" in page
+
+
+def test_a_lookup_of_a_record_the_sync_refused_does_not_say_neither_side_holds_it(console: SimpleNamespace) -> None:
+    """A bPREH row the employees sync refuses (validation) was "Problem in the source"
+    above a table saying "Neither the source nor the target holds this record"."""
+    operator = proxy(console, OPERATORS)
+    rejected = operator.get(first_run_url(console, "employees") + "?show=rejected").text
+    keys = re.findall(r'data-testid="rejected" data-key="(\d+)"', rejected)
+    assert keys, "the sandbox's first run refused no employee: nothing to look up"
+    csrf = csrf_of(operator.get("/console/lookup").text)
+    started = operator.post("/console/lookup", data={"sync": "employees", "record": keys[0], "csrf_token": csrf})
+    page = finished_job(operator, started.headers["Location"])
+    assert 'data-verdict="ISSUE_IN_SOURCE"' in page, page[-3000:]
+    assert "Neither the source nor the target holds this record" not in page
+    assert "refused" in page
