@@ -134,7 +134,11 @@ def blueprint(daemon: Any) -> Blueprint:
             if g.fragment:
                 return Response("Not signed in", status=401, mimetype="text/plain")
             return _page(
-                "error.html", 401, title="Sign in first", message=auth.why_text(why) or "Sign in to use the console.", signin=bool(auth.token)
+                "error.html",
+                401,
+                title="Sign in first",
+                message=auth.why_text(why) or "Sign in to use the console.",
+                signin=bool(auth.token),
             )
         if auth.token is not None:
             target = request.full_path if request.query_string else request.path

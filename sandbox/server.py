@@ -118,7 +118,9 @@ def setup_lock(root: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _endpoints(root: Path, creds: Any, servers: list[Any], roster_endpoints: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+def _endpoints(
+    root: Path, creds: Any, servers: list[Any], roster_endpoints: dict[str, dict[str, str]]
+) -> dict[str, dict[str, str]]:
     """The port file's content: where each emulator listens and its dummy credentials."""
     (sa_server, _), (sam_server, _), (graph_server, _) = servers[:3]
     graph_origin = f"https://{HOST}:{graph_server.server_port}"

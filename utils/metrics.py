@@ -20,9 +20,7 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.sync_runs = Counter("sync_runs_total", "Sync runs by final status.", ["sync", "status"], registry=r)
-        self.sync_records = Counter(
-            "sync_records_total", "Records handled by a sync, by action.", ["sync", "action"], registry=r
-        )
+        self.sync_records = Counter("sync_records_total", "Records handled by a sync, by action.", ["sync", "action"], registry=r)
         self.sync_duration = Histogram(
             "sync_duration_seconds",
             "Wall time of one sync run.",
@@ -33,9 +31,7 @@ class Metrics:
         self.last_success = Gauge(
             "sync_last_success_timestamp_seconds", "Unix time of the last successful run.", ["sync"], registry=r
         )
-        self.failed_records = Gauge(
-            "sync_failed_records", "Records currently tracked as failing.", ["sync"], registry=r
-        )
+        self.failed_records = Gauge("sync_failed_records", "Records currently tracked as failing.", ["sync"], registry=r)
         self.external_requests = Counter(
             "external_requests_total",
             "HTTP requests sent to outside systems (each attempt).",
@@ -67,9 +63,7 @@ class Metrics:
         self.interval = Gauge(
             "sync_interval_seconds", "Configured seconds between runs (the staleness alert's yardstick).", ["sync"], registry=r
         )
-        self.quarantined = Gauge(
-            "sync_quarantined", "1 while a sync is quarantined after a failing run.", ["sync"], registry=r
-        )
+        self.quarantined = Gauge("sync_quarantined", "1 while a sync is quarantined after a failing run.", ["sync"], registry=r)
         self.paused = Gauge("sync_paused", "1 while an operator has paused the sync.", ["sync"], registry=r)
         self.change_log_failures = Counter(
             "sync_change_log_write_failures_total",

@@ -689,7 +689,7 @@ def test_a_lookup_of_a_terminated_employee_left_in_the_failed_queue_says_so(cons
 
 
 def test_a_sync_record_that_did_not_run_never_says_the_target_already_matches(console: SimpleNamespace) -> None:
-    """"Sync this record now" of a paused sync answered "Nothing to send: the target
+    """ "Sync this record now" of a paused sync answered "Nothing to send: the target
     already matches the source" under the refusal, for a record that differed."""
     control = console.runtime.control
     operator = proxy(console, OPERATORS)

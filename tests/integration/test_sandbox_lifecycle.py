@@ -46,7 +46,11 @@ def test_endpoints_contract(tmp_path: Path) -> None:
         assert set(ep) == {"safetyamp", "samsara", "graph", "viewpoint", "oneroster", "scim"}
         assert set(ep["oneroster"]) == {"url", "version", "client_id", "client_secret", "token_url"}  # issue 4
         assert set(ep["scim"]) == {"url", "token"} and ep["scim"]["url"].endswith("/v2")
-        assert set(ep["safetyamp"]) == {"url", "token", "fqdn", "max_page_size"} and ep["safetyamp"]["max_page_size"] == "1000" and ep["safetyamp"]["fqdn"] == "sandbox.safetyamp.com"
+        assert (
+            set(ep["safetyamp"]) == {"url", "token", "fqdn", "max_page_size"}
+            and ep["safetyamp"]["max_page_size"] == "1000"
+            and ep["safetyamp"]["fqdn"] == "sandbox.safetyamp.com"
+        )
         assert set(ep["samsara"]) == {"url", "api_key"}
         assert set(ep["graph"]) == {"authority_url", "graph_url", "tenant_id", "client_id", "client_secret", "ca_bundle"}
         assert ep["graph"]["authority_url"].startswith("https://127.0.0.1:")

@@ -37,4 +37,3 @@ def test_a_cycle_that_cannot_start_counts_as_failed_runs_with_the_reason(tmp_pat
         assert run["error"].startswith("the sync cycle could not run: AttributeError"), run
         assert metrics.registry.get_sample_value("sync_runs_total", {"sync": sync, "status": "failed"}) == 1
     assert daemon.state.running is None
-

@@ -149,7 +149,9 @@ def test_missing_manifest_or_announced_file_is_an_incomplete_source(tmp_path: Pa
     no_manifest = make_drop(tmp_path / "a", {"users.csv": USERS_11}, as_zip=True)
     with pytest.raises(SourceUnavailableError, match="manifest"):
         OneRosterCSV(no_manifest).read()
-    missing_file = make_drop(tmp_path / "b", {"manifest.csv": MANIFEST_11.format(u="bulk", c="bulk", e="bulk"), "users.csv": USERS_11}, as_zip=False)
+    missing_file = make_drop(
+        tmp_path / "b", {"manifest.csv": MANIFEST_11.format(u="bulk", c="bulk", e="bulk"), "users.csv": USERS_11}, as_zip=False
+    )
     with pytest.raises(SourceUnavailableError, match=r"classes\.csv"):
         OneRosterCSV(missing_file).read()
     with pytest.raises(SourceUnavailableError):
@@ -164,6 +166,6 @@ def test_low_level_parsing() -> None:
         {"type": "LDAP", "identifier": "jdoe"},
         {"type": "SIS", "identifier": "12:34"},
     ]
-    rows = read_csv_text(b"\xef\xbb\xbf SourcedId ,Title\r\n{a:b},\"x,\r\ny\"\r\n", "t.csv")
+    rows = read_csv_text(b'\xef\xbb\xbf SourcedId ,Title\r\n{a:b},"x,\r\ny"\r\n', "t.csv")
     assert rows == [{"SourcedId": "{a:b}", "Title": "x,\r\ny"}]
     assert read_csv_text(io.BytesIO(b"").getvalue(), "empty.csv") == []

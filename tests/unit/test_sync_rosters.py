@@ -131,7 +131,9 @@ def e(user: str, cls: str, status: str = "active", school: str = "s1") -> Roster
     return RosterEnrollment(f"{user}@{cls}", status=status, user=user, class_id=cls, school=school, role="student")
 
 
-def snap(users: list[RosterUser], classes: list[RosterClass], enrollments: list[RosterEnrollment], full: bool = True) -> RosterSnapshot:
+def snap(
+    users: list[RosterUser], classes: list[RosterClass], enrollments: list[RosterEnrollment], full: bool = True
+) -> RosterSnapshot:
     return RosterSnapshot(
         users={x.sourced_id: x for x in users}, classes={x.sourced_id: x for x in classes},
         enrollments={x.sourced_id: x for x in enrollments}, users_full=full, classes_full=full, enrollments_full=full,
@@ -157,7 +159,12 @@ def test_pure_helpers() -> None:
         {"op": "replace", "path": "name.givenName", "value": "Al"},
         {"op": "replace", "path": "title", "value": "teacher"},
     ]
-    row = {"userName": "a", "name": {"givenName": "A"}, "emails": [{"value": "o@x"}, {"value": "p@x", "primary": True}], "roles": [{"value": "student"}]}
+    row = {
+        "userName": "a",
+        "name": {"givenName": "A"},
+        "emails": [{"value": "o@x"}, {"value": "p@x", "primary": True}],
+        "roles": [{"value": "student"}],
+    }
     assert scim_user_flat(row, "roles")["email"] == "p@x" and scim_user_flat(row, "roles")["role"] == "student"
     assert user_in_scope(u("a", school="s2"), ["student"], ["s1"]) == (False, "not in a configured school")
     assert user_in_scope(u("a", role="guardian"), ["student"], [])[0] is False

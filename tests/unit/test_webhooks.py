@@ -132,7 +132,11 @@ def _app_and_client(tmp_path):
     from main import Daemon, create_app
 
     settings = load_settings(
-        {"SAMSARA_WEBHOOK_SECRET": SECRET, "SYNC_TRIGGER_TOKEN": "operator-token-1234567-0123456789abcdef", "OUTPUT_DIR": str(tmp_path)},
+        {
+            "SAMSARA_WEBHOOK_SECRET": SECRET,
+            "SYNC_TRIGGER_TOKEN": "operator-token-1234567-0123456789abcdef",
+            "OUTPUT_DIR": str(tmp_path),
+        },
         dotenv_path=None,
     )
     daemon = Daemon(None, ())
