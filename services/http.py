@@ -481,6 +481,92 @@ def _field_errors(body: Any) -> dict[str, list[str]]:
     return out
 
 
+def _exception_error(exc: requests.RequestException, where: str, svc: str, idempotent: bool, secrets: list[str]) -> SyncError:
+    """The error for an attempt that raised instead of answering."""
+    detail = scrub(f"{type(exc).__name__}: {exc}", secrets)[:_MAX_MESSAGE_CHARS]
+    if isinstance(exc, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return FatalError(f"{where}: TLS certificate not trusted ({detail})", service=svc)
+    if _before_send(exc):
+        return RetriableError(f"{where}: could not connect, nothing sent ({detail})", service=svc)
+    transient = (
+        requests.exceptions.Timeout,
+        requests.exceptions.ConnectionError,
+        requests.exceptions.ChunkedEncodingError,
+    )
+    if isinstance(exc, transient):
+        if not idempotent:
+            return AmbiguousWriteError(
+                f"{where}: failed after the request was sent, it may have been applied; "
+                f"re-check by key before resending ({detail})",
+                service=svc,
+            )
+        return RetriableError(f"{where}: {detail}", service=svc)
+    return FatalError(f"{where}: request failed ({detail})", service=svc)
+
+
+def _parse_success(
+    resp: requests.Response, where: str, svc: str, is_read: bool, expect_json: bool, secrets: list[str]
+) -> SyncError | None:
+    """A 2xx answer: parse the JSON body once (kept on the response); None, or the
+    error when a JSON body was expected and is malformed."""
+    status = resp.status_code
+    if expect_json and resp.content:
+        try:
+            # Parsed once, here: request_json returns this value instead of parsing
+            # the body again (a 1000-record page takes longer to parse than to fetch).
+            setattr(resp, _PARSED, parse_json(resp))
+        except ValueError:
+            snippet = truncate(" ".join(scrub(resp.text or "", secrets).split()), 200)
+            applied = "" if is_read else "; the write may have been applied"
+            return FatalError(
+                f"{where}: malformed response (HTTP {status}, not JSON{applied}): {snippet}", service=svc, status=status
+            )
+    return None
+
+
+def _unavailable_error(
+    resp: requests.Response, where: str, svc: str, idempotent: bool, snippet: str, secrets: list[str]
+) -> SyncError | None:
+    """The error for a non-2xx answer that says nothing about the request's content
+    (throttled, redirected, server-side failure, credentials refused); None for the rest."""
+    status = resp.status_code
+    if status == 429:
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        return RateLimitedError(
+            f"{where}: HTTP 429 throttled (Retry-After {retry_after})",
+            service=svc,
+            status=status,
+            retry_after=retry_after,
+        )
+    if 300 <= status < 400:
+        return FatalError(
+            f"{where}: unexpected redirect HTTP {status} to {scrub(resp.headers.get('Location', '?'), secrets)}; "
+            "check the base URL",
+            service=svc,
+            status=status,
+        )
+    if status >= 500 or status == 408:
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        # On a non-idempotent write, only 503 (and 408/429) are an explicit "I did not
+        # act": a load balancer or maintenance page answers 503 before the app runs.
+        # 500 means the app failed somewhere in the handler, possibly after its
+        # commit; 502/504 mean a gateway lost the upstream answer while the upstream
+        # may still be finishing the create. Those must be re-checked by key.
+        if not idempotent and status not in (408, 503):
+            return AmbiguousWriteError(
+                f"{where}: HTTP {status}, the write may have been applied; re-check by key: {snippet}",
+                service=svc,
+                status=status,
+                settled=status not in (502, 504),  # a gateway's answer: the upstream may still be working
+            )
+        return RetriableError(f"{where}: HTTP {status}: {snippet}", service=svc, status=status, retry_after=retry_after)
+    if status in (401, 403):
+        return FatalError(
+            f"{where}: HTTP {status} (credentials refused or missing permission): {snippet}", service=svc, status=status
+        )
+    return None
+
+
 class Breaker(Protocol):
     """What HttpClient needs from a circuit breaker (utils/circuit_breaker.py).
 
@@ -707,81 +793,22 @@ class HttpClient:
         secrets = secrets if secrets is not None else self._secrets
         where = f"{svc} {method} {urlsplit(url).path}"
         is_read = method in _READ_METHODS
-
         if exc is not None:
-            detail = scrub(f"{type(exc).__name__}: {exc}", secrets)[:_MAX_MESSAGE_CHARS]
-            if isinstance(exc, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
-                return FatalError(f"{where}: TLS certificate not trusted ({detail})", service=svc)
-            if _before_send(exc):
-                return RetriableError(f"{where}: could not connect, nothing sent ({detail})", service=svc)
-            transient = (
-                requests.exceptions.Timeout,
-                requests.exceptions.ConnectionError,
-                requests.exceptions.ChunkedEncodingError,
-            )
-            if isinstance(exc, transient):
-                if not idempotent:
-                    return AmbiguousWriteError(
-                        f"{where}: failed after the request was sent, it may have been applied; "
-                        f"re-check by key before resending ({detail})",
-                        service=svc,
-                    )
-                return RetriableError(f"{where}: {detail}", service=svc)
-            return FatalError(f"{where}: request failed ({detail})", service=svc)
-
+            return _exception_error(exc, where, svc, idempotent, secrets)
         assert resp is not None
-        status = resp.status_code
-        if 200 <= status < 300:
-            if expect_json and resp.content:
-                try:
-                    # Parsed once, here: request_json returns this value instead of parsing
-                    # the body again (a 1000-record page takes longer to parse than to fetch).
-                    setattr(resp, _PARSED, parse_json(resp))
-                except ValueError:
-                    snippet = truncate(" ".join(scrub(resp.text or "", secrets).split()), 200)
-                    applied = "" if is_read else "; the write may have been applied"
-                    return FatalError(
-                        f"{where}: malformed response (HTTP {status}, not JSON{applied}): {snippet}", service=svc, status=status
-                    )
-            return None
+        if 200 <= resp.status_code < 300:
+            return _parse_success(resp, where, svc, is_read, expect_json, secrets)
         text = scrub(resp.text or "", secrets)
         snippet = truncate(" ".join(text.split()), 200)
+        error = _unavailable_error(resp, where, svc, idempotent, snippet, secrets)
+        if error is not None:
+            return error
+        return self._rejection_error(resp.status_code, text, snippet, where, is_read)
 
-        if status == 429:
-            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-            return RateLimitedError(
-                f"{where}: HTTP 429 throttled (Retry-After {retry_after})",
-                service=svc,
-                status=status,
-                retry_after=retry_after,
-            )
-        if 300 <= status < 400:
-            return FatalError(
-                f"{where}: unexpected redirect HTTP {status} to {scrub(resp.headers.get('Location', '?'), secrets)}; "
-                "check the base URL",
-                service=svc,
-                status=status,
-            )
-        if status >= 500 or status == 408:
-            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-            # On a non-idempotent write, only 503 (and 408/429) are an explicit "I did not
-            # act": a load balancer or maintenance page answers 503 before the app runs.
-            # 500 means the app failed somewhere in the handler, possibly after its
-            # commit; 502/504 mean a gateway lost the upstream answer while the upstream
-            # may still be finishing the create. Those must be re-checked by key.
-            if not idempotent and status not in (408, 503):
-                return AmbiguousWriteError(
-                    f"{where}: HTTP {status}, the write may have been applied; re-check by key: {snippet}",
-                    service=svc,
-                    status=status,
-                    settled=status not in (502, 504),  # a gateway's answer: the upstream may still be working
-                )
-            return RetriableError(f"{where}: HTTP {status}: {snippet}", service=svc, status=status, retry_after=retry_after)
-        if status in (401, 403):
-            return FatalError(
-                f"{where}: HTTP {status} (credentials refused or missing permission): {snippet}", service=svc, status=status
-            )
-
+    def _rejection_error(self, status: int, text: str, snippet: str, where: str, is_read: bool) -> SyncError:
+        """A 4xx the service answered deliberately: the request (or record) is wrong.
+        ``text`` is the scrubbed body, ``snippet`` its one-line truncation."""
+        svc = self.service
         body = self._kept_body(text)
         try:
             full = body if not isinstance(body, str) else jsonlib.loads(text)
