@@ -149,54 +149,13 @@ class EventManager:
         to for that long either. Runs of this manager count among the newest and are never
         deleted; files whose names the product does not make are never touched. Never raises: a folder that cannot be read or
         a file that cannot be deleted is logged and left."""
-        runs: dict[str, list[Path]] = {}
-        finished: set[str] = set()
-        for folder in FOLDERS:
-            try:
-                entries = list(os.scandir(self.output_dir / folder))
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                log.warning("output retention skipped: cannot read %s: %s", self.output_dir / folder, exc.strerror)
-                return []
-            for entry in entries:
-                match = _FILE.match(entry.name)
-                if match is None or RUN_NAME.match(match["name"]) is None or not entry.is_file(follow_symlinks=False):
-                    continue
-                name = match["name"]
-                runs.setdefault(name, []).append(Path(entry.path))
-                if folder == "changes" and not match["tmp"]:
-                    finished.add(name)
-        now = self.now()
-        doomed: set[str] = set()
-        if max_age_days > 0:
-            cutoff = now - timedelta(days=max_age_days)
-            for name, files in runs.items():
-                if _started(name) >= cutoff:
-                    continue
-                if name in finished or all(_mtime(p) < cutoff for p in files):
-                    doomed.add(name)
-        if max_runs > 0:
-            by_sync: dict[str, list[str]] = {}
-            for name in finished:
-                by_sync.setdefault(RUN_NAME.match(name)["sync"], []).append(name)  # type: ignore[index]
-            for names in by_sync.values():
-                names.sort(key=_order, reverse=True)
-                doomed.update(names[max_runs:])
+        scanned = _scan_runs(self.output_dir)
+        if scanned is None:
+            return []
+        runs, finished = scanned
+        doomed = _doomed_runs(runs, finished, self.now(), max_age_days, max_runs)
         doomed -= self._claimed  # this manager's runs count among the newest, and are never deleted
-        deleted: list[Path] = []
-        failures = 0
-        for name in doomed:
-            for path in runs[name]:
-                try:
-                    path.unlink()
-                    deleted.append(path)
-                except FileNotFoundError:  # another runner pruned it first
-                    pass
-                except OSError as exc:
-                    failures += 1
-                    if failures == 1:
-                        log.warning("output retention could not delete %s: %s", path, exc.strerror)
+        deleted = _delete_runs(runs, doomed)
         if deleted:
             log.info(
                 "output retention: deleted %d file(s) of %d run(s) (OUTPUT_RETENTION_DAYS=%g, OUTPUT_RETENTION_RUNS=%d)",
@@ -206,6 +165,69 @@ class EventManager:
                 max_runs,
             )
         return deleted
+
+
+def _scan_runs(output_dir: Path) -> tuple[dict[str, list[Path]], set[str]] | None:
+    """The product-named files of each run under ``output_dir``, and the runs that
+    finished (their changes file is in place); None (logged) when a folder cannot be read."""
+    runs: dict[str, list[Path]] = {}
+    finished: set[str] = set()
+    for folder in FOLDERS:
+        try:
+            entries = list(os.scandir(output_dir / folder))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("output retention skipped: cannot read %s: %s", output_dir / folder, exc.strerror)
+            return None
+        for entry in entries:
+            match = _FILE.match(entry.name)
+            if match is None or RUN_NAME.match(match["name"]) is None or not entry.is_file(follow_symlinks=False):
+                continue
+            name = match["name"]
+            runs.setdefault(name, []).append(Path(entry.path))
+            if folder == "changes" and not match["tmp"]:
+                finished.add(name)
+    return runs, finished
+
+
+def _doomed_runs(runs: dict[str, list[Path]], finished: set[str], now: datetime, max_age_days: float, max_runs: int) -> set[str]:
+    """The runs the retention rules (see ``EventManager.prune``) delete."""
+    doomed: set[str] = set()
+    if max_age_days > 0:
+        cutoff = now - timedelta(days=max_age_days)
+        for name, files in runs.items():
+            if _started(name) >= cutoff:
+                continue
+            if name in finished or all(_mtime(p) < cutoff for p in files):
+                doomed.add(name)
+    if max_runs > 0:
+        by_sync: dict[str, list[str]] = {}
+        for name in finished:
+            by_sync.setdefault(RUN_NAME.match(name)["sync"], []).append(name)  # type: ignore[index]
+        for names in by_sync.values():
+            names.sort(key=_order, reverse=True)
+            doomed.update(names[max_runs:])
+    return doomed
+
+
+def _delete_runs(runs: dict[str, list[Path]], doomed: set[str]) -> list[Path]:
+    """Delete the files of the ``doomed`` runs; returns what was deleted. A file that
+    cannot be deleted is left (the first such failure is logged)."""
+    deleted: list[Path] = []
+    failures = 0
+    for name in doomed:
+        for path in runs[name]:
+            try:
+                path.unlink()
+                deleted.append(path)
+            except FileNotFoundError:  # another runner pruned it first
+                pass
+            except OSError as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("output retention could not delete %s: %s", path, exc.strerror)
+    return deleted
 
 
 def _started(name: str) -> datetime:
