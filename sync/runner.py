@@ -18,7 +18,7 @@ from typing import Any
 from sync.base import COUNT_KEYS, RunResult, SyncContext
 from sync.registry import SYNCS
 from utils.errors import LockLostError, SyncError
-from utils.locks import WriteFence, fenced
+from utils.locks import Lock, WriteFence, fenced
 from utils.logger import set_run_id
 from utils.timefmt import parse_iso
 
@@ -139,46 +139,12 @@ def _run_guarded(ctx: SyncContext, name: str, cls: Any, cycle: Any = None) -> tu
     a held deactivation batch of that sync; every run that does go ahead counts
     (Quarantine.record in ``_run_all``): a good one lifts the quarantine, a bad one
     extends it."""
-    pause = paused(ctx, name)
-    if pause:
-        # Not even --force or an operator's POST /sync: resuming is the way out.
-        log.warning("sync skipped: %s", pause, extra={"sync": name})
-        return RunResult(name, status="skipped", error=pause), False
-    overrode = False
-    if not ctx.dry_run and ctx.quarantine is not None:
-        reason = ctx.quarantine.blocks(name)
-        overrode = bool(reason) and name in ctx.forced
-        if overrode:
-            log.warning("quarantine overridden by an operator: %s", reason, extra={"sync": name})
-        elif reason and _approved(ctx, name):
-            # The failed run that quarantined it was most likely the guard's refusal the
-            # operator has just approved: waiting out the back-off would let it expire.
-            log.warning(
-                "quarantine overridden: an operator approved a held deactivation batch (%s)", reason, extra={"sync": name}
-            )
-        elif reason:
-            log.warning("sync skipped: %s", reason, extra={"sync": name})
-            return RunResult(name, status="skipped", error=reason), False
-    lock = None
-    fence = ctx.fence
-    if ctx.locks is not None and not ctx.dry_run:
-        if cycle is not None:
-            try:
-                WriteFence([cycle]).check()  # lost while an earlier sync ran: another runner may be syncing
-            except LockLostError as exc:
-                log.warning("sync not started: %s", exc.message, extra={"sync": name})
-                return RunResult(name, status="skipped", error=f"not started: {exc.message}"), False
-        try:
-            lock = ctx.locks(name)
-            taken = lock.acquire(blocking=False)
-        except SyncError as exc:
-            return RunResult(name, status="failed", error=exc.message), False
-        if not taken:
-            holder = lock.holder() or {}
-            who = f"{holder.get('host', '?')} pid {holder.get('pid', '?')} since {holder.get('since', '?')}"
-            log.info("sync skipped: another runner holds the lock (%s)", who, extra={"sync": name})
-            return RunResult(name, status="skipped", error=f"another runner holds the {name} lock ({who})"), False
-        fence = WriteFence([cycle, lock])
+    skipped, overrode = _admit(ctx, name)
+    if skipped is not None:
+        return skipped, False
+    refused, lock, fence = _take_lock(ctx, name, cycle)
+    if refused is not None:
+        return refused, False
     previous, ctx.fence = ctx.fence, fence
     try:
         log.info("sync starting", extra={"sync": name, "dry_run": ctx.dry_run})
@@ -201,6 +167,57 @@ def _run_guarded(ctx: SyncContext, name: str, cls: Any, cycle: Any = None) -> tu
         extra={"sync": name, "status": result.status, "duration_seconds": round(result.duration_seconds, 3)},
     )
     return result, lost
+
+
+def _admit(ctx: SyncContext, name: str) -> tuple[RunResult | None, bool]:
+    """The pause and quarantine rules (see ``_run_guarded``): the skipped result when
+    the run may not go ahead (else None), and whether it overrides a quarantine."""
+    pause = paused(ctx, name)
+    if pause:
+        # Not even --force or an operator's POST /sync: resuming is the way out.
+        log.warning("sync skipped: %s", pause, extra={"sync": name})
+        return RunResult(name, status="skipped", error=pause), False
+    overrode = False
+    if not ctx.dry_run and ctx.quarantine is not None:
+        reason = ctx.quarantine.blocks(name)
+        overrode = bool(reason) and name in ctx.forced
+        if overrode:
+            log.warning("quarantine overridden by an operator: %s", reason, extra={"sync": name})
+        elif reason and _approved(ctx, name):
+            # The failed run that quarantined it was most likely the guard's refusal the
+            # operator has just approved: waiting out the back-off would let it expire.
+            log.warning(
+                "quarantine overridden: an operator approved a held deactivation batch (%s)", reason, extra={"sync": name}
+            )
+        elif reason:
+            log.warning("sync skipped: %s", reason, extra={"sync": name})
+            return RunResult(name, status="skipped", error=reason), False
+    return None, overrode
+
+
+def _take_lock(ctx: SyncContext, name: str, cycle: Any) -> tuple[RunResult | None, Lock | None, WriteFence | None]:
+    """The sync's single-writer lock (none for a dry run or without locks): the result
+    of a run that may not start (else None), the lock taken and the fence its writes go
+    through (the cycle lock and its own; ``ctx.fence`` when no lock is taken)."""
+    if ctx.locks is None or ctx.dry_run:
+        return None, None, ctx.fence
+    if cycle is not None:
+        try:
+            WriteFence([cycle]).check()  # lost while an earlier sync ran: another runner may be syncing
+        except LockLostError as exc:
+            log.warning("sync not started: %s", exc.message, extra={"sync": name})
+            return RunResult(name, status="skipped", error=f"not started: {exc.message}"), None, None
+    try:
+        lock = ctx.locks(name)
+        taken = lock.acquire(blocking=False)
+    except SyncError as exc:
+        return RunResult(name, status="failed", error=exc.message), None, None
+    if not taken:
+        holder = lock.holder() or {}
+        who = f"{holder.get('host', '?')} pid {holder.get('pid', '?')} since {holder.get('since', '?')}"
+        log.info("sync skipped: another runner holds the lock (%s)", who, extra={"sync": name})
+        return RunResult(name, status="skipped", error=f"another runner holds the {name} lock ({who})"), None, None
+    return None, lock, WriteFence([cycle, lock])
 
 
 SYNC_SERVICES: dict[str, tuple[str, ...]] = {
