@@ -27,11 +27,15 @@ import shlex
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config.settings import ALL_SYNCS, DEPENDENCIES, Settings, load_settings, logging_options
 from utils.errors import ConfigurationError
 from utils.scrub import scrub, scrub_value
+
+if TYPE_CHECKING:
+    from config.bootstrap import Runtime
+    from sync.base import RunResult
 
 log = logging.getLogger("sync_batch")
 
@@ -486,8 +490,7 @@ def push_metrics(url: str, registry: Any, job: str = "safetyamp_sync_batch") -> 
 
 def run_once(settings: Settings, syncs: tuple[str, ...], args: argparse.Namespace) -> int:
     from config.bootstrap import build_runtime, new_context, new_run_id
-    from sync.base import RunResult
-    from sync.runner import overall_status, run_syncs
+    from sync.runner import run_syncs
 
     try:
         rt = build_runtime(settings, syncs)
@@ -509,23 +512,39 @@ def run_once(settings: Settings, syncs: tuple[str, ...], args: argparse.Namespac
             ctx.events.prune(settings.output_retention_days, settings.output_retention_runs)
     except Exception as exc:  # the summary still goes out (stdout needs no disk): every sync failed
         log.exception("run crashed")
-        results = [RunResult(name, status="failed", error=f"internal error: {type(exc).__name__}: {exc}") for name in syncs]
-        from types import SimpleNamespace
-
-        from sync.runner import record_history
-
-        recorder = SimpleNamespace(
-            control=rt.control,
-            dry_run=args.dry_run,
-            events=SimpleNamespace(run_id=run_id),
-            runner_kind="cli",
-            forced=frozenset(syncs if getattr(args, "force", False) else ()),
-            only_key=None,
-        )
-        for result in results:  # the run history shows the crash too
-            record_history(recorder, result)  # type: ignore[arg-type]
+        results = _crashed_results(rt, syncs, args, run_id, exc)
     finally:
         rt.close()
+    return _report(settings, args, rt, run_id, results)
+
+
+def _crashed_results(
+    rt: Runtime, syncs: tuple[str, ...], args: argparse.Namespace, run_id: str, exc: Exception
+) -> list[RunResult]:
+    """Every sync failed with the crash's error, each recorded in the run history."""
+    from types import SimpleNamespace
+
+    from sync.base import RunResult
+    from sync.runner import record_history
+
+    results = [RunResult(name, status="failed", error=f"internal error: {type(exc).__name__}: {exc}") for name in syncs]
+    recorder = SimpleNamespace(
+        control=rt.control,
+        dry_run=args.dry_run,
+        events=SimpleNamespace(run_id=run_id),
+        runner_kind="cli",
+        forced=frozenset(syncs if getattr(args, "force", False) else ()),
+        only_key=None,
+    )
+    for result in results:  # the run history shows the crash too
+        record_history(recorder, result)  # type: ignore[arg-type]
+    return results
+
+
+def _report(settings: Settings, args: argparse.Namespace, rt: Runtime, run_id: str, results: list[RunResult]) -> int:
+    """Push the metrics, print the summary (and a dry run's plan); returns the exit code."""
+    from sync.runner import overall_status
+
     status = overall_status(results)
     if settings.pushgateway_url and not args.dry_run:
         push_metrics(settings.pushgateway_url, rt.metrics.registry)
