@@ -298,21 +298,14 @@ def _setting_of(message: str) -> str | None:
     return head.group(0) if head and head.group(0) in _FIELD_OF else None
 
 
-def tenant_settings(
-    file_name: str,
-    values: Mapping[str, tuple[str, int]],
-    *,
-    base: Settings,
-    secrets: SecretReferences,
-) -> tuple[Settings | None, list[Problem]]:
-    """One tenant's Settings from its file's values, or None and every problem found."""
-    problems: list[Problem] = []
+_Report = Callable[[str, str | None], None]  # files a problem: its message, and the setting it is about
 
-    def problem(message: str, setting: str | None = None) -> None:
-        problems.append(Problem(file_name, message, setting or _setting_of(message)))
 
+def _split_values(values: Mapping[str, tuple[str, int]], problem: _Report) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """A tenant file's values as plain settings and secret references (setting -> (suffix,
+    reference)); whatever a tenant file may not say is reported and left out."""
     plain: dict[str, str] = {}
-    refs: dict[str, tuple[str, str]] = {}  # setting -> (suffix, reference)
+    refs: dict[str, tuple[str, str]] = {}
     for name, (value, _line) in values.items():
         parsed = _reference(name)
         target = parsed[0] if parsed else name
@@ -351,6 +344,13 @@ def tenant_settings(
             continue
         if value != "":  # NAME= means unset, as everywhere else
             plain[name] = value
+    return plain, refs
+
+
+def _resolve_references(
+    plain: dict[str, str], refs: dict[str, tuple[str, str]], secrets: SecretReferences, problem: _Report
+) -> None:
+    """Each secret reference's value into ``plain``; a reference that does not resolve is reported."""
     for target, (suffix, ref) in refs.items():
         try:
             plain[target] = secrets.resolve(suffix, ref)
@@ -358,9 +358,11 @@ def tenant_settings(
             for text in exc.problems:
                 # Not "NAME=ref": log scrubbers rightly mask whatever follows "..._TOKEN_FROM_ENV=".
                 problem(f"{target}{suffix} ({ref}): {text}", target)
-    if problems:
-        return None, problems
 
+
+def _validated(plain: dict[str, str], refs: dict[str, tuple[str, str]], base: Settings, problem: _Report) -> Settings | None:
+    """Settings from the process-wide values of ``base`` and the tenant's own, checked; None
+    (with the problems reported) if they do not validate."""
     merged: dict[str, Any] = {}
     for name in PROCESS_WIDE:
         inherited = getattr(base, _FIELD_OF[name])
@@ -376,14 +378,34 @@ def tenant_settings(
                 suffix, ref = refs[setting]
                 text = f"{text} (from {setting}{suffix} {ref})"
             problem(text, setting)
-        return None, problems
+        return None
     try:
         settings.check()
     except ConfigurationError as exc:
         for text in exc.problems:
-            problem(text)
+            problem(text, None)
+        return None
+    return settings
+
+
+def tenant_settings(
+    file_name: str,
+    values: Mapping[str, tuple[str, int]],
+    *,
+    base: Settings,
+    secrets: SecretReferences,
+) -> tuple[Settings | None, list[Problem]]:
+    """One tenant's Settings from its file's values, or None and every problem found."""
+    problems: list[Problem] = []
+
+    def problem(message: str, setting: str | None = None) -> None:
+        problems.append(Problem(file_name, message, setting or _setting_of(message)))
+
+    plain, refs = _split_values(values, problem)
+    _resolve_references(plain, refs, secrets, problem)
+    if problems:
         return None, problems
-    return settings, problems
+    return _validated(plain, refs, base, problem), problems
 
 
 # --------------------------------------------------------------------------- loading

@@ -214,11 +214,70 @@ def _newest_success(rt: Any, control: Any, sync: str, last: dict[str, Any] | Non
     return max(gauge or 0.0, _last_success_on_record(control, sync) or 0.0) or None
 
 
-def overview(daemon: Any) -> dict[str, Any]:
-    """Every sync's state and every outside service's, for the overview page."""
+def _state_label(running: bool, paused: Any, health: dict[str, Any], open_breakers: list[str]) -> tuple[str, str]:
+    """The word (a CSS class) and the label of a sync's state, the first that holds."""
+    if running:
+        return "running", "Running"
+    if paused:
+        return "paused", "Paused"
+    if health["state"] == "quarantined":
+        return "quarantined", "Quarantined (backing off)"
+    if open_breakers:
+        return "breaker-open", "Waiting: a service is failing"
+    return "idle", "Idle"
+
+
+def _sync_row(
+    sync: str,
+    *,
+    state: Any,
+    rt: Any,
+    control: Any,
+    last: dict[str, Any] | None,
+    pauses: Any,
+    holds: Any,
+    snapshots: dict[str, Any],
+    progress_map: Any,
+    now: float,
+) -> dict[str, Any]:
+    """One sync's row of the overview."""
     from sync.runner import SYNC_SERVICES
     from utils.health import sync_state
 
+    quarantine = (
+        attempt("quarantine", functools.partial(rt.quarantine.status, sync)) if rt is not None and rt.quarantine else None
+    )
+    health = sync_state(last, quarantine if isinstance(quarantine, dict) else None, now)
+    paused = pauses.get(sync) if isinstance(pauses, dict) else None
+    hold = holds.get(sync) if isinstance(holds, dict) else None
+    open_breakers = [
+        svc
+        for svc in SYNC_SERVICES.get(sync, ())
+        if isinstance(snapshots.get(svc), dict) and snapshots[svc].get("state") != "closed"
+    ]
+    running = state.running == sync
+    progress = progress_map.get(sync) if running else None
+    word, label = _state_label(running, paused, health, open_breakers)
+    failed = attempt("failed records", functools.partial(rt.tracker.count, sync)) if rt is not None else None
+    return {
+        "name": sync,
+        "summary": SYNC_SUMMARIES.get(sync, ""),
+        "state": word,
+        "state_label": label,
+        "health": health,
+        "progress": _progress(progress),
+        "paused": paused,
+        "hold": hold,
+        "quarantine": _quarantine(quarantine, now) if isinstance(quarantine, dict) else quarantine,
+        "open_breakers": open_breakers,
+        "last": _last_run(last, now),
+        "last_success": age(_newest_success(rt, control, sync, last), now) if rt is not None else "",
+        "failed_records": failed,
+    }
+
+
+def overview(daemon: Any) -> dict[str, Any]:
+    """Every sync's state and every outside service's, for the overview page."""
     now = time.time()
     state = daemon.state
     rt = daemon.runtime
@@ -232,50 +291,21 @@ def overview(daemon: Any) -> dict[str, Any]:
     snapshots: dict[str, Any] = {}
     for service, breaker in breakers.items():
         snapshots[service] = attempt(f"the {service} breaker", breaker.snapshot)
-    syncs = []
-    for sync in state.syncs:
-        last = _newest_run(last_runs.get(sync), control, sync)
-        quarantine = (
-            attempt("quarantine", functools.partial(rt.quarantine.status, sync)) if rt is not None and rt.quarantine else None
+    syncs = [
+        _sync_row(
+            sync,
+            state=state,
+            rt=rt,
+            control=control,
+            last=_newest_run(last_runs.get(sync), control, sync),
+            pauses=pauses,
+            holds=holds,
+            snapshots=snapshots,
+            progress_map=progress_map,
+            now=now,
         )
-        health = sync_state(last, quarantine if isinstance(quarantine, dict) else None, now)
-        paused = pauses.get(sync) if isinstance(pauses, dict) else None
-        hold = holds.get(sync) if isinstance(holds, dict) else None
-        open_breakers = [
-            svc
-            for svc in SYNC_SERVICES.get(sync, ())
-            if isinstance(snapshots.get(svc), dict) and snapshots[svc].get("state") != "closed"
-        ]
-        running = state.running == sync
-        progress = progress_map.get(sync) if running else None
-        if running:
-            word, label = "running", "Running"
-        elif paused:
-            word, label = "paused", "Paused"
-        elif health["state"] == "quarantined":
-            word, label = "quarantined", "Quarantined (backing off)"
-        elif open_breakers:
-            word, label = "breaker-open", "Waiting: a service is failing"
-        else:
-            word, label = "idle", "Idle"
-        failed = attempt("failed records", functools.partial(rt.tracker.count, sync)) if rt is not None else None
-        syncs.append(
-            {
-                "name": sync,
-                "summary": SYNC_SUMMARIES.get(sync, ""),
-                "state": word,
-                "state_label": label,
-                "health": health,
-                "progress": _progress(progress),
-                "paused": paused,
-                "hold": hold,
-                "quarantine": _quarantine(quarantine, now) if isinstance(quarantine, dict) else quarantine,
-                "open_breakers": open_breakers,
-                "last": _last_run(last, now),
-                "last_success": age(_newest_success(rt, control, sync, last), now) if rt is not None else "",
-                "failed_records": failed,
-            }
-        )
+        for sync in state.syncs
+    ]
     services = _services(daemon, snapshots, now)
     ready, ready_reason = daemon.ready()
     next_at = state.next_run_at
@@ -343,68 +373,89 @@ def _services(daemon: Any, snapshots: dict[str, Any], now: float) -> list[dict[s
     names = [
         s for s in ("safetyamp", "graph", "samsara", "oneroster", "scim") if s in snapshots or getattr(rt, s, None) is not None
     ]
-    out = []
-    for service in names:
-        snap = snapshots.get(service)
-        sent = counts.get(service, {}) if isinstance(counts, dict) else {}
-        codes = statuses.get(service, {}) if isinstance(statuses, dict) else {}
-        lat = latency.get(service) if isinstance(latency, dict) else None
-        err = _error_text(last_errors.get(service)) if isinstance(last_errors, dict) else None
-        problems = sum(n for code, n in codes.items() if not code.isdigit() or int(code) >= 500 or code == "429")
-        out.append(
-            {
-                "name": service,
-                "label": SERVICE_NAMES.get(service, service),
-                "breaker": snap if isinstance(snap, dict) else None,
-                "breaker_unknown": str(snap) if isinstance(snap, Unknown) else None,
-                "requests": sum(sent.values()),
-                "by_method": sent,
-                "statuses": codes,
-                "problems": problems,
-                "latency_ms": round(float(lat.get("mean_ms", 0.0)), 1) if isinstance(lat, dict) else None,
-                "p95_ms": lat.get("p95_ms") if isinstance(lat, dict) else None,
-                "last_error": err,
-                "opened": age(snap.get("opened_at"), now) if isinstance(snap, dict) and snap.get("opened_at") else "",
-            }
+    out = [
+        _service_row(
+            service,
+            snapshots.get(service),
+            sent=counts.get(service, {}) if isinstance(counts, dict) else {},
+            codes=statuses.get(service, {}) if isinstance(statuses, dict) else {},
+            lat=latency.get(service) if isinstance(latency, dict) else None,
+            err=_error_text(last_errors.get(service)) if isinstance(last_errors, dict) else None,
+            now=now,
         )
-    viewpoint = getattr(rt, "viewpoint", None)
-    if viewpoint is not None:
-        ready, why = daemon.ready()
-        out.append(
-            {
-                "name": "viewpoint",
-                "label": SERVICE_NAMES["viewpoint"],
-                "breaker": None,
-                "breaker_unknown": None,
-                "requests": None,
-                "by_method": {},
-                "statuses": {},
-                "problems": 0 if ready else 1,
-                "latency_ms": None,
-                "last_error": None if ready else {"error": why},
-                "opened": "",
-                "answering": ready or "database" not in why.lower(),
-            }
-        )
+        for service in names
+    ]
+    if getattr(rt, "viewpoint", None) is not None:
+        out.append(_viewpoint_row(daemon))
     tracker_health = getattr(rt.tracker, "health", None)
     redis = attempt("Redis", tracker_health) if callable(tracker_health) else None
     if isinstance(redis, dict):
-        out.append(
-            {
-                "name": "redis",
-                "label": SERVICE_NAMES["redis"],
-                "breaker": None,
-                "breaker_unknown": None,
-                "requests": None,
-                "by_method": {},
-                "statuses": {},
-                "problems": 1 if redis.get("degraded") else 0,
-                "latency_ms": None,
-                "last_error": {"error": "unreachable: state kept in memory meanwhile"} if redis.get("degraded") else None,
-                "opened": "",
-            }
-        )
+        out.append(_redis_row(redis))
     return out
+
+
+def _service_row(
+    service: str,
+    snap: Any,
+    *,
+    sent: dict[str, Any],
+    codes: dict[str, Any],
+    lat: Any,
+    err: dict[str, Any] | None,
+    now: float,
+) -> dict[str, Any]:
+    """One HTTP service's row: its breaker, the requests sent and what came back."""
+    problems = sum(n for code, n in codes.items() if not code.isdigit() or int(code) >= 500 or code == "429")
+    return {
+        "name": service,
+        "label": SERVICE_NAMES.get(service, service),
+        "breaker": snap if isinstance(snap, dict) else None,
+        "breaker_unknown": str(snap) if isinstance(snap, Unknown) else None,
+        "requests": sum(sent.values()),
+        "by_method": sent,
+        "statuses": codes,
+        "problems": problems,
+        "latency_ms": round(float(lat.get("mean_ms", 0.0)), 1) if isinstance(lat, dict) else None,
+        "p95_ms": lat.get("p95_ms") if isinstance(lat, dict) else None,
+        "last_error": err,
+        "opened": age(snap.get("opened_at"), now) if isinstance(snap, dict) and snap.get("opened_at") else "",
+    }
+
+
+def _viewpoint_row(daemon: Any) -> dict[str, Any]:
+    """Viewpoint's row: no breaker or request counts, only whether the daemon is ready."""
+    ready, why = daemon.ready()
+    return {
+        "name": "viewpoint",
+        "label": SERVICE_NAMES["viewpoint"],
+        "breaker": None,
+        "breaker_unknown": None,
+        "requests": None,
+        "by_method": {},
+        "statuses": {},
+        "problems": 0 if ready else 1,
+        "latency_ms": None,
+        "last_error": None if ready else {"error": why},
+        "opened": "",
+        "answering": ready or "database" not in why.lower(),
+    }
+
+
+def _redis_row(redis: dict[str, Any]) -> dict[str, Any]:
+    """Redis's row, from the tracker's health (degraded: state kept in memory)."""
+    return {
+        "name": "redis",
+        "label": SERVICE_NAMES["redis"],
+        "breaker": None,
+        "breaker_unknown": None,
+        "requests": None,
+        "by_method": {},
+        "statuses": {},
+        "problems": 1 if redis.get("degraded") else 0,
+        "latency_ms": None,
+        "last_error": {"error": "unreachable: state kept in memory meanwhile"} if redis.get("degraded") else None,
+        "opened": "",
+    }
 
 
 def _error_text(entry: Any) -> dict[str, Any] | None:
