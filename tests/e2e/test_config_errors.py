@@ -447,6 +447,7 @@ def test_a_wrong_title_column_is_refused_at_start_with_the_sandbox(tmp_path: Pat
     assert len(problems) == 1
 
 
+@pytest.mark.slow  # 20-45 s: in CI's slow step, so the README's default run stays short
 def test_a_title_column_the_database_lacks_fails_titles_and_employees_only(tmp_path: Path) -> None:
     env = clean_env(tmp_path, VIEWPOINT_TITLE_COLUMN="udNoSuchTitle")
     proc = run_batch(tmp_path, env, sandbox=True)

@@ -151,6 +151,7 @@ def test_daemon_probes_metrics_operator_endpoints_and_sigterm(daemon) -> None:
     assert time.monotonic() - t0 < 25
 
 
+@pytest.mark.slow  # 20-45 s: in CI's slow step, so the README's default run stays short
 def test_breaker_opens_under_total_failure_and_closes_after_faults_lift(tmp_path: Path) -> None:
     batch = BatchRunner(tmp_path, size=40)
     fast = {"BREAKER_RECOVERY_SECONDS": "1", "BREAKER_FAILURE_THRESHOLD": "2", "HTTP_MAX_RETRY_SECONDS": "5"}

@@ -225,6 +225,7 @@ def files_of(output: Path) -> set[str]:
     return {str(p.relative_to(output)) for sub in ("changes", "errors", "logs") for p in (output / sub).glob("*") if p.is_file()}
 
 
+@pytest.mark.slow  # 20-45 s: in CI's slow step, so the README's default run stays short
 def test_quiet_runs_write_one_small_file_per_sync_and_old_output_is_pruned(tmp_path: Path) -> None:
     batch = BatchRunner(tmp_path, size=40)
     out = batch.output

@@ -266,6 +266,7 @@ def check(outcomes: list[Outcome]) -> None:
         assert all(r["status"] == "success" for r in o.second.values()), (i, o.second)
 
 
+@pytest.mark.slow  # 40-75 s: in CI's slow step (with its twenty repetitions), so the README's default run stays short
 def test_lock_lost_after_redis_restart(tmp_path: Path) -> None:
     check(run_repetitions(tmp_path, 2))
 

@@ -78,6 +78,7 @@ def test_server_errors_throttling_resets_and_latency_converge_within_three_runs(
     assert sum(v for k, v in statuses.items() if k.startswith("safetyamp:5")) > 0
 
 
+@pytest.mark.slow  # 20-45 s: in CI's slow step, so the README's default run stays short
 def test_lost_create_responses_are_found_by_key_never_sent_twice(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -104,6 +105,7 @@ def test_lost_create_responses_are_found_by_key_never_sent_twice(
     assert state_diff(target_state(batch.dir), want) == []
 
 
+@pytest.mark.slow  # 20-45 s: in CI's slow step, so the README's default run stays short
 def test_creates_the_target_applies_after_the_client_gave_up_are_never_sent_twice(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

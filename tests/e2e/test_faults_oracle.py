@@ -214,6 +214,7 @@ def copied_sandbox(src: Path, dst: Path) -> Iterator[Path]:
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.slow  # 20-45 s: in CI's slow step, so the README's default run stays short
 def test_oracle_sees_equal_states_equal_and_a_duplicate_as_one(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     want = clean_state(tmp_path_factory, 40)
     batch = BatchRunner(tmp_path, size=40)

@@ -140,6 +140,7 @@ def test_rosters_converge_under_oneroster_and_scim_faults_with_no_duplicates(
     assert statuses["scim:0"] + statuses["oneroster:0"] > 0
 
 
+@pytest.mark.slow  # 20-45 s: in CI's slow step, so the README's default run stays short
 def test_lost_scim_create_responses_are_found_by_external_id_never_sent_twice(
     rosters: BatchRunner,
     tmp_path_factory: pytest.TempPathFactory,

@@ -198,6 +198,7 @@ def terminate(batch: BatchRunner, fraction: float) -> list[str]:
     return [str(e) for e in chosen]
 
 
+@pytest.mark.slow  # 20-45 s: in CI's slow step, so the README's default run stays short
 def test_empty_read_and_mass_termination_trip_the_guard(populated: BatchRunner, pushgateway: Pushgateway) -> None:
     batch = populated
     before = target_state(batch.dir)

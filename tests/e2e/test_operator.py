@@ -207,6 +207,7 @@ def sandbox_args(batch: BatchRunner) -> list[str]:
     return ["--sandbox", "--sandbox-dir", str(batch.dir), "--sandbox-size", str(batch.size)]
 
 
+@pytest.mark.slow  # 20-45 s: in CI's slow step, so the README's default run stays short
 def test_help_lists_the_operator_commands_and_old_forms_still_work(tmp_path: Path) -> None:
     batch = BatchRunner(tmp_path, size=30)
     top = cli(batch, "--help").stdout
@@ -265,6 +266,7 @@ def test_dry_run_text_summary_is_labelled(tmp_path: Path) -> None:
     assert summary["dry_run"] is True
 
 
+@pytest.mark.slow  # 20-45 s: in CI's slow step, so the README's default run stays short
 def test_a_failed_cli_run_quarantines_and_later_runs_obey_it_unless_forced(tmp_path: Path, redis_env) -> None:
     batch = BatchRunner(tmp_path, size=20)
     broken = {"SANDBOX_FAULTS": json.dumps({"samsara": {"error_rate": 1.0}}), "HTTP_MAX_RETRY_SECONDS": "1",
@@ -299,6 +301,7 @@ def created_keys(batch: BatchRunner, sync: str) -> list[str]:
     return [str(c["key"]) for c in changes["changes"] if c["action"] == "create"]
 
 
+@pytest.mark.slow  # 20-45 s: in CI's slow step, so the README's default run stays short
 def test_diagnose_rosters_user_and_class_and_no_empty_what_to_do(tmp_path: Path) -> None:
     batch = BatchRunner(tmp_path, size=30)
     batch.run()

@@ -69,6 +69,7 @@ def server_writes(batch: BatchRunner, since: int) -> list[dict[str, Any]]:
     return [r for r in batch.requests("scim", since) if r["method"] in WRITE_METHODS]
 
 
+@pytest.mark.slow  # 20-45 s: in CI's slow step, so the README's default run stays short
 def test_rosters_converge_delta_touches_only_changes_and_withdrawn_leave_groups(rosters: BatchRunner) -> None:
     batch = rosters
     first = run(batch)
