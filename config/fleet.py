@@ -229,10 +229,12 @@ class Fleet:
         candidates = []
         with self._lock:
             for entry in self.tenants.values():
-                if entry.running or entry.retiring or now < entry.not_before:
+                if entry.running or entry.retiring:
+                    continue
+                asked = entry.runner.state.triggers.waiting()  # an operator's request does not wait for the back-off
+                if not asked and now < entry.not_before:
                     continue
                 when = due.get(entry.tenant)
-                asked = entry.runner.state.triggers.waiting()
                 if asked or when is None or when <= now:
                     candidates.append((0.0 if when is None else when, entry))
         candidates.sort(key=lambda pair: pair[0])
