@@ -19,12 +19,8 @@ from tests.e2e.test_faults_oracle import source_employees, target_state, vista_a
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleDaemon]:
-    daemon = ConsoleDaemon(tmp_path_factory.mktemp("guard"), size=60).start()
-    try:
-        daemon.wait_first_cycle()
+    with ConsoleDaemon(tmp_path_factory.mktemp("guard"), size=60).running() as daemon:
         yield daemon
-    finally:
-        daemon.stop()
 
 
 def terminate(daemon: ConsoleDaemon, fraction: float, *, last: bool = False) -> list[str]:
