@@ -7,6 +7,10 @@ runs on a request thread, and the console never holds a lock a sync needs. Every
 an operator takes is written to the audit log (``ControlStore.audit``: Redis and the
 JSON log) with who, what, on what, and how it ended.
 
+Shape: the views are module functions (``_route`` notes each one); :func:`blueprint`
+makes a new blueprint of them for each daemon and leaves that daemon on the app it is
+registered on (``app.extensions["console"]``), where ``_daemon()`` finds it for a request.
+
 Errors: anything a page raises is logged and answered with an error page of this
 blueprint; the daemon and its syncs go on (the handler catches everything, and the
 waitress thread that served the request is free again).
@@ -25,6 +29,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, Response, abort, current_app, g, redirect, render_template, request, stream_with_context, url_for
+from flask.blueprints import BlueprintSetupState
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
@@ -106,7 +111,11 @@ def blueprint(daemon: Any) -> Blueprint:
     blueprint on each call: the app it is registered on keeps ``daemon`` (in
     ``app.extensions``), so apps in one process each reach their own daemon."""
     bp = Blueprint("console", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
-    bp.record_once(lambda state: state.app.extensions.__setitem__(EXTENSION, _Console(daemon)))
+
+    def keep(state: BlueprintSetupState) -> None:
+        state.app.extensions[EXTENSION] = _Console(daemon)
+
+    bp.record_once(keep)
     bp.before_request(gate)
     bp.after_request(headers)
     bp.register_error_handler(Exception, failed)

@@ -87,6 +87,25 @@ def test_the_console_is_404_unless_a_way_to_sign_in_is_configured(tmp_path: Path
     assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
 
 
+def test_two_daemons_in_one_process_each_have_their_own_console(tmp_path: Path) -> None:
+    """The blueprint keeps its daemon on the app it is registered on, not in the module:
+    each app signs in with its own daemon's token and shows that daemon's syncs."""
+    tokens = {"departments": "first-console-token-0123456789abcdef", "jobs": "second-console-token-0123456789abcdef"}
+    apps = {}
+    for sync, token in tokens.items():
+        settings = load_settings({"OUTPUT_DIR": str(tmp_path / sync), "CONSOLE_TOKEN": token}, dotenv_path=None)
+        apps[sync] = create_app(Daemon(settings, (sync,)))
+    for sync, app in apps.items():
+        for other, token in tokens.items():
+            web = app.test_client()
+            form = web.get("/console/login")
+            answer = web.post("/console/login", data={"password": token, "csrf_token": csrf_of(form.text)})
+            assert answer.status_code == (302 if other == sync else 401), (sync, other)
+            if other == sync:
+                page = web.get("/console/").text
+                assert f'data-sync="{sync}"' in page and not any(f'data-sync="{s}"' in page for s in tokens if s != sync)
+
+
 # ---- without a session ----------------------------------------------------------------------
 def test_without_a_session_pages_redirect_to_sign_in_and_nothing_is_shown(console: SimpleNamespace) -> None:
     web = console.app.test_client()
