@@ -12,7 +12,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -250,4 +249,3 @@ def test_the_command_line_runs_in_the_foreground_and_stops_on_sigterm(tmp_path: 
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 2 and "unknown tenant" in bad.stderr
-    time.sleep(0)  # nothing left running
