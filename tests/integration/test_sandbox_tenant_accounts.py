@@ -249,3 +249,29 @@ def test_the_command_line_runs_in_the_foreground_and_stops_on_sigterm(tmp_path: 
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 2 and "unknown tenant" in bad.stderr
+
+
+def test_the_products_client_built_from_a_tenant_file_is_seen_in_its_accounts_ledger(tenants: RunningTenants) -> None:
+    # The whole chain: tenant file -> config.tenants -> the product's SafetyAmp adapter ->
+    # its User-Agent -> the ledger of that account only, and no cross-tenant record.
+    from services.http import RequestStats
+    from services.safetyamp_api import build_safetyamp
+    from utils.logger import current_run_id, set_run_id
+
+    base = load_settings({"SECRETS_DIR": str(tenants.secrets_dir), "REDIS_PREFIX": "test-sbx-tenants:"}, dotenv_path=None)
+    settings = load_tenant_dir(tenants.tenants_dir, {}, base=base).tenants["co-01"]
+    before = {t: len(e) for t, e in read_ledger(tenants.directory).items()}
+    crossed = len(cross_tenant(tenants.directory))
+    previous = current_run_id()
+    set_run_id("run-e2e-1")
+    try:
+        roles = build_safetyamp(settings, RequestStats()).list("roles")
+    finally:
+        set_run_id(previous)
+
+    assert [r["name"] for r in roles] == ["Field", "Office", "Administrator"]
+    after = read_ledger(tenants.directory)
+    new = after["co-01"][before["co-01"] :]
+    assert new and all(e["run"] == "run-e2e-1" and e["instance"].endswith(f"-{os.getpid()}") for e in new)
+    assert {t: len(e) for t, e in after.items() if t != "co-01"} == {t: n for t, n in before.items() if t != "co-01"}
+    assert len(cross_tenant(tenants.directory)) == crossed

@@ -5,6 +5,7 @@ split into a tenant file's values and secret references."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,21 @@ def test_tenant_ids_mix_companies_and_districts_and_are_dns_labels() -> None:
 )
 def test_user_agent_names_the_instance_and_the_run(agent: str | None, expected: tuple[str | None, str | None]) -> None:
     assert parse_user_agent(agent) == expected
+
+
+def test_the_products_own_user_agent_names_instance_and_run() -> None:
+    # The contract with services/http.py: if its User-Agent changes shape, the ledger's proof goes blind.
+    from services.http import user_agent
+    from utils.logger import current_run_id, set_run_id
+
+    previous = current_run_id()
+    set_run_id("20261129-0400-abc")
+    try:
+        instance, run = parse_user_agent(user_agent("safetyamp-sync/1.0"))
+    finally:
+        set_run_id(previous)
+    assert instance is not None and instance.endswith(f"-{os.getpid()}")
+    assert run == "20261129-0400-abc"
 
 
 def test_two_instances_running_one_tenant_at_once_are_found() -> None:
