@@ -7,6 +7,11 @@ prints one "ready" line to stderr and stops on SIGTERM/SIGINT, keeping the state
 ``python -m sandbox mutate --dir DIR --percent P [--seed S]`` applies source changes and
 prints their summary as JSON.
 
+``python -m sandbox tenants --dir DIR --count N [--size S] [--seed S] [--fault TENANT=SPEC ...]
+[--port-file FILE]`` runs N customer accounts in the foreground (sandbox/tenants.py), writes
+their tenant files and secret files, prints one "ready" line naming both folders and stops
+on SIGTERM/SIGINT, keeping the state; FILE gets ``tenants.json``'s content.
+
 Faults come from ``SANDBOX_FAULTS``, repeatable randomness from ``SANDBOX_SEED``.
 """
 
@@ -57,6 +62,48 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tenants(args: argparse.Namespace) -> int:
+    from sandbox.seed import write_private
+    from sandbox.tenants import start_tenants
+
+    faults: dict[str, str] = {}
+    for item in args.fault or []:
+        tenant, sep, spec = item.partition("=")
+        if not sep or not tenant or not spec:
+            raise ValueError(f"--fault takes TENANT=SPEC (SPEC: the SANDBOX_FAULTS JSON), got {item!r}")
+        if tenant in faults:
+            raise ValueError(f"--fault: tenant {tenant} given twice")
+        faults[tenant] = spec
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    running = start_tenants(args.dir, args.count, size=args.size, seed=args.seed, faults=faults)
+    try:
+        if args.port_file:
+            port_file = Path(args.port_file)
+            port_file.parent.mkdir(parents=True, exist_ok=True)
+            write_private(port_file, running.state_file.read_text(encoding="utf-8"))
+        kinds = running.kinds()
+        companies = sum(1 for k in kinds.values() if k == "company")
+        print(
+            f"sandbox tenants ready: dir={running.directory} tenants={running.tenants_dir} secrets={running.secrets_dir} "
+            f"accounts={len(kinds)} ({companies} companies, {len(kinds) - companies} districts) ids={','.join(kinds)} "
+            f"started_in={running.started_in_s:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            pass
+    finally:
+        running.stop()
+    print("sandbox tenants stopped; state kept in " + str(running.directory), file=sys.stderr, flush=True)
+    return 0
+
+
 def _mutate(args: argparse.Namespace) -> int:
     from sandbox.mutate import mutate
 
@@ -78,9 +125,20 @@ def main(argv: list[str] | None = None) -> int:
     change.add_argument("--dir", required=True, help="a seeded sandbox directory")
     change.add_argument("--percent", type=float, required=True, help="share of records to change")
     change.add_argument("--seed", type=int, default=None, help="seed (default: SANDBOX_SEED or random)")
+    many = commands.add_parser("tenants", help="run N customer accounts (companies and districts) in the foreground")
+    many.add_argument("--dir", required=True, help="state directory (accounts seeded if missing, reused otherwise)")
+    many.add_argument("--count", type=int, required=True, help="number of accounts (every third a school district)")
+    many.add_argument("--size", type=int, default=30, help="employees/students of a newly seeded account")
+    many.add_argument("--seed", type=int, default=None, help="seed (default: SANDBOX_SEED or random)")
+    many.add_argument(
+        "--fault", action="append", metavar="TENANT=SPEC", help="SANDBOX_FAULTS JSON for one account only (repeatable)"
+    )
+    many.add_argument("--port-file", help="write tenants.json's content (endpoints, credentials; 0600) here once ready")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "tenants":
+            return _tenants(args)
         return _serve(args) if args.command == "serve" else _mutate(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
