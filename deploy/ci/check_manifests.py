@@ -392,7 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kubectl", default=shutil.which("kubectl") or "kubectl")
     parser.add_argument(
-        "--crd-node-modules", type=Path, default=None, help="node_modules holding @kubernetes-models/prometheus-operator and @kubernetes-models/keda"
+        "--crd-node-modules",
+        type=Path,
+        default=None,
+        help="node_modules holding @kubernetes-models/prometheus-operator and @kubernetes-models/keda",
     )
     parser.add_argument("--out", type=Path, default=None, help="write each rendered overlay to DIR/<name>.yaml")
     args = parser.parse_args(argv)
