@@ -44,6 +44,8 @@ METRICS = {
     "sync_failed_records", "external_requests_total", "external_request_duration_seconds", "circuit_breaker_state",
     "rate_limit_wait_seconds_total", "sync_deactivation_guard_tripped_total", "sync_quarantined",
 }  # fmt: skip
+# Process-wide metrics of a many-tenant daemon (docs/metrics.md): no tenant label.
+TENANT_PROCESS_METRICS = {"sync_tenants", "sync_tenants_overdue", "sync_tenant_slots", "sync_tenant_slots_busy"}
 
 
 def _load(path: Path, name: str) -> ModuleType:
@@ -642,7 +644,42 @@ def test_dashboard_is_importable_with_a_datasource_variable() -> None:
         assert needle in titles, needle
     used = {m for p in panels for t in p["targets"] for m in re.findall(r"[a-z_]+(?=\{|\[)", t["expr"])}
     used = {re.sub(r"_(bucket|sum|count)$", "", m) for m in used}
-    assert used <= METRICS, f"unknown metrics in the dashboard: {used - METRICS}"
+    assert used <= METRICS | TENANT_PROCESS_METRICS, f"unknown metrics in the dashboard: {used - METRICS}"
+
+
+def test_dashboard_has_a_tenant_variable_that_filters_every_tenant_series() -> None:
+    dash = json.loads((ROOT / "deploy" / "grafana" / "safetyamp-sync.json").read_text(encoding="utf-8"))
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    names = list(variables)
+    assert names.index("namespace") < names.index("tenant") < names.index("sync")
+    tenant = variables["tenant"]
+    assert tenant["type"] == "query" and tenant["includeAll"] is True and tenant["multi"] is True
+    # ".*" also matches series without the label: a single-tenant installation's.
+    assert tenant["allValue"] == ".*"
+    assert re.fullmatch(r"label_values\(sync_runs_total(\{[^}]*\})?, tenant\)", tenant["query"]["query"])
+    for name in ("sync", "service"):
+        assert 'tenant=~"$tenant"' in variables[name]["query"]["query"], name
+    panels = [p for p in dash["panels"] if p["type"] != "row"]
+    for p in panels:
+        for t in p["targets"]:
+            selectors = re.findall(r"([a-z_]+)\{([^}]*)\}", t["expr"])
+            assert selectors, (p["title"], t["expr"])
+            for metric, matchers in selectors:
+                process_wide = re.sub(r"_(bucket|sum|count)$", "", metric) in TENANT_PROCESS_METRICS
+                # Process-wide series have no tenant label: filtering them would empty the panel.
+                assert ('tenant=~"$tenant"' in matchers) is not process_wide, (p["title"], metric)
+                assert 'namespace=~"$namespace"' in matchers, (p["title"], metric)
+    by_title = {p["title"]: p for p in panels}
+    # Per-sync panels keep one series per tenant and sync, as the alerts do.
+    for title in ("Age of last success per sync", "Quarantined syncs", "Failed records (tracked)", "Runs by status"):
+        (target,) = by_title[title]["targets"]
+        assert "by (tenant, sync" in target["expr"] and "{{tenant}}" in target["legendFormat"], title
+    assert "by (tenant, service)" in by_title["Circuit breaker state"]["targets"][0]["expr"]
+    # The tenant engine's own panels: every process-wide metric is shown, overdue with max.
+    shown = {m for p in panels for t in p["targets"] for m in re.findall(r"[a-z_]+(?=\{)", t["expr"])}
+    assert TENANT_PROCESS_METRICS <= shown
+    overdue = by_title["Tenants overdue"]["targets"][0]["expr"]
+    assert overdue.startswith("max") and "sum" not in overdue, "every replica reports the same value"
 
 
 # ------------------------------------------------------------------------ Dockerfile
