@@ -93,6 +93,8 @@ class Daemon:
         self.runtime = runtime
         self.stop = runtime.stop if runtime is not None else threading.Event()
         self.worker = threading.Thread(target=self._loop, name="sync-worker", daemon=True)
+        self.fleet: Any = None
+        """With TENANTS_DIR: the tenants and their scheduler (config/fleet.py); else None."""
         from sync.jobs import Jobs
 
         self.jobs = Jobs(self)
@@ -117,6 +119,10 @@ class Daemon:
         next_at = time.monotonic() + 1.0  # first run right after start-up
         while not self.stop.is_set():
             self.state.beat()
+            if self.fleet is not None:  # many tenants: the scheduler shares them out (config/fleet.py)
+                self.fleet.tick()
+                self.stop.wait(1.0)
+                continue
             if self.runtime is None:
                 self.stop.wait(1.0)
                 continue
@@ -131,6 +137,30 @@ class Daemon:
                 if scheduled or syncs == self.state.syncs:
                     next_at = time.monotonic() + self._interval()
             self.stop.wait(1.0)
+
+    def attach_fleet(self, settings: Settings, fleet: Any) -> None:
+        """Start-up finished with TENANTS_DIR: the worker schedules the fleet's tenants."""
+        self.state.settings = settings
+        self.fleet = fleet
+        self.state.config_error = []
+        self.state.starting = False
+
+    def tenant(self, tenant_id: str | None) -> tuple[Daemon | None, str | None]:
+        """The daemon that serves ``tenant_id`` (this one without tenants) or the reason
+        there is none (for a 400/404 answer)."""
+        if self.fleet is None:
+            if tenant_id not in (None, "", "default"):
+                return None, "this daemon serves no tenants (TENANTS_DIR is not set)"
+            return self, None
+        if not tenant_id:
+            return None, "name the tenant: ?tenant=<id> (tenants: " + ", ".join(self.fleet.names()) + ")"
+        entry = self.fleet.get(tenant_id)
+        if entry is None:
+            return None, f"unknown tenant {tenant_id!r}"
+        return entry.runner, None
+
+    def not_held(self, pending: Pending) -> tuple[str, ...]:
+        return self._not_held(pending)
 
     def _not_held(self, pending: Pending) -> tuple[str, ...]:
         """The syncs of ``pending`` to run now: an operator's go; an event's (webhook)
@@ -158,7 +188,10 @@ class Daemon:
         force: frozenset[str] = frozenset(),
         taken_at: float | None = None,
         requested_by: Mapping[str, str] | None = None,
+        held: Any = None,
     ) -> list[Any]:
+        """One cycle of ``syncs``; ``held``: the cycle lock when the tenant scheduler
+        (config/fleet.py) already took it to claim the tenant."""
         from config.bootstrap import new_context, new_run_id
         from sync.runner import run_syncs
 
@@ -195,7 +228,7 @@ class Daemon:
             )
             ctx.on_result = finished
             ctx.on_start = started
-            results = run_syncs(ctx, syncs)
+            results = run_syncs(ctx, syncs, held=held)
             settings = self.runtime.settings
             ctx.events.prune(settings.output_retention_days, settings.output_retention_runs)
             return results
@@ -347,9 +380,94 @@ class Daemon:
                 body["quarantine"][sync] = rt.quarantine.status(sync)
 
 
+class TenantDaemon(Daemon):
+    """One tenant inside a daemon that serves many (config/fleet.py runs its cycles on
+    a slot): its own state, triggers, console jobs and run_cycle; liveness is the
+    process's."""
+
+    def __init__(self, parent: Daemon, tenant: str, settings: Settings, syncs: tuple[str, ...], runtime: Any) -> None:
+        super().__init__(settings, syncs, runtime, probes=parent.probes)
+        self.parent = parent
+        self.tenant_id = tenant
+        self.stop = parent.stop
+        runtime.stop = parent.stop
+
+    def live(self) -> tuple[bool, float]:
+        return self.parent.live()
+
+    def cycle_lock(self) -> Any:
+        from config.bootstrap import lock_factory
+
+        return lock_factory(self.runtime)("cycle")
+
+    def cycle_lock_holder(self) -> dict[str, Any] | None:
+        return self.cycle_lock().holder()
+
+
+def fleet_health(daemon: Daemon) -> dict[str, Any]:
+    """/health of a daemon with tenants: the process, then one line per tenant (the
+    detail of one is ``/health?tenant=<id>``). Its status is the worst tenant's."""
+    from utils.health import STATUSES
+
+    fleet = daemon.fleet
+    ok, age = daemon.live()
+    tenants: dict[str, Any] = {}
+    for name in fleet.names():
+        entry = fleet.get(name)
+        if entry is None:
+            continue
+        body = entry.runner.health()
+        tenants[name] = {
+            "status": body["status"],
+            "problems": body["problems"],
+            "syncs": body["syncs"],
+            "running": body["running"],
+            "next_run_at": body["next_run_at"],
+            "last_runs": {s: {k: r.get(k) for k in ("status", "finished_at", "error")} for s, r in body["last_runs"].items()},
+        }
+    invalid = {str(getattr(p, "file", "?")): str(p) for p in fleet.status.problems}
+    invalid.update(fleet.status.errors)
+    # One tenant's trouble is not the process's: the process fails only when every
+    # tenant does; otherwise any tenant not ok (or a tenant file with problems) degrades it.
+    statuses = [t["status"] for t in tenants.values()]
+    status = "ok"
+    if statuses and all(st != "ok" and st != "degraded" for st in statuses):
+        status = min(statuses, key=STATUSES.index)
+    elif invalid or any(st != "ok" for st in statuses):
+        status = "degraded"
+    if not ok:
+        status = "stalled"
+    return {
+        "status": status,
+        "live": ok,
+        "heartbeat_age_seconds": round(age, 1),
+        "ready": True,
+        "tenants": tenants,
+        "invalid_tenants": invalid,
+        "slots": fleet.slots,
+        "slots_busy": fleet.busy(),
+        "tenants_overdue": fleet.status.overdue,
+    }
+
+
 def create_app(daemon: Daemon) -> Flask:
     app = Flask("safetyamp-sync")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BODY_BYTES  # bounds reads of a chunked body too
+    _guard_bodies(app)
+    _probe_routes(app, daemon)
+    _operator_routes(app, daemon)
+    _webhook_routes(app, daemon)
+    # The operator console (docs/console.md). Registered always: the settings that turn it
+    # on arrive after the server has started; until then, and when neither CONSOLE_TOKEN
+    # nor CONSOLE_TRUSTED_PROXY is set, everything under /console answers 404.
+    from console import blueprint as console_blueprint
+
+    app.register_blueprint(console_blueprint(daemon), url_prefix="/console")
+    return app
+
+
+def _guard_bodies(app: Flask) -> None:
+    """The body limit and the one scrub every response passes."""
 
     @app.before_request
     def refuse_large_bodies() -> Any:
@@ -375,6 +493,10 @@ def create_app(daemon: Daemon) -> Flask:
             response.set_data(scrub(response.get_data(as_text=True)))
         return response
 
+
+def _probe_routes(app: Flask, daemon: Daemon) -> None:
+    """/live, /ready, /health (``?tenant=<id>``: one tenant's detail) and /metrics."""
+
     @app.get("/live")
     def live() -> Any:
         ok, age = daemon.live()
@@ -389,13 +511,26 @@ def create_app(daemon: Daemon) -> Flask:
     def health() -> Any:
         from utils.health import HTTP_STATUS
 
-        body = daemon.health()
+        wanted = request.args.get("tenant")
+        if daemon.fleet is not None and not wanted:
+            body = fleet_health(daemon)
+        else:
+            target, why = daemon.tenant(wanted)
+            if target is None:
+                return jsonify(error=why), 404
+            body = target.health()
         return jsonify(body), HTTP_STATUS[body["status"]]
 
     @app.get("/metrics")
     def metrics() -> Any:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        if daemon.fleet is not None:
+            for name in daemon.fleet.names():
+                entry = daemon.fleet.get(name)
+                if entry is not None and entry.runtime.control is not None:
+                    entry.runtime.control.refresh_paused(entry.syncs)
+            return Response(generate_latest(daemon.fleet.metrics.registry), mimetype=CONTENT_TYPE_LATEST)
         control = getattr(daemon.runtime, "control", None)
         if control is not None:
             control.refresh_paused(daemon.state.syncs)  # paused or resumed by another runner (the CLI)
@@ -403,35 +538,65 @@ def create_app(daemon: Daemon) -> Flask:
         payload = generate_latest(registry) if registry is not None else b""
         return Response(payload, mimetype=CONTENT_TYPE_LATEST)
 
-    def authorized() -> tuple[bool, Any]:
-        settings = daemon.state.settings
-        token = settings.sync_trigger_token if settings is not None else None
-        if token is None:
-            return False, (jsonify(error="operator endpoints are disabled: SYNC_TRIGGER_TOKEN is not set"), 403)
-        sent = request.headers.get("Authorization", "")
-        expected = "Bearer " + token.get_secret_value()
-        if not hmac.compare_digest(sent.encode(), expected.encode()):
-            return False, (jsonify(error="missing or wrong bearer token"), 401)
-        return True, None
+
+def _authorized(daemon: Daemon) -> tuple[bool, Any]:
+    """The operator endpoints' bearer token (SYNC_TRIGGER_TOKEN), compared in constant time."""
+    settings = daemon.state.settings
+    token = settings.sync_trigger_token if settings is not None else None
+    if token is None:
+        return False, (jsonify(error="operator endpoints are disabled: SYNC_TRIGGER_TOKEN is not set"), 403)
+    sent = request.headers.get("Authorization", "")
+    expected = "Bearer " + token.get_secret_value()
+    if not hmac.compare_digest(sent.encode(), expected.encode()):
+        return False, (jsonify(error="missing or wrong bearer token"), 401)
+    return True, None
+
+
+def _operator_routes(app: Flask, daemon: Daemon) -> None:
+    """POST /sync[/<name>] and GET /diagnose/<sync>/<key>, each ``?tenant=<id>`` with tenants."""
 
     @app.post("/sync")
     @app.post("/sync/<name>")
     def trigger(name: str | None = None) -> Any:
-        ok, refusal = authorized()
+        ok, refusal = _authorized(daemon)
         if not ok:
             return refusal
-        if name is not None and name not in daemon.state.syncs:
-            return jsonify(error=f"unknown or disabled sync {name!r}", enabled=list(daemon.state.syncs)), 404
+        target, why = daemon.tenant(request.args.get("tenant"))
+        if target is None:
+            return jsonify(error=why), 404 if request.args.get("tenant") else 400
+        if name is not None and name not in target.state.syncs:
+            return jsonify(error=f"unknown or disabled sync {name!r}", enabled=list(target.state.syncs)), 404
         # An authenticated operator's request: it overrides quarantine (see the runbook).
-        daemon.state.triggers.request(name, operator=True, by="trigger token")
-        return jsonify(status="queued", sync=name or "all"), 202
+        target.state.triggers.request(name, operator=True, by="trigger token")
+        return jsonify(status="queued", sync=name or "all", tenant=getattr(target, "tenant_id", None)), 202
 
+    @app.get("/diagnose/<sync>/<path:key>")  # rosters keys may be user/<id> or class/<id>
+    def diagnose(sync: str, key: str) -> Any:
+        ok, refusal = _authorized(daemon)
+        if not ok:
+            return refusal
+        from sync.diagnose import diagnose as run_diagnose
+
+        target, why = daemon.tenant(request.args.get("tenant"))
+        if target is None:
+            return jsonify(error=why), 404 if request.args.get("tenant") else 400
+        if target.runtime is None:
+            return jsonify(error="not configured"), 503
+        try:
+            report = run_diagnose(target.runtime, sync, key)
+        except ConfigurationError as exc:
+            return jsonify(error=exc.message), 400
+        return jsonify(report)
+
+
+def _webhook_routes(app: Flask, daemon: Daemon) -> None:
+    """POST /webhooks/samsara (signed; single-tenant deployments: see docs/tenants.md)."""
     verifiers: dict[str, Any] = {}
 
     def webhook_verifier() -> Any:
         """Built on first use: settings arrive after the HTTP server has started."""
         settings = daemon.state.settings
-        if settings is None or settings.samsara_webhook_secret is None:
+        if daemon.fleet is not None or settings is None or settings.samsara_webhook_secret is None:
             return None
         if "samsara" not in verifiers:
             from utils.webhooks import WebhookVerifier
@@ -462,29 +627,6 @@ def create_app(daemon: Daemon) -> Flask:
         # while the sync is quarantined or a breaker it needs is open (Daemon._not_held).
         daemon.state.triggers.request_after("vehicles", daemon.state.settings.webhook_debounce_seconds)  # type: ignore[union-attr]
         return jsonify(status="accepted"), 202
-
-    @app.get("/diagnose/<sync>/<path:key>")  # rosters keys may be user/<id> or class/<id>
-    def diagnose(sync: str, key: str) -> Any:
-        ok, refusal = authorized()
-        if not ok:
-            return refusal
-        from sync.diagnose import diagnose as run_diagnose
-
-        if daemon.runtime is None:
-            return jsonify(error="not configured"), 503
-        try:
-            report = run_diagnose(daemon.runtime, sync, key)
-        except ConfigurationError as exc:
-            return jsonify(error=exc.message), 400
-        return jsonify(report)
-
-    # The operator console (docs/console.md). Registered always: the settings that turn it
-    # on arrive after the server has started; until then, and when neither CONSOLE_TOKEN
-    # nor CONSOLE_TRUSTED_PROXY is set, everything under /console answers 404.
-    from console import blueprint as console_blueprint
-
-    app.register_blueprint(console_blueprint(daemon), url_prefix="/console")
-    return app
 
 
 def start_http(daemon: Daemon) -> Any:
@@ -537,6 +679,8 @@ def wait_and_stop(daemon: Daemon, server: Any) -> int:
     daemon.jobs.close()
     if daemon.worker.ident:
         daemon.worker.join(timeout=max(0.0, deadline - time.monotonic()))
+    if daemon.fleet is not None:
+        daemon.fleet.close(max(0.0, deadline - time.monotonic()))
     if daemon.worker.is_alive():
         log.warning("worker did not finish within the shutdown budget; abandoning the current record")
     try:
@@ -608,6 +752,10 @@ def start_worker(daemon: Daemon, args: argparse.Namespace, environ: dict[str, st
             sb = stack.enter_context(start_sandbox(Path(args.sandbox_dir), size=args.sandbox_size))
             overrides = sandbox_overrides(sb.endpoints, Path(args.sandbox_dir), environ)
         settings = load_settings(environ, overrides=overrides)
+        if settings.tenants_dir is not None:
+            configure_logging(settings.log_level, settings.log_format, secrets=settings.secret_values())
+            daemon.attach_fleet(settings, start_fleet(daemon, settings, environ))
+            return
         syncs = settings.enabled_syncs()
         settings.check(syncs)
         configure_logging(settings.log_level, settings.log_format, secrets=settings.secret_values())
@@ -621,6 +769,51 @@ def start_worker(daemon: Daemon, args: argparse.Namespace, environ: dict[str, st
     else:
         daemon.attach(settings, syncs, runtime)
         log.info("syncs: %s", ", ".join(syncs) or "(none)")
+
+
+def start_fleet(daemon: Daemon, settings: Settings, environ: Mapping[str, str]) -> Any:
+    """TENANTS_DIR is set: one runtime per tenant (its own Redis prefix, output folder,
+    breakers, locks; a ``tenant`` label on its metrics), built as its file appears, and
+    the scheduler that shares the tenants with the other replicas (config/fleet.py).
+    Secrets of every tenant are masked in the logs as their runtimes are built."""
+    from config.bootstrap import build_runtime
+    from config.fleet import Fleet
+    from config.tenants import TenantWatcher, ignored_environment
+    from services.http import SharedLimiters
+    from utils.metrics import Metrics
+    from utils.redis_client import make_redis
+    from utils.scrub import default_redactor
+
+    leftovers = ignored_environment(environ)
+    if leftovers:
+        log.warning("TENANTS_DIR is set: no tenant uses these settings of the environment: %s", ", ".join(leftovers))
+    metrics = Metrics(tenants=True)
+    redis_client = make_redis(settings.redis_url)
+    limiters = SharedLimiters()
+
+    def build(tenant: str, tenant_settings: Settings, syncs: tuple[str, ...]) -> tuple[Any, Any]:
+        default_redactor().add(tenant_settings.secret_values())  # masked in every log line from now on
+        runtime = build_runtime(
+            tenant_settings,
+            syncs,
+            metrics=metrics.for_tenant(tenant),
+            redis_client=redis_client,
+            limiters=limiters,
+        )
+        runtime.stop = daemon.stop
+        return runtime, TenantDaemon(daemon, tenant, tenant_settings, syncs, runtime)
+
+    fleet = Fleet(
+        TenantWatcher(environ),
+        build,
+        redis=redis_client,
+        metrics=metrics,
+        slots=settings.tenant_workers,
+        stop=daemon.stop,
+    )
+    fleet.refresh(force=True)
+    log.info("tenants: %s", ", ".join(fleet.names()) or "(none)")
+    return fleet
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@
     python sync_batch.py [--sandbox ...] pause SYNC [--reason R] | resume SYNC
     python sync_batch.py [--sandbox ...] holds | approve SYNC DIGEST
 
+With TENANTS_DIR (docs/tenants.md) every form takes ``--tenant ID``; a run also takes
+``--tenant all`` (each tenant in turn, each under its own lock, as the daemon's).
+
 Exit codes: 0 success or partial (failed records were recorded), 1 a sync failed as a
 whole, 2 configuration error, 0 with status "skipped" when another runner holds the
 lock, the sync is quarantined (``--force`` runs it anyway) or an operator paused it
@@ -31,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from config.settings import ALL_SYNCS, DEPENDENCIES, Settings, load_settings, logging_options
 from utils.errors import ConfigurationError
+from utils.logger import current_tenant, set_tenant
 from utils.scrub import scrub, scrub_value
 
 if TYPE_CHECKING:
@@ -73,6 +77,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sandbox-dir", default="output/sandbox", help="sandbox state folder (created and seeded if missing)")
     p.add_argument("--sandbox-size", type=int, default=200, help="employees in a newly seeded sandbox (default 200)")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line of stdout")
+    p.add_argument(
+        "--tenant",
+        default=None,
+        metavar="ID",
+        help="with TENANTS_DIR: the tenant to run or look into (`all`: every tenant, for a run)",
+    )
     run = p.add_argument_group("run options (without a command)")
     run.add_argument("--only", default=None, help="comma list of syncs to run (dependencies are not added)")
     run.add_argument("--dry-run", action="store_true", help="plan only: print and write the plan, send no write")
@@ -89,6 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     common.add_argument("--sandbox-dir", default=argparse.SUPPRESS, help="sandbox state folder")
     common.add_argument("--sandbox-size", type=int, default=argparse.SUPPRESS, help="employees in a newly seeded sandbox")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text")
+    common.add_argument("--tenant", default=argparse.SUPPRESS, metavar="ID", help="with TENANTS_DIR: the tenant")
     sub = p.add_subparsers(dest="command", title="operator commands", metavar="COMMAND")
     failed = sub.add_parser(
         "failed",
@@ -232,6 +243,11 @@ def operator_main(args: argparse.Namespace, environ: dict[str, str]) -> int:
             overrides = sandbox_overrides(sb.endpoints, Path(args.sandbox_dir), environ)
         try:
             settings = load_settings(environ, overrides=overrides)
+            if settings.tenants_dir is not None or args.tenant not in (None, "default"):
+                if args.tenant == "all":
+                    raise ConfigurationError("--tenant all is for a run; an operator command names one tenant")
+                ((tenant, settings),), _problems = select_tenants(settings, args.tenant, environ)
+                set_tenant(tenant)  # its logs, and the commands the output suggests, name it
             if args.command == "diagnose":
                 settings.check((args.sync,))
         except ConfigurationError as exc:
@@ -452,16 +468,86 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
             overrides = sandbox_overrides(sb.endpoints, sandbox_dir, environ)
         try:
             settings = load_settings(environ, overrides=overrides)
+            if settings.tenants_dir is not None or args.tenant not in (None, "default"):
+                chosen, problems = select_tenants(settings, args.tenant, environ)
+                configure_logging(settings.log_level, _log_format(settings, environ), secrets=settings.secret_values())
+                return run_tenants(chosen, problems, args)
             syncs, notes = choose_syncs(settings, args.only)
             settings.check(syncs)
         except ConfigurationError as exc:
             return report_configuration_error(exc.problems, args.json)
-        # JSON lines for machines (CronJob logs); plain text when a person watches a terminal.
-        log_format = settings.log_format if "LOG_FORMAT" in environ else ("text" if sys.stderr.isatty() else "json")
-        configure_logging(settings.log_level, log_format, secrets=settings.secret_values())
+        configure_logging(settings.log_level, _log_format(settings, environ), secrets=settings.secret_values())
         for note in notes:
             log.warning(note)
         return run_once(settings, syncs, args)
+
+
+def _log_format(settings: Settings, environ: dict[str, str]) -> str:
+    """JSON lines for machines (CronJob logs); plain text when a person watches a terminal."""
+    return settings.log_format if "LOG_FORMAT" in environ else ("text" if sys.stderr.isatty() else "json")
+
+
+def select_tenants(base: Settings, wanted: str | None, environ: dict[str, str]) -> tuple[list[tuple[str, Settings]], list[str]]:
+    """The tenants ``--tenant`` names, with their scoped settings (own Redis prefix and
+    output folder), and the problems of the tenant files left out (``all``). Raises
+    ConfigurationError when ``--tenant`` is missing or names no valid tenant."""
+    from config.tenants import load_tenant_dir, scoped
+
+    if base.tenants_dir is None:
+        raise ConfigurationError(f"--tenant {wanted}: TENANTS_DIR is not set (this configuration is the one tenant 'default')")
+    load = load_tenant_dir(base.tenants_dir, environ, base=base)
+    names = ", ".join(sorted(load.tenants)) or "none valid"
+    if not wanted:
+        raise ConfigurationError(f"TENANTS_DIR is set: name the tenant with --tenant ID, or --tenant all (tenants: {names})")
+    if wanted == "all":
+        if not load.tenants and load.problems:
+            raise ConfigurationError([str(p) for p in load.all_problems()])
+        chosen = sorted(load.tenants.items())
+        return [(t, scoped(t, s)) for t, s in chosen], [str(p) for p in load.all_problems()]
+    if wanted not in load.tenants:
+        own = load.problems.get(f"{wanted}.env")
+        if own:
+            raise ConfigurationError([str(p) for p in own])
+        raise ConfigurationError(f"--tenant {wanted}: no such tenant in {base.tenants_dir} (tenants: {names})")
+    return [(wanted, scoped(wanted, load.tenants[wanted]))], []
+
+
+def run_tenants(chosen: list[tuple[str, Settings]], problems: list[str], args: argparse.Namespace) -> int:
+    """A run of each tenant in turn, each under its own cycle lock (the daemon's, so a
+    tenant a replica is running is skipped, not run twice). One summary per tenant;
+    with --json, the last line holds them all. Exit: the worst of the tenants (2 when a
+    tenant file had problems, after the good tenants ran)."""
+    from utils.metrics import Metrics
+
+    metrics = Metrics(tenants=True)
+    for problem in problems:
+        log.error("tenant configuration: %s", problem)
+    codes, summaries = [EXIT_CONFIG] if problems else [], {}
+    for tenant, settings in chosen:
+        set_tenant(tenant)
+        try:
+            syncs, notes = choose_syncs(settings, args.only)
+            settings.check(syncs)
+        except ConfigurationError as exc:
+            for problem in exc.problems:
+                log.error("tenant %s: configuration error: %s", tenant, problem)
+            codes.append(EXIT_CONFIG)
+            summaries[tenant] = {"status": "failed", "error": "configuration", "problems": exc.problems}
+            continue
+        for note in notes:
+            log.warning(note)
+        if not args.json:
+            print(f"tenant {tenant}:")
+        code, summary = run_once(settings, syncs, args, metrics=metrics.for_tenant(tenant), quiet_json=True)
+        codes.append(code)
+        summaries[tenant] = summary
+    set_tenant(None)
+    base = chosen[0][1] if chosen else None
+    if base is not None and base.pushgateway_url and not args.dry_run:
+        push_metrics(base.pushgateway_url, metrics.registry)
+    if args.json:
+        print(json.dumps(scrub_value({"tenants": summaries, "problems": problems}), default=str))
+    return max(codes, default=EXIT_OK)
 
 
 def report_configuration_error(problems: list[str], as_json: bool) -> int:
@@ -488,13 +574,21 @@ def push_metrics(url: str, registry: Any, job: str = "safetyamp_sync_batch") -> 
         return False
 
 
-def run_once(settings: Settings, syncs: tuple[str, ...], args: argparse.Namespace) -> int:
+def run_once(
+    settings: Settings, syncs: tuple[str, ...], args: argparse.Namespace, *, metrics: Any = None, quiet_json: bool = False
+) -> Any:
+    """One run of ``syncs``; its exit code (``quiet_json``: the code and the summary,
+    the JSON line left to the caller, and the metrics pushed by the caller)."""
     from config.bootstrap import build_runtime, new_context, new_run_id
     from sync.runner import run_syncs
 
     try:
-        rt = build_runtime(settings, syncs)
+        rt = build_runtime(settings, syncs, metrics=metrics)
     except ConfigurationError as exc:
+        if quiet_json:
+            for problem in exc.problems:
+                log.error("configuration error: %s", problem)
+            return EXIT_CONFIG, {"status": "failed", "error": "configuration", "problems": exc.problems}
         return report_configuration_error(exc.problems, args.json)
     run_id = new_run_id()
     try:
@@ -515,7 +609,7 @@ def run_once(settings: Settings, syncs: tuple[str, ...], args: argparse.Namespac
         results = _crashed_results(rt, syncs, args, run_id, exc)
     finally:
         rt.close()
-    return _report(settings, args, rt, run_id, results)
+    return _report(settings, args, rt, run_id, results, quiet_json=quiet_json)
 
 
 def _crashed_results(
@@ -541,12 +635,15 @@ def _crashed_results(
     return results
 
 
-def _report(settings: Settings, args: argparse.Namespace, rt: Runtime, run_id: str, results: list[RunResult]) -> int:
-    """Push the metrics, print the summary (and a dry run's plan); returns the exit code."""
+def _report(
+    settings: Settings, args: argparse.Namespace, rt: Runtime, run_id: str, results: list[RunResult], *, quiet_json: bool = False
+) -> Any:
+    """Push the metrics, print the summary (and a dry run's plan); returns the exit code
+    (``quiet_json``: the code and the summary; no push, no JSON line)."""
     from sync.runner import overall_status
 
     status = overall_status(results)
-    if settings.pushgateway_url and not args.dry_run:
+    if settings.pushgateway_url and not args.dry_run and not quiet_json:
         push_metrics(settings.pushgateway_url, rt.metrics.registry)
     summary: dict[str, Any] = {
         "status": status,
@@ -560,14 +657,16 @@ def _report(settings: Settings, args: argparse.Namespace, rt: Runtime, run_id: s
     out = sys.stdout
     if args.dry_run:
         print_plan(results, sys.stderr if args.json else out)
-    if args.json:
+    if args.json and not quiet_json:
         print(json.dumps(summary, default=str))
-    else:
+    elif not args.json:
         runs: list[dict[str, Any]] = summary["runs"]  # type: ignore[assignment]
         print_summary(run_id, status, runs, settings, args, out)
     if any(r.configuration_error for r in results):
-        return EXIT_CONFIG  # a setting only the run could check: the same exit as any other
-    return EXIT_FAILED if status == "failed" else EXIT_OK
+        code = EXIT_CONFIG  # a setting only the run could check: the same exit as any other
+    else:
+        code = EXIT_FAILED if status == "failed" else EXIT_OK
+    return (code, summary) if quiet_json else code
 
 
 def command_prefix(args: argparse.Namespace) -> str:
@@ -577,6 +676,9 @@ def command_prefix(args: argparse.Namespace) -> str:
         words.append("--sandbox")
         if args.sandbox_dir != "output/sandbox":
             words += ["--sandbox-dir", shlex.quote(str(args.sandbox_dir))]
+    tenant = current_tenant()
+    if tenant:
+        words += ["--tenant", tenant]
     return " ".join(words)
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from config.settings import ALL_SYNCS, Settings
 from services.data_manager import NoTarget, TargetCache
 from services.event_manager import EventManager
-from services.http import RequestStats
+from services.http import RateLimiter, RequestStats, SharedLimiters
 from sync.base import COUNT_KEYS, SyncContext
 from utils.metrics import Metrics
 
@@ -78,6 +78,7 @@ def build_runtime(
     metrics: Metrics | None = None,
     tracker: Any = None,
     redis_client: Any = None,
+    limiters: SharedLimiters | None = None,
 ) -> Runtime:
     """Adapters for ``syncs`` only (a vehicles-only run needs no database). One Redis
     client (``utils.redis_client.make_redis``: lazy, no connection until first use)
@@ -112,18 +113,28 @@ def build_runtime(
         audit_retention_days=settings.audit_retention_days,
         run_history_length=settings.run_history_length,
     )
-    _build_adapters(rt, syncs)
+    _build_adapters(rt, syncs, limiters)
     return rt
 
 
-def _build_adapters(rt: Runtime, syncs: tuple[str, ...]) -> None:
-    """The outside systems' adapters ``syncs`` need, each with its circuit breaker."""
+def _build_adapters(rt: Runtime, syncs: tuple[str, ...], limiters: SharedLimiters | None = None) -> None:
+    """The outside systems' adapters ``syncs`` need, each with its circuit breaker.
+    ``limiters`` (a process serving many tenants): tenants with the same target account
+    (URL and token) share one rate budget."""
     settings, stats = rt.settings, rt.stats
     safetyamp_syncs = {"departments", "jobs", "titles", "employees", "vehicles"}
     if safetyamp_syncs & set(syncs):
-        from services.safetyamp_api import build_safetyamp
+        from services.safetyamp_api import build_safetyamp, safetyamp_limiter
 
-        rt.safetyamp = build_safetyamp(settings, stats, breaker=rt.breakers.get("safetyamp"))
+        limiter = None
+        if limiters is not None and settings.safetyamp_token is not None:
+            limiter = limiters.get(
+                "safetyamp",
+                settings.safetyamp_url,
+                settings.safetyamp_token.get_secret_value(),
+                lambda: safetyamp_limiter(settings),
+            )
+        rt.safetyamp = build_safetyamp(settings, stats, limiter=limiter, breaker=rt.breakers.get("safetyamp"))
     if {"departments", "jobs", "titles", "employees"} & set(syncs):
         from services.viewpoint_api import build_viewpoint
 
@@ -141,7 +152,16 @@ def _build_adapters(rt: Runtime, syncs: tuple[str, ...]) -> None:
         from services.scim_api import build_scim
 
         rt.oneroster = build_oneroster(settings, stats, breaker=rt.breakers.get("oneroster"))
-        rt.scim = build_scim(settings, stats, breaker=rt.breakers.get("scim"))
+        scim_limiter = None
+        if limiters is not None and settings.scim_token is not None and settings.scim_url:
+            rate = settings.scim_rate_limit_per_second
+            scim_limiter = limiters.get(
+                "scim",
+                str(settings.scim_url),
+                settings.scim_token.get_secret_value(),
+                lambda: RateLimiter(rate, burst=max(1, int(rate))),
+            )
+        rt.scim = build_scim(settings, stats, limiter=scim_limiter, breaker=rt.breakers.get("scim"))
         rt.roster_cursor = RedisCursorStore(rt.redis, settings.redis_prefix, scope=roster_scope(settings))
 
 

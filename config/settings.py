@@ -277,9 +277,19 @@ class Settings(BaseModel):
         alias="TENANTS_DIR",
         description=(
             "Folder of tenant files, one `<tenant-id>.env` per tenant, holding that tenant's settings with secrets "
-            "by reference only (docs/tenants.md); `python -m config.tenants check DIR` validates them. Not yet read "
-            "by the daemon or sync_batch.py (docs/tenants.md, 'Not built yet'). Unset: one tenant, `default`, "
-            "configured by the environment as before."
+            "by reference only (docs/tenants.md); `python -m config.tenants check DIR` validates them. Set: the "
+            "daemon and sync_batch.py serve every tenant of the folder, watched for changes. Unset: one tenant, "
+            "`default`, configured by the environment as before."
+        ),
+    )
+    tenant_workers: int = Field(
+        4,
+        alias="TENANT_WORKERS",
+        ge=1,
+        le=64,
+        description=(
+            "With TENANTS_DIR: tenants this replica runs at the same time (its slots). A tenant's run occupies one "
+            "slot; due tenants wait for a free slot, most overdue first (docs/tenants.md, 'Scaling rule')."
         ),
     )
     http_max_attempts: int = Field(

@@ -92,6 +92,7 @@ PROCESS_WIDE: frozenset[str] = frozenset(
     {
         # where settings, secrets and tenants are read from
         "TENANTS_DIR",
+        "TENANT_WORKERS",
         "SECRETS_DIR",
         "AZURE_KEY_VAULT_URL",
         "AZURE_KEY_VAULT_NAME",
@@ -456,6 +457,22 @@ def load_tenant_dir(
             tenants[tenant_id] = settings
             files[tenant_id] = path.name
     return TenantLoad(tenants, files, problems, directory, base)
+
+
+def scoped(tenant_id: str, settings: Settings) -> Settings:
+    """The settings a tenant's runtime runs with: every Redis key under
+    ``{REDIS_PREFIX}t:<tenant>:`` (locks, breakers, failed records, quarantine, operator
+    state, roster cursor, schedule) and every output file under
+    ``OUTPUT_DIR/tenants/<tenant>/``. The one tenant of a deployment without
+    TENANTS_DIR keeps today's keys and folders."""
+    if settings.tenants_dir is None:
+        return settings
+    return settings.model_copy(
+        update={
+            "redis_prefix": f"{settings.redis_prefix}t:{tenant_id}:",
+            "output_dir": Path(settings.output_dir) / "tenants" / tenant_id,
+        }
+    )
 
 
 def single_tenant(environ: Mapping[str, str], **kwargs: Any) -> dict[str, Settings]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sync.ports import Row, SafetyAmpTarget
 from utils.errors import ConfigurationError
+from utils.logger import in_context
 
 log = logging.getLogger("sync.targets")
 
@@ -46,7 +47,7 @@ class TargetCache:
                 except Exception as exc:  # reported by the sync that needs it
                     log.debug("prefetch of %s failed: %s", name, exc)
 
-        thread = threading.Thread(target=work, name="prefetch-targets", daemon=True)
+        thread = threading.Thread(target=in_context(work), name="prefetch-targets", daemon=True)
         thread.start()
         return thread
 

@@ -43,8 +43,12 @@ kept error bodies are truncated (hostile servers can answer with megabytes).
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json as jsonlib
+import os
 import random
+import re
+import socket
 import threading
 import time
 from collections import deque
@@ -66,6 +70,7 @@ from utils.errors import (
     SyncError,
 )
 from utils.locks import check_write
+from utils.logger import current_run_id
 from utils.metrics import Metrics
 from utils.request_log import note_request
 from utils.scrub import scrub
@@ -276,6 +281,36 @@ class _Budget:
         self.throttle_wait = 0.0
         self.seen_attempt = 0
         self.next_wait_is_throttle = False
+
+
+_UNSAFE_UA = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+def user_agent(product: str | None = None) -> str:
+    """``<product> (instance <pod>-<pid>; run <run id>)``, ``product`` being the
+    client's own (SafetyAmp asks for a descriptive one: SAFETYAMP_USER_AGENT) or
+    ``safetyamp-sync``: which replica and which run sent a request, for the target's own
+    logs (and the sandbox's proof that no tenant ever runs on two replicas at once).
+    Nothing secret: a host name, a process id and the run id that names the output files."""
+    host = _UNSAFE_UA.sub("_", os.environ.get("POD_NAME") or socket.gethostname() or "?")
+    return f"{product or 'safetyamp-sync'} (instance {host}-{os.getpid()}; run {current_run_id() or '-'})"
+
+
+class SharedLimiters:
+    """One rate budget per target account in a process that serves many tenants:
+    tenants configured with the same service, URL and token share one limiter (the
+    target counts requests per token, not per tenant). Keyed by a hash, never the token."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_key: dict[str, RateLimiter] = {}
+
+    def get(self, service: str, url: str, secret: str, make: Callable[[], RateLimiter]) -> RateLimiter:
+        key = hashlib.sha256(f"{service}\0{url}\0{secret}".encode()).hexdigest()
+        with self._lock:
+            if key not in self._by_key:
+                self._by_key[key] = make()
+            return self._by_key[key]
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -668,6 +703,7 @@ class HttpClient:
         url = self.url_for(path)
         idem = (method in _IDEMPOTENT_METHODS) if idempotent is None else idempotent
         merged = {**self.default_headers, **(headers or {})}
+        merged["User-Agent"] = user_agent(merged.get("User-Agent"))
         secrets = self._secrets + _header_secrets(headers or {})
 
         def attempt() -> requests.Response:
@@ -860,6 +896,9 @@ class CountingHttpClient:
 
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self._timeout)
+        headers = dict(kwargs.get("headers") or {})
+        headers["User-Agent"] = user_agent(headers.get("User-Agent"))
+        kwargs["headers"] = headers
         if self._verify is not None:
             kwargs.setdefault("verify", self._verify)
         started = self._clock()

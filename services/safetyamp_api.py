@@ -256,6 +256,20 @@ def _first_match(rows: list[Row], field: str, value: Any) -> Row | None:
     return None
 
 
+def safetyamp_limiter(
+    settings: Settings, *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
+) -> RateLimiter:
+    """SAFETYAMP_RATE_LIMIT_PER_MINUTE as a limiter.
+
+    Burst 1: requests evenly spaced. SafetyAmp's bucket size is unknown, and a burst
+    spent at the start leaves the server's bucket empty, so the next request that
+    arrives a little early (network jitter) earns a 429 and a whole second of
+    Retry-After. Paced a little under the limit (RATE_HEADROOM), requests sent one
+    interval apart still arrive far enough apart for a bucket holding one token."""
+    per_minute = settings.safetyamp_rate_limit_per_minute * RATE_HEADROOM
+    return RateLimiter.per_minute(per_minute, burst=1, clock=clock, sleep=sleep)
+
+
 def build_safetyamp(
     settings: Settings,
     stats: RequestStats,
@@ -276,13 +290,7 @@ def build_safetyamp(
     if problems:
         raise ConfigurationError([f"{p} is required for SafetyAmp" for p in problems])
     if limiter is None:
-        # Burst 1: requests evenly spaced. SafetyAmp's bucket size is unknown, and a burst
-        # spent at the start leaves the server's bucket empty, so the next request that
-        # arrives a little early (network jitter) earns a 429 and a whole second of
-        # Retry-After. Paced a little under the limit (RATE_HEADROOM), requests sent one
-        # interval apart still arrive far enough apart for a bucket holding one token.
-        per_minute = settings.safetyamp_rate_limit_per_minute * RATE_HEADROOM
-        limiter = RateLimiter.per_minute(per_minute, burst=1, clock=clock, sleep=sleep)
+        limiter = safetyamp_limiter(settings, clock=clock, sleep=sleep)
     http = HttpClient(
         SERVICE,
         settings.safetyamp_url,

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from utils.errors import ChangeLogError, FatalError, RecordError, RetriableError
 from utils.locks import fenced
+from utils.logger import in_context
 from utils.request_log import current_request_log, recording
 
 if TYPE_CHECKING:
@@ -203,8 +204,9 @@ def apply_in_order(
         # A bounded window of submitted writes: 70 000 futures submitted at once held tens
         # of MB for nothing (the rate limit paces them anyway).
         pending: deque[tuple[T, Future[R | str]]] = deque()
+        run_one = in_context(one)  # the run and tenant of the caller, for the logs and the User-Agent
         for item in items:
-            pending.append((item, pool.submit(one, item)))
+            pending.append((item, pool.submit(run_one, item)))
             if len(pending) >= size * 4:
                 settle_next(*pending.popleft())
         while pending:

@@ -48,6 +48,7 @@ from utils.errors import (
     SyncError,
 )
 from utils.locks import Lock, WriteFence
+from utils.logger import in_context
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -231,7 +232,7 @@ class SyncContext:
                         self._source_pending.pop(name, None)
                     events[name].set()
 
-        thread = threading.Thread(target=work, name="prefetch-sources", daemon=True)
+        thread = threading.Thread(target=in_context(work), name="prefetch-sources", daemon=True)
         thread.start()
         return thread
 

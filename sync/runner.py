@@ -25,11 +25,18 @@ from utils.timefmt import parse_iso
 log = logging.getLogger("sync.runner")
 
 
-def run_syncs(ctx: SyncContext, names: Iterable[str], *, factories: dict[str, Any] | None = None) -> list[RunResult]:
-    """Run each sync in ``names`` (already in run order); never raises for a sync's failure."""
+def run_syncs(
+    ctx: SyncContext, names: Iterable[str], *, factories: dict[str, Any] | None = None, held: Lock | None = None
+) -> list[RunResult]:
+    """Run each sync in ``names`` (already in run order); never raises for a sync's failure.
+
+    ``held``: the cycle lock, already taken by the caller (the tenant scheduler claims a
+    tenant by taking it) and released by the caller."""
     factories = factories or SYNCS
     names = list(names)
     set_run_id(getattr(ctx.events, "run_id", None))
+    if held is not None:
+        return _run_all(ctx, names, factories, held)
     cycle = None
     # A one-record run (ctx.only_key, the console's "sync this record now") takes its
     # sync's lock only: holding the cycle lock for it would make a CronJob starting

@@ -110,6 +110,7 @@ from urllib.parse import urlsplit
 import redis
 
 from utils.errors import FatalError, LockLostError
+from utils.logger import in_context
 
 __all__ = [
     "FileLock",
@@ -380,7 +381,7 @@ class RedisLock(_LockBase):
         self.lost.clear()
         self.lost_reason = None
         self._stop.clear()
-        self._thread = threading.Thread(target=self._renew_loop, name=f"lock-renew-{self.name}", daemon=True)
+        self._thread = threading.Thread(target=in_context(self._renew_loop), name=f"lock-renew-{self.name}", daemon=True)
         self._thread.start()
         wait, why = self._handover(str(before), int(now_ms))
         self.handover_wait = wait

@@ -22,19 +22,22 @@ records. Its names are re-exported here for older imports.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import threading
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, TypeVar
 
 from pythonjsonlogger.json import JsonFormatter
 
 from utils.data_validator import is_secret_field  # one definition of a secret field
 from utils.scrub import MASK, Redactor, default_redactor  # the one scrub: utils/scrub.py
+
+T = TypeVar("T")
 
 __all__ = [
     "ContextAdapter",
@@ -262,21 +265,62 @@ def bind(logger: logging.Logger | ContextAdapter, **context: Any) -> ContextAdap
     return ContextAdapter(logger, context)
 
 
-_current_run_id: str | None = None
+_run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("run_id", default=None)
+_tenant: contextvars.ContextVar[str | None] = contextvars.ContextVar("tenant", default=None)
+_fallback_run_id: str | None = None
+_per_context = False
+"""Set once any tenant context is set: from then on a thread without context says
+nothing rather than another tenant's run (see ``set_run_id``)."""
 
 
 def set_run_id(run_id: str | None) -> None:
-    """The run every log line belongs to until the next call. One cycle runs at a time
-    per process, and its apply threads do not inherit context variables, so a plain
-    module value is the one that reaches every thread of the run."""
-    global _current_run_id
-    _current_run_id = run_id
+    """The run every log line of this thread (and of the threads it starts through
+    ``utils.logger.in_context``) belongs to until the next call. Single-tenant, a
+    thread started without the context (a lock's renewal) still gets the one run of
+    the process; with tenants, where cycles run side by side, it gets none."""
+    global _fallback_run_id
+    _run_id.set(run_id)
+    _fallback_run_id = run_id
+
+
+def set_tenant(tenant: str | None) -> None:
+    """The tenant every log line of this thread belongs to (with TENANTS_DIR)."""
+    global _per_context
+    _tenant.set(tenant)
+    if tenant is not None:
+        _per_context = True
+
+
+def current_run_id() -> str | None:
+    found = _run_id.get()
+    if found is None and not _per_context:
+        return _fallback_run_id
+    return found
+
+
+def current_tenant() -> str | None:
+    return _tenant.get()
+
+
+def in_context(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` to run on another thread with this thread's run and tenant (a thread pool
+    or a new Thread does not inherit context variables by itself)."""
+    context = contextvars.copy_context()
+
+    def run(*args: Any, **kwargs: Any) -> T:
+        return context.copy().run(fn, *args, **kwargs)
+
+    return run
 
 
 class RunIdFilter(logging.Filter):
-    """Adds ``run_id`` to records that do not carry one."""
+    """Adds ``run_id`` (and ``tenant``) to records that do not carry one."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _current_run_id is not None and not getattr(record, "run_id", None):
-            record.run_id = _current_run_id
+        run_id = current_run_id()
+        if run_id is not None and not getattr(record, "run_id", None):
+            record.run_id = run_id
+        tenant = _tenant.get()
+        if tenant is not None and not getattr(record, "tenant", None):
+            record.tenant = tenant
         return True

@@ -74,6 +74,12 @@ class TriggerQueue:
             self._due[sync] = self._clock() + max(0.0, delay)
         return True
 
+    def waiting(self) -> bool:
+        """Something was asked for that ``take`` would return now (without taking it)."""
+        now = self._clock()
+        with self._lock:
+            return self._all or bool(self._named) or any(due <= now for due in self._due.values())
+
     def take(self, enabled: Sequence[str]) -> Pending:
         """Everything asked for so far (events whose delay has passed included), and
         forget it. Syncs that are not enabled are dropped."""

@@ -25,12 +25,8 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleDaemon]:
     """The daemon with CONSOLE_TOKEN set, after its first complete cycle."""
-    daemon = ConsoleDaemon(tmp_path_factory.mktemp("console")).start()
-    try:
-        daemon.wait_first_cycle()
+    with ConsoleDaemon(tmp_path_factory.mktemp("console")).running() as daemon:
         yield daemon
-    finally:
-        daemon.stop()
 
 
 @pytest.fixture

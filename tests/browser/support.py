@@ -155,6 +155,16 @@ class ConsoleDaemon:
             raise RuntimeError(f"the daemon did not answer /live within 20 s:\n{self.tail()}")
         return self
 
+    @contextmanager
+    def running(self) -> Iterator[ConsoleDaemon]:
+        """Started, after its first complete cycle; stopped (and its Redis keys deleted) after."""
+        try:
+            self.start()
+            self.wait_first_cycle()
+            yield self
+        finally:
+            self.stop()
+
     def _get(self, path: str) -> requests.Response | None:
         try:
             return requests.get(self.base + path, timeout=5)

@@ -38,12 +38,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleDaemon]
     daemon = ConsoleDaemon(tmp_path_factory.mktemp("console"))
     seed(daemon)
     daemon.conflicts = plant_email_conflicts(daemon, 3)  # type: ignore[attr-defined]
-    daemon.start()
-    try:
-        daemon.wait_first_cycle()
+    with daemon.running():
         yield daemon
-    finally:
-        daemon.stop()
 
 
 @pytest.fixture

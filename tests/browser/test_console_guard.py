@@ -7,43 +7,25 @@ sync, and exactly those people lose SafetyAmp access, nobody else."""
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.browser.support import ConsoleDaemon, RequestLog, accept_confirmations, login, wait_for, wait_job_done
-from tests.e2e.test_faults_oracle import source_employees, target_state, vista_active
+from tests.e2e.test_faults_oracle import target_state, terminate_employees
 
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleDaemon]:
-    daemon = ConsoleDaemon(tmp_path_factory.mktemp("guard"), size=60).start()
-    try:
-        daemon.wait_first_cycle()
+    with ConsoleDaemon(tmp_path_factory.mktemp("guard"), size=60).running() as daemon:
         yield daemon
-    finally:
-        daemon.stop()
 
 
 def terminate(daemon: ConsoleDaemon, fraction: float, *, last: bool = False) -> list[str]:
     """Terminate ``fraction`` of the active employees in bPREH (the lowest numbers, or the
     highest with ``last``); their numbers."""
-    active = [r for r in source_employees(daemon.sandbox_dir) if vista_active(r)]
-    n = int(len(active) * fraction)
-    chosen = [r["Employee"] for r in (active[-n:] if last else active[:n])]
-    conn = sqlite3.connect(daemon.sandbox_dir / "viewpoint.sqlite")
-    try:
-        with conn:
-            conn.executemany(
-                'UPDATE "bPREH" SET "ActiveYN" = \'N\', "TermDate" = date(\'now\', \'-1 day\'), "RecentRehireDate" = NULL '
-                'WHERE "PRCo" = 1 AND "Employee" = ?',
-                [(e,) for e in chosen],
-            )
-    finally:
-        conn.close()
-    return [str(e) for e in chosen]
+    return terminate_employees(daemon.sandbox_dir, fraction, last=last)
 
 
 def active_users(daemon: ConsoleDaemon) -> set[str]:

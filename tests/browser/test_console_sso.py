@@ -23,19 +23,15 @@ from tests.browser.support import (
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleDaemon]:
-    daemon = ConsoleDaemon(
+    with ConsoleDaemon(
         tmp_path_factory.mktemp("sso"),
         size=20,
         console_token=None,
         CONSOLE_TRUSTED_PROXY="127.0.0.1/32",
         CONSOLE_OPERATOR_GROUPS=OPERATOR_GROUP,
         CONSOLE_VIEWER_GROUPS=f"{VIEWER_GROUP},00000000-0000-0000-0000-00000000aaaa",
-    ).start()
-    try:
-        daemon.wait_first_cycle()
+    ).running() as daemon:
         yield daemon
-    finally:
-        daemon.stop()
 
 
 def signed_in_as(browser: Any, console: ConsoleDaemon, user: str, groups: str) -> tuple[Any, RequestLog]:

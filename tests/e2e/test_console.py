@@ -11,7 +11,6 @@ import io
 import re
 import time
 import tracemalloc
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,13 +18,11 @@ from typing import Any
 
 import pytest
 
-from config.bootstrap import build_runtime, sandbox_overrides
 from config.settings import load_settings
 from console.auth import COOKIE, Authenticator, Identity
 from main import Daemon, create_app
-from sandbox.server import start_sandbox
-from tests.support.redis_server import REDIS_URL, connect, shared_server
-from utils.scrub import add_secrets
+from tests.e2e.conftest import behind_proxy, console_daemon, csrf_of, finished_job
+from tests.support.redis_server import REDIS_URL
 
 pytestmark = pytest.mark.e2e
 
@@ -45,46 +42,19 @@ PAGES = (
 
 
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[tuple[str, Any]]:
-    yield from shared_server()
-
-
-@pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory, redis_server: tuple[str, Any]) -> Iterator[SimpleNamespace]:
-    root = tmp_path_factory.mktemp("console")
-    client = connect(redis_server, decode=True)
-    prefix = f"test-console-{uuid.uuid4().hex}:"
     env = {
-        "OUTPUT_DIR": str(root / "output"),
-        "REDIS_URL": REDIS_URL if redis_server[0] == "real" else "redis://127.0.0.1:1/0",
-        "REDIS_PREFIX": prefix,
         "CONSOLE_TOKEN": TOKEN,
         "CONSOLE_TRUSTED_PROXY": PROXY,
         "CONSOLE_OPERATOR_GROUPS": OPERATORS,
         "CONSOLE_VIEWER_GROUPS": VIEWERS,
         "CONSOLE_SESSION_IDLE_MINUTES": "30",
     }
-    try:
-        with start_sandbox(root / "sandbox", size=40, faults={}, seed=7) as sb:
-            settings = load_settings(env, overrides=sandbox_overrides(sb.endpoints, root / "sandbox", env), dotenv_path=None)
-            add_secrets(settings.secret_values())  # as main.py does (configure_logging)
-            syncs = settings.enabled_syncs()
-            runtime = build_runtime(settings, syncs, redis_client=client)
-            daemon = Daemon(settings, syncs, runtime)
-            results = daemon.run_cycle(syncs)
-            assert {r.status for r in results} <= {"success", "partial"}, [r.summary() for r in results]
-            # A record the target refused: the tracker's own API, as a sync records it.
-            runtime.tracker.record_failure("employees", "1001", "fp-1", "SafetyAmp refused: email already taken", ["email"])
-            runtime.tracker.record_failure("jobs", "24-0001", "fp-2", "SafetyAmp refused: 422 name too long", ["name"])
-            app = create_app(daemon)
-            try:
-                yield SimpleNamespace(app=app, daemon=daemon, settings=settings, runtime=runtime, root=root, syncs=syncs)
-            finally:
-                daemon.jobs.close()
-                runtime.close()
-    finally:
-        for key in client.scan_iter(match=prefix + "*"):
-            client.delete(key)
+    with console_daemon(tmp_path_factory.mktemp("console"), redis_server, env, size=40) as running:
+        # A record the target refused: the tracker's own API, as a sync records it.
+        running.runtime.tracker.record_failure("employees", "1001", "fp-1", "SafetyAmp refused: email already taken", ["email"])
+        running.runtime.tracker.record_failure("jobs", "24-0001", "fp-2", "SafetyAmp refused: 422 name too long", ["name"])
+        yield running
 
 
 def signed_in(console: SimpleNamespace) -> Any:
@@ -97,22 +67,9 @@ def signed_in(console: SimpleNamespace) -> Any:
     return web
 
 
-def csrf_of(html: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert found, "no CSRF token in the page"
-    return found.group(1)
-
-
 def proxy(console: SimpleNamespace, groups: str, *, addr: str = PROXY_ADDR, user: str = "pat") -> Any:
     """A test client whose requests come from ``addr`` with the proxy's headers."""
-    web = console.app.test_client()
-    web.environ_base.update(
-        REMOTE_ADDR=addr,
-        HTTP_X_FORWARDED_USER=user,
-        HTTP_X_FORWARDED_EMAIL=f"{user}@example.com",
-        HTTP_X_FORWARDED_GROUPS=groups,
-    )
-    return web
+    return behind_proxy(console.app, groups, addr=addr, user=user)
 
 
 # ---- off unless configured ------------------------------------------------------------------
@@ -128,6 +85,25 @@ def test_the_console_is_404_unless_a_way_to_sign_in_is_configured(tmp_path: Path
     starting.state.starting = True
     answer = create_app(starting).test_client().get("/console/")
     assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
+
+
+def test_two_daemons_in_one_process_each_have_their_own_console(tmp_path: Path) -> None:
+    """The blueprint keeps its daemon on the app it is registered on, not in the module:
+    each app signs in with its own daemon's token and shows that daemon's syncs."""
+    tokens = {"departments": "first-console-token-0123456789abcdef", "jobs": "second-console-token-0123456789abcdef"}
+    apps = {}
+    for sync, token in tokens.items():
+        settings = load_settings({"OUTPUT_DIR": str(tmp_path / sync), "CONSOLE_TOKEN": token}, dotenv_path=None)
+        apps[sync] = create_app(Daemon(settings, (sync,)))
+    for sync, app in apps.items():
+        for other, token in tokens.items():
+            web = app.test_client()
+            form = web.get("/console/login")
+            answer = web.post("/console/login", data={"password": token, "csrf_token": csrf_of(form.text)})
+            assert answer.status_code == (302 if other == sync else 401), (sync, other)
+            if other == sync:
+                page = web.get("/console/").text
+                assert f'data-sync="{sync}"' in page and not any(f'data-sync="{s}"' in page for s in tokens if s != sync)
 
 
 # ---- without a session ----------------------------------------------------------------------
@@ -444,19 +420,6 @@ def test_a_page_that_fails_shows_an_error_page_and_the_daemon_goes_on(console: S
 
 
 # ---- jobs: what the console submits and how it shows results ----------------------------------
-def finished_job(web: Any, location: str, timeout: float = 120.0) -> str:
-    """Follow a job page the way its script does (the fragment) until the job is done."""
-    fragment = location.replace("/console/jobs/", "/console/fragment/jobs/")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = web.get(fragment)
-        assert answer.status_code == 200, answer.text[:500]
-        if 'data-final="1"' in answer.text:
-            return str(web.get(location).text)
-        time.sleep(0.2)
-    raise AssertionError(f"{location} did not finish in {timeout} s")
-
-
 def test_a_lookup_runs_as_a_job_and_shows_source_target_verdict_and_what_to_do(console: SimpleNamespace) -> None:
     operator = proxy(console, OPERATORS)
     created = re.search(r'data-testid="change" data-key="(\d+)"', operator.get(first_run_url(console, "employees")).text)

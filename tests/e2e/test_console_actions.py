@@ -7,22 +7,14 @@ end state in the emulated target, in Redis and in the audit log."""
 from __future__ import annotations
 
 import re
-import sqlite3
-import time
-import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from config.bootstrap import build_runtime, sandbox_overrides
-from config.settings import load_settings
-from main import Daemon, create_app
-from sandbox.server import start_sandbox
-from tests.e2e.test_console import csrf_of, finished_job
+from tests.e2e.conftest import behind_proxy, console_daemon, csrf_of, finished_job, sandbox_sql
 from tests.e2e.test_faults_oracle import source_employees, target_state, vista_active
-from tests.support.redis_server import REDIS_URL, connect, shared_server
 
 pytestmark = pytest.mark.e2e
 
@@ -32,19 +24,8 @@ OPERATORS, VIEWERS = "sync-operators", "sync-viewers"
 
 
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[tuple[str, Any]]:
-    yield from shared_server()
-
-
-@pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, redis_server: tuple[str, Any]) -> Iterator[SimpleNamespace]:
-    root = tmp_path_factory.mktemp("console-live")
-    client = connect(redis_server, decode=True)
-    prefix = f"test-console-live-{uuid.uuid4().hex}:"
     env = {
-        "OUTPUT_DIR": str(root / "output"),
-        "REDIS_URL": REDIS_URL if redis_server[0] == "real" else "redis://127.0.0.1:1/0",
-        "REDIS_PREFIX": prefix,
         "SYNC_TYPES": ",".join(SYNCS),
         "SYNC_INTERVAL_MINUTES": "600",  # after the first cycle, cycles only when asked
         "CONSOLE_TOKEN": TOKEN,
@@ -52,38 +33,14 @@ def live(tmp_path_factory: pytest.TempPathFactory, redis_server: tuple[str, Any]
         "CONSOLE_OPERATOR_GROUPS": OPERATORS,
         "CONSOLE_VIEWER_GROUPS": VIEWERS,
     }
-    try:
-        with start_sandbox(root / "sandbox", size=60, faults={}, seed=7) as sb:
-            settings = load_settings(env, overrides=sandbox_overrides(sb.endpoints, root / "sandbox", env), dotenv_path=None)
-            runtime = build_runtime(settings, SYNCS, redis_client=client)
-            daemon = Daemon(settings, SYNCS, runtime)
-            daemon.worker.start()
-            deadline = time.monotonic() + 120
-            while len(daemon.state.last_runs) < len(SYNCS) or daemon.state.running:
-                assert time.monotonic() < deadline, "the first cycle did not finish"
-                time.sleep(0.2)
-            try:
-                yield SimpleNamespace(app=create_app(daemon), daemon=daemon, runtime=runtime, dir=root / "sandbox")
-            finally:
-                daemon.stop.set()
-                daemon.jobs.close()
-                daemon.worker.join(timeout=25)
-                runtime.close()
-    finally:
-        for key in client.scan_iter(match=prefix + "*"):
-            client.delete(key)
+    with console_daemon(tmp_path_factory.mktemp("console-live"), redis_server, env, size=60, worker=True) as running:
+        assert running.syncs == SYNCS
+        yield running
 
 
 def person(live: SimpleNamespace, groups: str, user: str) -> Any:
     """A browser behind the sign-on proxy (127.0.0.1 is the trusted proxy here)."""
-    web = live.app.test_client()
-    web.environ_base.update(
-        REMOTE_ADDR="127.0.0.1",
-        HTTP_X_FORWARDED_USER=user,
-        HTTP_X_FORWARDED_EMAIL=f"{user}@example.com",
-        HTTP_X_FORWARDED_GROUPS=groups,
-    )
-    return web
+    return behind_proxy(live.app, groups, addr="127.0.0.1", user=user)
 
 
 def post(web: Any, page: str, action: str, **data: str) -> Any:
@@ -92,12 +49,7 @@ def post(web: Any, page: str, action: str, **data: str) -> Any:
 
 
 def sql(live: SimpleNamespace, statement: str, rows: list[tuple[Any, ...]]) -> None:
-    conn = sqlite3.connect(live.dir / "viewpoint.sqlite")
-    try:
-        with conn:
-            conn.executemany(statement, rows)
-    finally:
-        conn.close()
+    sandbox_sql(live.dir, statement, rows)
 
 
 def audit_actions(live: SimpleNamespace) -> list[tuple[str, str, str, str]]:

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
+from tests.e2e.conftest import console_daemon, sandbox_sql
 from tests.e2e.test_faults_oracle import target_state
 
 pytestmark = pytest.mark.e2e
@@ -42,47 +41,20 @@ def wait_job(daemon: Any, job_id: str, timeout: float = 120.0) -> dict[str, Any]
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Any]:
-    from config.bootstrap import build_runtime, sandbox_overrides
-    from config.settings import load_settings
-    from main import Daemon
-    from sandbox.server import start_sandbox
-
-    prefix = f"test-jobs-{uuid.uuid4().hex}:"
-    environ = {
-        "OUTPUT_DIR": str(tmp_path / "output"),
-        "REDIS_PREFIX": prefix,
+def daemon(tmp_path: Path, redis_server: tuple[str, Any]) -> Iterator[Any]:
+    env = {
         "SYNC_TYPES": ",".join(SYNCS),
         "SYNC_INTERVAL_MINUTES": "600",  # cycles only when the test asks
         "LOCK_REQUIRED": "true",
     }
-    with start_sandbox(tmp_path / "sandbox", size=40, faults={}, seed=7) as sb:
-        settings = load_settings(environ, overrides=sandbox_overrides(sb.endpoints, tmp_path / "sandbox", environ))
-        runtime = build_runtime(settings, SYNCS)
-        d = Daemon(settings, SYNCS, runtime)
-        d.sandbox_dir = tmp_path / "sandbox"
-        first = d.run_cycle(SYNCS)  # populate the target
-        assert all(r.status in ("success", "partial") for r in first), [r.summary() for r in first]
-        try:
-            yield d
-        finally:
-            d.stop.set()
-            d.jobs.close()
-            if d.worker.ident:
-                d.worker.join(timeout=25)
-            runtime.close()
-            client = redis.Redis.from_url(settings.redis_url.get_secret_value())
-            for key in client.scan_iter(match=prefix + "*"):
-                client.delete(key)
+    with console_daemon(tmp_path, redis_server, env, size=40) as running:  # its first cycle populates the target
+        assert running.syncs == SYNCS
+        running.daemon.sandbox_dir = running.dir
+        yield running.daemon
 
 
 def sql(daemon: Any, statement: str, *args: Any) -> None:
-    conn = sqlite3.connect(daemon.sandbox_dir / "viewpoint.sqlite")
-    try:
-        with conn:
-            conn.execute(statement, args)
-    finally:
-        conn.close()
+    sandbox_sql(daemon.sandbox_dir, statement, [args])
 
 
 def employees(daemon: Any) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import BatchRunner, run_counts, writes
+from tests.e2e.conftest import BatchRunner, run_counts, sandbox_sql, writes
 
 SAFETYAMP_SYNCS = "departments,jobs,titles,employees,vehicles"
 """The syncs that write to SafetyAmp (SANDBOX_FAULTS covers safetyamp, samsara, graph)."""
@@ -157,6 +157,21 @@ def vista_active(row: dict[str, Any]) -> bool:
         return False
     term, rehire = row.get("TermDate"), row.get("RecentRehireDate")
     return term is None or (rehire is not None and str(rehire) >= str(term))
+
+
+def terminate_employees(sandbox_dir: Path, fraction: float, *, last: bool = False) -> list[str]:
+    """Terminate ``fraction`` of the active employees in bPREH with plain SQL, as an HR
+    system would write it (the lowest numbers, or the highest with ``last``); their numbers."""
+    active = [r for r in source_employees(sandbox_dir) if vista_active(r)]
+    n = int(len(active) * fraction)
+    chosen = [r["Employee"] for r in (active[-n:] if last and n else active[:n])]
+    sandbox_sql(
+        sandbox_dir,
+        'UPDATE "bPREH" SET "ActiveYN" = \'N\', "TermDate" = date(\'now\', \'-1 day\'), "RecentRehireDate" = NULL '
+        'WHERE "PRCo" = 1 AND "Employee" = ?',
+        [(e,) for e in chosen],
+    )
+    return [str(e) for e in chosen]
 
 
 def pending(batch: BatchRunner, **env: str) -> int:

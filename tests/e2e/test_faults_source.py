@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -33,7 +32,7 @@ import pytest
 
 from tests.e2e.conftest import ROOT, BatchRunner, writes
 from tests.e2e.test_daemon import free_port, wait_for
-from tests.e2e.test_faults_oracle import SAFETYAMP_SYNCS, source_employees, target_state, vista_active
+from tests.e2e.test_faults_oracle import SAFETYAMP_SYNCS, target_state, terminate_employees
 
 pytestmark = pytest.mark.e2e
 
@@ -183,19 +182,7 @@ def test_unreachable_or_missing_source_database_changes_nothing(
 
 def terminate(batch: BatchRunner, fraction: float) -> list[str]:
     """Terminate ``fraction`` of the active employees in bPREH with plain SQL."""
-    active = [r for r in source_employees(batch.dir) if vista_active(r)]
-    chosen = [r["Employee"] for r in active[: int(len(active) * fraction)]]
-    conn = sqlite3.connect(batch.dir / "viewpoint.sqlite")
-    try:
-        with conn:
-            conn.executemany(
-                'UPDATE "bPREH" SET "ActiveYN" = \'N\', "TermDate" = date(\'now\', \'-1 day\'), "RecentRehireDate" = NULL '
-                'WHERE "PRCo" = 1 AND "Employee" = ?',
-                [(e,) for e in chosen],
-            )
-    finally:
-        conn.close()
-    return [str(e) for e in chosen]
+    return terminate_employees(batch.dir, fraction)
 
 
 @pytest.mark.slow  # 20-45 s: in CI's slow step, so the README's default run stays short

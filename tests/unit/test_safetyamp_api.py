@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from config.settings import load_settings
@@ -72,7 +74,8 @@ def test_required_headers_on_every_request():
     for req in t.requests:
         assert req.headers["Authorization"] == f"Bearer {TOKEN}"
         assert req.headers["Fqdn"] == "acme.safetyamp.com"
-        assert req.headers["User-Agent"] == "Acme-Sync/2.0"
+        # The configured product name first, then which replica and run sent it.
+        assert re.fullmatch(r"Acme-Sync/2\.0 \(instance \S+-\d+; run \S+\)", req.headers["User-Agent"])
         assert req.headers["Accept"] == "application/json"
 
 
