@@ -491,6 +491,7 @@ def test_tenants_configmap_is_mounted_at_tenants_dir_in_the_daemon_and_the_cronj
         assert not [r for r in res if r["kind"] == "ConfigMap" and r["metadata"]["name"] == "safetyamp-sync-tenants"]
         return
     assert config["data"]["TENANTS_DIR"] == TENANTS_DIR
+    assert int(config["data"]["TENANT_WORKERS"]) >= 1
     assert config["data"]["LOCK_REQUIRED"] == "true", "a replica that cannot reach Redis must claim no tenant"
     tenants = one(res, "ConfigMap", "safetyamp-sync-tenants")  # no name hash: edits reach running pods
     assert sorted(tenants["data"]) == ["acme.env", "district-7.env"]
@@ -585,8 +586,9 @@ def test_tenant_autoscaler_scales_the_daemon_on_slot_demand(autoscaling_rendered
     for metric in ("sync_tenant_slots_busy", "sync_tenants_overdue"):
         assert metric in query
         assert 'namespace="' + deploy["metadata"]["namespace"] + '"' in query
-    # 75 % of the default TENANT_WORKERS (4) per replica.
-    assert float(trigger["metadata"]["threshold"]) == 3
+    # 75 % of the overlay's TENANT_WORKERS (its slots) per replica.
+    workers = int(settings_config(res)["data"]["TENANT_WORKERS"])
+    assert float(trigger["metadata"]["threshold"]) == 0.75 * workers
     behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 3600
     assert all(p["type"] == "Pods" and p["value"] == 1 for d in behavior.values() for p in d["policies"])
