@@ -51,6 +51,9 @@ PAGE_SIZE = 50
 RUN_STATUSES = ("success", "partial", "failed", "skipped")
 FAILED_STATUSES = ("due", "waiting", "quarantined")
 NOTICE_COOKIE = "console_notice"
+TENANT_COOKIE = "console_tenant"
+"""With tenants: the tenant the console shows (not a secret, not an authority: every
+tenant's pages need the same sign-in; the cookie only remembers the choice)."""
 FRAGMENT_HEADER = "X-Console-Fragment"
 SESSION_TOUCH_SECONDS = 30.0
 PUBLIC_ENDPOINTS = {"console.login", "console.login_post", "console.static"}
@@ -129,8 +132,29 @@ def _console() -> _Console:
 
 
 def _daemon() -> Any:
-    """The daemon of the app serving this request."""
-    return _console().daemon
+    """The daemon of the app serving this request; with tenants (TENANTS_DIR), the
+    chosen tenant's (``?tenant=<id>``, remembered in a cookie; the first tenant when
+    none is chosen). Every page, action and export then concerns that tenant only."""
+    daemon = _console().daemon
+    fleet = getattr(daemon, "fleet", None)
+    if fleet is None:
+        return daemon
+    if "console_tenant" not in g:
+        names = fleet.names()
+        wanted = request.args.get("tenant") or request.cookies.get(TENANT_COOKIE)
+        g.console_tenant = wanted if wanted in names else (names[0] if names else None)
+        g.tenant_chosen = request.args.get("tenant") in names
+    entry = fleet.get(g.console_tenant) if g.console_tenant else None
+    return entry.runner if entry is not None else daemon
+
+
+def _tenant_context() -> dict[str, Any]:
+    """The tenant selector's content: every tenant and the current one (none without tenants)."""
+    fleet = getattr(_console().daemon, "fleet", None)
+    if fleet is None:
+        return {"tenants": [], "tenant": None}
+    _daemon()
+    return {"tenants": fleet.names(), "tenant": g.get("console_tenant")}
 
 
 def authenticator() -> Authenticator:
@@ -138,7 +162,9 @@ def authenticator() -> Authenticator:
     settings = console.daemon.state.settings
     with console.lock:
         if console.auth is None or console.settings is not settings:
-            redis_client = getattr(console.daemon.runtime, "redis", None)
+            redis_client = getattr(console.daemon.runtime, "redis", None) or getattr(
+                getattr(console.daemon, "fleet", None), "redis", None
+            )  # with tenants: the process's client (sessions span the tenants)
             prefix = settings.redis_prefix
             console.settings = settings
             console.auth = Authenticator(
@@ -241,6 +267,8 @@ def headers(response: Response) -> Response:
         _set_cookie(response, COOKIE, g.auth.dump(session))
     if g.get("notice_read"):
         response.delete_cookie(NOTICE_COOKIE, path=COOKIE_PATH, secure=_secure(), httponly=True, samesite="Strict")
+    if g.get("tenant_chosen") and g.get("console_tenant"):
+        _set_cookie(response, TENANT_COOKIE, g.console_tenant)
     return response
 
 
@@ -306,6 +334,8 @@ def _page(template: str, code: int = 200, **context: Any) -> Response:
     context.setdefault("csrf", g.get("csrf", ""))
     context.setdefault("notice", _notice() if code == 200 and g.get("auth") is not None else None)
     context.setdefault("syncs", list(_daemon().state.syncs))
+    for key, value in _tenant_context().items():
+        context.setdefault(key, value)
     html = render_template(f"console/{template}", **context, fmt=_FORMATTERS, nav=request.endpoint)
     return Response(html, status=code, mimetype="text/html")
 
