@@ -10,9 +10,11 @@ assert the security invariants. Used by .ci/deploy-checks and tests/integration.
    every overlay, as an overlay that lists it under ``components:`` renders.
 2. Built-in kinds: JSON schema of Kubernetes 1.30, strict (unknown fields are errors),
    from the PyPI package ``kubernetes-validate``.
-3. Custom resources (ServiceMonitor, PrometheusRule): their CRD schemas from the npm
-   package ``@kubernetes-models/prometheus-operator`` (deploy/ci/validate-crds.mjs) when
-   --crd-node-modules is given; otherwise each one is listed as SKIPPED.
+3. Custom resources (ServiceMonitor, PrometheusRule; KEDA's ScaledObject in the optional
+   tenant-autoscaling component): their CRD schemas from the npm packages
+   ``@kubernetes-models/prometheus-operator`` and ``@kubernetes-models/keda``
+   (deploy/ci/validate-crds.mjs) when --crd-node-modules is given; otherwise each one is
+   listed as SKIPPED.
 4. Security invariants for every container of every workload (including init
    containers): runAsNonRoot, a non-zero user, readOnlyRootFilesystem,
    allowPrivilegeEscalation false, not privileged, capabilities drop ALL, seccomp
@@ -48,7 +50,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE_ROOT = ROOT / "k8s"
 K8S_VERSION = "1.30.0"
-CRD_GROUPS = ("monitoring.coreos.com",)
+CRD_GROUPS = ("monitoring.coreos.com", "keda.sh")
 WORKLOAD_KINDS = {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
 PRODUCT_IMAGE = "safetyamp-sync"
 DIGEST_OVERLAYS = {"prod"}  # overlays whose product image must be pinned by digest
@@ -390,7 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kubectl", default=shutil.which("kubectl") or "kubectl")
     parser.add_argument(
-        "--crd-node-modules", type=Path, default=None, help="node_modules holding @kubernetes-models/prometheus-operator"
+        "--crd-node-modules",
+        type=Path,
+        default=None,
+        help="node_modules holding @kubernetes-models/prometheus-operator and @kubernetes-models/keda",
     )
     parser.add_argument("--out", type=Path, default=None, help="write each rendered overlay to DIR/<name>.yaml")
     args = parser.parse_args(argv)

@@ -33,6 +33,10 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ("dev", "staging", "prod")
+# Overlays serving many tenants (TENANTS_DIR) on several replicas, and their count; the
+# others run one tenant on one replica (docs/tenants.md, k8s/base/deployment.yaml).
+TENANT_REPLICAS = {"prod": 3}
+TENANTS_DIR = "/etc/safetyamp-sync/tenants"
 EGRESS_ALLOWED = {53, 443, 1433, 6379, 6380}
 EGRESS_REQUIRED = {53, 443, 1433}  # and Redis: 6379 (dev's own) or 6380 (managed, TLS)
 METRICS = {
@@ -40,6 +44,8 @@ METRICS = {
     "sync_failed_records", "external_requests_total", "external_request_duration_seconds", "circuit_breaker_state",
     "rate_limit_wait_seconds_total", "sync_deactivation_guard_tripped_total", "sync_quarantined",
 }  # fmt: skip
+# Process-wide metrics of a many-tenant daemon (docs/metrics.md): no tenant label.
+TENANT_PROCESS_METRICS = {"sync_tenants", "sync_tenants_overdue", "sync_tenant_slots", "sync_tenant_slots_busy"}
 
 
 def _load(path: Path, name: str) -> ModuleType:
@@ -72,6 +78,13 @@ def one(resources: list[dict[str, Any]], kind: str, name: str | None = None) -> 
     found = [r for r in resources if r["kind"] == kind and (name is None or r["metadata"]["name"] == name)]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {[r['metadata']['name'] for r in found]}"
     return found[0]
+
+
+def settings_config(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ConfigMap of settings (safetyamp-sync-config-<hash>), next to which an overlay
+    may have others (the tenant files)."""
+    (found,) = [r for r in resources if r["kind"] == "ConfigMap" and r["metadata"]["name"].startswith("safetyamp-sync-config")]
+    return found
 
 
 def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +181,7 @@ def test_valid_against_kubernetes_1_30(rendered: dict[str, list[dict[str, Any]]]
 def test_daemon_deployment(rendered: dict[str, list[dict[str, Any]]], env: str) -> None:
     res = rendered[env]
     deploy = one(res, "Deployment", "safetyamp-sync")
-    assert deploy["spec"]["replicas"] == 1
+    assert deploy["spec"]["replicas"] == TENANT_REPLICAS.get(env, 1)
     pod = pod_spec(deploy)
     (container,) = pod["containers"]
     assert container["args"] == ["python", "main.py"]
@@ -188,7 +201,7 @@ def test_daemon_deployment(rendered: dict[str, list[dict[str, Any]]], env: str) 
     assert pod_labels(deploy)["azure.workload.identity/use"] == "true"
     sa = one(res, "ServiceAccount", pod["serviceAccountName"])
     assert re.fullmatch(r"[0-9a-f-]{36}", sa["metadata"]["annotations"]["azure.workload.identity/client-id"])
-    config = one(res, "ConfigMap")
+    config = settings_config(res)
     assert container["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
 
 
@@ -204,7 +217,8 @@ def test_cronjob(rendered: dict[str, list[dict[str, Any]]], env: str) -> None:
     pod = job["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     (container,) = pod["containers"]
-    assert container["args"] == ["python", "sync_batch.py", "--json"]
+    tenant_args = ["--tenant", "all"] if env in TENANT_REPLICAS else []
+    assert container["args"] == ["python", "sync_batch.py", "--json", *tenant_args]
     assert pod_labels(cron)["azure.workload.identity/use"] == "true"
     deploy_pod = pod_spec(one(rendered[env], "Deployment", "safetyamp-sync"))
     assert pod["securityContext"] == deploy_pod["securityContext"]
@@ -388,7 +402,7 @@ def test_dev_redis_wants_a_password_from_a_secret_and_the_product_sends_it(rende
         assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL"), "$(VAR) only expands variables defined earlier"
         assert _env(container)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == secret_ref
         assert _env(container)["REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@redis:6379/0"
-    assert "REDIS_URL" not in one(res, "ConfigMap")["data"]
+    assert "REDIS_URL" not in settings_config(res)["data"]
     assert not [r for r in res if r["kind"] == "Secret"], "the password is created in the cluster, never kept in git"
 
 
@@ -429,7 +443,7 @@ def test_configmap_holds_known_settings_and_no_secret(rendered: dict[str, list[d
     from config.settings import Settings
 
     known = {f.alias for f in Settings.model_fields.values() if f.alias}
-    data = one(rendered[env], "ConfigMap")["data"]
+    data = settings_config(rendered[env])["data"]
     assert set(data) <= known, f"not settings names: {set(data) - known}"
     assert data["SYNC_INTERVAL_MINUTES"] and float(data["SYNC_INTERVAL_MINUTES"]) > 0
     assert data["AZURE_KEY_VAULT_NAME"]
@@ -447,7 +461,7 @@ def test_overlays_differ_where_they_should(rendered: dict[str, list[dict[str, An
         ns = one(rendered[env], "Namespace")
         assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
         assert all(r["metadata"].get("namespace") == namespaces[env] for r in rendered[env] if r["kind"] != "Namespace")
-    vaults = {one(rendered[env], "ConfigMap")["data"]["AZURE_KEY_VAULT_NAME"] for env in OVERLAYS}
+    vaults = {settings_config(rendered[env])["data"]["AZURE_KEY_VAULT_NAME"] for env in OVERLAYS}
     assert len(vaults) == len(OVERLAYS)
     redis = {
         env: [r["metadata"]["name"] for r in rendered[env] if r["kind"] == "Deployment" and r["metadata"]["name"] == "redis"]
@@ -455,7 +469,134 @@ def test_overlays_differ_where_they_should(rendered: dict[str, list[dict[str, An
     }
     assert redis == {"dev": ["redis"], "staging": [], "prod": []}
     for env in OVERLAYS:
-        assert "REDIS_URL" not in one(rendered[env], "ConfigMap")["data"], "a Redis URL carries a password: never a ConfigMap"
+        assert "REDIS_URL" not in settings_config(rendered[env])["data"], "a Redis URL carries a password: never a ConfigMap"
+
+
+# ------------------------------------------------------------- many tenants (issue 13)
+def _mounts(container: dict[str, Any], pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each mount path of a container -> the volume mounted there."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    return {m["mountPath"]: {**volumes[m["name"]], "readOnly": m.get("readOnly", False)} for m in container["volumeMounts"]}
+
+
+@pytest.mark.parametrize("env", OVERLAYS)
+def test_tenants_configmap_is_mounted_at_tenants_dir_in_the_daemon_and_the_cronjob(
+    rendered: dict[str, list[dict[str, Any]]], env: str
+) -> None:
+    res = rendered[env]
+    config = settings_config(res)
+    if env not in TENANT_REPLICAS:
+        # One tenant: nothing changes (no TENANTS_DIR, no tenant files, one replica).
+        assert "TENANTS_DIR" not in config["data"]
+        assert not [r for r in res if r["kind"] == "ConfigMap" and r["metadata"]["name"] == "safetyamp-sync-tenants"]
+        return
+    assert config["data"]["TENANTS_DIR"] == TENANTS_DIR
+    assert int(config["data"]["TENANT_WORKERS"]) >= 1
+    assert config["data"]["LOCK_REQUIRED"] == "true", "a replica that cannot reach Redis must claim no tenant"
+    tenants = one(res, "ConfigMap", "safetyamp-sync-tenants")  # no name hash: edits reach running pods
+    assert sorted(tenants["data"]) == ["acme.env", "district-7.env"]
+    for workload in (one(res, "Deployment", "safetyamp-sync"), one(res, "CronJob")):
+        pod = pod_spec(workload)
+        mounts = _mounts(pod["containers"][0], pod)
+        assert mounts[TENANTS_DIR]["configMap"]["name"] == "safetyamp-sync-tenants", checks.name_of(workload)
+        assert mounts[TENANTS_DIR]["readOnly"] is True
+        # The _FROM_FILE references of the tenant files resolve in the secrets mount.
+        assert mounts[config["data"]["SECRETS_DIR"]]["secret"]["secretName"] == "safetyamp-sync-secrets"
+        assert pod["containers"][0]["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
+
+
+@pytest.mark.parametrize("env", OVERLAYS)
+def test_replicas_spread_over_nodes_and_the_pdb_lets_one_go_at_a_time(
+    rendered: dict[str, list[dict[str, Any]]], env: str
+) -> None:
+    res = rendered[env]
+    deploy = one(res, "Deployment", "safetyamp-sync")
+    labels = pod_labels(deploy)
+    spread = {c["topologyKey"]: c for c in pod_spec(deploy)["topologySpreadConstraints"]}
+    assert set(spread) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for constraint in spread.values():
+        assert constraint["maxSkew"] == 1
+        # Never Pending for lack of nodes: fewer nodes than replicas still runs them all.
+        assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+        assert constraint["labelSelector"]["matchLabels"].items() <= labels.items()
+    pdb = one(res, "PodDisruptionBudget")
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        "selector": {"matchLabels": deploy["spec"]["selector"]["matchLabels"]},
+    }
+    assert deploy["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # A rolling update never takes a replica away before its successor runs.
+    assert deploy["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_example_tenant_files_are_valid_with_their_secrets_in_secrets_dir(tmp_path: Path) -> None:
+    """The prod overlay's tenant files pass the daemon's own validation when the files they
+    reference are in SECRETS_DIR, and fail (naming the reference) when one is missing."""
+    from config.settings import load_settings
+    from config.tenants import load_tenant_dir
+
+    folder = ROOT / "k8s" / "overlays" / "prod" / "tenants"
+    refs = sorted(
+        re.findall(r"^\w+_FROM_FILE=(\S+)$", "\n".join(p.read_text(encoding="utf-8") for p in folder.glob("*.env")), re.M)
+    )
+    assert refs, "the examples name their secrets by _FROM_FILE"
+    values = {"acme-viewpoint-db-url": "sqlite:///:memory:"}
+    for ref in refs:
+        (tmp_path / ref).write_text(values.get(ref, f"example-{ref}-0123456789"), encoding="utf-8")
+    environ = {"SECRETS_DIR": str(tmp_path)}
+    load = load_tenant_dir(folder, environ, base=load_settings(environ, dotenv_path=None))
+    assert load.problems == {}
+    assert sorted(load.tenants) == ["acme", "district-7"]
+    assert "rosters" in load.tenants["district-7"].enabled_syncs()
+    (tmp_path / "d7-scim-token").unlink()
+    load = load_tenant_dir(folder, environ, base=load_settings(environ, dotenv_path=None))
+    assert sorted(load.tenants) == ["acme"]
+    assert "d7-scim-token" in " ".join(str(p) for p in load.problems["district-7.env"])
+
+
+TENANT_AUTOSCALING = ROOT / "k8s" / "components" / "tenant-autoscaling"
+
+
+@pytest.fixture(scope="module")
+def autoscaling_rendered() -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        _missing("kubectl")
+    return checks.render_with_component(ROOT / "k8s" / "overlays" / "prod", TENANT_AUTOSCALING, kubectl)
+
+
+def test_the_checks_render_the_autoscaling_component_and_know_its_crd() -> None:
+    labels = [label for label, _, _ in checks.targets()]
+    assert "k8s/overlays/prod + k8s/components/tenant-autoscaling" in labels
+    assert checks.is_custom({"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject"})
+
+
+def test_tenant_autoscaler_scales_the_daemon_on_slot_demand(autoscaling_rendered: list[dict[str, Any]]) -> None:
+    res = autoscaling_rendered
+    deploy = one(res, "Deployment", "safetyamp-sync")
+    assert "replicas" not in deploy["spec"], "the autoscaler owns the count; an apply must not reset it"
+    scaled = one(res, "ScaledObject", "safetyamp-sync")
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"]["name"] == deploy["metadata"]["name"]
+    assert spec["minReplicaCount"] == TENANT_REPLICAS["prod"] <= spec["maxReplicaCount"]
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+    query = trigger["metadata"]["query"]
+    for metric in ("sync_tenant_slots_busy", "sync_tenants_overdue"):
+        assert metric in query
+        assert 'namespace="' + deploy["metadata"]["namespace"] + '"' in query
+    # 75 % of the overlay's TENANT_WORKERS (its slots) per replica.
+    workers = int(settings_config(res)["data"]["TENANT_WORKERS"])
+    assert float(trigger["metadata"]["threshold"]) == 0.75 * workers
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 3600
+    assert all(p["type"] == "Pods" and p["value"] == 1 for d in behavior.values() for p in d["policies"])
+
+
+def test_tenant_autoscaling_does_not_touch_the_overlays_without_it(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for env in OVERLAYS:
+        assert not [r for r in rendered[env] if r["kind"] == "ScaledObject"], env
 
 
 # --------------------------------------------------------------- rules and dashboard
@@ -505,7 +646,42 @@ def test_dashboard_is_importable_with_a_datasource_variable() -> None:
         assert needle in titles, needle
     used = {m for p in panels for t in p["targets"] for m in re.findall(r"[a-z_]+(?=\{|\[)", t["expr"])}
     used = {re.sub(r"_(bucket|sum|count)$", "", m) for m in used}
-    assert used <= METRICS, f"unknown metrics in the dashboard: {used - METRICS}"
+    assert used <= METRICS | TENANT_PROCESS_METRICS, f"unknown metrics in the dashboard: {used - METRICS}"
+
+
+def test_dashboard_has_a_tenant_variable_that_filters_every_tenant_series() -> None:
+    dash = json.loads((ROOT / "deploy" / "grafana" / "safetyamp-sync.json").read_text(encoding="utf-8"))
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    names = list(variables)
+    assert names.index("namespace") < names.index("tenant") < names.index("sync")
+    tenant = variables["tenant"]
+    assert tenant["type"] == "query" and tenant["includeAll"] is True and tenant["multi"] is True
+    # ".*" also matches series without the label: a single-tenant installation's.
+    assert tenant["allValue"] == ".*"
+    assert re.fullmatch(r"label_values\(sync_runs_total(\{[^}]*\})?, tenant\)", tenant["query"]["query"])
+    for name in ("sync", "service"):
+        assert 'tenant=~"$tenant"' in variables[name]["query"]["query"], name
+    panels = [p for p in dash["panels"] if p["type"] != "row"]
+    for p in panels:
+        for t in p["targets"]:
+            selectors = re.findall(r"([a-z_]+)\{([^}]*)\}", t["expr"])
+            assert selectors, (p["title"], t["expr"])
+            for metric, matchers in selectors:
+                process_wide = re.sub(r"_(bucket|sum|count)$", "", metric) in TENANT_PROCESS_METRICS
+                # Process-wide series have no tenant label: filtering them would empty the panel.
+                assert ('tenant=~"$tenant"' in matchers) is not process_wide, (p["title"], metric)
+                assert 'namespace=~"$namespace"' in matchers, (p["title"], metric)
+    by_title = {p["title"]: p for p in panels}
+    # Per-sync panels keep one series per tenant and sync, as the alerts do.
+    for title in ("Age of last success per sync", "Quarantined syncs", "Failed records (tracked)", "Runs by status"):
+        (target,) = by_title[title]["targets"]
+        assert "by (tenant, sync" in target["expr"] and "{{tenant}}" in target["legendFormat"], title
+    assert "by (tenant, service)" in by_title["Circuit breaker state"]["targets"][0]["expr"]
+    # The tenant engine's own panels: every process-wide metric is shown, overdue with max.
+    shown = {m for p in panels for t in p["targets"] for m in re.findall(r"[a-z_]+(?=\{)", t["expr"])}
+    assert TENANT_PROCESS_METRICS <= shown
+    overdue = by_title["Tenants overdue"]["targets"][0]["expr"]
+    assert overdue.startswith("max") and "sum" not in overdue, "every replica reports the same value"
 
 
 # ------------------------------------------------------------------------ Dockerfile
