@@ -106,6 +106,10 @@ PROCESS_WIDE: frozenset[str] = frozenset(
         "REDIS_URL",
         "REDIS_PREFIX",
         "OUTPUT_DIR",
+        # how replicas exclude each other: one rule for every tenant (a tenant on a file
+        # lock would run on two replicas at once)
+        "LOCK_REQUIRED",
+        "LOCK_TTL_SECONDS",
         # the operator's doors into the daemon
         "SYNC_TRIGGER_TOKEN",
         "CONSOLE_TOKEN",

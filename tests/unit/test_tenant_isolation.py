@@ -84,9 +84,9 @@ def test_tenants_with_one_target_token_share_one_budget():
 def restore_log_context():
     import utils.logger as logger_module
 
-    before = logger_module._per_context  # noqa: SLF001 - a process-wide switch this test turns on
+    before = logger_module._per_context
     yield
-    logger_module._per_context = before  # noqa: SLF001
+    logger_module._per_context = before
     set_run_id(None)
 
 
