@@ -3,7 +3,7 @@
 that runs every enabled sync every SYNC_INTERVAL_MINUTES (with a little jitter so
 replicas and CronJobs do not stampede the same minute).
 
-    python main.py [--sandbox [--sandbox-dir DIR] [--sandbox-size N]]
+    python main.py [--sandbox [--sandbox-dir DIR] [--sandbox-size N] [--tenants N]]
 
 Endpoints (docs/runbook.md, docs/metrics.md): /live (heartbeat only, never an outside call), /ready (settings
 valid and the source database answered within the last check, cached 30 s), /health
@@ -190,8 +190,7 @@ class Daemon:
         requested_by: Mapping[str, str] | None = None,
         held: Any = None,
     ) -> list[Any]:
-        """One cycle of ``syncs``; ``held``: the cycle lock when the tenant scheduler
-        (config/fleet.py) already took it to claim the tenant."""
+        """One cycle; ``held``: the cycle lock the tenant scheduler took (config/fleet.py)."""
         from config.bootstrap import new_context, new_run_id
         from sync.runner import run_syncs
 
@@ -701,7 +700,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sandbox", action="store_true", help="run against the built-in sandbox")
     p.add_argument("--sandbox-dir", default="output/sandbox", help="sandbox state folder (created and seeded if missing)")
     p.add_argument("--sandbox-size", type=int, default=200, help="employees in a newly seeded sandbox (default 200)")
+    p.add_argument(
+        "--tenants",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --sandbox: N tenant accounts (companies and districts, docs/tenants.md), served as TENANTS_DIR",
+    )
     args = p.parse_args(argv)
+    if args.tenants is not None and (not args.sandbox or args.tenants < 1):
+        p.error("--tenants N needs --sandbox and N >= 1")
     environ = dict(os.environ)
     from utils.logger import configure_logging
 
@@ -745,12 +753,12 @@ def start_worker(daemon: Daemon, args: argparse.Namespace, environ: dict[str, st
     overrides: dict[str, str] = {}
     try:
         if args.sandbox:
-            from config.bootstrap import sandbox_overrides
-            from sandbox.server import start_sandbox
+            from sandbox.product import start_for_product
 
             environ.setdefault("SYNC_INTERVAL_MINUTES", "5")
-            sb = stack.enter_context(start_sandbox(Path(args.sandbox_dir), size=args.sandbox_size))
-            overrides = sandbox_overrides(sb.endpoints, Path(args.sandbox_dir), environ)
+            overrides = start_for_product(
+                stack, Path(args.sandbox_dir), size=args.sandbox_size, tenants=args.tenants, environ=environ
+            )
         settings = load_settings(environ, overrides=overrides)
         if settings.tenants_dir is not None:
             configure_logging(settings.log_level, settings.log_format, secrets=settings.secret_values())

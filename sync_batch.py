@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run every enabled sync once and exit: for Kubernetes CronJobs and operators.
 
-    python sync_batch.py [--sandbox [--sandbox-dir DIR] [--sandbox-size N]]
+    python sync_batch.py [--sandbox [--sandbox-dir DIR] [--sandbox-size N] [--tenants N]]
                          [--only a,b] [--dry-run] [--json] [--force] [--full]
     python sync_batch.py [--sandbox ...] failed list [--sync S]
     python sync_batch.py [--sandbox ...] failed retry [--sync S] [--key K]
@@ -76,6 +76,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sandbox", action="store_true", help="run against the built-in sandbox (no credentials needed)")
     p.add_argument("--sandbox-dir", default="output/sandbox", help="sandbox state folder (created and seeded if missing)")
     p.add_argument("--sandbox-size", type=int, default=200, help="employees in a newly seeded sandbox (default 200)")
+    p.add_argument(
+        "--tenants",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --sandbox: N tenant accounts (companies and districts, docs/tenants.md), served as TENANTS_DIR",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line of stdout")
     p.add_argument(
         "--tenant",
@@ -98,6 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     common.add_argument("--sandbox", action="store_true", default=argparse.SUPPRESS, help="use the built-in sandbox")
     common.add_argument("--sandbox-dir", default=argparse.SUPPRESS, help="sandbox state folder")
     common.add_argument("--sandbox-size", type=int, default=argparse.SUPPRESS, help="employees in a newly seeded sandbox")
+    common.add_argument("--tenants", type=int, default=argparse.SUPPRESS, metavar="N", help="with --sandbox: N tenant accounts")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text")
     common.add_argument("--tenant", default=argparse.SUPPRESS, metavar="ID", help="with TENANTS_DIR: the tenant")
     sub = p.add_subparsers(dest="command", title="operator commands", metavar="COMMAND")
@@ -165,6 +173,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.sandbox_size < 1:
         p.error("--sandbox-size must be at least 1")
+    if args.tenants is not None and (not args.sandbox or args.tenants < 1):
+        p.error("--tenants N needs --sandbox and N >= 1")
     if args.command:
         given = [f"--{o.replace('_', '-')}" for o in RUN_OPTIONS if getattr(args, o)]
         if given:
@@ -236,11 +246,7 @@ def operator_main(args: argparse.Namespace, environ: dict[str, str]) -> int:
     with ExitStack() as stack:
         overrides: dict[str, str] = {}
         if args.sandbox:
-            from config.bootstrap import sandbox_overrides
-            from sandbox.server import start_sandbox
-
-            sb = stack.enter_context(start_sandbox(Path(args.sandbox_dir), size=args.sandbox_size))
-            overrides = sandbox_overrides(sb.endpoints, Path(args.sandbox_dir), environ)
+            overrides = start_sandbox_for(args, environ, stack)
         try:
             settings = load_settings(environ, overrides=overrides)
             if settings.tenants_dir is not None or args.tenant not in (None, "default"):
@@ -459,13 +465,8 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     with ExitStack() as stack:
         overrides: dict[str, str] = {}
         if args.sandbox:
-            from config.bootstrap import sandbox_overrides
-            from sandbox.server import start_sandbox
-
-            sandbox_dir = Path(args.sandbox_dir)
-            log.info("starting sandbox in %s", sandbox_dir)
-            sb = stack.enter_context(start_sandbox(sandbox_dir, size=args.sandbox_size))
-            overrides = sandbox_overrides(sb.endpoints, sandbox_dir, environ)
+            log.info("starting sandbox in %s", args.sandbox_dir)
+            overrides = start_sandbox_for(args, environ, stack)
         try:
             settings = load_settings(environ, overrides=overrides)
             if settings.tenants_dir is not None or args.tenant not in (None, "default"):
@@ -548,6 +549,16 @@ def run_tenants(chosen: list[tuple[str, Settings]], problems: list[str], args: a
     if args.json:
         print(json.dumps(scrub_value({"tenants": summaries, "problems": problems}), default=str))
     return max(codes, default=EXIT_OK)
+
+
+def start_sandbox_for(args: argparse.Namespace, environ: dict[str, str], stack: ExitStack) -> dict[str, str]:
+    """``--sandbox`` (``--tenants N``: N accounts, and ``--tenant all`` unless one is named)."""
+    from sandbox.product import start_for_product
+
+    tenants = getattr(args, "tenants", None)
+    if tenants and not getattr(args, "tenant", None) and not args.command:
+        args.tenant = "all"
+    return start_for_product(stack, Path(args.sandbox_dir), size=args.sandbox_size, tenants=tenants, environ=environ)
 
 
 def report_configuration_error(problems: list[str], as_json: bool) -> int:
@@ -676,6 +687,8 @@ def command_prefix(args: argparse.Namespace) -> str:
         words.append("--sandbox")
         if args.sandbox_dir != "output/sandbox":
             words += ["--sandbox-dir", shlex.quote(str(args.sandbox_dir))]
+        if getattr(args, "tenants", None):
+            words += ["--tenants", str(args.tenants)]
     tenant = current_tenant()
     if tenant:
         words += ["--tenant", tenant]

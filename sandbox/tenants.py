@@ -352,6 +352,8 @@ class RunningTenants:
     registry: CredentialRegistry = field(repr=False)
     cross: JsonLines = field(repr=False)
     started_in_s: float = 0.0
+    interval_minutes: float = 5.0
+    """SYNC_INTERVAL_MINUTES written into every tenant file (the single sandbox daemon's 5 by default)."""
 
     def __repr__(self) -> str:  # endpoints hold credentials: keep them out of reprs
         return f"RunningTenants(directory={str(self.directory)!r}, tenants={list(self.accounts)})"
@@ -424,6 +426,7 @@ def start_tenants(
     size: int = 30,
     seed: int | None = None,
     faults: Mapping[str, Any] | None = None,
+    interval_minutes: float = 5.0,
 ) -> RunningTenants:
     """Start ``count`` accounts in ``directory`` (seeded on first use, reused after) and
     write the tenant files, secret files and ``tenants.json`` for them.
@@ -448,7 +451,7 @@ def start_tenants(
     base_seed = resolve_seed(seed)
     registry = CredentialRegistry()
     cross = JsonLines(root / CROSS_TENANT_FILE)
-    running = RunningTenants(root, {}, registry, cross)
+    running = RunningTenants(root, {}, registry, cross, interval_minutes=interval_minutes)
     try:
         for index, tenant in enumerate(ids, start=1):
             account_dir = root / ACCOUNTS_DIR / tenant
@@ -532,6 +535,7 @@ def write_tenant_files(running: RunningTenants) -> None:
     state: dict[str, Any] = {}
     for tenant, account in running.accounts.items():
         values, secrets = tenant_settings(tenant, account.endpoints, account.directory)
+        values["SYNC_INTERVAL_MINUTES"] = f"{running.interval_minutes:g}"
         lines = [f"# {tenant}: sandbox {account.kind} account {account.directory} (written by python -m sandbox tenants)"]
         lines += [f"{name}={value}" for name, value in sorted(values.items())]
         for name, value in sorted(secrets.items()):
@@ -577,6 +581,20 @@ def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
             continue  # a line still being written
         if isinstance(record, dict):
             yield record
+
+
+def product_environ(running: RunningTenants, environ: Mapping[str, str]) -> dict[str, str]:
+    """What ``main.py`` / ``sync_batch.py --sandbox --tenants N`` add to the process's
+    environment: the tenants and secrets folders (forced: a real TENANTS_DIR must never
+    be used by a sandbox run), and a Redis prefix of this folder and a file-lock
+    fallback unless the environment says otherwise."""
+    import hashlib
+
+    digest = hashlib.sha256(str(running.directory).encode()).hexdigest()[:10]
+    out = {"REDIS_PREFIX": f"sandbox-tenants-{digest}:", "LOCK_REQUIRED": "false"}
+    out = {k: v for k, v in out.items() if k not in environ}
+    out.update({"TENANTS_DIR": str(running.tenants_dir), "SECRETS_DIR": str(running.secrets_dir)})
+    return out
 
 
 def read_ledger(directory: str | Path) -> dict[str, list[dict[str, Any]]]:

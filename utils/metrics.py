@@ -77,28 +77,7 @@ class Metrics:
             "sync_last_success_timestamp_seconds", "Unix time of the last successful run.", [*t, "sync"], registry=r
         )
         self.failed_records = Gauge("sync_failed_records", "Records currently tracked as failing.", [*t, "sync"], registry=r)
-        self.external_requests = Counter(
-            "external_requests_total",
-            "HTTP requests sent to outside systems (each attempt).",
-            [*t, "service", "method", "status"],
-            registry=r,
-        )
-        self.external_duration = Histogram(
-            "external_request_duration_seconds",
-            "Latency of requests to outside systems.",
-            [*t, "service"],
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-            registry=r,
-        )
-        self.breaker_state = Gauge(
-            "circuit_breaker_state", "Circuit breaker per service: 0 closed, 1 half-open, 2 open.", [*t, "service"], registry=r
-        )
-        self.rate_limit_wait = Counter(
-            "rate_limit_wait_seconds_total",
-            "Seconds spent waiting for a rate limit (own limiter and Retry-After).",
-            [*t, "service"],
-            registry=r,
-        )
+        self._service_metrics(r, t)
         self.deactivation_guard = Counter(
             "sync_deactivation_guard_tripped_total",
             "Runs whose deactivations were refused by the guard.",
@@ -121,7 +100,35 @@ class Metrics:
             [*t, "sync"],
             registry=r,
         )
-        # The process's tenants (docs/tenants.md): no tenant label, present in every mode.
+        self._process_metrics(r)
+
+    def _service_metrics(self, r: CollectorRegistry, t: list[str]) -> None:
+        """Requests to outside systems, their breakers and rate-limit waits."""
+        self.external_requests = Counter(
+            "external_requests_total",
+            "HTTP requests sent to outside systems (each attempt).",
+            [*t, "service", "method", "status"],
+            registry=r,
+        )
+        self.external_duration = Histogram(
+            "external_request_duration_seconds",
+            "Latency of requests to outside systems.",
+            [*t, "service"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "circuit_breaker_state", "Circuit breaker per service: 0 closed, 1 half-open, 2 open.", [*t, "service"], registry=r
+        )
+        self.rate_limit_wait = Counter(
+            "rate_limit_wait_seconds_total",
+            "Seconds spent waiting for a rate limit (own limiter and Retry-After).",
+            [*t, "service"],
+            registry=r,
+        )
+
+    def _process_metrics(self, r: CollectorRegistry) -> None:
+        """The process's tenants (docs/tenants.md): no tenant label, present in every mode."""
         self.tenants = Gauge(
             "sync_tenants", "Tenants of this process: active (loaded) and invalid (files with problems).", ["state"], registry=r
         )

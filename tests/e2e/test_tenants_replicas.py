@@ -128,11 +128,16 @@ def syncs_of(tenant: str) -> int:
 def test_three_replicas_share_twelve_tenants_survive_a_kill_and_take_in_a_fourth(tmp_path: Path) -> None:
     require_redis()
     prefix = f"test-tenants-{uuid.uuid4().hex[:8]}:"
-    sandbox = start_tenants(tmp_path / "sb", TENANTS, size=20, seed=7, faults={FAILING: {"safetyamp": {"error_rate": 1.0}}})
+    sandbox = start_tenants(
+        tmp_path / "sb",
+        TENANTS,
+        size=20,
+        seed=7,
+        faults={FAILING: {"safetyamp": {"error_rate": 1.0}}},
+        interval_minutes=float(INTERVAL_MINUTES),
+    )
     replicas: list[Replica] = []
     try:
-        for env_file in sandbox.tenants_dir.glob("*.env"):
-            env_file.write_text(env_file.read_text() + f"SYNC_INTERVAL_MINUTES={INTERVAL_MINUTES}\n")
         tenants = sorted(p.stem for p in sandbox.tenants_dir.glob("*.env"))
         assert len(tenants) == TENANTS
         env = {
