@@ -589,43 +589,60 @@ def _operator_routes(app: Flask, daemon: Daemon) -> None:
 
 
 def _webhook_routes(app: Flask, daemon: Daemon) -> None:
-    """POST /webhooks/samsara (signed; single-tenant deployments: see docs/tenants.md)."""
-    verifiers: dict[str, Any] = {}
+    """POST /webhooks/samsara (one tenant) and /webhooks/samsara/<tenant> (TENANTS_DIR:
+    each tenant's Samsara webhook points at its own URL and is signed with its own
+    SAMSARA_WEBHOOK_SECRET)."""
+    verifiers: dict[int, Any] = {}
 
-    def webhook_verifier() -> Any:
-        """Built on first use: settings arrive after the HTTP server has started."""
-        settings = daemon.state.settings
-        if daemon.fleet is not None or settings is None or settings.samsara_webhook_secret is None:
+    def webhook_verifier(target: Daemon) -> Any:
+        """Built on first use per settings object: settings arrive after the server
+        started, and a tenant whose file changed gets a new one."""
+        settings = target.state.settings
+        if settings is None or settings.samsara_webhook_secret is None:
             return None
-        if "samsara" not in verifiers:
+        key = id(settings)
+        if key not in verifiers:
             from utils.webhooks import WebhookVerifier
 
-            verifiers["samsara"] = WebhookVerifier(settings.samsara_webhook_secret.get_secret_value())
-        return verifiers["samsara"]
+            verifiers[key] = WebhookVerifier(settings.samsara_webhook_secret.get_secret_value())
+        return verifiers[key]
 
     @app.post("/webhooks/samsara")
     def samsara_webhook() -> Any:
-        verifier = webhook_verifier()
-        if verifier is None:
-            return jsonify(error="webhooks are disabled: SAMSARA_WEBHOOK_SECRET is not set"), 404
-        body = request.get_data()  # bounded: refuse_large_bodies and waitress's limit ran first
-        ok, why = verifier.verify(request.headers.get("X-Samsara-Timestamp"), request.headers.get("X-Samsara-Signature"), body)
-        if not ok:
-            log.warning("webhook refused: %s", why)
-            return jsonify(error=why), 401
-        from utils.webhooks import parse_event
+        if daemon.fleet is not None:
+            return jsonify(error="this daemon serves tenants: send each tenant's events to /webhooks/samsara/<tenant>"), 404
+        return _samsara_event(daemon, webhook_verifier(daemon))
 
-        try:
-            event = parse_event(body)
-        except ValueError as exc:
-            log.warning("webhook refused: %s", exc)
-            return jsonify(error=str(exc)), 400
-        if event.get("eventType") == "Ping":
-            return jsonify(status="pong"), 200
-        # Debounced: a burst of vehicle events becomes one vehicles run, which waits
-        # while the sync is quarantined or a breaker it needs is open (Daemon._not_held).
-        daemon.state.triggers.request_after("vehicles", daemon.state.settings.webhook_debounce_seconds)  # type: ignore[union-attr]
-        return jsonify(status="accepted"), 202
+    @app.post("/webhooks/samsara/<tenant>")
+    def tenant_samsara_webhook(tenant: str) -> Any:
+        target = daemon.fleet.get(tenant).runner if daemon.fleet is not None and daemon.fleet.get(tenant) else None
+        if target is None:
+            return jsonify(error=f"no tenant {tenant!r} here"), 404
+        return _samsara_event(target, webhook_verifier(target))
+
+
+def _samsara_event(target: Daemon, verifier: Any) -> Any:
+    """One signed Samsara event for ``target``: a debounced vehicles run."""
+    if verifier is None:
+        return jsonify(error="webhooks are disabled: SAMSARA_WEBHOOK_SECRET is not set"), 404
+    body = request.get_data()  # bounded: refuse_large_bodies and waitress's limit ran first
+    ok, why = verifier.verify(request.headers.get("X-Samsara-Timestamp"), request.headers.get("X-Samsara-Signature"), body)
+    if not ok:
+        log.warning("webhook refused: %s", why)
+        return jsonify(error=why), 401
+    from utils.webhooks import parse_event
+
+    try:
+        event = parse_event(body)
+    except ValueError as exc:
+        log.warning("webhook refused: %s", exc)
+        return jsonify(error=str(exc)), 400
+    if event.get("eventType") == "Ping":
+        return jsonify(status="pong"), 200
+    # Debounced: a burst of vehicle events becomes one vehicles run, which waits
+    # while the sync is quarantined or a breaker it needs is open (Daemon._not_held).
+    target.state.triggers.request_after("vehicles", target.state.settings.webhook_debounce_seconds)  # type: ignore[union-attr]
+    return jsonify(status="accepted"), 202
 
 
 def start_http(daemon: Daemon) -> Any:
