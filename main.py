@@ -828,8 +828,10 @@ def start_fleet(daemon: Daemon, settings: Settings, environ: Mapping[str, str]) 
         runtime.stop = daemon.stop
         return runtime, TenantDaemon(daemon, tenant, tenant_settings, syncs, runtime)
 
+    vault = settings.azure_key_vault_url or settings.azure_key_vault_name
     fleet = Fleet(
-        TenantWatcher(environ),
+        # Vault secrets rotate without a file changing: reload as often as the vault cache expires.
+        TenantWatcher(environ, reload_seconds=settings.keyvault_ttl_seconds if vault else None),
         build,
         redis=redis_client,
         metrics=metrics,
