@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.rate_size is None:
         args.rate_size = 100 if args.quick else 200
     if args.quick:
-        args.rosters_max = max(args.rosters_max, max(args.sizes))
+        args.rosters_max = max([args.rosters_max, *args.sizes])  # --sizes 0 (rate run only): no sizes
     return args
 
 
