@@ -13,8 +13,11 @@ accountEnabled), so the employees sync applies its one mail rule
 - a full round runs again when Graph refuses the deltaLink (410 Gone, or
   ``syncStateNotFound``/``resyncRequired``: deltaLinks of directory objects live seven
   days), when the kept state is missing, unreadable, of another scope
-  (``graph_scope``: tenant, client id, REDIS_PREFIX) or points at another Graph origin,
-  and every GRAPH_FULL_READ_HOURS (a repair for anything a delta round could miss);
+  (``graph_scope``: tenant, client id, REDIS_PREFIX), and every GRAPH_FULL_READ_HOURS
+  (a repair for anything a delta round could miss);
+- the deltaLink is kept relative to MS_GRAPH_URL (a deltaLink outside it is refused like
+  a nextLink leaving Graph): the sandbox's Graph gets a new port at every start, and a
+  token Graph no longer knows is refused by Graph, which means a full round;
 - the state (deltaLink and users) is one Redis hash, ``{prefix}graph:delta``: field
   ``meta`` (JSON: scope, deltaLink, time of the last full round, version) and field
   ``users`` (zlib-compressed JSON, base64: the client answers text), written together
@@ -44,6 +47,7 @@ from urllib.parse import urlsplit
 from config.settings import Settings
 from services.graph_api import DeltaRound, DeltaTokenRefused, GraphAPI
 from sync.ports import Row
+from utils.errors import FatalError
 
 log = logging.getLogger("services.graph_delta")
 
@@ -179,20 +183,20 @@ class DeltaUserDirectory:
         reason = self._full_reason(state)
         if state is not None and not reason:
             try:
-                round_ = self.graph.delta(state.delta_link)
+                round_ = self.graph.delta(self.graph.http.url_for(state.delta_link))
             except DeltaTokenRefused as exc:
                 log.info("graph: the deltaLink was refused (%s); running a full round", str(exc)[:200])
                 reason = "token refused"
             else:
                 changed = _apply(state.users, round_)
-                state.delta_link = round_.delta_link
+                state.delta_link = self._relative(round_.delta_link)
                 self.store.save(state, users_changed=changed)
                 self._done(round_, "delta")
                 return state
         round_ = self.graph.delta(None)
         users: dict[str, list[Any]] = {}
         _apply(users, round_)
-        fresh = DeltaState(delta_link=round_.delta_link, full_at=self.clock(), users=users)
+        fresh = DeltaState(delta_link=self._relative(round_.delta_link), full_at=self.clock(), users=users)
         self.store.save(fresh, users_changed=True)
         self._done(round_, f"full ({reason})")
         return fresh
@@ -202,9 +206,16 @@ class DeltaUserDirectory:
             return "no kept state"
         if self.clock() - state.full_at >= self.full_read_seconds:
             return "GRAPH_FULL_READ_HOURS elapsed"
-        if _origin(state.delta_link) != _origin(self.graph.http.base_url):
-            return "the deltaLink is for another Graph origin"
+        if not state.delta_link.startswith("/"):
+            return "the kept deltaLink is not a Graph path"
         return ""
+
+    def _relative(self, link: str) -> str:
+        """The deltaLink as a path below MS_GRAPH_URL (the bearer token goes nowhere else)."""
+        base = self.graph.http.base_url.rstrip("/")
+        if not link.startswith(base + "/"):
+            raise FatalError(f"graph: deltaLink leaves {base}: {urlsplit(link).netloc}", service="graph")
+        return link[len(base) :]
 
     def _done(self, round_: DeltaRound, reason: str) -> None:
         self.last_round, self.last_reason = round_, reason
@@ -233,11 +244,6 @@ def _apply(users: dict[str, list[Any]], round_: DeltaRound) -> bool:
         if users.pop(uid, None) is not None:
             changed = True
     return changed
-
-
-def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts.scheme.lower(), parts.netloc.lower()
 
 
 def build_graph_directory(settings: Settings, graph: GraphAPI, redis_client: Any) -> DeltaUserDirectory:
