@@ -206,7 +206,12 @@ def test_the_state_of_50000_users_fits_one_value(tmp_path: Path) -> None:
     from services.graph_delta import encode_users
 
     users = {
-        f"{i:08x}-1c2d-4e5f-8a9b-{i:012x}": [str(100000 + i), f"first{i}.last{i}@contoso.com", f"first{i}.last{i}@contoso.com", i % 17 != 0]
+        f"{i:08x}-1c2d-4e5f-8a9b-{i:012x}": [
+            str(100000 + i),
+            f"first{i}.last{i}@contoso.com",
+            f"first{i}.last{i}@contoso.com",
+            i % 17 != 0,
+        ]
         for i in range(50_000)
     }
     text = encode_users(users)

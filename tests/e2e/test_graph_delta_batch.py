@@ -1,0 +1,73 @@
+"""Issue 14, Graph delta query, through the real CLI: the employees sync gives the same
+SafetyAmp users with GRAPH_DELTA on and off (first run, idle run, after mutations), and an
+idle run with delta sends Graph one request."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import BatchRunner, writes
+from tests.support.redis_server import REDIS_URL, connect, shared_server
+
+pytestmark = pytest.mark.e2e
+
+SYNCS = "departments,jobs,titles,employees"
+
+
+def users(batch: BatchRunner) -> dict[str, tuple[Any, ...]]:
+    with batch.store() as st:
+        return {
+            str(u["emp_id"]): (u.get("email"), u.get("system_access"), u.get("first_name"), u.get("last_name"))
+            for u in st.all("safetyamp", "users")
+        }
+
+
+def graph_calls(batch: BatchRunner, since: int) -> list[str]:
+    return [f"{r['method']} {r['path']}" for r in batch.requests("graph", since=since)]
+
+
+def test_delta_and_full_reads_give_the_same_users(tmp_path: Path) -> None:
+    server = next(shared_server())
+    if server[0] != "real":
+        pytest.skip("the batch runs need a real Redis")
+    prefix = f"test-graph-delta-{uuid.uuid4().hex}:"
+    runners = {mode: BatchRunner(tmp_path / mode) for mode in ("delta", "full")}
+    env = {"SYNC_TYPES": SYNCS, "REDIS_URL": REDIS_URL}
+    try:
+
+        def run(mode: str) -> dict[str, Any]:
+            summary = runners[mode].run(GRAPH_DELTA=str(mode == "delta").lower(), REDIS_PREFIX=prefix + mode + ":", **env)
+            assert summary["status"] in ("success", "partial"), summary
+            return summary
+
+        for mode in runners:
+            run(mode)
+        assert users(runners["delta"]) == users(runners["full"])
+        assert len(users(runners["delta"])) > 50
+
+        # An idle run: one Graph request with delta, a full read without.
+        marks = {mode: runners[mode].mark() for mode in runners}
+        idle = {mode: run(mode) for mode in runners}
+        assert graph_calls(runners["delta"], marks["delta"]) == ["GET /v1.0/users/delta"]
+        assert len(graph_calls(runners["full"], marks["full"])) >= 1
+        assert all(c.startswith("GET /v1.0/users") and "delta" not in c for c in graph_calls(runners["full"], marks["full"]))
+        assert writes(idle["delta"]) == writes(idle["full"]) == 0
+
+        # Entra and Vista change (mail moves, accounts disabled and enabled, new hires):
+        # one run later both modes agree again.
+        for mode in runners:
+            counts = runners[mode].mutate(8, seed=21)
+            assert counts.get("graph_mail_changes", 0) + counts.get("graph_users_disabled", 0) > 0, counts
+        marks = {mode: runners[mode].mark() for mode in runners}
+        after = {mode: run(mode) for mode in runners}
+        assert graph_calls(runners["delta"], marks["delta"]) == ["GET /v1.0/users/delta"]
+        assert users(runners["delta"]) == users(runners["full"])
+        assert writes(after["delta"]) == writes(after["full"]) > 0
+    finally:
+        client = connect(server, decode=True)
+        for key in list(client.scan_iter(match=prefix + "*")):
+            client.delete(key)
