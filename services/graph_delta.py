@@ -26,8 +26,9 @@ accountEnabled), so the employees sync applies its one mail rule
   saved, and reads the ``users`` field again only when ``meta`` names another version
   (another replica saved since).
 
-Redis trouble never fails a run: without a readable state the cycle runs a full round
-(today's cost), and a failed save is logged (the next cycle repeats the round).
+Redis trouble never fails a run: when Redis cannot be reached the cycle reads every user
+as GRAPH_DELTA=false does (pages of 999), and a failed save is logged (the next cycle
+repeats the round).
 """
 
 from __future__ import annotations
@@ -98,9 +99,12 @@ class RedisGraphDeltaStore:
         self.key = f"{prefix}graph:delta"
         self.scope = scope
         self._cached: DeltaState | None = None  # the users last loaded or saved here
+        self.unavailable = False  # the last load could not reach Redis
 
     def load(self) -> DeltaState | None:
-        """The kept state, or None (missing, unreadable, another scope, Redis down)."""
+        """The kept state, or None (missing, unreadable, another scope, Redis down: then
+        ``unavailable`` is set)."""
+        self.unavailable = False
         try:
             raw_meta = self.client.hget(self.key, "meta")
             meta = json.loads(raw_meta) if raw_meta else None
@@ -124,7 +128,8 @@ class RedisGraphDeltaStore:
             log.warning("graph: the kept delta state is unreadable (%s); running a full round", type(exc).__name__)
             return None
         except Exception as exc:  # redis.RedisError and socket errors alike
-            log.warning("graph: delta state unavailable (%s); running a full round", type(exc).__name__)
+            log.warning("graph: delta state unavailable (%s); reading every user", type(exc).__name__)
+            self.unavailable = True
             return None
         state = DeltaState(delta_link=link, full_at=float(full_at), users=users, version=version)
         self._cached = state
@@ -173,13 +178,18 @@ class DeltaUserDirectory:
         self.last_reason = ""
 
     def users(self) -> list[Row]:
-        """Every user, as ``GraphAPI.users()`` answers them (from the kept state)."""
-        state = self.refresh()
+        """Every user, as ``GraphAPI.users()`` answers them (from the kept state). Without
+        Redis nothing can be kept, so the plain read runs (``GraphAPI.users()``: pages
+        of 999, fewer requests than a delta round of pages of about 200)."""
+        state = self.store.load()
+        if state is None and self.store.unavailable:
+            self.last_round, self.last_reason = None, "full read (Redis unavailable)"
+            return self.graph.users()
+        state = self.refresh(state)
         return [{"id": uid, **dict(zip(KEPT_FIELDS, values, strict=True))} for uid, values in state.users.items()]
 
-    def refresh(self) -> DeltaState:
-        """Bring the kept state up to date with one delta round (or a full one)."""
-        state = self.store.load()
+    def refresh(self, state: DeltaState | None) -> DeltaState:
+        """Bring the kept ``state`` up to date with one delta round (or a full one)."""
         reason = self._full_reason(state)
         if state is not None and not reason:
             try:

@@ -197,8 +197,10 @@ def test_unreadable_or_unreachable_state_means_a_full_round(sandbox: RunningSand
 
     down = make_redis("redis://127.0.0.1:1/0", socket_timeout=0.2)
     blind = build_graph_directory(settings, d.graph, down)
-    rows = blind.users()  # Redis down: today's full read, and no failure
-    assert blind.last_reason == "full (no kept state)"
+    since = mark(sandbox)
+    rows = blind.users()  # Redis down: the plain read (pages of 999), and no failure
+    assert blind.last_reason == "full read (Redis unavailable)"
+    assert graph_requests(sandbox, since) == ["GET /v1.0/users"]
     assert by_id(rows) == by_id(d.graph.users())
 
 
