@@ -71,3 +71,31 @@ def test_delta_and_full_reads_give_the_same_users(tmp_path: Path) -> None:
         client = connect(server, decode=True)
         for key in list(client.scan_iter(match=prefix + "*")):
             client.delete(key)
+
+
+def test_the_daemon_keeps_the_users_in_memory_and_an_idle_cycle_asks_graph_once(tmp_path: Path) -> None:
+    from sandbox.store import open_store
+    from services.graph_delta import DeltaUserDirectory
+    from tests.e2e.conftest import console_daemon
+
+    server = next(shared_server())
+    if server[0] != "real":
+        pytest.skip("needs a real Redis")
+    with console_daemon(tmp_path, server, {"SYNC_TYPES": SYNCS}, size=120) as d:
+        assert isinstance(d.runtime.graph, DeltaUserDirectory)
+        assert d.runtime.graph.last_reason.startswith("full")
+        with open_store(d.dir) as st:
+            since = st.last_request_id()
+            rid, user = next(
+                (rid, u) for rid, u in st.page("graph", "users", limit=500) if u.get("accountEnabled") and u.get("employeeId")
+            )
+            user["accountEnabled"] = False  # IT disables the account: its mail no longer counts
+            st.replace("graph", "users", rid, user)
+        results = d.daemon.run_cycle(d.syncs)
+        assert {r.status for r in results} <= {"success", "partial"}
+        with open_store(d.dir) as st:
+            calls = [f"{r['method']} {r['path']}" for r in st.requests("graph", since_id=since)]
+        assert calls == ["GET /v1.0/users/delta"]
+        assert d.runtime.graph.last_reason == "delta"
+        assert d.runtime.graph.last_round is not None
+        assert [u["id"] for u in d.runtime.graph.last_round.changed] == [user["id"]]
