@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import BatchRunner, writes
-from tests.support.redis_server import REDIS_URL, connect, shared_server
+from tests.support.redis_server import delete_prefix, require_real_redis, shared_server
 
 pytestmark = pytest.mark.e2e
 
@@ -31,12 +31,10 @@ def graph_calls(batch: BatchRunner, since: int) -> list[str]:
 
 
 def test_delta_and_full_reads_give_the_same_users(tmp_path: Path) -> None:
-    server = next(shared_server())
-    if server[0] != "real":
-        pytest.skip("the batch runs need a real Redis")
+    url = require_real_redis()  # the batch runs are other processes: fakeredis cannot serve them
     prefix = f"test-graph-delta-{uuid.uuid4().hex}:"
     runners = {mode: BatchRunner(tmp_path / mode) for mode in ("delta", "full")}
-    env = {"SYNC_TYPES": SYNCS, "REDIS_URL": REDIS_URL}
+    env = {"SYNC_TYPES": SYNCS, "REDIS_URL": url}
     try:
 
         def run(mode: str) -> dict[str, Any]:
@@ -68,9 +66,7 @@ def test_delta_and_full_reads_give_the_same_users(tmp_path: Path) -> None:
         assert users(runners["delta"]) == users(runners["full"])
         assert writes(after["delta"]) == writes(after["full"]) > 0
     finally:
-        client = connect(server, decode=True)
-        for key in list(client.scan_iter(match=prefix + "*")):
-            client.delete(key)
+        delete_prefix(url, prefix)
 
 
 def test_the_daemon_keeps_the_users_in_memory_and_an_idle_cycle_asks_graph_once(tmp_path: Path) -> None:
@@ -78,9 +74,8 @@ def test_the_daemon_keeps_the_users_in_memory_and_an_idle_cycle_asks_graph_once(
     from services.graph_delta import DeltaUserDirectory
     from tests.e2e.conftest import console_daemon
 
+    require_real_redis()
     server = next(shared_server())
-    if server[0] != "real":
-        pytest.skip("needs a real Redis")
     with console_daemon(tmp_path, server, {"SYNC_TYPES": SYNCS}, size=120) as d:
         assert isinstance(d.runtime.graph, DeltaUserDirectory)
         assert d.runtime.graph.last_reason.startswith("full")
