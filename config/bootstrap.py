@@ -214,6 +214,10 @@ def new_context(
 
     s = rt.settings
     events = EventManager(s.output_dir, run_id, secrets=s.secret_values())
+    graph: Any = rt.graph
+    forced_full = getattr(graph, "forced_full", None)
+    if full and forced_full is not None:  # --full: a full Graph delta round too
+        graph = forced_full()
     return SyncContext(
         settings=s,
         targets=TargetCache(rt.safetyamp) if rt.safetyamp is not None else NoTarget(),
@@ -222,7 +226,7 @@ def new_context(
         metrics=rt.metrics,
         today=datetime.now(UTC).date(),
         viewpoint=rt.viewpoint,
-        graph=rt.graph,
+        graph=graph,
         samsara=rt.samsara,
         dry_run=dry_run,
         stop=rt.stop,

@@ -177,7 +177,11 @@ class DeltaUserDirectory:
         self.last_round: DeltaRound | None = None  # for tests and logs
         self.last_reason = ""
 
-    def users(self) -> list[Row]:
+    def forced_full(self) -> FullRoundDirectory:
+        """This directory for a run asked to read everything (``sync_batch.py --full``)."""
+        return FullRoundDirectory(self)
+
+    def users(self, *, full: bool = False) -> list[Row]:
         """Every user, as ``GraphAPI.users()`` answers them (from the kept state). Without
         Redis nothing can be kept, so the plain read runs (``GraphAPI.users()``: pages
         of 999, fewer requests than a delta round of pages of about 200)."""
@@ -185,12 +189,12 @@ class DeltaUserDirectory:
         if state is None and self.store.unavailable:
             self.last_round, self.last_reason = None, "full read (Redis unavailable)"
             return self.graph.users()
-        state = self.refresh(state)
+        state = self.refresh(state, full=full)
         return [{"id": uid, **dict(zip(KEPT_FIELDS, values, strict=True))} for uid, values in state.users.items()]
 
-    def refresh(self, state: DeltaState | None) -> DeltaState:
+    def refresh(self, state: DeltaState | None, *, full: bool = False) -> DeltaState:
         """Bring the kept ``state`` up to date with one delta round (or a full one)."""
-        reason = self._full_reason(state)
+        reason = "requested" if full else self._full_reason(state)
         if state is not None and not reason:
             try:
                 round_ = self.graph.delta(self.graph.http.url_for(state.delta_link))
@@ -236,6 +240,16 @@ class DeltaUserDirectory:
             len(round_.changed),
             len(round_.removed),
         )
+
+
+class FullRoundDirectory:
+    """``sync.ports.GraphDirectory`` for one run that must read every user: a full round."""
+
+    def __init__(self, directory: DeltaUserDirectory) -> None:
+        self.directory = directory
+
+    def users(self) -> list[Row]:
+        return self.directory.users(full=True)
 
 
 def _apply(users: dict[str, list[Any]], round_: DeltaRound) -> bool:

@@ -94,3 +94,8 @@ def test_the_daemon_keeps_the_users_in_memory_and_an_idle_cycle_asks_graph_once(
         assert d.runtime.graph.last_reason == "delta"
         assert d.runtime.graph.last_round is not None
         assert [u["id"] for u in d.runtime.graph.last_round.changed] == [user["id"]]
+        from config.bootstrap import new_context
+        from services.graph_delta import FullRoundDirectory
+
+        assert isinstance(new_context(d.runtime, run_id="t-full", full=True).graph, FullRoundDirectory)
+        assert new_context(d.runtime, run_id="t-delta").graph is d.runtime.graph

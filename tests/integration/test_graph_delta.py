@@ -221,3 +221,13 @@ def test_the_state_of_50000_users_fits_one_value(tmp_path: Path) -> None:
     assert decode_users(text) == users
     assert len(text) < raw / 2 and len(text) < 8 * 1024 * 1024
     (tmp_path / "size.txt").write_text(f"raw={raw} stored={len(text)}\n")
+
+
+def test_a_run_asked_to_read_everything_gets_a_full_round(sandbox: RunningSandbox, client: Any, prefix: str) -> None:
+    d = directory(sandbox, client, prefix)
+    d.users()
+    d.users()
+    assert d.last_reason == "delta"
+    rows = d.forced_full().users()  # what config.bootstrap.new_context(full=True) hands the sync
+    assert d.last_reason == "full (requested)"
+    assert by_id(rows) == by_id(d.graph.users())
