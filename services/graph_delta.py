@@ -13,8 +13,9 @@ accountEnabled), so the employees sync applies its one mail rule
 - a full round runs again when Graph refuses the deltaLink (410 Gone, or
   ``syncStateNotFound``/``resyncRequired``: deltaLinks of directory objects live seven
   days), when the kept state is missing, unreadable, of another scope
-  (``graph_scope``: tenant, client id, REDIS_PREFIX), and every GRAPH_FULL_READ_HOURS
-  (a repair for anything a delta round could miss);
+  (``graph_scope``: tenant, client id, REDIS_PREFIX), every GRAPH_FULL_READ_HOURS (a
+  repair for anything a delta round could miss), and on a run asked to read everything
+  (``sync_batch.py --full``: ``forced_full``);
 - the deltaLink is kept relative to MS_GRAPH_URL (a deltaLink outside it is refused like
   a nextLink leaving Graph): the sandbox's Graph gets a new port at every start, and a
   token Graph no longer knows is refused by Graph, which means a full round;
