@@ -96,6 +96,8 @@ class Daemon:
         self.worker = threading.Thread(target=self._loop, name="sync-worker", daemon=True)
         self.fleet: Any = None
         """With TENANTS_DIR: the tenants and their scheduler (config/fleet.py); else None."""
+        self.process_control: Any = None
+        """With TENANTS_DIR: the process's own audit stream (console sign-ins)."""
         from sync.jobs import Jobs
 
         self.jobs = Jobs(self)
@@ -830,6 +832,12 @@ def start_fleet(daemon: Daemon, settings: Settings, environ: Mapping[str, str]) 
         stop=daemon.stop,
     )
     fleet.refresh(force=True)
+    from utils.control import ControlStore
+
+    # The process's own operator state: the console's sign-ins concern no tenant.
+    daemon.process_control = ControlStore(
+        redis_client, prefix=settings.redis_prefix, audit_retention_days=settings.audit_retention_days
+    )
     log.info("tenants: %s", ", ".join(fleet.names()) or "(none)")
     return fleet
 

@@ -120,6 +120,7 @@ def blueprint(daemon: Any) -> Blueprint:
 
     bp.record_once(keep)
     bp.before_request(gate)
+    bp.url_defaults(_tenant_in_urls)
     bp.after_request(headers)
     bp.register_error_handler(Exception, failed)
     for rule, methods, view in _ROUTES:
@@ -220,11 +221,43 @@ def gate() -> Any:
             message="This form's security token is missing or out of date (the page was open too long, or it "
             "came from another site). Go back, reload the page and try again.",
         )
+    refusal = _tenant_refusal()
+    if refusal is not None:
+        return refusal
     if identity is not None and identity.via == "token" and not g.fragment:
         if time.time() - session.seen > SESSION_TOUCH_SECONDS:
             g.session = auth.touched(session)
             g.session_dirty = True
     return None
+
+
+def _tenant_refusal() -> Any:
+    """With tenants: a page for a tenant this daemon does not serve is 404, and a form
+    must say which tenant it acts on (every console URL carries ``?tenant=``: a cookie
+    set by another tab must never pick the tenant an action changes)."""
+    fleet = getattr(_console().daemon, "fleet", None)
+    if fleet is None or request.endpoint in PUBLIC_ENDPOINTS or request.endpoint == "console.logout":
+        return None
+    wanted = request.args.get("tenant")
+    if wanted and fleet.get(wanted) is None:
+        return _page("error.html", 404, title="No such tenant", message="This daemon serves no tenant of that name.")
+    if request.method == "POST" and not wanted:
+        return _page(
+            "error.html",
+            400,
+            title="Which tenant?",
+            message="This form does not say which tenant it is for. Reload the page and try again.",
+        )
+    return None
+
+
+def _tenant_in_urls(endpoint: str, values: dict[str, Any]) -> None:
+    """Every console URL built for a page carries the tenant that page shows."""
+    if endpoint == "console.static" or "tenant" in values or getattr(_console().daemon, "fleet", None) is None:
+        return
+    _daemon()
+    if g.get("console_tenant"):
+        values["tenant"] = g.console_tenant
 
 
 def _not_signed_in(auth: Authenticator, why: str | None) -> Any:
@@ -380,7 +413,9 @@ def audit(action: str, target: str, result: str, detail: dict[str, Any] | None =
     actor = identity.actor if identity else "anonymous"
     role = identity.role if identity else "none"
     detail = {**(detail or {}), "client": request.remote_addr}
-    control = data.control_of(_daemon())
+    # With tenants, signing in and out concerns no tenant: the process's own audit stream.
+    process = getattr(_console().daemon, "process_control", None) if target == "console" else None
+    control = process or data.control_of(_daemon())
     if control is not None:
         try:
             control.audit(actor=actor, role=role, action=action, target=target, result=result, detail=detail)

@@ -118,6 +118,18 @@ def test_one_daemon_serves_each_tenant_apart(fleet_daemon) -> None:
     assert str(Path("tenants") / "co-02") in config_b and str(Path("tenants") / "co-01") not in config_b
     remembered = client.get("/console/config").get_data(as_text=True)  # the cookie keeps the choice
     assert str(Path("tenants") / "co-02") in remembered
+    # Every URL of a page carries the tenant it shows: a form posted from co-02's page acts on
+    # co-02 even after another tab chose co-01 (the outside review paused the wrong tenant).
+    actions_b = client.get("/console/actions?tenant=co-02").get_data(as_text=True)
+    assert 'action="/console/actions/pause?tenant=co-02"' in actions_b, re.findall(r'action="[^"]*pause[^"]*"', actions_b)
+    client.get("/console/actions?tenant=co-01")  # the other tab
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', actions_b).group(1)
+    client.post("/console/actions/pause?tenant=co-02", data={"csrf_token": csrf, "sync": "titles", "reason": "for co-02"})
+    assert "titles" in client.get("/health?tenant=co-02").get_json()["paused"]
+    assert "titles" not in client.get("/health?tenant=co-01").get_json()["paused"]
+    unsaid = client.post("/console/actions/resume", data={"csrf_token": csrf, "sync": "titles"})
+    assert unsaid.status_code == 400  # a form that does not say its tenant acts on none
+    assert client.get("/console/config?tenant=nope").status_code == 404
 
     # Added without a restart; a bad file stops only itself; a removed tenant stops.
     shutil.move(str(aside / "sd-03.env"), sandbox.tenants_dir / "sd-03.env")
