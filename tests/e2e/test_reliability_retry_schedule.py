@@ -84,20 +84,15 @@ def plant_conflicts(batch: BatchRunner, emails: list[str]) -> None:
 
 def change_email_in_source(batch: BatchRunner, key: str, old: str, new: str) -> str:
     """Give employee ``key`` a new e-mail where the product reads it (Entra ID mail, else bPREH)."""
-    conn = sqlite3.connect(batch.dir / "targets.sqlite")
+    # Through the emulator's store, as an Entra admin's change: Graph's delta query sees it.
+    st = batch.store()
     try:
-        with conn:
-            for rid, data in conn.execute(
-                "SELECT rid, data FROM records WHERE service='graph' AND collection='users'"
-            ).fetchall():
-                user = json.loads(data)
-                if str(user.get("employeeId") or "").strip() == key and str(user.get("mail") or "").lower() == old:
-                    user["mail"] = new
-                    conn.execute("UPDATE records SET data=? WHERE service='graph' AND collection='users' AND rid=?",
-                                 (json.dumps(user), rid))  # fmt: skip
-                    return "Entra ID"
+        for rid, user in st.page("graph", "users", limit=100_000):
+            if str(user.get("employeeId") or "").strip() == key and str(user.get("mail") or "").lower() == old:
+                st.replace("graph", "users", rid, {**user, "mail": new})
+                return "Entra ID"
     finally:
-        conn.close()
+        st.close()
     conn = sqlite3.connect(batch.dir / "viewpoint.sqlite")
     try:
         with conn:
