@@ -89,10 +89,10 @@ def test_one_daemon_serves_each_tenant_apart(fleet_daemon) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert client.post("/sync", headers=auth).status_code == 400
     assert client.post("/sync/jobs?tenant=zz", headers=auth).status_code == 404
-    before = client.get("/health?tenant=co-01").get_json()["last_runs"]["jobs"]["finished_at"]
+    before = client.get("/health?tenant=co-01").get_json()["last_runs"]["jobs"]["run_id"]
     answer = client.post("/sync/jobs?tenant=co-01", headers=auth)
     assert answer.status_code == 202 and answer.get_json()["tenant"] == "co-01"
-    assert wait_until(lambda: client.get("/health?tenant=co-01").get_json()["last_runs"]["jobs"]["finished_at"] != before, 30)
+    assert wait_until(lambda: client.get("/health?tenant=co-01").get_json()["last_runs"]["jobs"]["run_id"] != before, 30)
     diag = client.get("/diagnose/jobs/nothing-such?tenant=co-02", headers=auth)
     assert diag.status_code == 200
 
