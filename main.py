@@ -397,6 +397,37 @@ class TenantDaemon(Daemon):
     def live(self) -> tuple[bool, float]:
         return self.parent.live()
 
+    def health(self) -> dict[str, Any]:
+        self.shared_state()
+        return super().health()
+
+    def shared_state(self) -> None:
+        """Replicas share a tenant, so its last runs come from the shared run history
+        and its next run from the schedule in Redis: every replica answers the same
+        (its own memory knows only the runs it ran). Never raises."""
+        from config.fleet import due_key
+
+        control = getattr(self.runtime, "control", None)
+        for sync in self.state.syncs if control is not None else ():
+            try:
+                row = next((r for r in control.runs(sync=sync, count=5) if not r.get("key")), None)
+            except Exception:
+                row = None
+            mine = self.state.last_runs.get(sync) or {}
+            if row is None or str(mine.get("finished_at") or "") >= str(row.get("finished_at") or ""):
+                continue
+            entry = {"sync": sync, "status": row.get("status"), **(row.get("counts") or {})}
+            entry.update({k: row.get(k) for k in ("duration_seconds", "run_id", "finished_at")})
+            entry.update({k: row[k] for k in ("error", "errors_file", "guard_tripped") if row.get(k)})
+            with self.state.lock:
+                self.state.last_runs[sync] = entry
+        try:
+            due = self.runtime.redis.get(due_key(self.state.settings)) if self.runtime.redis is not None else None
+        except Exception:
+            due = None
+        if due is not None:
+            self.state.next_run_at = float(due)
+
     def cycle_lock(self) -> Any:
         from config.bootstrap import lock_factory
 

@@ -151,7 +151,7 @@ class Fleet:
             self._on_change(self)
         return changes
 
-    def _add(self, tenant: str, settings: Settings) -> None:
+    def _add(self, tenant: str, settings: Settings, *, how: str = "added") -> None:
         from utils.errors import ConfigurationError
 
         settings = scoped(tenant, settings)
@@ -168,7 +168,7 @@ class Fleet:
         with self._lock:
             self.tenants[tenant] = Tenant(tenant, settings, syncs, runtime, runner)
             self._seen.setdefault(tenant, self._clock())
-        log.info("tenant %s added: %s", tenant, ", ".join(syncs), extra={"tenant": tenant})
+        log.info("tenant %s %s: %s", tenant, how, ", ".join(syncs), extra={"tenant": tenant})
 
     def _change(self, tenant: str, settings: Settings) -> None:
         with self._lock:
@@ -178,8 +178,9 @@ class Fleet:
                 log.info("tenant %s changed: applied after its current run", tenant, extra={"tenant": tenant})
                 return
         if entry is not None:
-            self._drop(entry)
-        self._add(tenant, settings)
+            self._drop(entry, forget=False)
+        self._add(tenant, settings, how="changed")
+        self._reschedule(tenant)
 
     def _retire(self, tenant: str, why: str) -> None:
         with self._lock:
@@ -194,14 +195,29 @@ class Fleet:
         self._drop(entry)
         log.info("tenant %s removed (%s)", tenant, why, extra={"tenant": tenant})
 
-    def _drop(self, entry: Tenant) -> None:
+    def _drop(self, entry: Tenant, *, forget: bool = True) -> None:
         with self._lock:
             self.tenants.pop(entry.tenant, None)
         try:
             entry.runtime.close()
         except Exception:
             log.warning("closing tenant %s failed", entry.tenant, exc_info=True)
-        self.metrics.forget_tenant(entry.tenant)
+        if forget:  # a changed tenant keeps its series (counters go on from where they were)
+            self.metrics.forget_tenant(entry.tenant)
+
+    def _reschedule(self, tenant: str) -> None:
+        """A changed tenant whose interval shrank runs by the new interval, not the old
+        due time: the stored due time is moved to now + the new interval at the latest."""
+        entry = self.get(tenant)
+        if entry is None:
+            return
+        latest = self._clock() + next_interval(entry.settings)
+        try:
+            raw = self.redis.get(due_key(entry.settings))
+            if raw is not None and float(raw) > latest:
+                self.redis.set(due_key(entry.settings), repr(latest))
+        except Exception as exc:
+            log.warning("tenant %s: could not move its due time: %s", tenant, type(exc).__name__)
 
     # ---- the schedule --------------------------------------------------------------
     def due_times(self) -> dict[str, float | None]:
@@ -335,8 +351,9 @@ class Fleet:
             log.info("tenant %s stopped after its run", entry.tenant, extra={"tenant": entry.tenant})
         elif entry.replacement is not None:
             replacement, entry.replacement = entry.replacement, None
-            self._drop(entry)
-            self._add(entry.tenant, replacement)
+            self._drop(entry, forget=False)
+            self._add(entry.tenant, replacement, how="changed")
+            self._reschedule(entry.tenant)
         self._gauges()
 
     # ---- reporting -----------------------------------------------------------------

@@ -59,12 +59,16 @@ def fleet_daemon(tmp_path: Path) -> Iterator[tuple[Any, Any, Any, Path]]:
     daemon.attach_fleet(settings, fleet)
     daemon.worker.start()
     client = main.create_app(daemon).test_client()
+    # Another replica of the same tenants (its worker never started: it ran nothing itself).
+    other = main.Daemon(None, ())
+    other.attach_fleet(settings, main.start_fleet(other, settings, environ))
     try:
-        yield daemon, client, sandbox, aside
+        yield daemon, client, sandbox, aside, main.create_app(other).test_client()
     finally:
         daemon.stop.set()
         daemon.worker.join(10)
         fleet.close(20)
+        other.fleet.close(5)
         sandbox.stop()
         delete_prefix(REDIS_URL, prefix)
 
@@ -75,7 +79,7 @@ def ran(client: Any, tenant: str) -> bool:
 
 
 def test_one_daemon_serves_each_tenant_apart(fleet_daemon) -> None:
-    _daemon, client, sandbox, aside = fleet_daemon
+    _daemon, client, sandbox, aside, other = fleet_daemon
     assert wait_until(lambda: ran(client, "co-01") and ran(client, "co-02"), 60), client.get("/health").get_json()
 
     # /health: the process with one line per tenant, and each tenant in detail.
@@ -83,6 +87,10 @@ def test_one_daemon_serves_each_tenant_apart(fleet_daemon) -> None:
     assert set(body["tenants"]) == {"co-01", "co-02"} and body["slots"] == 4
     detail = client.get("/health?tenant=co-02").get_json()
     assert detail["syncs"] == ["departments", "jobs", "titles", "employees", "vehicles"]
+    # Any replica answers the same: the other one ran nothing, yet knows the runs and the schedule.
+    seen = other.get("/health?tenant=co-02").get_json()
+    assert {s: r["run_id"] for s, r in seen["last_runs"].items()} == {s: r["run_id"] for s, r in detail["last_runs"].items()}
+    assert seen["next_run_at"] == detail["next_run_at"] and seen["status"] == detail["status"]
     assert client.get("/health?tenant=nope").status_code == 404
 
     # Operator endpoints name the tenant.

@@ -342,3 +342,25 @@ def test_redis_down_backs_off_instead_of_spinning(tmp_path):
         a.close()
     assert ledger.runs == []
     assert all(a.fleet.get(t).not_before > time.time() + 10 for t in ("t00", "t01"))
+
+
+def test_a_changed_tenant_keeps_its_series_and_a_shorter_interval_applies_at_once(redis_client, prefix, tmp_path, caplog):
+    ledger = Ledger()
+    watcher = FakeWatcher(tenants_of(1, prefix, tmp_path, interval=60))
+    a = Replica("a", watcher, redis_client, ledger)
+    try:
+        a.tick_for(0.4)
+        assert len(ledger.of("t00")) == 1
+        a.metrics.for_tenant("t00").sync_runs.labels("vehicles", "success").inc()
+        due_before = float(redis_client.get(f"{prefix}t:t00:next_due"))
+        assert due_before > time.time() + 3000  # an hour away
+        watcher.tenants["t00"] = tenant_settings(prefix, tmp_path, interval=1)
+        with caplog.at_level("INFO", logger="fleet"):
+            a.fleet.refresh(force=True)
+        assert any("t00 changed" in r.getMessage() for r in caplog.records)
+        due_after = float(redis_client.get(f"{prefix}t:t00:next_due"))
+        assert due_after <= time.time() + 60 * 1.05 + 1  # the new 1-minute interval (+ jitter), not the old hour
+        text = __import__("prometheus_client").generate_latest(a.metrics.registry).decode()
+        assert 'sync_runs_total{status="success",sync="vehicles",tenant="t00"} 1.0' in text
+    finally:
+        a.close()
