@@ -796,7 +796,8 @@ def start_worker(daemon: Daemon, args: argparse.Namespace, environ: dict[str, st
         if args.sandbox:
             from sandbox.product import start_for_product
 
-            environ.setdefault("SYNC_INTERVAL_MINUTES", "5")
+            if not args.tenants:  # sandbox tenant files carry their own interval
+                environ.setdefault("SYNC_INTERVAL_MINUTES", "5")
             overrides = start_for_product(
                 stack, Path(args.sandbox_dir), size=args.sandbox_size, tenants=args.tenants, environ=environ
             )

@@ -521,6 +521,12 @@ def run_tenants(chosen: list[tuple[str, Settings]], problems: list[str], args: a
         set_tenant(tenant)
         try:
             syncs, notes = choose_syncs(settings, args.only)
+            if args.only and args.tenant == "all":
+                # A fleet mixes kinds: --only departments concerns the companies, not the districts.
+                syncs = tuple(s for s in syncs if s in settings.enabled_syncs())
+                if not syncs:
+                    summaries[tenant] = {"status": "skipped", "error": f"--only {args.only}: not enabled for this tenant"}
+                    continue
             settings.check(syncs)
         except ConfigurationError as exc:
             for problem in exc.problems:

@@ -26,6 +26,7 @@ from sync.engine import diff
 from sync.registry import SYNCS
 from utils.data_validator import InvalidValue
 from utils.errors import ConfigurationError
+from utils.logger import current_tenant
 
 SOURCE_NAMES = {
     "departments": "Viewpoint department (bPRDP.PRDept)",
@@ -44,6 +45,12 @@ GONE_FROM_SOURCE = {
 TARGET_NAMES = {"rosters": "the SCIM service"}
 
 
+def _cli() -> str:
+    """The command the advice names: with tenants, with the tenant it concerns."""
+    tenant = current_tenant()
+    return "python sync_batch.py" + (f" --tenant {tenant}" if tenant else "")
+
+
 def _target_name(sync: str) -> str:
     return TARGET_NAMES.get(sync, "SafetyAmp")
 
@@ -54,10 +61,7 @@ def tracked_note(sync: str, key: str, tracked: dict[str, Any], *, still_applies:
     or retry it: the lookup must not hide it behind "in sync"."""
     when = f", last {tracked.get('last_failed')}" if tracked.get("last_failed") else ""
     head = f"The failed-records queue still holds a failure of this record ({tracked.get('attempts')} attempt(s){when}): {tracked.get('reason')}."
-    dismiss = (
-        f"Dismiss it (Dismiss on the console's failed-records page, or `python sync_batch.py failed dismiss --sync {sync} "
-        f"--key {key}`)"
-    )
+    dismiss = f"Dismiss it (Dismiss on the console's failed-records page, or `{_cli()} failed dismiss --sync {sync} --key {key}`)"
     if not still_applies:
         return (
             f"{head} It no longer applies now that the record is {state}: {dismiss}; left alone, it expires 30 days after "
@@ -65,7 +69,7 @@ def tracked_note(sync: str, key: str, tracked: dict[str, Any], *, still_applies:
         )
     return (
         f"{head} The next run sends the deactivation all the same (the queue holds back creates and updates only) and "
-        f"forgets the entry once it goes through; to try at once: Retry on the failed-records page, or `python sync_batch.py "
+        f"forgets the entry once it goes through; to try at once: Retry on the failed-records page, or `{_cli()} "
         f"failed retry --sync {sync} --key {key}`, then run the sync. {dismiss} if it no longer applies."
     )
 
@@ -122,7 +126,7 @@ def _remedy(sync: str, key: str, reason: str, where: str | None = None) -> list[
         )
     else:
         steps.append(f"Correct {where}: {reason}.")
-    steps.append(f"Then run `python sync_batch.py --only {sync}` (or wait for the next cycle) and diagnose again.")
+    steps.append(f"Then run `{_cli()} --only {sync}` (or wait for the next cycle) and diagnose again.")
     return steps
 
 
@@ -198,7 +202,7 @@ def _judge(report: dict[str, Any], job: BaseSync, desired: Desired, rejections: 
         report["remediation"] = [
             f"SafetyAmp refused the last attempt ({tracked.get('attempts')} so far): {tracked.get('reason')}.",
             "Fix the conflicting record in SafetyAmp (or the source value), then "
-            f"`python sync_batch.py failed retry --sync {sync} --key {norm}`.",
+            f"`{_cli()} failed retry --sync {sync} --key {norm}`.",
         ]
         for r in rejections:
             report["remediation"] += _remedy(sync, norm, r.reason)[:1]
@@ -400,7 +404,7 @@ def _roster_verdict(
             report["remediation"] = [
                 f"The SCIM service refused the last attempt ({tracked.get('attempts')} so far): {tracked.get('reason')}.",
                 *_remedy("rosters", sid, str(tracked.get("reason") or ""), f"{noun} {sid}")[:1],
-                f"Then `python sync_batch.py failed retry --sync rosters --key {report['key']}`.",
+                f"Then `{_cli()} failed retry --sync rosters --key {report['key']}`.",
             ]
         elif current is None or changes:
             report["verdict"] = "PENDING"
