@@ -100,7 +100,8 @@ class Metrics:
             [*t, "sync"],
             registry=r,
         )
-        self._process_metrics(r)
+        if tenants:  # without TENANTS_DIR the series are exactly those of before
+            self._process_metrics(r)
 
     def _service_metrics(self, r: CollectorRegistry, t: list[str]) -> None:
         """Requests to outside systems, their breakers and rate-limit waits."""
@@ -128,7 +129,7 @@ class Metrics:
         )
 
     def _process_metrics(self, r: CollectorRegistry) -> None:
-        """The process's tenants (docs/tenants.md): no tenant label, present in every mode."""
+        """The process's tenants (docs/tenants.md): no tenant label; only with tenants."""
         self.tenants = Gauge(
             "sync_tenants", "Tenants of this process: active (loaded) and invalid (files with problems).", ["state"], registry=r
         )
