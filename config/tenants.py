@@ -214,7 +214,9 @@ def read_tenant_file(path: Path) -> tuple[dict[str, tuple[str, int]], list[Probl
             continue  # a comment or a blank line
         if binding.value is None:
             if binding.key in _FIELD_OF or _reference(binding.key):
-                problems.append(Problem(path.name, f"{binding.key}: line {line}: no '=' (write {binding.key}=value)", binding.key))
+                problems.append(
+                    Problem(path.name, f"{binding.key}: line {line}: no '=' (write {binding.key}=value)", binding.key)
+                )
             else:  # not a setting's name: a value pasted alone on a line, perhaps a secret
                 problems.append(Problem(path.name, f"line {line}: no '=' (the line is not shown: it may hold a secret)"))
             continue
@@ -298,8 +300,7 @@ def _refuse_process_name(ref: str) -> None:
     name = ref.upper().replace("-", "_").replace(".", "_")
     if name in _FIELD_OF or name.startswith(PROCESS_NAME_PREFIXES):
         raise ConfigurationError(
-            f"{ref} belongs to the process (its own configuration), not to a tenant: "
-            "give the tenant's secret a name of its own"
+            f"{ref} belongs to the process (its own configuration), not to a tenant: give the tenant's secret a name of its own"
         )
 
 
@@ -641,6 +642,22 @@ class TenantWatcher:
 # --------------------------------------------------------------------------- command line
 
 
+def shared_references(directory: Path) -> dict[tuple[str, str], list[str]]:
+    """(suffix, name) -> the tenant files that reference that one secret, where more than
+    one does: a copied file that still points at another customer's secret is how one
+    tenant's credential reaches another tenant's endpoints."""
+    users: dict[tuple[str, str], list[str]] = {}
+    for path in tenant_files(directory):
+        if path.suffix != TENANT_FILE_SUFFIX:
+            continue
+        values, _problems = read_tenant_file(path)
+        for name, (value, _line) in values.items():
+            ref = _reference(name)
+            if ref is not None:
+                users.setdefault((ref[1], value), []).append(path.name)
+    return {key: files for key, files in users.items() if len(files) > 1}
+
+
 def check_main(directory: Path, environ: Mapping[str, str], out: Any = None) -> int:
     """``python -m config.tenants check DIR``: each tenant file ok or its problems; 2
     if any problem (of a file, the folder or the process's own settings), else 0."""
@@ -666,6 +683,12 @@ def check_main(directory: Path, environ: Mapping[str, str], out: Any = None) -> 
     ignored = ignored_environment(environ)
     if ignored and load.tenants:
         print(f"note: set in the environment but used by no tenant: {', '.join(ignored)}", file=out)
+    for (kind, ref), files in sorted(shared_references(Path(directory)).items()):
+        print(
+            f"note: {', '.join(files)} all use the secret {ref} ({REFERENCE_SUFFIXES[kind]}): tenants of one "
+            "target account may share a token; make sure that is meant",
+            file=out,
+        )
     bad = len(load.problems)
     print(f"{len(load.tenants)} tenant(s) ok, {bad} file(s) with problems", file=out)
     return 2 if bad else 0

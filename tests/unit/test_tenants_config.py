@@ -532,3 +532,17 @@ def test_a_line_without_equals_is_not_repeated(env: dict[str, str]) -> None:
     result = load(env, {"acme.env": ACME + LEAKED + "\n"})
     found = " ".join(texts(result))
     assert "no '='" in found and LEAKED not in found
+
+
+def test_check_notes_two_tenants_using_one_secret(env: dict[str, str]) -> None:
+    """A copied file still pointing at another customer's secret sends that customer's
+    token to the copy's endpoints: allowed (one account, two tenants) but never silent."""
+    folder = write(
+        Path(env["TENANTS_DIR"]), {"acme.env": ACME, "acme-copy.env": ACME.replace("acme.safetyamp.com", "b.safetyamp.com")}
+    )
+    env.pop("AZURE_KEY_VAULT_NAME")
+    out = io.StringIO()
+    assert check_main(folder, env, out=out) == 0, out.getvalue()
+    notes = [line for line in out.getvalue().splitlines() if line.startswith("note:")]
+    assert any("acme-copy.env, acme.env" in n and "ACME_SAFETYAMP_TOKEN" in n for n in notes), notes
+    assert ACME_TOKEN not in out.getvalue()
