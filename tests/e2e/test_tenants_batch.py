@@ -5,6 +5,7 @@ the tenant (found by the outside review of issue 13)."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -26,7 +27,7 @@ def test_tenant_all_only_skips_tenants_without_that_sync_and_advice_names_the_te
 
     prefix = f"test-tenants-batch-{uuid.uuid4().hex[:8]}:"
     env = {**os.environ, "REDIS_URL": require_real_redis(REDIS_URL), "REDIS_PREFIX": prefix,
-           "OUTPUT_DIR": str(tmp_path / "out"), "LOG_LEVEL": "WARNING"}  # fmt: skip
+           "OUTPUT_DIR": str(tmp_path / "out"), "LOG_LEVEL": "WARNING", "SANDBOX_SEED": "7"}  # fmt: skip
     try:
         done = run(tmp_path, env, "--only", "departments", "--json")
         assert done.returncode == 0, done.stderr[-2000:]
@@ -37,7 +38,14 @@ def test_tenant_all_only_skips_tenants_without_that_sync_and_advice_names_the_te
 
         state = json.loads((tmp_path / "sb" / "tenants" / "tenants.json").read_text())
         assert state["tenants"]["co-01"]["kind"] == "company"
-        advice = run(tmp_path, env, "--tenant", "co-01", "diagnose", "employees", "1001")
+        # An employee of co-01 whose name Vista lost: refused by validation, with advice.
+        vista = sqlite3.connect(tmp_path / "sb" / "tenants" / "accounts" / "co-01" / "viewpoint.sqlite")
+        with vista:
+            active = """SELECT MIN("Employee") FROM "bPREH" WHERE "PRCo" = 1 AND "ActiveYN" = 'Y' AND "TermDate" IS NULL"""
+            key = str(vista.execute(active).fetchone()[0])
+            vista.execute('UPDATE "bPREH" SET "FirstName" = \'\', "LastName" = \'\' WHERE "PRCo" = 1 AND "Employee" = ?', (key,))
+        vista.close()
+        advice = run(tmp_path, env, "--tenant", "co-01", "diagnose", "employees", key)
         assert advice.returncode in (0, 1), advice.stderr[-2000:]
         commands = [line for line in advice.stdout.splitlines() if "python sync_batch.py" in line]
         assert commands and all("--tenant co-01" in line for line in commands), advice.stdout
