@@ -44,6 +44,7 @@ from utils.errors import (
     AmbiguousWriteError,
     ChangeLogError,
     ConfigurationError,
+    RecordError,
     SourceUnavailableError,
     SyncError,
 )
@@ -359,7 +360,7 @@ class BaseSync:
             result.plan = [self._describe(a) for a in writes]
         result.counts["unchanged"] += len(actions) - len(writes)
         applier: Applier[Action, Row] = Applier(self.name, self.ctx, slog, result, workers=self.ctx.max_workers)
-        applier.apply(writes, lambda a: self._entry(a, desired), lambda a: self._send(a, current.get(a.key)))
+        applier.apply(writes, lambda a: self._entry(a, desired), lambda a: self._send(a, current.get(a.key), records.get(a.key)))
         if result.guard_tripped:
             result.status = "failed"
         elif refused:
@@ -430,8 +431,14 @@ class BaseSync:
             {c.field: c.as_dict() for c in action.changes},
         )
 
-    def _send(self, action: Action, row: Row | None) -> Done[Row]:
+    def _send(self, action: Action, row: Row | None, want: Mapping[str, Any] | None = None) -> Done[Row]:
         """One planned write to SafetyAmp (the applier records it)."""
+        shadowed = getattr(self.ctx.targets, "shadowed", None)
+        if shadowed is not None and shadowed(self.collection):
+            return self._send_from_shadow(action, row, want)
+        return self._send_direct(action, row)
+
+    def _send_direct(self, action: Action, row: Row | None) -> Done[Row]:
         if action.kind == "create":
             created = self._create(self.create_payload(action), action.key, recorded=True)
             self.ctx.targets.put(self.collection, created)
@@ -440,6 +447,81 @@ class BaseSync:
         self.ctx.safetyamp.update(self.collection, action.target_id, self.update_payload(action, row))
         self.ctx.targets.merge(self.collection, action.target_id, action.payload)
         return Done(COUNTED[action.kind], _subset(row, action.payload), dict(action.payload))
+
+    # ---- writes planned from the target shadow ------------------------------------
+    def _send_from_shadow(self, action: Action, row: Row | None, want: Mapping[str, Any] | None) -> Done[Row]:
+        """A write planned against the target shadow (services/target_shadow.py), which
+        may miss what others changed in SafetyAmp since the last full read:
+
+        - a create first looks the key up (one GET): found, the record is adopted and
+          re-planned against what SafetyAmp holds (never a second record);
+        - a deactivation first reads the record by key: gone or already inactive, nothing
+          is sent; otherwise it is re-planned against SafetyAmp's copy (the guard judged
+          the batch before, from the same numbers as a full read);
+        - an update goes out directly; refused with a 404 (the id is gone), the record is
+          read by key and re-planned (created again when it is missing).
+
+        Each discovery marks the shadow stale: the next cycle reads SafetyAmp fully."""
+        if action.kind == "create":
+            fresh = self._find(action.payload.get(self.key_field, action.key))
+            if fresh is None:
+                return self._send_direct(action, None)
+            self.ctx.targets.mark_stale(self.collection, f"{action.key} exists although the shadow lacks it")
+            return self._replan(action, fresh, want, adopted=True)
+        if action.kind == "deactivate":
+            fresh = self._find(row.get(self.key_field) if row else action.key, row)
+            if fresh is None or fresh.get("id") != action.target_id:
+                self.ctx.targets.mark_stale(self.collection, f"{action.key} is gone or has another id")
+            if fresh is None:
+                return Done("unchanged")
+            return self._replan(action, fresh, want)
+        assert row is not None and action.target_id is not None
+        try:
+            return self._send_plain(action, row)
+        except RecordError as exc:
+            if exc.status != 404:
+                raise
+        self.ctx.targets.mark_stale(self.collection, f"{action.key}: id {action.target_id} is gone")
+        fresh = self._find(row.get(self.key_field) or action.key, row)
+        if fresh is None:
+            if not want:
+                return Done("unchanged")
+            created = self._create(self.create_payload(_create_action(action.key, want)), action.key, recorded=True)
+            self.ctx.targets.put(self.collection, created)
+            return Done("created", None, dict(want), logged_as="create", value=created)
+        return self._replan(action, fresh, want)
+
+    def _send_plain(self, action: Action, row: Row) -> Done[Row]:
+        self.ctx.safetyamp.update(self.collection, action.target_id, self.update_payload(action, row))
+        self.ctx.targets.merge(self.collection, action.target_id, action.payload)
+        return Done(COUNTED[action.kind], _subset(row, action.payload), dict(action.payload))
+
+    def _find(self, value: Any, row: Row | None = None) -> Row | None:
+        """SafetyAmp's record of this key now (one read), or None."""
+        if value is None:
+            return None
+        fresh = self.ctx.safetyamp.find_by(self.collection, self.key_field, value)
+        if fresh is not None and not isinstance(fresh.get("id"), (int, str)):
+            return None
+        return fresh
+
+    def _replan(self, action: Action, fresh: Row, want: Mapping[str, Any] | None, *, adopted: bool = False) -> Done[Row]:
+        """Plan ``action``'s record again against SafetyAmp's copy ``fresh`` and send what
+        is left to change (one write at most)."""
+        self.ctx.targets.put(self.collection, fresh)
+        key = action.key
+        if action.kind == "deactivate":
+            again = plan({}, {key: fresh}, deactivate=[key], deactivation=self.deactivation, compare=self.compare_fields)
+        else:
+            again = plan({key: dict(want or action.payload)}, {key: fresh}, compare=self.compare_fields)
+        todo = [a for a in again if a.is_write]
+        if not todo:
+            return Done("unchanged", logged_as="adopted" if adopted else None, value=fresh)
+        step = todo[0]
+        self.ctx.safetyamp.update(self.collection, fresh["id"], self.update_payload(step, fresh))
+        self.ctx.targets.merge(self.collection, fresh["id"], step.payload)
+        outcome = "updated" if step.kind == "update" else COUNTED[step.kind]
+        return Done(outcome, _subset(fresh, step.payload), dict(step.payload), logged_as="adopted" if adopted else None)
 
     def _create(
         self,
@@ -463,6 +545,15 @@ class BaseSync:
                 raise RuntimeError(f"{self.name}: a create outside a run would go out without a change log record")
             slog = self._slog
             intent = slog.intent(key, "create", target=collection)
+        shadowed = getattr(self.ctx.targets, "shadowed", None)
+        if not recorded and shadowed is not None and shadowed(collection):
+            # A create planned from the shadow (a prepare hook): look the key up first.
+            found = target.find_by(collection, key_field, payload.get(key_field, key))
+            if found is not None:
+                self.ctx.targets.mark_stale(collection, f"{key} exists although the shadow lacks it")
+                if slog is not None:
+                    slog.settled(intent, "already in SafetyAmp (the shadow lacked it): adopted")
+                return found
         try:
             created = create_once(
                 lambda: target.create(collection, payload),
@@ -602,6 +693,12 @@ def create_once(
             if attempt == attempts:
                 raise
     raise AssertionError("unreachable")
+
+
+def _create_action(key: str, want: Mapping[str, Any]) -> Action:
+    """The create ``plan`` would make for ``want`` (when an update's record is gone)."""
+    (action,) = plan({key: dict(want)}, {})
+    return action
 
 
 def _subset(row: Row | None, payload: Mapping[str, Any]) -> dict[str, Any] | None:
