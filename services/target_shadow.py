@@ -178,8 +178,7 @@ class ShadowStore:
         if not isinstance(name, str) or "/" in name or name.startswith("."):
             return None
         try:
-            with gzip.open(self.directory / name, "rt", encoding="utf-8") as fh:
-                rows = json.load(fh)
+            rows = json.loads(gzip.decompress((self.directory / name).read_bytes()))
         except (OSError, ValueError, EOFError) as exc:
             log.warning("target shadow file for %s unreadable (%s); reading it from SafetyAmp", collection, type(exc).__name__)
             return None
