@@ -265,6 +265,9 @@ class BaseSync:
         self.ctx = ctx
         self.settings = ctx.settings
         self._slog: Any = None  # the running sync's change log (set by _run)
+        self._fresh: dict[str, Row] | None = None
+        """The collection read afresh for the checks of writes planned from the shadow,
+        when reading it costs fewer requests than looking each key up."""
 
     @property
     def viewpoint(self) -> ViewpointSource:
@@ -359,6 +362,8 @@ class BaseSync:
         if self.ctx.dry_run or only is not None:  # only these show it: 70 000 described writes cost 150 MB
             result.plan = [self._describe(a) for a in writes]
         result.counts["unchanged"] += len(actions) - len(writes)
+        if not self.ctx.dry_run:
+            self._fresh_for_checks(writes, len(whole))
         applier: Applier[Action, Row] = Applier(self.name, self.ctx, slog, result, workers=self.ctx.max_workers)
         applier.apply(writes, lambda a: self._entry(a, desired), lambda a: self._send(a, current.get(a.key), records.get(a.key)))
         if result.guard_tripped:
@@ -463,13 +468,13 @@ class BaseSync:
 
         Each discovery marks the shadow stale: the next cycle reads SafetyAmp fully."""
         if action.kind == "create":
-            fresh = self._find(action.payload.get(self.key_field, action.key))
+            fresh = self._find(action.payload.get(self.key_field, action.key), action.key)
             if fresh is None:
                 return self._send_direct(action, None)
             self.ctx.targets.mark_stale(self.collection, f"{action.key} exists although the shadow lacks it")
             return self._replan(action, fresh, want, adopted=True)
         if action.kind == "deactivate":
-            fresh = self._find(row.get(self.key_field) if row else action.key, row)
+            fresh = self._find(row.get(self.key_field) if row else action.key, action.key)
             if fresh is None or fresh.get("id") != action.target_id:
                 self.ctx.targets.mark_stale(self.collection, f"{action.key} is gone or has another id")
             if fresh is None:
@@ -482,7 +487,7 @@ class BaseSync:
             if exc.status != 404:
                 raise
         self.ctx.targets.mark_stale(self.collection, f"{action.key}: id {action.target_id} is gone")
-        fresh = self._find(row.get(self.key_field) or action.key, row)
+        fresh = self.ctx.safetyamp.find_by(self.collection, self.key_field, row.get(self.key_field) or action.key)
         if fresh is None:
             if not want:
                 return Done("unchanged")
@@ -491,13 +496,35 @@ class BaseSync:
             return Done("created", None, dict(want), logged_as="create", value=created)
         return self._replan(action, fresh, want)
 
+    def _fresh_for_checks(self, writes: Sequence[Action], held: int) -> None:
+        """Writes planned from the shadow are checked against SafetyAmp (creates and
+        deactivations: one lookup by key each). When there are more of them than the
+        pages of a full read of the collection, one full read of it serves every check."""
+        shadowed = getattr(self.ctx.targets, "shadowed", None)
+        if shadowed is None or not shadowed(self.collection):
+            return
+        checks = sum(1 for a in writes if a.kind in ("create", "deactivate"))
+        pages = -(-held // max(1, int(self.settings.safetyamp_page_size))) + 1
+        if checks <= pages:
+            return
+        fresh: dict[str, Row] = {}
+        for row in self.ctx.safetyamp.list(self.collection):
+            key = self.key_of(row)
+            if key is not None and isinstance(row.get("id"), (int, str)):
+                fresh.setdefault(key, row)
+        self._fresh = fresh
+        log.info("%d writes to check against SafetyAmp: read %s once instead", checks, self.collection, extra={"sync": self.name})
+
     def _send_plain(self, action: Action, row: Row) -> Done[Row]:
         self.ctx.safetyamp.update(self.collection, action.target_id, self.update_payload(action, row))
         self.ctx.targets.merge(self.collection, action.target_id, action.payload)
         return Done(COUNTED[action.kind], _subset(row, action.payload), dict(action.payload))
 
-    def _find(self, value: Any, row: Row | None = None) -> Row | None:
-        """SafetyAmp's record of this key now (one read), or None."""
+    def _find(self, value: Any, key: str) -> Row | None:
+        """SafetyAmp's record of this key now (one read, or the fresh read of the
+        collection when one was made for the checks), or None."""
+        if self._fresh is not None:
+            return self._fresh.get(key)
         if value is None:
             return None
         fresh = self.ctx.safetyamp.find_by(self.collection, self.key_field, value)

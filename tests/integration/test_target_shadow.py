@@ -187,3 +187,15 @@ def test_corrupt_shadow_file_is_read_from_safetyamp(tmp_path: Path) -> None:
     targets, out = rig.cycle()
     assert targets.reason == "shadow" and rig.target.calls["GET users"] == 2
     assert out["results"]["employees"].counts["created"] == 0
+
+
+def test_many_checks_cost_one_read_of_the_collection_not_one_lookup_each(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, SAFETYAMP_PAGE_SIZE="2")  # 3 users: a full read is 3 pages (with the empty one)
+    rig.cycle()
+    rig.rows += [emp(n) for n in range(4, 9)]  # 5 hires: 5 lookups would cost more than the 3 pages
+    targets, out = rig.cycle()
+    assert targets.reason == "shadow" and out["results"]["employees"].counts["created"] == 5
+    assert rig.target.calls["FIND users"] == 0 and rig.target.calls["GET users"] == 2
+    rig.rows.append(emp(9))  # one hire: one lookup
+    targets, out = rig.cycle()
+    assert targets.reason == "shadow" and rig.target.calls["FIND users"] == 1 and rig.target.calls["GET users"] == 2
