@@ -700,7 +700,8 @@ def create_once(
     request that may still be on its way in (a timeout, a dropped connection, a gateway's
     502/504) can be applied after that read: such a create, not found by key, is left
     unconfirmed (AmbiguousWriteError: failed for this run, never tracked as a refusal) and
-    the next run, which reads the whole target, finds it or creates it once."""
+    the next run, which reads the whole target (an unknown outcome makes the target shadow
+    stale), finds it or creates it once."""
     for attempt in range(1, attempts + 1):
         try:
             return create()

@@ -2,7 +2,8 @@
 
 Shared by sync_batch.py (once) and main.py's worker (every interval). A failing sync
 does not stop the ones after it, except that a sync whose dependency failed still
-runs against whatever the target holds (it reads it fresh) and says so.
+runs against whatever the target holds (read fresh, or from a target shadow that holds
+every write acknowledged) and says so.
 """
 
 from __future__ import annotations
