@@ -212,7 +212,16 @@ class TargetCache:
             changed = set(self._changed)
             from_shadow = set(self._from_shadow)
         if self._manifest is not None and not self._wrote:
-            return "unchanged"  # nothing written, nothing read: the shadow is as good as it was
+            fresh = {n: r for n, r in data.items() if n not in from_shadow}
+            if not fresh or self._observed is None:
+                return "unchanged"  # nothing written, nothing read: the shadow is as good as it was
+            # Nothing written, but collections the shadow lacked were read (a cycle with
+            # more syncs than the one that saved it): add them, under the same generation.
+            if still_ours is not None and not still_ours():
+                return "not published"
+            keep = {n: f for n, f in self._manifest["files"].items() if n not in fresh}
+            store.save(fresh, keep=keep, generation=self._observed, full_read_at=float(self._manifest["full_read_at"]))
+            return "added"
         if self._manifest is not None:
             keep = {n: f for n, f in self._manifest["files"].items() if n not in data or (n in from_shadow and n not in changed)}
             rows = {n: r for n, r in data.items() if n not in keep}

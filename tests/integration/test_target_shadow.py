@@ -199,3 +199,23 @@ def test_many_checks_cost_one_read_of_the_collection_not_one_lookup_each(tmp_pat
     rig.rows.append(emp(9))  # one hire: one lookup
     targets, out = rig.cycle()
     assert targets.reason == "shadow" and rig.target.calls["FIND users"] == 1 and rig.target.calls["GET users"] == 2
+
+
+def test_collections_a_narrower_cycle_did_not_read_are_added_without_a_write(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    first = TargetCache(rig.target, rig.store)
+    assert first.begin_cycle() == "no shadow saved"
+    first.get("roles")
+    assert first.end_cycle(publish=True) == "published"  # a full read of one collection
+    wider = TargetCache(rig.target, rig.store)
+    assert wider.begin_cycle() == "shadow"
+    wider.get("roles")
+    wider.get("users")  # not in the shadow: read
+    assert rig.target.calls["GET roles"] == 1 and rig.target.calls["GET users"] == 1
+    assert wider.end_cycle(publish=True) == "added"
+    third = TargetCache(rig.target, rig.store)
+    assert third.begin_cycle() == "shadow"
+    third.get("roles")
+    third.get("users")
+    assert rig.target.calls["GET roles"] == 1 and rig.target.calls["GET users"] == 1
+    assert third.end_cycle(publish=True) == "unchanged"
