@@ -44,6 +44,7 @@ from utils.errors import (
     AmbiguousWriteError,
     ChangeLogError,
     ConfigurationError,
+    ConflictError,
     RecordError,
     SourceUnavailableError,
     SyncError,
@@ -470,7 +471,14 @@ class BaseSync:
         if action.kind == "create":
             fresh = self._find(action.payload.get(self.key_field, action.key), action.key)
             if fresh is None:
-                return self._send_direct(action, None)
+                try:
+                    return self._send_direct(action, None)
+                except ConflictError as exc:  # the key exists after all (a case, a race): re-read it
+                    if self.key_field not in exc.field_errors and exc.status != 409:
+                        raise
+                    fresh = self.ctx.safetyamp.find_by(self.collection, self.key_field, action.payload.get(self.key_field))
+                    if fresh is None:
+                        raise
             self.ctx.targets.mark_stale(self.collection, f"{action.key} exists although the shadow lacks it")
             return self._replan(action, fresh, want, adopted=True)
         if action.kind == "deactivate":
@@ -542,6 +550,8 @@ class BaseSync:
         else:
             again = plan({key: dict(want or action.payload)}, {key: fresh}, compare=self.compare_fields)
         todo = [a for a in again if a.is_write]
+        if not todo or todo[0].kind != action.kind or dict(todo[0].payload) != dict(action.payload):
+            self.ctx.targets.mark_stale(self.collection, f"{key}: SafetyAmp holds other values than the shadow")
         if not todo:
             return Done("unchanged", logged_as="adopted" if adopted else None, value=fresh)
         step = todo[0]

@@ -219,3 +219,26 @@ def test_collections_a_narrower_cycle_did_not_read_are_added_without_a_write(tmp
     third.get("users")
     assert rig.target.calls["GET roles"] == 1 and rig.target.calls["GET users"] == 1
     assert third.end_cycle(publish=True) == "unchanged"
+
+
+def test_create_refused_because_the_key_exists_adopts_the_record(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.cycle()
+    rig.rows.append(emp(5))
+    hidden = rig.target.find_by  # SafetyAmp's filter misses it (say, another spelling): the lookup finds nothing
+
+    def lookup(collection: str, field: str, value: Any) -> Any:
+        lookup.calls += 1
+        return None if lookup.calls == 1 else hidden(collection, field, value)
+
+    lookup.calls = 0
+    rig.target.find_by = lookup  # type: ignore[method-assign]
+    rig.target.create("users", {"emp_id": "5", "first_name": "Hand", "last_name": "Made", "email": "h5@x.com"})
+    targets, out = rig.cycle()
+    employees = out["results"]["employees"]
+    assert targets.reason == "shadow" and employees.counts["failed"] == 0, employees.error
+    users = [u for u in rig.target.rows("users") if u["emp_id"] == "5"]
+    assert len(users) == 1 and users[0]["last_name"] == "Lee" and users[0]["email"] == "e5@co.com"  # adopted, re-planned
+    assert lookup.calls == 2
+    targets, _ = rig.cycle()
+    assert targets.reason != "shadow"  # marked stale: a full read
