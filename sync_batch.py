@@ -94,7 +94,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--only", default=None, help="comma list of syncs to run (dependencies are not added)")
     run.add_argument("--dry-run", action="store_true", help="plan only: print and write the plan, send no write")
     run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
-    run.add_argument("--full", action="store_true", help="rosters: read OneRoster completely instead of a delta")
+    run.add_argument(
+        "--full",
+        action="store_true",
+        help="read completely: OneRoster instead of a delta (rosters), SafetyAmp instead of the target shadow",
+    )
     run.add_argument(
         "--force",
         action="store_true",
