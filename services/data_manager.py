@@ -51,6 +51,7 @@ class TargetCache:
         self._stale: list[str] = []  # why a write found the shadow stale
         self._from_shadow: set[str] = set()
         self._changed: set[str] = set()
+        self._reread: set[str] = set()  # invalidated: read from SafetyAmp, not the shadow
         self.reason: str = "no target shadow"
         """Why this cycle reads the whole target (or "shadow" when it plans against it)."""
 
@@ -95,7 +96,7 @@ class TargetCache:
             if failed is not None and not prefetch:
                 raise failed
             rows = None
-            if self._manifest is not None:
+            if self._manifest is not None and collection not in self._reread:
                 rows = self._store.load(self._manifest, collection)
                 if rows is not None:
                     with self._lock:
@@ -130,11 +131,15 @@ class TargetCache:
                 self._changed.add(collection)
 
     def invalidate(self, collection: str | None = None) -> None:
+        """Forget ``collection`` (None: all): the next ``get`` reads it from SafetyAmp,
+        never from the shadow."""
         with self._lock:
-            if collection is None:
-                self._data.clear()
-            else:
-                self._data.pop(collection, None)
+            shadowed = list(self._manifest["files"]) if self._manifest is not None else []
+            names = [*self._data, *shadowed] if collection is None else [collection]
+            for name in names:
+                self._data.pop(name, None)
+                self._from_shadow.discard(name)
+                self._reread.add(name)
 
     # -- the target shadow ---------------------------------------------------------
     def shadowed(self, collection: str) -> bool:

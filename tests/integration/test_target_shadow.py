@@ -242,3 +242,18 @@ def test_create_refused_because_the_key_exists_adopts_the_record(tmp_path: Path)
     assert lookup.calls == 2
     targets, _ = rig.cycle()
     assert targets.reason != "shadow"  # marked stale: a full read
+
+
+def test_an_invalidated_collection_is_read_from_safetyamp(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.cycle()
+    targets = TargetCache(rig.target, rig.store)
+    assert targets.begin_cycle() == "shadow"
+    targets.get("users")
+    assert rig.target.calls["GET users"] == 1 and targets.shadowed("users")
+    targets.invalidate("users")
+    targets.get("users")
+    assert rig.target.calls["GET users"] == 2 and not targets.shadowed("users")
+    targets.invalidate()
+    targets.get("roles")
+    assert rig.target.calls["GET roles"] == 2
