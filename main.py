@@ -37,6 +37,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 
 from config.settings import ProbeSettings, Settings, load_settings, logging_options, probe_settings
+from sandbox.product import add_sandbox_arguments, check_sandbox_arguments
 from utils.errors import ConfigurationError
 from utils.triggers import Pending, TriggerQueue
 
@@ -714,19 +715,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="main.py", description="Sync daemon: probes, metrics and a worker running every enabled sync."
     )
-    p.add_argument("--sandbox", action="store_true", help="run against the built-in sandbox")
-    p.add_argument("--sandbox-dir", default="output/sandbox", help="sandbox state folder (created and seeded if missing)")
-    p.add_argument("--sandbox-size", type=int, default=200, help="employees in a newly seeded sandbox (default 200)")
-    p.add_argument(
-        "--tenants",
-        type=int,
-        default=None,
-        metavar="N",
-        help="with --sandbox: N tenant accounts (companies and districts, docs/tenants.md), served as TENANTS_DIR",
-    )
+    add_sandbox_arguments(p)
     args = p.parse_args(argv)
-    if args.tenants is not None and (not args.sandbox or args.tenants < 1):
-        p.error("--tenants N needs --sandbox and N >= 1")
+    check_sandbox_arguments(p, args)
     environ = dict(os.environ)
     from utils.logger import configure_logging
 

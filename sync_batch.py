@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from config.settings import ALL_SYNCS, DEPENDENCIES, Settings, load_settings, logging_options
+from sandbox.product import SANDBOX_DIR, add_sandbox_arguments, check_sandbox_arguments
 from utils.errors import ConfigurationError
 from utils.logger import current_tenant, set_tenant
 from utils.scrub import scrub, scrub_value
@@ -73,16 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--sandbox", action="store_true", help="run against the built-in sandbox (no credentials needed)")
-    p.add_argument("--sandbox-dir", default="output/sandbox", help="sandbox state folder (created and seeded if missing)")
-    p.add_argument("--sandbox-size", type=int, default=200, help="employees in a newly seeded sandbox (default 200)")
-    p.add_argument(
-        "--tenants",
-        type=int,
-        default=None,
-        metavar="N",
-        help="with --sandbox: N tenant accounts (companies and districts, docs/tenants.md), served as TENANTS_DIR",
-    )
+    add_sandbox_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line of stdout")
     p.add_argument(
         "--tenant",
@@ -97,7 +89,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument(
         "--full",
         action="store_true",
-        help="read completely: OneRoster instead of a delta (rosters), SafetyAmp instead of the target shadow",
+        help=(
+            "read completely: OneRoster instead of a delta (rosters), a full Graph delta round (employees), "
+            "SafetyAmp instead of the target shadow"
+        ),
     )
     run.add_argument(
         "--force",
@@ -175,10 +170,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     approve.add_argument("sync", metavar="SYNC", choices=ALL_SYNCS, help=", ".join(ALL_SYNCS))
     approve.add_argument("digest", metavar="DIGEST", help="the held batch's digest, as `holds` shows it")
     args = p.parse_args(argv)
-    if args.sandbox_size < 1:
-        p.error("--sandbox-size must be at least 1")
-    if args.tenants is not None and (not args.sandbox or args.tenants < 1):
-        p.error("--tenants N needs --sandbox and N >= 1")
+    check_sandbox_arguments(p, args)
     if args.command:
         given = [f"--{o.replace('_', '-')}" for o in RUN_OPTIONS if getattr(args, o)]
         if given:
@@ -689,7 +681,7 @@ def command_prefix(args: argparse.Namespace) -> str:
     words = ["python", "sync_batch.py"]
     if getattr(args, "sandbox", False):
         words.append("--sandbox")
-        if args.sandbox_dir != "output/sandbox":
+        if args.sandbox_dir != SANDBOX_DIR:
             words += ["--sandbox-dir", shlex.quote(str(args.sandbox_dir))]
         if getattr(args, "tenants", None):
             words += ["--tenants", str(args.tenants)]

@@ -54,6 +54,8 @@ def classify(service: str, path: str) -> tuple[str, bool]:
         return "", False
     if service == "oneroster" and parts[0] == "schools" and len(parts) >= 3:
         return parts[2], False
+    if service == "graph" and parts[:2] == ["users", "delta"]:
+        return "users", False  # a page of a delta round (docs/emulated-apis.md "Graph delta")
     return parts[0], len(parts) > 1
 
 

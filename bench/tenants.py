@@ -282,7 +282,7 @@ def capacity(costs: dict[str, float], interval_min: int, kind: str, memory: dict
     if memory:
         # Linear from the measured daemon: its peak with n tenants (4 slots busy at once
         # during their first runs) plus the settled cost of each further tenant.
-        by_memory = memory["count"] + (MEMORY_LIMIT_MB - memory["peak_n"]) / max(memory["per_tenant_mb"], 0.1)
+        by_memory = 2 * memory["count"] + (MEMORY_LIMIT_MB - memory["peak_2n"]) / max(memory["per_tenant_mb"], 0.1)
     tenants = min(by_slots, by_cpu, by_memory)
     return {"wall_real": wall_real, "by_slots": by_slots, "by_cpu": by_cpu, "by_memory": by_memory, "tenants": tenants}
 
@@ -322,9 +322,11 @@ def report(
             "|---|---|---|",
             f"| 1 tenant | {memory['rss_1']:.0f} | {memory['peak_1']:.0f} |",
             f"| {memory['count']} tenants | {memory['rss_n']:.0f} | {memory['peak_n']:.0f} |",
+            f"| {2 * memory['count']} tenants | {memory['rss_2n']:.0f} | {memory['peak_2n']:.0f} |",
             "",
-            f"Each further tenant: {memory['per_tenant_mb']:.1f} MB (settled RSS, n tenants against 1, over n - 1). "
-            "Python keeps what a cycle used, so the settled RSS already holds a cycle's working memory.",
+            f"Each further tenant: {memory['per_tenant_mb']:.1f} MB ({2 * memory['count']} tenants against "
+            f"{memory['count']}, both with {WORKERS} cycles at once at their peak). Python keeps what a cycle "
+            "used, so the settled RSS holds the slots' working memory too.",
         ]
     lines += [
         "",
@@ -332,7 +334,7 @@ def report(
         "",
         "A company's no-op cycle against the real SafetyAmp lasts at least its SafetyAmp requests at one per "
         "second; tenants per replica = min(slots x interval / that wall time, CPU x interval / CPU per cycle, "
-        "n + (memory - peak with n tenants) / each further tenant).",
+        "2n + (memory - peak with 2n tenants) / each further tenant).",
         "",
         "| size | kind | no-op cycle at the real rate (s) | interval | by slots | by CPU | by memory | tenants per replica |",
         "|---|---|---|---|---|---|---|---|",
@@ -381,17 +383,23 @@ def main(argv: list[str] | None = None) -> int:
         memory = None
         if args.memory_tenants:
             size = max(sizes)
-            print(f"daemon memory, 1 and {args.memory_tenants} tenants at {size} ...", file=sys.stderr, flush=True)
+            print(f"daemon memory, 1, {args.memory_tenants} and twice as many tenants at {size} ...", file=sys.stderr, flush=True)
             one = daemon_memory(1, size, work)
-            many = daemon_memory(args.memory_tenants, size, work)
+            n = args.memory_tenants
+            many = daemon_memory(n, size, work)
+            more = daemon_memory(2 * n, size, work)
             memory = {
                 "size": size,
-                "count": args.memory_tenants,
+                "count": n,
                 "rss_1": one["rss_mb"],
                 "peak_1": one["peak_mb"],
                 "rss_n": many["rss_mb"],
                 "peak_n": many["peak_mb"],
-                "per_tenant_mb": max(0.0, (many["rss_mb"] - one["rss_mb"]) / (args.memory_tenants - 1)),
+                "rss_2n": more["rss_mb"],
+                "peak_2n": more["peak_mb"],
+                # The marginal tenant: both daemons ran TENANT_WORKERS cycles at once, so
+                # the difference is what each further tenant keeps, not the slots' peak.
+                "per_tenant_mb": max(0.0, (more["rss_mb"] - many["rss_mb"]) / n),
             }
         kill = None
         if not args.skip_kill:

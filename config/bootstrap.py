@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import redis
 
     from services.graph_api import GraphAPI
+    from services.graph_delta import DeltaUserDirectory
     from services.safetyamp_api import SafetyAmpAPI
     from services.samsara_api import SamsaraAPI
     from services.scim_api import ScimAPI
@@ -59,7 +60,7 @@ class Runtime:
     """Pauses, held deactivations, audit, run history."""
     safetyamp: SafetyAmpAPI | None = None
     viewpoint: ViewpointAPI | None = None
-    graph: GraphAPI | None = None
+    graph: GraphAPI | DeltaUserDirectory | None = None  # the delta directory with GRAPH_DELTA
     samsara: SamsaraAPI | None = None
     oneroster: RosterSource | None = None  # rosters (issue 4): the REST API or a CSV drop
     scim: ScimAPI | None = None
@@ -149,6 +150,10 @@ def _build_adapters(rt: Runtime, syncs: tuple[str, ...], limiters: SharedLimiter
         from services.graph_api import build_graph
 
         rt.graph = build_graph(settings, stats, breaker=rt.breakers.get("graph"))
+        if settings.graph_delta:  # issue 14: Graph delta query, its state kept in Redis
+            from services.graph_delta import build_graph_directory
+
+            rt.graph = build_graph_directory(settings, rt.graph, rt.redis)
     if "vehicles" in syncs:
         from services.samsara_api import build_samsara
 
@@ -215,6 +220,10 @@ def new_context(
 
     s = rt.settings
     events = EventManager(s.output_dir, run_id, secrets=s.secret_values())
+    graph: Any = rt.graph
+    forced_full = getattr(graph, "forced_full", None)
+    if full and forced_full is not None:  # --full: a full Graph delta round too
+        graph = forced_full()
     return SyncContext(
         settings=s,
         targets=TargetCache(rt.safetyamp, rt.target_shadow) if rt.safetyamp is not None else NoTarget(),
@@ -223,7 +232,7 @@ def new_context(
         metrics=rt.metrics,
         today=datetime.now(UTC).date(),
         viewpoint=rt.viewpoint,
-        graph=rt.graph,
+        graph=graph,
         samsara=rt.samsara,
         dry_run=dry_run,
         stop=rt.stop,

@@ -585,6 +585,26 @@ class Settings(BaseModel):
     ms_graph_ca_bundle: str | None = Field(
         None, alias="MS_GRAPH_CA_BUNDLE", description="CA file for a private endpoint (the sandbox)."
     )
+    graph_delta: bool = Field(
+        True,
+        alias="GRAPH_DELTA",
+        description=(
+            "true: read Entra users with Graph delta query (`/users/delta`): the deltaLink and the users' "
+            "employeeId, mail, userPrincipalName and accountEnabled are kept in Redis per tenant, client id "
+            "and REDIS_PREFIX, so a cycle with no change in Entra costs one Graph request. false: read every "
+            "user on every run."
+        ),
+    )
+    graph_full_read_hours: float = Field(
+        24,
+        alias="GRAPH_FULL_READ_HOURS",
+        gt=0,
+        description=(
+            "With GRAPH_DELTA: hours between full delta rounds (every user read again, the kept state "
+            "replaced). A full round also runs when Graph refuses the deltaLink (expired after 7 days, or a "
+            "reset) and when the kept state is missing or belongs to another tenant, client or prefix."
+        ),
+    )
 
     # --- Samsara -------------------------------------------------------------------
     samsara_url: str = Field("https://api.samsara.com", alias="SAMSARA_URL", description="Samsara API base URL.")

@@ -213,7 +213,10 @@ def read_tenant_file(path: Path) -> tuple[dict[str, tuple[str, int]], list[Probl
         if binding.key is None:
             continue  # a comment or a blank line
         if binding.value is None:
-            problems.append(Problem(path.name, f"{binding.key}: line {line}: no '=' (write {binding.key}=value)", binding.key))
+            if binding.key in _FIELD_OF or _reference(binding.key):
+                problems.append(Problem(path.name, f"{binding.key}: line {line}: no '=' (write {binding.key}=value)", binding.key))
+            else:  # not a setting's name: a value pasted alone on a line, perhaps a secret
+                problems.append(Problem(path.name, f"line {line}: no '=' (the line is not shown: it may hold a secret)"))
             continue
         if binding.key in values:
             first = values[binding.key][1]
@@ -239,6 +242,8 @@ class SecretReferences:
 
     def resolve(self, kind: str, ref: str) -> str:
         """The value a reference points to; ConfigurationError (naming no value) if none."""
+        if kind in ("_FROM_ENV", "_FROM_FILE"):
+            _refuse_process_name(ref)
         if kind == "_FROM_ENV":
             if not _ENV_NAME.fullmatch(ref):
                 raise ConfigurationError(f"{ref!r} is not an environment variable name")
@@ -279,6 +284,23 @@ class SecretReferences:
                 raise ConfigurationError(f"the Key Vault has no enabled secret {ref} (or it is empty)")
             return value
         raise AssertionError(kind)
+
+
+PROCESS_NAME_PREFIXES = ("AZURE_", "KUBERNETES_", "POD_", "SANDBOX_")
+"""Environment names of the process's own identity and platform (Azure's workload
+identity, the pod): never a tenant's secret."""
+
+
+def _refuse_process_name(ref: str) -> None:
+    """A reference may not name one of the process's own settings (the console password,
+    the trigger token, the Redis URL, the single-tenant SAFETYAMP_TOKEN...) as a variable
+    or a secret file: the tenant file would send that value to the URL it names."""
+    name = ref.upper().replace("-", "_").replace(".", "_")
+    if name in _FIELD_OF or name.startswith(PROCESS_NAME_PREFIXES):
+        raise ConfigurationError(
+            f"{ref} belongs to the process (its own configuration), not to a tenant: "
+            "give the tenant's secret a name of its own"
+        )
 
 
 def _reference(name: str) -> tuple[str, str] | None:

@@ -67,13 +67,14 @@ BOOLEAN_PROPERTIES = {"accountEnabled"}
 
 
 class GraphError(Exception):
-    """A Graph error answer: status, code and message."""
+    """A Graph error answer: status, code, message (and extra headers, e.g. Location)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = dict(headers or {})
 
 
 def _error_body(code: str, message: str, request_id: str) -> dict[str, Any]:
@@ -326,6 +327,8 @@ class GraphApi:
         if parts[:2] != ["v1.0", "users"] or len(parts) > 3:
             segment = parts[1] if len(parts) > 1 else ""
             raise GraphError(400, "BadRequest", f"Resource not found for the segment '{segment}'.")
+        if len(parts) == 3 and parts[2] in DELTA_SEGMENTS:
+            return self._delta(args, base)
         select = _select(args)
         if len(parts) == 3:
             return self._one(parts[2], select, base)
@@ -386,6 +389,130 @@ class GraphApi:
             query = urlencode(keep, quote_via=quote, safe="$,'()")
             body["@odata.nextLink"] = f"{base}/v1.0/users?{query}"
         return 200, body, {}
+
+    # -- delta query (docs/emulated-apis.md, "Delta query") --------------------------------
+
+    def _delta(self, args: Mapping[str, str], base: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """``/users/delta``: a round of pages (``$skiptoken`` in ``@odata.nextLink``) that ends
+        with an ``@odata.deltaLink`` (``$deltatoken``). The first round lists every user;
+        a round from a deltaLink lists the users changed since it was issued (their
+        current state) and the deleted ones as ``@removed``. Query options other than
+        ``$select`` are refused; ``$select`` is carried inside the tokens."""
+        unsupported = sorted(k for k in args if k not in ("$select", "$skiptoken", "$deltatoken"))
+        if unsupported:
+            raise GraphError(
+                400,
+                "Request_UnsupportedQuery",
+                f"Unsupported query option(s) for users delta: {', '.join(unsupported)}.",
+            )
+        if "$skiptoken" in args and "$deltatoken" in args:
+            raise GraphError(400, "Request_BadRequest", "Specify either $skiptoken or $deltatoken, not both.")
+        if "$skiptoken" in args and "$select" in args:
+            raise GraphError(400, "Request_BadRequest", "$select cannot be combined with $skiptoken.")
+        generation = delta_generation(self.store)
+        if "$skiptoken" in args:
+            state = self._delta_state(args["$skiptoken"], generation, base)
+            if not all(isinstance(state.get(k), int) for k in ("f", "u", "a")):
+                raise GraphError(400, "Request_BadRequest", "Invalid skip token.")
+        elif "$deltatoken" in args:
+            state = self._delta_state(args["$deltatoken"], generation, base)
+            if "$select" in args:  # Entra resources may change the tracked properties here
+                state["sel"] = list(_select(args) or ())
+            state.update({"f": 0, "u": self.store.change_seq(), "a": 0})
+        else:  # a new round: every user as of now
+            select = _select(args)
+            state = {"g": generation, "sel": list(select or ()), "f": 1, "s": 0, "u": self.store.change_seq(), "a": 0}
+        select = tuple(state["sel"]) or None
+        tracked = ("id", *(p for p in select or DEFAULT_SELECT if p != "id"))
+        size = delta_page_size(self.store)
+        values: list[dict[str, Any]] = []
+        if state["f"]:
+            rows = self.store.page(SERVICE, "users", limit=size + 1, after_rid=state["a"])
+            more = len(rows) > size
+            page_rids = [rid for rid, _ in rows[:size]]
+            values = [{p: user.get(p) for p in tracked} for _rid, user in rows[:size]]
+        else:
+            changes = self.store.changes_since(
+                SERVICE, "users", since=state["s"], upto=state["u"], after_rid=state["a"], limit=size + 1
+            )
+            more = len(changes) > size
+            page_rids = []
+            for rid, ident, deleted in changes[:size]:
+                page_rids.append(rid)
+                user = None if deleted else self.store.get(SERVICE, "users", rid)
+                if user is None:  # deleted (an Entra delete is soft: restorable, reason "changed")
+                    values.append({"id": ident, "@removed": {"reason": "changed"}})
+                else:
+                    values.append({p: user.get(p) for p in tracked})
+        body: dict[str, Any] = {"@odata.context": _context(base, select)}
+        if more:
+            token = {**state, "a": page_rids[-1]}
+            body["@odata.nextLink"] = f"{base}/v1.0/users/delta?$skiptoken={DELTA_TOKEN_PREFIX}{encode_opaque(token)}"
+        else:
+            token = {"g": generation, "sel": state["sel"], "s": state["u"], "t": round(time.time(), 3)}
+            body["@odata.deltaLink"] = f"{base}/v1.0/users/delta?$deltatoken={DELTA_TOKEN_PREFIX}{encode_opaque(token)}"
+        body["value"] = values
+        return 200, body, {}
+
+    def _delta_state(self, raw: str, generation: str, base: str) -> dict[str, Any]:
+        payload = decode_opaque(raw[len(DELTA_TOKEN_PREFIX) :]) if raw.startswith(DELTA_TOKEN_PREFIX) else None
+        if payload is None or not isinstance(payload.get("s"), int) or not isinstance(payload.get("sel"), list):
+            raise GraphError(400, "syncStateNotFound", SYNC_STATE_NOT_FOUND)
+        if payload.get("g") != generation:
+            # Synchronization reset: 410 and a Location with the initial request.
+            raise GraphError(
+                410,
+                "resyncRequired",
+                "The delta token is no longer valid; restart with a full synchronization.",
+                {"Location": f"{base}/v1.0/users/delta"},
+            )
+        issued = payload.get("t")
+        if isinstance(issued, (int, float)) and time.time() - issued > delta_token_lifetime(self.store):
+            raise GraphError(400, "syncStateNotFound", SYNC_STATE_NOT_FOUND)
+        return payload
+
+
+DELTA_SEGMENTS = ("delta", "microsoft.graph.delta")
+DELTA_PAGE_SIZE = 200  # not documented ("varies"); $top is not supported on users delta
+DELTA_TOKEN_PREFIX = "RFNwdAIAAQAAD"
+DELTA_TOKEN_LIFETIME_S = 7 * 24 * 3600  # directory objects: seven days
+SYNC_STATE_NOT_FOUND = "The sync state generation is not found. The delta token is expired and data must be synchronized again."
+
+
+def delta_generation(store: Store) -> str:
+    """The change-tracking generation of this sandbox: tokens of another one (another
+    sandbox, or one before ``reset_delta_tracking``) answer 410 resyncRequired."""
+    value = store.meta_get("graph.delta_generation")
+    if value is None:
+        value = secrets.token_hex(8)
+        with store.atomic():
+            current = store.meta_get("graph.delta_generation")
+            if current is None:
+                store.meta_set("graph.delta_generation", value)
+            else:
+                value = current
+    return value
+
+
+def reset_delta_tracking(store: Store) -> None:
+    """A synchronization reset (tenant maintenance): every outstanding token answers 410."""
+    store.meta_set("graph.delta_generation", secrets.token_hex(8))
+
+
+def delta_page_size(store: Store) -> int:
+    """Users per delta page (``graph.delta_page_size`` in the store's meta table, for tests)."""
+    raw = store.meta_get("graph.delta_page_size")
+    return int(raw) if raw is not None and raw.isdigit() and int(raw) > 0 else DELTA_PAGE_SIZE
+
+
+def delta_token_lifetime(store: Store) -> float:
+    """Seconds a deltaLink stays valid (7 days; ``graph.delta_token_lifetime_s`` in the
+    store's meta table shortens it for tests of expiry)."""
+    raw = store.meta_get("graph.delta_token_lifetime_s")
+    try:
+        return float(raw) if raw is not None else float(DELTA_TOKEN_LIFETIME_S)
+    except ValueError:
+        return float(DELTA_TOKEN_LIFETIME_S)
 
 
 def create_app(
@@ -544,7 +671,7 @@ def create_app(
             authenticate()
             status, body, headers = handler()
         except GraphError as exc:
-            return _response(exc.status, _error_body(exc.code, exc.message, str(uuid.uuid4())))
+            return _response(exc.status, _error_body(exc.code, exc.message, str(uuid.uuid4())), exc.headers)
         return _response(status, body, headers)
 
     @app.get("/v1.0/users")
@@ -631,4 +758,4 @@ def _sub_request(
     try:
         return api.get("/v1.0" + path, args, headers, base)
     except GraphError as exc:
-        return exc.status, _error_body(exc.code, exc.message, request_id), {}
+        return exc.status, _error_body(exc.code, exc.message, request_id), exc.headers

@@ -13,11 +13,33 @@ One place decides what ``--sandbox`` means for the settings:
 
 from __future__ import annotations
 
+import argparse
 from contextlib import ExitStack
 from pathlib import Path
 
-from sandbox.server import start_sandbox
-from sandbox.tenants import product_environ, start_tenants
+SANDBOX_DIR = "output/sandbox"
+
+
+def add_sandbox_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--sandbox``, ``--sandbox-dir``, ``--sandbox-size`` and ``--tenants`` (the same
+    for main.py and sync_batch.py); check them with ``check_sandbox_arguments``."""
+    parser.add_argument("--sandbox", action="store_true", help="run against the built-in sandbox (no credentials needed)")
+    parser.add_argument("--sandbox-dir", default=SANDBOX_DIR, help="sandbox state folder (created and seeded if missing)")
+    parser.add_argument("--sandbox-size", type=int, default=200, help="employees in a newly seeded sandbox (default 200)")
+    parser.add_argument(
+        "--tenants",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --sandbox: N tenant accounts (companies and districts, docs/tenants.md), served as TENANTS_DIR",
+    )
+
+
+def check_sandbox_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.sandbox_size < 1:
+        parser.error("--sandbox-size must be at least 1")
+    if args.tenants is not None and (not args.sandbox or args.tenants < 1):
+        parser.error("--tenants N needs --sandbox and N >= 1")
 
 
 def start_for_product(
@@ -30,6 +52,9 @@ def start_for_product(
 ) -> dict[str, str]:
     """Start what ``--sandbox`` asks for (stopped when ``stack`` closes); returns the
     settings overrides and updates ``environ`` in place."""
+    from sandbox.server import start_sandbox
+    from sandbox.tenants import product_environ, start_tenants
+
     if tenants:
         running = stack.enter_context(start_tenants(Path(sandbox_dir) / "tenants", tenants, size=size))
         environ.update(product_environ(running, environ))

@@ -63,6 +63,11 @@ CREATE TABLE IF NOT EXISTS seq (
     PRIMARY KEY (service, collection)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, service TEXT NOT NULL, collection TEXT NOT NULL,
+    rid INTEGER NOT NULL, ident TEXT, deleted INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_by_seq ON changes (service, collection, seq, rid);
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, service TEXT NOT NULL, method TEXT NOT NULL,
     path TEXT NOT NULL, status INTEGER NOT NULL
@@ -76,6 +81,9 @@ class CollectionSpec:
 
     unique: tuple[str, ...] = ()
     indexed: tuple[str, ...] = ()
+    # Every insert, replace and delete is recorded in the ``changes`` table (the change
+    # log behind Graph's delta query): ``ident`` is the value of the first unique field.
+    track_changes: bool = False
 
 
 # The fields each emulator looks records up by. Unique fields follow the vendor's
@@ -91,7 +99,9 @@ SPECS: dict[tuple[str, str], CollectionSpec] = {
     ("safetyamp", "assets"): CollectionSpec(unique=("code",), indexed=("serial", "vin")),
     ("samsara", "vehicles"): CollectionSpec(unique=("id",)),
     ("samsara", "drivers"): CollectionSpec(unique=("id",), indexed=("driverActivationStatus",)),
-    ("graph", "users"): CollectionSpec(unique=("id", "userPrincipalName"), indexed=("employeeId", "mail", "accountEnabled")),
+    ("graph", "users"): CollectionSpec(
+        unique=("id", "userPrincipalName"), indexed=("employeeId", "mail", "accountEnabled"), track_changes=True
+    ),
     ("entra", "tokens"): CollectionSpec(unique=("token_sha256",)),
 }
 
@@ -345,6 +355,7 @@ class Store:
                 (service, collection, rid, json.dumps(data, separators=(",", ":"))),
             )
             self._index(conn, service, collection, rid, data)
+            self._log_change(conn, service, collection, rid, data, deleted=False)
         return rid
 
     def replace(self, service: str, collection: str, rid: int, data: dict[str, Any]) -> None:
@@ -361,16 +372,56 @@ class Store:
                 raise KeyError(rid)
             self._unindex(conn, service, collection, rid)
             self._index(conn, service, collection, rid, data)
+            self._log_change(conn, service, collection, rid, data, deleted=False)
 
     def delete(self, service: str, collection: str, rid: int) -> bool:
         """Hard-delete an object (used by ``mutate`` for removed vehicles)."""
         with self.atomic() as conn:
+            old = None
+            if SPECS.get((service, collection), CollectionSpec()).track_changes:
+                old = self.get(service, collection, rid)
             cur = conn.execute(
                 "DELETE FROM records WHERE service=? AND collection=? AND rid=?",
                 (service, collection, rid),
             )
             self._unindex(conn, service, collection, rid)
+            if old is not None:
+                self._log_change(conn, service, collection, rid, old, deleted=True)
         return cur.rowcount > 0
+
+    # -- change log (Graph delta query) ---------------------------------------------------
+
+    @staticmethod
+    def _log_change(
+        conn: sqlite3.Connection, service: str, collection: str, rid: int, data: Mapping[str, Any], *, deleted: bool
+    ) -> None:
+        spec = SPECS.get((service, collection))
+        if spec is None or not spec.track_changes:
+            return
+        ident = data.get(spec.unique[0]) if spec.unique else None
+        conn.execute(
+            "INSERT INTO changes (service, collection, rid, ident, deleted) VALUES (?, ?, ?, ?, ?)",
+            (service, collection, rid, None if ident is None else str(ident), int(deleted)),
+        )
+
+    def change_seq(self) -> int:
+        """The newest change-log sequence number (0 before any tracked write)."""
+        with self._lock:
+            row = self._db().execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
+        return int(row[0])
+
+    def changes_since(
+        self, service: str, collection: str, *, since: int, upto: int, after_rid: int = 0, limit: int
+    ) -> list[tuple[int, str | None, bool]]:
+        """``(rid, ident, deleted)`` of each object changed in ``(since, upto]``, its latest
+        change only, in rid order after ``after_rid`` (keyset paging)."""
+        sql = (
+            "SELECT rid, ident, deleted, MAX(seq) FROM changes WHERE service=? AND collection=? AND seq>? AND seq<=?"
+            " AND rid>? GROUP BY rid ORDER BY rid LIMIT ?"
+        )
+        with self._lock:
+            rows = self._db().execute(sql, (service, collection, since, upto, after_rid, limit)).fetchall()
+        return [(int(rid), ident, bool(deleted)) for rid, ident, deleted, _seq in rows]
 
     def _index(
         self,

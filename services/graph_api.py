@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,6 +37,9 @@ SERVICE = "graph"
 DEFAULT_TIMEOUT = 30.0
 USER_FIELDS = "id,employeeId,mail,userPrincipalName,accountEnabled"
 MAX_PAGES = 100_000
+# Error codes Graph answers for a deltaLink it will not continue (Microsoft Graph
+# "Use delta query", token duration; "Microsoft Graph error responses", code property).
+SYNC_STATE_CODES = ("syncStateNotFound", "resyncRequired", "syncStateInvalid")
 
 # Authorities MSAL validates itself; anything else (the sandbox) skips instance discovery,
 # which would otherwise ask login.microsoftonline.com about a host it cannot know.
@@ -167,9 +171,49 @@ class GraphAPI:
         """Every user: id, employeeId, mail, userPrincipalName, accountEnabled."""
         # Literal query string: Graph documents ``$select``/``$top`` unencoded, and
         # requests keeps "$" and "," as they are.
-        url: str | None = self.http.url_for(f"/v1.0/users?$select={USER_FIELDS}&$top={self.page_size}")
-        origin = _origin(self.http.base_url)
         out: list[Row] = []
+        for body in self._walk(self.http.url_for(f"/v1.0/users?$select={USER_FIELDS}&$top={self.page_size}"), "users"):
+            out.extend(body["value"])
+        return out
+
+    def delta(self, delta_link: str | None) -> DeltaRound:
+        """One round of Graph delta query on users (Microsoft Graph "user: delta").
+
+        ``delta_link`` None starts a new round (every user, ``$select``-ed); else the
+        deltaLink of the previous round answers the users changed since (their selected
+        properties) and the deleted ones (``@removed``). The round follows every
+        ``@odata.nextLink`` to the ``@odata.deltaLink`` it returns. A deltaLink Graph
+        refuses (410 Gone, or ``syncStateNotFound``/``resyncRequired``: expired after
+        seven days, or a reset) raises DeltaTokenRefused: the caller starts over."""
+        url = delta_link or self.http.url_for(f"/v1.0/users/delta?$select={USER_FIELDS}")
+        round_ = DeltaRound(full=delta_link is None)
+        try:
+            for body in self._walk(url, "users delta"):
+                for entry in body["value"]:
+                    uid = entry.get("id")
+                    if not isinstance(uid, str) or not uid:
+                        raise FatalError("graph: malformed delta entry (no id)", service=SERVICE)
+                    if "@removed" in entry:
+                        round_.removed.append(uid)
+                    else:
+                        round_.changed.append(entry)
+                link = body.get("@odata.deltaLink")
+                if link is not None:
+                    if not isinstance(link, str) or not link:
+                        raise FatalError("graph: malformed @odata.deltaLink", service=SERVICE)
+                    round_.delta_link = link
+                round_.pages += 1
+        except FatalError as exc:
+            if delta_link is not None and _refuses_token(exc):
+                raise DeltaTokenRefused(str(exc)) from exc
+            raise
+        if not round_.delta_link:
+            raise FatalError("graph: users delta round ended without an @odata.deltaLink", service=SERVICE)
+        return round_
+
+    def _walk(self, url: str | None, what: str) -> Iterator[dict[str, Any]]:
+        """Each page of a Graph collection, following ``@odata.nextLink`` until absent."""
+        origin = _origin(self.http.base_url)
         refreshed = False
         pages = 0
         while url:
@@ -186,16 +230,39 @@ class GraphAPI:
                 raise
             value = body.get("value") if isinstance(body, dict) else None
             if not isinstance(value, list) or not all(isinstance(u, dict) for u in value):
-                raise FatalError("graph: malformed users page (value is not a list of objects)", service=SERVICE)
-            out.extend(value)
+                raise FatalError(f"graph: malformed {what} page (value is not a list of objects)", service=SERVICE)
             next_link = body.get("@odata.nextLink")
             if next_link is not None and not isinstance(next_link, str):
                 raise FatalError("graph: malformed @odata.nextLink", service=SERVICE)
+            yield body
             url = next_link or None
             pages += 1
             if pages >= MAX_PAGES:
-                raise FatalError(f"graph: more than {MAX_PAGES} user pages; refusing a partial read", service=SERVICE)
-        return out
+                raise FatalError(f"graph: more than {MAX_PAGES} {what} pages; refusing a partial read", service=SERVICE)
+
+
+class DeltaTokenRefused(Exception):
+    """Graph will not continue from this deltaLink: a new (full) round is needed."""
+
+
+@dataclass
+class DeltaRound:
+    """What one delta round returned: users added or changed (their selected properties),
+    ids removed, the deltaLink for the next round, and how many pages it took."""
+
+    full: bool
+    changed: list[Row] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    delta_link: str = ""
+    pages: int = 0
+
+
+def _refuses_token(exc: FatalError) -> bool:
+    """410 Gone (synchronization reset) or a 4xx naming an expired/unknown sync state."""
+    if exc.status == 410:
+        return True
+    text = str(exc)
+    return exc.status is not None and 400 <= exc.status < 500 and any(code in text for code in SYNC_STATE_CODES)
 
 
 def _origin(url: str) -> tuple[str, str]:

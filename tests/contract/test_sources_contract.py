@@ -12,6 +12,7 @@ partial list.
 
 from __future__ import annotations
 
+import uuid
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,13 @@ import pytest
 
 from sandbox.server import RunningSandbox
 from services.graph_api import build_graph
+from services.graph_delta import build_graph_directory
 from services.http import RequestStats
 from services.samsara_api import build_samsara
 from services.viewpoint_api import build_viewpoint
 from tests.contract.support import no_sleep, sandbox_settings
 from tests.fakes.ports import FakeGraph, FakeSamsara, FakeViewpoint
+from tests.support.redis_server import connect, shared_server
 from tests.unit.test_syncs import DEPTS, JOBS, emp
 from utils.errors import SourceUnavailableError
 
@@ -55,7 +58,7 @@ def viewpoint(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     return build_viewpoint(_side(request, tmp_path))
 
 
-@pytest.fixture(params=["fake", "sandbox"])
+@pytest.fixture(params=["fake", "sandbox", "sandbox-delta"])
 def graph(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if request.param == "fake":
         return FakeGraph(
@@ -64,6 +67,13 @@ def graph(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
                 {"employeeId": "2", "mail": "bo@tenant.onmicrosoft.com", "accountEnabled": True},
             ]
         )
+    if request.param == "sandbox-delta":  # issue 14: delta query, the state kept in Redis
+        server = next(shared_server())
+        client = connect(server, decode=True)
+        prefix = f"test-contract-graph-{uuid.uuid4().hex}:"
+        request.addfinalizer(lambda: [client.delete(k) for k in client.scan_iter(match=prefix + "*")])
+        settings = _side(request, tmp_path, REDIS_PREFIX=prefix)
+        return build_graph_directory(settings, build_graph(settings, RequestStats(), sleep=no_sleep), client)
     return build_graph(_side(request, tmp_path), RequestStats(), sleep=no_sleep)
 
 

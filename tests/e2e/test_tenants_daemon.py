@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shutil
 import time
@@ -21,39 +20,18 @@ import pytest
 import main
 from config.settings import load_settings
 from sandbox.tenants import cross_tenant, start_tenants
+from tests.support.redis_server import REDIS_URL, delete_prefix, require_real_redis, wait_until
 from utils.webhooks import sign
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TOKEN = "operator-token-tenants-0123456789abcdef"
 CONSOLE = "console-token-tenants-0123456789abcdef"
 HOOK_A = base64.b64encode(b"co-01-webhook-secret-0123456789").decode()
 HOOK_B = base64.b64encode(b"co-02-webhook-secret-0123456789").decode()
 
 
-def require_redis() -> None:
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
-    except redis.RedisError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis at {REDIS_URL} is required in CI: {exc}")
-        pytest.skip(f"Redis at {REDIS_URL} unreachable: {exc}")
-
-
-def wait_until(predicate: Any, timeout: float, step: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
-
-
 @pytest.fixture
 def fleet_daemon(tmp_path: Path) -> Iterator[tuple[Any, Any, Any, Path]]:
-    require_redis()
+    require_real_redis(REDIS_URL)
     sandbox = start_tenants(tmp_path / "sb", 3, size=20, seed=5, interval_minutes=60)
     aside = tmp_path / "aside"
     aside.mkdir()
@@ -88,11 +66,7 @@ def fleet_daemon(tmp_path: Path) -> Iterator[tuple[Any, Any, Any, Path]]:
         daemon.worker.join(10)
         fleet.close(20)
         sandbox.stop()
-        import redis
-
-        r = redis.Redis.from_url(REDIS_URL)
-        for key in r.scan_iter(f"{prefix}*"):
-            r.delete(key)
+        delete_prefix(REDIS_URL, prefix)
 
 
 def ran(client: Any, tenant: str) -> bool:

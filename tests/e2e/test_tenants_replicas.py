@@ -33,18 +33,17 @@ import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
 from sandbox.tenants import cross_tenant, kind_of, overlapping_runs, read_ledger, run_spans, start_tenants
 from tests.e2e.test_faults_oracle import duplicates
+from tests.support.redis_server import REDIS_URL, delete_prefix, require_real_redis, wait_until
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TENANTS = 12
 FAILING = "co-05"
 INTERVAL_MINUTES = "0.1"
@@ -55,17 +54,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def require_redis() -> None:
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
-    except redis.RedisError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis at {REDIS_URL} is required in CI: {exc}")
-        pytest.skip(f"Redis at {REDIS_URL} unreachable: {exc}")
 
 
 class Replica:
@@ -111,22 +99,12 @@ def summed(replicas: list[Replica]) -> dict[str, int]:
     return dict(total)
 
 
-def wait_until(predicate: Any, timeout: float, step: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
-
-
 def syncs_of(tenant: str) -> int:
     return 1 if kind_of(tenant) == "district" else 5
 
 
 def test_three_replicas_share_twelve_tenants_survive_a_kill_and_take_in_a_fourth(tmp_path: Path) -> None:
-    require_redis()
+    require_real_redis(REDIS_URL)
     prefix = f"test-tenants-{uuid.uuid4().hex[:8]}:"
     sandbox = start_tenants(
         tmp_path / "sb",
@@ -216,8 +194,4 @@ def test_three_replicas_share_twelve_tenants_survive_a_kill_and_take_in_a_fourth
         for replica in replicas:
             replica.stop(signal.SIGKILL)
         sandbox.stop()
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL)
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
+        delete_prefix(REDIS_URL, prefix)

@@ -9,7 +9,6 @@ RedisLock. The processes-and-emulators proof is tests/e2e/test_tenants_replicas.
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 import uuid
@@ -18,29 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from config.fleet import Fleet, due_key
 from config.settings import Settings, load_settings
 from config.tenants import TenantChanges
+from tests.support.redis_server import REDIS_URL, require_real_redis
 from utils.errors import ConfigurationError
 from utils.locks import RedisLock
 from utils.metrics import Metrics
 from utils.redis_client import make_redis
 from utils.triggers import TriggerQueue
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
 
 @pytest.fixture
 def redis_client() -> Any:
-    client = make_redis(REDIS_URL)  # the product's client (text answers), as the daemon's fleet uses
-    try:
-        client.ping()
-    except redis.exceptions.RedisError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis at {REDIS_URL} is required in CI and did not answer: {exc}")
-        pytest.skip(f"Redis at {REDIS_URL} unreachable: {exc}")
+    client = make_redis(require_real_redis(REDIS_URL))  # the product's client (text answers), as the fleet's
     yield client
     client.close()
 

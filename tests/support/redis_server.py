@@ -109,3 +109,39 @@ def redis_process(directory: Path) -> Iterator[RedisProcess]:
         yield server
     finally:
         server.stop()
+
+
+def require_real_redis(url: str = REDIS_URL) -> str:
+    """``url`` when a real Redis answers there (tests across processes cannot use
+    fakeredis); a failure in CI, a skip locally otherwise."""
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.exceptions.RedisError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis at {url} is required in CI and did not answer: {exc}")
+        pytest.skip(f"Redis at {url} unreachable: {exc}")
+    finally:
+        client.close()
+    return url
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    """Delete every key under ``prefix`` (a test's clean-up)."""
+    client = redis.Redis.from_url(url)
+    try:
+        for key in client.scan_iter(match=prefix + "*"):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def wait_until(predicate: Any, timeout: float, step: float = 0.2) -> Any:
+    """``predicate()``'s first truthy value within ``timeout`` seconds (else its last value)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()

@@ -494,3 +494,41 @@ def test_check_runs_as_a_module(env: dict[str, str]) -> None:
     assert "acme.env: ok (tenant acme; syncs: vehicles)" in done.stdout
     assert "b.env: no sync is configured: SafetyAmp is set but no source is" in done.stdout
     assert ACME_TOKEN not in done.stdout + done.stderr
+
+
+# --------------------------------------------------------------------------- found by the outside review
+
+
+@pytest.mark.parametrize(
+    ("reference", "where"),
+    [
+        ("SCIM_TOKEN_FROM_ENV=CONSOLE_TOKEN", "env"),
+        ("SCIM_TOKEN_FROM_ENV=SYNC_TRIGGER_TOKEN", "env"),
+        ("SCIM_TOKEN_FROM_ENV=REDIS_URL", "env"),
+        ("SCIM_TOKEN_FROM_ENV=SAFETYAMP_TOKEN", "env"),
+        ("SCIM_TOKEN_FROM_ENV=AZURE_CLIENT_SECRET", "env"),
+        ("SCIM_TOKEN_FROM_FILE=console-token", "file"),
+        ("SCIM_TOKEN_FROM_FILE=SYNC_TRIGGER_TOKEN", "file"),
+    ],
+)
+def test_a_tenant_cannot_borrow_the_process_own_secrets(env: dict[str, str], reference: str, where: str) -> None:
+    """A reference to the console password, the trigger token, the Redis URL or the
+    process's Azure identity would send it to whatever URL the tenant file names."""
+    process_secret = "Process-Own-Secret-0123456789abcdef"
+    for name in ("CONSOLE_TOKEN", "SYNC_TRIGGER_TOKEN", "SAFETYAMP_TOKEN", "AZURE_CLIENT_SECRET"):
+        env[name] = process_secret
+    env["REDIS_URL"] = "redis://:" + process_secret + "@127.0.0.1:6379/0"
+    write(Path(env["SECRETS_DIR"]), {"console-token": process_secret, "SYNC_TRIGGER_TOKEN": process_secret})
+    text = "SCIM_URL=https://evil.example.org/scim/v2\nONEROSTER_CSV_PATH=/tmp/x\n" + reference + "\n"
+    result = load(env, {"evil.env": text})
+    assert result.tenants == {}
+    found = " ".join(texts(result))
+    assert "belongs to the process" in found, found
+    assert process_secret not in found
+
+
+def test_a_line_without_equals_is_not_repeated(env: dict[str, str]) -> None:
+    """A token pasted alone on a line must not be published by /health or the logs."""
+    result = load(env, {"acme.env": ACME + LEAKED + "\n"})
+    found = " ".join(texts(result))
+    assert "no '='" in found and LEAKED not in found
