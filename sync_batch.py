@@ -89,7 +89,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument(
         "--full",
         action="store_true",
-        help="rosters: read OneRoster completely instead of a delta; employees: a full Graph delta round",
+        help=(
+            "read completely: OneRoster instead of a delta (rosters), a full Graph delta round (employees), "
+            "SafetyAmp instead of the target shadow"
+        ),
     )
     run.add_argument(
         "--force",

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from services.safetyamp_api import SafetyAmpAPI
     from services.samsara_api import SamsaraAPI
     from services.scim_api import ScimAPI
+    from services.target_shadow import ShadowStore
     from services.viewpoint_api import ViewpointAPI
     from sync.roster_model import CursorStore, RosterSource
     from utils.circuit_breaker import CircuitBreaker
@@ -64,6 +65,8 @@ class Runtime:
     oneroster: RosterSource | None = None  # rosters (issue 4): the REST API or a CSV drop
     scim: ScimAPI | None = None
     roster_cursor: CursorStore | None = None
+    target_shadow: ShadowStore | None = None
+    """The SafetyAmp target shadow (TARGET_SHADOW; services/target_shadow.py)."""
     stop: threading.Event = field(default_factory=threading.Event)
 
     def close(self) -> None:
@@ -136,6 +139,9 @@ def _build_adapters(rt: Runtime, syncs: tuple[str, ...], limiters: SharedLimiter
                 lambda: safetyamp_limiter(settings),
             )
         rt.safetyamp = build_safetyamp(settings, stats, limiter=limiter, breaker=rt.breakers.get("safetyamp"))
+        from services.target_shadow import build_shadow_store
+
+        rt.target_shadow = build_shadow_store(settings, rt.redis)
     if {"departments", "jobs", "titles", "employees"} & set(syncs):
         from services.viewpoint_api import build_viewpoint
 
@@ -220,7 +226,7 @@ def new_context(
         graph = forced_full()
     return SyncContext(
         settings=s,
-        targets=TargetCache(rt.safetyamp) if rt.safetyamp is not None else NoTarget(),
+        targets=TargetCache(rt.safetyamp, rt.target_shadow) if rt.safetyamp is not None else NoTarget(),
         tracker=RunTracker(rt.tracker),  # one read of the tracked records per sync, not one per record
         events=events,
         metrics=rt.metrics,
@@ -254,8 +260,9 @@ def sandbox_overrides(endpoints: Mapping[str, Any], sandbox_dir: Path, environ: 
     has_rosters = "oneroster" in endpoints and "scim" in endpoints
     digest = hashlib.sha256(str(sandbox_dir.resolve()).encode()).hexdigest()[:10]
     forced = _sandbox_connections(endpoints, has_rosters)
+    # The emulators get new ports at every start: the folder, not the URL, is the account.
+    forced["TARGET_SHADOW_SCOPE"] = f"sandbox-{digest}"
     if has_rosters:
-        # The emulators get new ports at every start: the folder, not the URL, is the SIS.
         forced["ROSTER_CURSOR_SCOPE"] = f"sandbox-{digest}"
     defaults = _sandbox_tuning(endpoints, has_rosters, digest)
     out = {k: v for k, v in defaults.items() if k not in environ}

@@ -510,6 +510,36 @@ class Settings(BaseModel):
             "that was lost waits twice this plus 1 s for the old holder's writes to land."
         ),
     )
+    target_shadow: bool = Field(
+        True,
+        alias="TARGET_SHADOW",
+        description=(
+            "true: a cycle plans against the target shadow (the SafetyAmp collections of the last full read "
+            "plus every write SafetyAmp acknowledged since, kept under OUTPUT_DIR/state/target-shadow and "
+            "validated by a write generation in Redis) instead of reading the whole account; false: every "
+            'cycle reads the whole account (docs/performance.md, "Target shadow").'
+        ),
+    )
+    target_full_read_hours: float = Field(
+        24,
+        alias="TARGET_FULL_READ_HOURS",
+        gt=0,
+        description=(
+            "A shadow older than this is not used: the cycle reads the whole SafetyAmp account (and repairs "
+            "what others changed there). Also read fully: the daemon's first cycle, `sync_batch.py --full`, a "
+            "cycle after another runner wrote, or after a write found the shadow stale."
+        ),
+        json_schema_extra=_unit("hours"),
+    )
+    target_shadow_scope: str | None = Field(
+        None,
+        alias="TARGET_SHADOW_SCOPE",
+        description=(
+            "Which SafetyAmp account the target shadow belongs to, in place of SAFETYAMP_URL (the FQDN, a hash "
+            "of the token and REDIS_PREFIX always count): a shadow of another scope is not used. The sandbox "
+            "sets it, since its emulators get new ports at every start."
+        ),
+    )
     safetyamp_default_role: str = Field("Field", alias="SAFETYAMP_DEFAULT_ROLE", description="Role name given to new users.")
     safetyamp_timezone: str = Field(
         "America/Chicago", alias="SAFETYAMP_TIMEZONE", description="IANA time zone given to new users and sites."

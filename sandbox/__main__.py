@@ -112,6 +112,37 @@ def _mutate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin(args: argparse.Namespace) -> int:
+    from sandbox import admin
+
+    if args.action == "create":
+        values = json.loads(args.json or "{}")
+        if not isinstance(values, dict):
+            raise ValueError("--json must be an object")
+        out = admin.create(args.dir, args.collection, values)
+    elif args.key is None:
+        raise ValueError(f"{args.action} needs --key")
+    elif args.action == "delete":
+        out = admin.delete(args.dir, args.collection, args.key)
+    elif args.action == "edit":
+        values = {}
+        for item in args.set or []:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                raise ValueError(f"--set wants FIELD=VALUE (JSON or text), got {item!r}")
+            try:
+                values[name] = json.loads(value)
+            except ValueError:
+                values[name] = value
+        if not values:
+            raise ValueError("edit needs at least one --set FIELD=VALUE")
+        out = admin.edit(args.dir, args.collection, args.key, values)
+    else:
+        out = admin.get(args.dir, args.collection, args.key) or {}
+    print(json.dumps(out))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for usage or configuration errors)."""
     parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__.split("\n")[0])
@@ -125,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     change.add_argument("--dir", required=True, help="a seeded sandbox directory")
     change.add_argument("--percent", type=float, required=True, help="share of records to change")
     change.add_argument("--seed", type=int, default=None, help="seed (default: SANDBOX_SEED or random)")
+    edits = commands.add_parser("admin", help="edit SafetyAmp records as an administrator would (outside the sync)")
+    edits.add_argument("action", choices=("edit", "delete", "create", "get"))
+    edits.add_argument("--dir", required=True, help="a seeded sandbox directory")
+    edits.add_argument("--collection", required=True, choices=("users", "sites", "site_clusters", "assets", "user_titles"))
+    edits.add_argument("--key", help="the record's business key (emp_id, external_code, code, title name)")
+    edits.add_argument("--set", action="append", metavar="FIELD=VALUE", help="edit: a field's new value (JSON or text)")
+    edits.add_argument("--json", help="create: the record as a JSON object")
     many = commands.add_parser("tenants", help="run N customer accounts (companies and districts) in the foreground")
     many.add_argument("--dir", required=True, help="state directory (accounts seeded if missing, reused otherwise)")
     many.add_argument("--count", type=int, required=True, help="number of accounts (every third a school district)")
@@ -139,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "tenants":
             return _tenants(args)
+        if args.command == "admin":
+            return _admin(args)
         return _serve(args) if args.command == "serve" else _mutate(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, KeyError) as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         return 2
 

@@ -44,6 +44,8 @@ from utils.errors import (
     AmbiguousWriteError,
     ChangeLogError,
     ConfigurationError,
+    ConflictError,
+    RecordError,
     SourceUnavailableError,
     SyncError,
 )
@@ -264,6 +266,9 @@ class BaseSync:
         self.ctx = ctx
         self.settings = ctx.settings
         self._slog: Any = None  # the running sync's change log (set by _run)
+        self._fresh: dict[str, Row] | None = None
+        """The collection read afresh for the checks of writes planned from the shadow,
+        when reading it costs fewer requests than looking each key up."""
 
     @property
     def viewpoint(self) -> ViewpointSource:
@@ -358,8 +363,10 @@ class BaseSync:
         if self.ctx.dry_run or only is not None:  # only these show it: 70 000 described writes cost 150 MB
             result.plan = [self._describe(a) for a in writes]
         result.counts["unchanged"] += len(actions) - len(writes)
+        if not self.ctx.dry_run:
+            self._fresh_for_checks(writes, len(whole))
         applier: Applier[Action, Row] = Applier(self.name, self.ctx, slog, result, workers=self.ctx.max_workers)
-        applier.apply(writes, lambda a: self._entry(a, desired), lambda a: self._send(a, current.get(a.key)))
+        applier.apply(writes, lambda a: self._entry(a, desired), lambda a: self._send(a, current.get(a.key), records.get(a.key)))
         if result.guard_tripped:
             result.status = "failed"
         elif refused:
@@ -430,8 +437,14 @@ class BaseSync:
             {c.field: c.as_dict() for c in action.changes},
         )
 
-    def _send(self, action: Action, row: Row | None) -> Done[Row]:
+    def _send(self, action: Action, row: Row | None, want: Mapping[str, Any] | None = None) -> Done[Row]:
         """One planned write to SafetyAmp (the applier records it)."""
+        shadowed = getattr(self.ctx.targets, "shadowed", None)
+        if shadowed is not None and shadowed(self.collection):
+            return self._send_from_shadow(action, row, want)
+        return self._send_direct(action, row)
+
+    def _send_direct(self, action: Action, row: Row | None) -> Done[Row]:
         if action.kind == "create":
             created = self._create(self.create_payload(action), action.key, recorded=True)
             self.ctx.targets.put(self.collection, created)
@@ -440,6 +453,112 @@ class BaseSync:
         self.ctx.safetyamp.update(self.collection, action.target_id, self.update_payload(action, row))
         self.ctx.targets.merge(self.collection, action.target_id, action.payload)
         return Done(COUNTED[action.kind], _subset(row, action.payload), dict(action.payload))
+
+    # ---- writes planned from the target shadow ------------------------------------
+    def _send_from_shadow(self, action: Action, row: Row | None, want: Mapping[str, Any] | None) -> Done[Row]:
+        """A write planned against the target shadow (services/target_shadow.py), which
+        may miss what others changed in SafetyAmp since the last full read:
+
+        - a create first looks the key up (one GET): found, the record is adopted and
+          re-planned against what SafetyAmp holds (never a second record);
+        - a deactivation first reads the record by key: gone or already inactive, nothing
+          is sent; otherwise it is re-planned against SafetyAmp's copy (the guard judged
+          the batch before, from the same numbers as a full read);
+        - an update goes out directly; refused with a 404 (the id is gone), the record is
+          read by key and re-planned (created again when it is missing).
+
+        Each discovery marks the shadow stale: the next cycle reads SafetyAmp fully."""
+        if action.kind == "create":
+            fresh = self._find(action.payload.get(self.key_field, action.key), action.key)
+            if fresh is None:
+                try:
+                    return self._send_direct(action, None)
+                except ConflictError as exc:  # the key exists after all (a case, a race): re-read it
+                    if self.key_field not in exc.field_errors and exc.status != 409:
+                        raise
+                    fresh = self.ctx.safetyamp.find_by(self.collection, self.key_field, action.payload.get(self.key_field))
+                    if fresh is None:
+                        raise
+            self.ctx.targets.mark_stale(self.collection, f"{action.key} exists although the shadow lacks it")
+            return self._replan(action, fresh, want, adopted=True)
+        if action.kind == "deactivate":
+            fresh = self._find(row.get(self.key_field) if row else action.key, action.key)
+            if fresh is None or fresh.get("id") != action.target_id:
+                self.ctx.targets.mark_stale(self.collection, f"{action.key} is gone or has another id")
+            if fresh is None:
+                return Done("unchanged")
+            return self._replan(action, fresh, want)
+        assert row is not None and action.target_id is not None
+        try:
+            return self._send_plain(action, row)
+        except RecordError as exc:
+            if exc.status != 404:
+                raise
+        self.ctx.targets.mark_stale(self.collection, f"{action.key}: id {action.target_id} is gone")
+        fresh = self.ctx.safetyamp.find_by(self.collection, self.key_field, row.get(self.key_field) or action.key)
+        if fresh is None:
+            if not want:
+                return Done("unchanged")
+            created = self._create(self.create_payload(_create_action(action.key, want)), action.key, recorded=True)
+            self.ctx.targets.put(self.collection, created)
+            return Done("created", None, dict(want), logged_as="create", value=created)
+        return self._replan(action, fresh, want)
+
+    def _fresh_for_checks(self, writes: Sequence[Action], held: int) -> None:
+        """Writes planned from the shadow are checked against SafetyAmp (creates and
+        deactivations: one lookup by key each). When there are more of them than the
+        pages of a full read of the collection, one full read of it serves every check."""
+        shadowed = getattr(self.ctx.targets, "shadowed", None)
+        if shadowed is None or not shadowed(self.collection):
+            return
+        checks = sum(1 for a in writes if a.kind in ("create", "deactivate"))
+        pages = -(-held // max(1, int(self.settings.safetyamp_page_size))) + 1
+        if checks <= pages:
+            return
+        fresh: dict[str, Row] = {}
+        for row in self.ctx.safetyamp.list(self.collection):
+            key = self.key_of(row)
+            if key is not None and isinstance(row.get("id"), (int, str)):
+                fresh.setdefault(key, row)
+        self._fresh = fresh
+        log.info("%d writes to check against SafetyAmp: read %s once instead", checks, self.collection, extra={"sync": self.name})
+
+    def _send_plain(self, action: Action, row: Row) -> Done[Row]:
+        self.ctx.safetyamp.update(self.collection, action.target_id, self.update_payload(action, row))
+        self.ctx.targets.merge(self.collection, action.target_id, action.payload)
+        return Done(COUNTED[action.kind], _subset(row, action.payload), dict(action.payload))
+
+    def _find(self, value: Any, key: str) -> Row | None:
+        """SafetyAmp's record of this key now (one read, or the fresh read of the
+        collection when one was made for the checks), or None."""
+        if self._fresh is not None:
+            return self._fresh.get(key)
+        if value is None:
+            return None
+        fresh = self.ctx.safetyamp.find_by(self.collection, self.key_field, value)
+        if fresh is not None and not isinstance(fresh.get("id"), (int, str)):
+            return None
+        return fresh
+
+    def _replan(self, action: Action, fresh: Row, want: Mapping[str, Any] | None, *, adopted: bool = False) -> Done[Row]:
+        """Plan ``action``'s record again against SafetyAmp's copy ``fresh`` and send what
+        is left to change (one write at most)."""
+        self.ctx.targets.put(self.collection, fresh)
+        key = action.key
+        if action.kind == "deactivate":
+            again = plan({}, {key: fresh}, deactivate=[key], deactivation=self.deactivation, compare=self.compare_fields)
+        else:
+            again = plan({key: dict(want or action.payload)}, {key: fresh}, compare=self.compare_fields)
+        todo = [a for a in again if a.is_write]
+        if not todo or todo[0].kind != action.kind or dict(todo[0].payload) != dict(action.payload):
+            self.ctx.targets.mark_stale(self.collection, f"{key}: SafetyAmp holds other values than the shadow")
+        if not todo:
+            return Done("unchanged", logged_as="adopted" if adopted else None, value=fresh)
+        step = todo[0]
+        self.ctx.safetyamp.update(self.collection, fresh["id"], self.update_payload(step, fresh))
+        self.ctx.targets.merge(self.collection, fresh["id"], step.payload)
+        outcome = "updated" if step.kind == "update" else COUNTED[step.kind]
+        return Done(outcome, _subset(fresh, step.payload), dict(step.payload), logged_as="adopted" if adopted else None)
 
     def _create(
         self,
@@ -463,6 +582,15 @@ class BaseSync:
                 raise RuntimeError(f"{self.name}: a create outside a run would go out without a change log record")
             slog = self._slog
             intent = slog.intent(key, "create", target=collection)
+        shadowed = getattr(self.ctx.targets, "shadowed", None)
+        if not recorded and shadowed is not None and shadowed(collection):
+            # A create planned from the shadow (a prepare hook): look the key up first.
+            found = target.find_by(collection, key_field, payload.get(key_field, key))
+            if found is not None:
+                self.ctx.targets.mark_stale(collection, f"{key} exists although the shadow lacks it")
+                if slog is not None:
+                    slog.settled(intent, "already in SafetyAmp (the shadow lacked it): adopted")
+                return found
         try:
             created = create_once(
                 lambda: target.create(collection, payload),
@@ -582,7 +710,8 @@ def create_once(
     request that may still be on its way in (a timeout, a dropped connection, a gateway's
     502/504) can be applied after that read: such a create, not found by key, is left
     unconfirmed (AmbiguousWriteError: failed for this run, never tracked as a refusal) and
-    the next run, which reads the whole target, finds it or creates it once."""
+    the next run, which reads the whole target (an unknown outcome makes the target shadow
+    stale), finds it or creates it once."""
     for attempt in range(1, attempts + 1):
         try:
             return create()
@@ -602,6 +731,12 @@ def create_once(
             if attempt == attempts:
                 raise
     raise AssertionError("unreachable")
+
+
+def _create_action(key: str, want: Mapping[str, Any]) -> Action:
+    """The create ``plan`` would make for ``want`` (when an update's record is gone)."""
+    (action,) = plan({key: dict(want)}, {})
+    return action
 
 
 def _subset(row: Row | None, payload: Mapping[str, Any]) -> dict[str, Any] | None:

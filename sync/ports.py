@@ -172,6 +172,13 @@ class TargetRecords(Protocol):
     def prefetch(self, collections: Iterable[str]) -> object:
         """Start reading ``collections`` in the background (still one read each)."""
 
+    def shadowed(self, collection: str) -> bool:
+        """True when this cycle's ``collection`` came from the target shadow (the last
+        full read plus acknowledged writes), not from a read of SafetyAmp."""
+
+    def mark_stale(self, collection: str, reason: str) -> None:
+        """A write found the shadow wrong: the next cycle reads SafetyAmp fully."""
+
 
 class WrittenFiles(Protocol):
     """Where a finished run's change log went (services.event_manager.RunFiles)."""

@@ -2,7 +2,8 @@
 
 Shared by sync_batch.py (once) and main.py's worker (every interval). A failing sync
 does not stop the ones after it, except that a sync whose dependency failed still
-runs against whatever the target holds (it reads it fresh) and says so.
+runs against whatever the target holds (read fresh, or from a target shadow that holds
+every write acknowledged) and says so.
 """
 
 from __future__ import annotations
@@ -87,6 +88,32 @@ TARGET_READS: dict[str, tuple[str, ...]] = {
 
 
 def _run_all(ctx: SyncContext, names: list[str], factories: dict[str, Any], cycle: Any = None) -> list[RunResult]:
+    # The target shadow (services/target_shadow.py): only a cycle holding the cycle lock
+    # may plan against it and publish a new one; every run that writes marks it dirty.
+    cycle_owner = cycle is not None and ctx.only_key is None and not ctx.dry_run
+    begin = getattr(ctx.targets, "begin_cycle", None)
+    if begin is not None and cycle_owner:
+        begin(full=ctx.full, first_full=ctx.runner_kind == "daemon")
+    try:
+        return _run_cycle(ctx, names, factories, cycle)
+    finally:
+        end = getattr(ctx.targets, "end_cycle", None)
+        if end is not None:
+            end(publish=cycle_owner, still_ours=lambda: _still_ours(cycle))
+
+
+def _still_ours(cycle: Any) -> bool:
+    """True while this runner still holds the cycle lock (checked in Redis)."""
+    try:
+        WriteFence([cycle]).check()
+    except LockLostError:
+        return False
+    except SyncError:
+        return False
+    return True
+
+
+def _run_cycle(ctx: SyncContext, names: list[str], factories: dict[str, Any], cycle: Any = None) -> list[RunResult]:
     results: list[RunResult] = []
     one_record = ctx.only_key is not None
     if factories is SYNCS and not one_record:
