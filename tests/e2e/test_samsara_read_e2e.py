@@ -123,3 +123,60 @@ def test_without_webhooks_every_run_reads_samsara(tmp_path, prefix) -> None:
     batch.run(*ONLY, expect=(0, 1), **env)
     assert samsara_gets(batch, mark) > 0
     assert not (batch.output / "state" / "samsara-read").exists()
+
+
+def test_daemon_a_signed_event_makes_the_next_run_read_and_the_change_reach_safetyamp(tmp_path, prefix) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import requests
+
+    from tests.e2e.conftest import ROOT
+    from tests.e2e.test_daemon import free_port, get, wait_for
+    from utils.webhooks import sign
+
+    client, name = prefix
+    batch = BatchRunner(tmp_path, size=40)
+    port, token = free_port(), "operator-token-123-0123456789abcdef"
+    env = batch.env(
+        PORT=str(port), HOST="127.0.0.1", SYNC_TRIGGER_TOKEN=token, SAMSARA_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        WEBHOOK_DEBOUNCE_SECONDS="0", REDIS_URL=REDIS_URL, REDIS_PREFIX=name,
+    )  # fmt: skip
+    cmd = [sys.executable, "main.py", "--sandbox", "--sandbox-dir", str(batch.dir), "--sandbox-size", "40"]
+    log = open(tmp_path / "daemon.log", "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+
+    def vehicles_run() -> str | None:
+        r = get(base + "/health")
+        run = r.json().get("last_runs", {}).get("vehicles") if r is not None and r.status_code == 200 else None
+        return run["run_id"] if run else None
+
+    try:
+        first = wait_for(vehicles_run, 120.0, 0.5)
+        assert first, "no vehicles run finished"
+        # the daemon's first vehicles run read Samsara; a run asked for now reads nothing
+        mark = batch.mark()
+        auth = {"Authorization": f"Bearer {token}"}
+        assert requests.post(base + "/sync/vehicles", headers=auth, timeout=5).status_code == 202
+        assert wait_for(lambda: (r := vehicles_run()) and r != first and r, 60.0, 0.5)
+        assert samsara_gets(batch, mark) == 0
+
+        code = rename_vehicle(batch, "Renamed Then Announced")
+        before = vehicles_run()
+        marker = client.get(marker_key(name))
+        body = json.dumps({"eventId": "e-7", "eventType": "VehicleUpdated", "data": {}}).encode()
+        ts = str(int(time.time()))
+        headers = {"X-Samsara-Timestamp": ts, "X-Samsara-Signature": sign(WEBHOOK_SECRET, ts, body)}
+        mark = batch.mark()
+        assert requests.post(base + "/webhooks/samsara", data=body, headers=headers, timeout=5).status_code == 202
+        assert int(client.get(marker_key(name))) == int(marker) + 1
+        assert wait_for(lambda: (r := vehicles_run()) and r != before and r, 60.0, 0.5), "the event did not start a run"
+        assert samsara_gets(batch, mark) > 0
+        assert asset_name(batch, code) == "Renamed Then Announced"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
