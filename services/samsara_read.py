@@ -18,8 +18,8 @@ When it may be used (``usable``):
   to a random start value first. Redis unreachable: the saved read is not used;
 - it is younger than SAMSARA_FULL_READ_HOURS (deletions have no event: the periodic full
   read finds them, as it finds a change whose event was lost);
-- not ``sync_batch.py --full``, and not the first vehicles run of a daemon process
-  (events sent while it was down went nowhere).
+- not ``sync_batch.py --full``, and not in a daemon process that has not completed a full
+  read yet (events sent while it was down went nowhere).
 
 Everything here degrades to "read Samsara fully".
 """
@@ -86,6 +86,7 @@ class SamsaraReadStore:
         self.max_age_seconds = max_age_seconds
         self.clock = clock
         self.runs = 0
+        """Full Samsara reads this process completed (a daemon trusts no saved read before its first)."""
 
     def marker(self, *, start: bool = False) -> str | None:
         """The event marker (None: Redis cannot be asked, or no marker and not ``start``).

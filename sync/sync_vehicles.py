@@ -112,9 +112,9 @@ class VehicleSync(BaseSync):
         if store is None:
             return self._read_samsara()
         saves = not self.ctx.dry_run and self.ctx.only_key is None
-        first = saves and self.ctx.runner_kind == "daemon" and store.runs == 0
-        if saves:
-            store.runs += 1
+        # A daemon trusts no saved read before its own first full read: events sent
+        # while it was down reached no one (previews and one-record runs included).
+        first = self.ctx.runner_kind == "daemon" and store.runs == 0
         saved = store.load()
         why = store.unusable(saved, full=self.ctx.full, first_daemon_run=first)
         if why is None and saved is not None:
@@ -124,6 +124,8 @@ class VehicleSync(BaseSync):
         marker = store.marker(start=True) if saves else None  # before the read: an event during it makes it stale
         read_at = time.time()
         vehicles, drivers = self._read_samsara()
+        if saves:
+            store.runs += 1  # a full read of this process completed
         if marker is not None:
             store.save(vehicles, drivers, marker=marker, read_at=read_at)
         return vehicles, drivers
