@@ -673,6 +673,11 @@ def _samsara_event(target: Daemon, verifier: Any) -> Any:
         return jsonify(error=str(exc)), 400
     if event.get("eventType") == "Ping":
         return jsonify(status="pong"), 200
+    from services.samsara_read import note_event
+
+    rt = target.runtime  # None while starting: its first vehicles run reads Samsara fully anyway
+    if rt is not None:  # the saved Samsara read is stale now (docs/performance.md)
+        note_event(rt.redis, rt.settings.redis_prefix)
     # Debounced: a burst of vehicle events becomes one vehicles run, which waits
     # while the sync is quarantined or a breaker it needs is open (Daemon._not_held).
     target.state.triggers.request_after("vehicles", target.state.settings.webhook_debounce_seconds)  # type: ignore[union-attr]

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from services.graph_delta import DeltaUserDirectory
     from services.safetyamp_api import SafetyAmpAPI
     from services.samsara_api import SamsaraAPI
+    from services.samsara_read import SamsaraReadStore
     from services.scim_api import ScimAPI
     from services.target_shadow import ShadowStore
     from services.viewpoint_api import ViewpointAPI
@@ -67,6 +68,8 @@ class Runtime:
     roster_cursor: CursorStore | None = None
     target_shadow: ShadowStore | None = None
     """The SafetyAmp target shadow (TARGET_SHADOW; services/target_shadow.py)."""
+    samsara_read: SamsaraReadStore | None = None
+    """The saved Samsara read (with SAMSARA_WEBHOOK_SECRET; services/samsara_read.py)."""
     stop: threading.Event = field(default_factory=threading.Event)
 
     def close(self) -> None:
@@ -158,6 +161,9 @@ def _build_adapters(rt: Runtime, syncs: tuple[str, ...], limiters: SharedLimiter
         from services.samsara_api import build_samsara
 
         rt.samsara = build_samsara(settings, stats, breaker=rt.breakers.get("samsara"))
+        from services.samsara_read import build_samsara_read
+
+        rt.samsara_read = build_samsara_read(settings, rt.redis)
     if "rosters" in syncs:  # issue 4: OneRoster (REST or CSV) -> SCIM
         from services.oneroster_api import RedisCursorStore, build_oneroster, roster_scope
         from services.scim_api import build_scim
@@ -234,6 +240,7 @@ def new_context(
         viewpoint=rt.viewpoint,
         graph=graph,
         samsara=rt.samsara,
+        samsara_read=rt.samsara_read,
         dry_run=dry_run,
         stop=rt.stop,
         progress=progress,
@@ -262,6 +269,7 @@ def sandbox_overrides(endpoints: Mapping[str, Any], sandbox_dir: Path, environ: 
     forced = _sandbox_connections(endpoints, has_rosters)
     # The emulators get new ports at every start: the folder, not the URL, is the account.
     forced["TARGET_SHADOW_SCOPE"] = f"sandbox-{digest}"
+    forced["SAMSARA_READ_SCOPE"] = f"sandbox-{digest}"
     if has_rosters:
         forced["ROSTER_CURSOR_SCOPE"] = f"sandbox-{digest}"
     defaults = _sandbox_tuning(endpoints, has_rosters, digest)

@@ -617,6 +617,28 @@ class Settings(BaseModel):
             f"{MIN_WEBHOOK_SECRET_BYTES} bytes); enables POST /webhooks/samsara."
         ),
     )
+    samsara_full_read_hours: float = Field(
+        24,
+        alias="SAMSARA_FULL_READ_HOURS",
+        gt=0,
+        description=(
+            "With SAMSARA_WEBHOOK_SECRET: a vehicles run reuses the saved Samsara read (kept under "
+            "OUTPUT_DIR/state/samsara-read) while no signed webhook event arrived since it was taken and it is "
+            "younger than this; otherwise it reads every vehicle and driver again. This bounds how long a lost "
+            "event or a deleted vehicle (Samsara sends no deleted event) can go unseen (docs/performance.md, "
+            '"Samsara: events plus a daily read").'
+        ),
+        json_schema_extra=_unit("hours"),
+    )
+    samsara_read_scope: str | None = Field(
+        None,
+        alias="SAMSARA_READ_SCOPE",
+        description=(
+            "Which Samsara account the saved Samsara read belongs to, in place of SAMSARA_URL (a hash of the "
+            "API key and REDIS_PREFIX always count): a saved read of another scope is not used. The sandbox "
+            "sets it, since its emulators get new ports at every start."
+        ),
+    )
     webhook_debounce_seconds: float = Field(
         60,
         alias="WEBHOOK_DEBOUNCE_SECONDS",

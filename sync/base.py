@@ -156,6 +156,9 @@ class SyncContext:
     viewpoint: ViewpointSource | None = None
     graph: GraphDirectory | None = None
     samsara: SamsaraFleet | None = None
+    samsara_read: Any = None
+    """services.samsara_read.SamsaraReadStore: the saved Samsara read the vehicles sync may
+    use instead of reading Samsara (with SAMSARA_WEBHOOK_SECRET); None: always read."""
     dry_run: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
     progress: Callable[[str, int, int], None] | None = None

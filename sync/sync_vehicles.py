@@ -23,6 +23,8 @@ still copied (it is useful on the asset) and updated when it changes.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +43,8 @@ from utils.data_validator import (
 from utils.errors import ConfigurationError
 
 CODE_PREFIX = "samsara:"
+
+log = logging.getLogger("sync.vehicles")
 
 
 def dotted(obj: Any, path: str) -> Any:
@@ -93,11 +97,43 @@ class VehicleSync(BaseSync):
             type_id = types[0].get("id")
         return site_id, type_id
 
-    def load(self) -> Desired:
+    def _read_samsara(self) -> tuple[list[Row], list[Row]]:
+        """Every vehicle, and every driver when a vehicle has one assigned."""
         fleet = self.samsara
         vehicles = fleet.vehicles()
+        drivers = fleet.drivers() if any(v.get("staticAssignedDriver") for v in vehicles) else []
+        return vehicles, drivers
+
+    def _samsara_lists(self) -> tuple[list[Row], list[Row]]:
+        """Samsara's vehicles and drivers: the saved read while Samsara's webhooks say
+        nothing changed (services/samsara_read.py), else a full read, saved for the next
+        runs (never by a dry run or a one-record run)."""
+        store = self.ctx.samsara_read
+        if store is None:
+            return self._read_samsara()
+        saves = not self.ctx.dry_run and self.ctx.only_key is None
+        # A daemon trusts no saved read before its own first full read: events sent
+        # while it was down reached no one (previews and one-record runs included).
+        first = self.ctx.runner_kind == "daemon" and store.runs == 0
+        saved = store.load()
+        why = store.unusable(saved, full=self.ctx.full, first_daemon_run=first)
+        if why is None and saved is not None:
+            log.info("samsara: using the saved read (no webhook event since it was taken): 0 requests")
+            return saved["vehicles"], saved["drivers"]
+        log.info("samsara: full read: %s", why)
+        marker = store.marker(start=True) if saves else None  # before the read: an event during it makes it stale
+        read_at = time.time()
+        vehicles, drivers = self._read_samsara()
+        if saves:
+            store.runs += 1  # a full read of this process completed
+        if marker is not None:
+            store.save(vehicles, drivers, marker=marker, read_at=read_at)
+        return vehicles, drivers
+
+    def load(self) -> Desired:
+        vehicles, driver_rows = self._samsara_lists()
         site_id, type_id = self._placement()
-        drivers = {str(d.get("id")): d for d in fleet.drivers()} if any(v.get("staticAssignedDriver") for v in vehicles) else {}
+        drivers = {str(d.get("id")): d for d in driver_rows}
         users: dict[str, Any] = {}
         for user in self.ctx.targets.get("users"):
             emp = employee_key(user.get("emp_id"))  # not an employee number: no driver names it
