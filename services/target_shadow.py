@@ -34,7 +34,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +201,7 @@ class ShadowStore:
         files = dict(keep)
         for name, rows in collections.items():
             fname = f"{name}-{uuid.uuid4().hex[:12]}.json.gz"
-            _atomic_write(self.directory / fname, _gz(rows))
+            _atomic_write_gz(self.directory / fname, rows)
             files[name] = fname
         manifest = {
             "format": FORMAT,
@@ -227,10 +227,45 @@ class ShadowStore:
             pass
 
 
-def _gz(rows: Iterable[Row]) -> bytes:
-    # Level 1: the shadow is rewritten on every cycle with writes; 6x smaller than the
-    # JSON at a tenth of level 9's time (docs/performance.md, "Target shadow").
-    return gzip.compress(json.dumps(list(rows), separators=(",", ":"), default=str).encode(), compresslevel=1, mtime=0)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+_CHUNK_ROWS = 1000
+
+
+def _gz_chunks(rows: Iterable[Row]) -> Iterator[bytes]:
+    """The JSON array of ``rows``, a thousand rows at a time: the whole array as one
+    string (and its bytes) held about 100 MB at the end of a 50,000-employee first run,
+    over the memory goal (docs/performance.md)."""
+    yield b"["
+    sep, batch = b"", []
+    for row in rows:
+        batch.append(_ENCODER.encode(row))
+        if len(batch) >= _CHUNK_ROWS:
+            yield sep + ",".join(batch).encode()
+            sep, batch = b",", []
+    if batch:
+        yield sep + ",".join(batch).encode()
+    yield b"]"
+
+
+def _atomic_write_gz(path: Path, rows: Iterable[Row]) -> None:
+    """``rows`` as gzip'd JSON, streamed into a temporary file, then renamed. Level 1: the
+    shadow is rewritten on every cycle with writes; 6x smaller than the JSON at a tenth
+    of level 9's time (docs/performance.md, "Target shadow")."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            with gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=1, mtime=0) as gz:
+                for chunk in _gz_chunks(rows):
+                    gz.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
