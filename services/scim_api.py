@@ -45,7 +45,16 @@ import requests
 
 from config.settings import Settings
 from services.http import HttpClient, RateLimiter, RequestStats, parse_json
-from utils.errors import ConfigurationError, FatalError
+from sync.ports import ScimOutcome, ScimWrite
+from utils.errors import (
+    AmbiguousWriteError,
+    ConfigurationError,
+    ConflictError,
+    FatalError,
+    RateLimitedError,
+    RecordError,
+    RetriableError,
+)
 
 log = logging.getLogger("services.scim")
 
@@ -55,6 +64,11 @@ USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
 SCHEMAS = {"Users": [USER_SCHEMA], "Groups": [GROUP_SCHEMA]}
 MAX_PAGES = 100_000
+BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+BULK_PAYLOAD_MARGIN = 0.9
+"""Share of maxPayloadSize a Bulk request is cut to: sizes are measured before a bulkId
+reference is replaced by the id of a user created in an earlier request."""
+BULK_ENVELOPE_BYTES = 200
 
 
 USERS, GROUPS = "Users", "Groups"
@@ -161,6 +175,55 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
+def cut_batches(sizes: Sequence[int], max_operations: int, max_bytes: int) -> list[list[int]]:
+    """Positions cut, in order, into runs of at most ``max_operations`` whose sizes add up
+    to at most ``max_bytes`` (one oversized operation goes alone: the provider's 413 then
+    refuses that record only)."""
+    out: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for i, size in enumerate(sizes):
+        if current and (len(current) >= max_operations or used + size > max_bytes):
+            out.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += size + 1
+    if current:
+        out.append(current)
+    return out
+
+
+def bulk_status(value: Any) -> int:
+    """An operation's status in a BulkResponse: RFC 7644 section 3.7.3 shows a string
+    ("201"); some providers send a number or the draft's ``{"code": ...}``."""
+    if isinstance(value, Mapping):
+        value = value.get("code")
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return 0
+
+
+def bulk_error(status: int, method: str, response: Any) -> Exception:
+    """The error of one failed operation of a Bulk request, mapped as ``services.http``
+    maps a single request's answer."""
+    detail = response.get("detail") if isinstance(response, Mapping) else None
+    message = f"scim: bulk {method} answered {status}" + (f": {detail}" if detail else "")
+    body = dict(response) if isinstance(response, Mapping) else None
+    if status == 409:
+        return ConflictError(message, service=SERVICE, status=status, body=body)
+    if status == 429:
+        return RateLimitedError(message, service=SERVICE, status=status)
+    if status in (401, 403):
+        return FatalError(message, service=SERVICE, status=status)
+    if status >= 500 or status == 0:
+        if method == "POST":
+            # the provider finished with the request (it answered): a read by key tells
+            return AmbiguousWriteError(message, service=SERVICE, status=status, settled=True)
+        return RetriableError(message, service=SERVICE, status=status)
+    return RecordError(message, service=SERVICE, status=status, body=body)
+
+
 # --------------------------------------------------------------------------------------
 # intents over the resource verbs
 # --------------------------------------------------------------------------------------
@@ -249,16 +312,66 @@ class ScimIntents:
         meta = row.get("meta")
         return meta.get("version") if isinstance(meta, Mapping) else None
 
+    # batches (SCIM Bulk, RFC 7644 section 3.7)
+    def bulk_batches(self, writes: Sequence[ScimWrite]) -> builtins.list[builtins.list[int]] | None:
+        """None: this provider takes no Bulk requests (the fake's case)."""
+        return None
+
+    def send_batch(self, writes: Sequence[ScimWrite]) -> builtins.list[ScimOutcome]:
+        raise NotImplementedError
+
+    def bulk_operation(self, w: ScimWrite) -> dict[str, Any]:
+        """One ``Operations`` entry (method, path, bulkId, version, data) for an intent,
+        the same formats as the single requests. Every operation carries ``bulkId`` (its
+        ``ref``): required for POST, and how the response is matched to the write."""
+        op: dict[str, Any] = {"bulkId": w.ref}
+        row = w.row or {}
+        rid = _seg(str(row.get("id")))
+        if w.intent == "create_user":
+            op.update(
+                method="POST",
+                path=f"/{USERS}",
+                data={"schemas": SCHEMAS[USERS], **user_create_payload(w.fields, self.role_attribute)},
+            )
+        elif w.intent == "create_group":
+            members = [{"value": i} for i in sorted(w.add)]
+            op.update(method="POST", path=f"/{GROUPS}", data={"schemas": SCHEMAS[GROUPS], **w.fields, "members": members})
+        elif w.intent in ("update_user", "deactivate_user"):
+            changes = {"active": False} if w.intent == "deactivate_user" else w.fields
+            op.update(
+                method="PATCH",
+                path=f"/{USERS}/{rid}",
+                data={"schemas": [PATCH_OP], "Operations": user_ops(changes, self.role_attribute)},
+            )
+        elif w.intent == "change_members":
+            ops = [{"op": "replace", "path": "displayName", "value": w.display_name}] if w.display_name is not None else []
+            op.update(
+                method="PATCH",
+                path=f"/{GROUPS}/{rid}",
+                data={"schemas": [PATCH_OP], "Operations": ops + member_ops(w.add, w.remove)},
+            )
+        elif w.intent in ("delete_user", "delete_group"):
+            op.update(method="DELETE", path=f"/{USERS if w.intent == 'delete_user' else GROUPS}/{rid}")
+        else:
+            raise ValueError(f"unknown SCIM intent {w.intent!r}")
+        version = self._etag(row) if row else None
+        if version:
+            op["version"] = version  # REQUIRED with ETags for PATCH/PUT/DELETE (RFC 7644 section 3.7)
+        return op
+
 
 class ScimAPI(ScimIntents):
     """SCIM Users/Groups over an ``HttpClient`` configured for the provider."""
 
-    def __init__(self, http: HttpClient, *, page_size: int = 100, role_attribute: str = "title") -> None:
+    def __init__(self, http: HttpClient, *, page_size: int = 100, role_attribute: str = "title", bulk: bool = True) -> None:
         self.http = http
         self.page_size = page_size
         self.role_attribute = role_attribute
+        self.bulk_enabled = bulk
         self._config: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        self.bulk_requests = 0
+        self.bulk_operations = 0
 
     # -- discovery ----------------------------------------------------------------
     def service_provider_config(self) -> dict[str, Any]:
@@ -280,6 +393,64 @@ class ScimAPI(ScimIntents):
     def etags(self) -> bool:
         etag = self.service_provider_config().get("etag")
         return bool(isinstance(etag, dict) and etag.get("supported"))
+
+    def bulk_limits(self) -> tuple[int, int] | None:
+        """(maxOperations, maxPayloadSize) when the provider announces ``bulk.supported``
+        and SCIM_BULK is on; None otherwise (one request per change)."""
+        if not self.bulk_enabled:
+            return None
+        bulk = self.service_provider_config().get("bulk")
+        if not isinstance(bulk, dict) or not bulk.get("supported"):
+            return None
+        try:
+            ops, size = int(bulk.get("maxOperations") or 0), int(bulk.get("maxPayloadSize") or 0)
+        except (TypeError, ValueError):
+            return None
+        return (ops, size) if ops > 0 and size > 0 else None
+
+    # -- batches ------------------------------------------------------------------
+    def bulk_batches(self, writes: Sequence[ScimWrite]) -> builtins.list[builtins.list[int]] | None:
+        limits = self.bulk_limits()
+        if limits is None:
+            return None
+        max_ops, max_bytes = limits
+        sizes = [len(json.dumps(self.bulk_operation(w), ensure_ascii=False).encode()) for w in writes]
+        return cut_batches(sizes, max_ops, int(max_bytes * BULK_PAYLOAD_MARGIN) - BULK_ENVELOPE_BYTES)
+
+    def send_batch(self, writes: Sequence[ScimWrite]) -> builtins.list[ScimOutcome]:
+        """POST /Bulk with these writes. ``failOnErrors`` is left out on purpose: the
+        records are independent, and RFC 7644 section 3.7 then has the provider "continue
+        performing as many changes as possible", so every operation gets its own answer
+        (with failOnErrors the ones after the limit get none and would be sent again)."""
+        if not self.bulk_enabled:
+            refused = RetriableError("scim: Bulk refused earlier in this run", service=SERVICE)
+            return [ScimOutcome(w.ref, 0, error=refused) for w in writes]
+        ops = [self.bulk_operation(w) for w in writes]
+        body = {"schemas": [BULK_REQUEST], "Operations": ops}
+        with self._lock:
+            self.bulk_requests += 1
+            self.bulk_operations += len(ops)
+        try:
+            resp = self.http.request("POST", "/Bulk", json=body)
+        except AmbiguousWriteError as exc:
+            # the whole response was lost: every operation's outcome is unknown
+            lost = f"{exc.message} (bulk response lost: this operation may or may not have been applied)"
+            return [
+                ScimOutcome(w.ref, 0, error=AmbiguousWriteError(lost, service=SERVICE, status=exc.status, settled=exc.settled))
+                for w in writes
+            ]
+        except (RetriableError, RecordError, FatalError) as exc:
+            if isinstance(exc, FatalError) and exc.status in (401, 403):
+                raise
+            if exc.status in (404, 405, 413, 501) or isinstance(exc, FatalError):
+                # the provider refused Bulk itself: one request per change from now on
+                log.warning("SCIM Bulk refused (%s); sending one request per change", exc.message)
+                self.bulk_enabled = False
+                exc = RetriableError(f"bulk request refused: {exc.message}", service=SERVICE, status=exc.status)
+            return [ScimOutcome(w.ref, 0, error=exc) for w in writes]
+        answer = parse_json(resp) if resp.content else {}
+        results = answer.get("Operations") if isinstance(answer, dict) else None
+        return match_bulk_results(writes, ops, results if isinstance(results, list) else [])
 
     # -- reads --------------------------------------------------------------------
     def list(self, resource: str) -> list[dict[str, Any]]:
@@ -348,6 +519,64 @@ class ScimAPI(ScimIntents):
         self.http.request("DELETE", f"/{resource}/{_seg(resource_id)}", headers=headers, expect_json=False)
 
 
+def match_bulk_results(
+    writes: Sequence[ScimWrite], ops: Sequence[Mapping[str, Any]], results: Sequence[Any]
+) -> builtins.list[ScimOutcome]:
+    """One outcome per write from a BulkResponse's ``Operations``: matched by bulkId, then
+    (a provider that echoes no bulkId for PATCH or DELETE) by location, then in order. An
+    operation the response does not mention was not reported: settled (the provider
+    answered), so a create is looked up by key before it is sent again."""
+    by_ref: dict[str, Mapping[str, Any]] = {}
+    loose: builtins.list[Mapping[str, Any]] = []
+    for r in results:
+        if not isinstance(r, Mapping):
+            continue
+        ref = r.get("bulkId")
+        if isinstance(ref, str) and ref not in by_ref:
+            by_ref[ref] = r
+        else:
+            loose.append(r)
+    by_location = {str(r.get("location")).rstrip("/").rsplit("/", 1)[-1]: r for r in loose if r.get("location")}
+    out: builtins.list[ScimOutcome] = []
+    for w, op in zip(writes, ops, strict=True):
+        r = by_ref.get(w.ref)
+        if r is None and w.row is not None:
+            r = by_location.get(str(w.row.get("id")))
+        if r is None:
+            out.append(
+                ScimOutcome(
+                    w.ref,
+                    0,
+                    error=AmbiguousWriteError(
+                        f"scim: the bulk response has no result for {op['method']} {op['path']}",
+                        service=SERVICE,
+                        settled=True,
+                    ),
+                )
+            )
+            continue
+        status = bulk_status(r.get("status"))
+        if 200 <= status < 300:
+            rid = (w.row or {}).get("id")
+            location = r.get("location")
+            if op["method"] == "POST" or rid is None:
+                rid = str(location).rstrip("/").rsplit("/", 1)[-1] if location else None
+                response = r.get("response")
+                if isinstance(response, Mapping) and response.get("id"):
+                    rid = response["id"]
+            if not rid:
+                out.append(
+                    ScimOutcome(
+                        w.ref, status, error=FatalError("scim: a bulk POST succeeded without a location", service=SERVICE)
+                    )
+                )
+                continue
+            out.append(ScimOutcome(w.ref, status, id=str(rid)))
+        else:
+            out.append(ScimOutcome(w.ref, status, error=bulk_error(status, str(op["method"]), r.get("response"))))
+    return out
+
+
 def _with_version(data: Any, resp: requests.Response) -> dict[str, Any]:
     """Keep the ETag header as meta.version when the body lacks it (RFC 7644 §3.14)."""
     if not isinstance(data, dict):
@@ -400,4 +629,6 @@ def build_scim(
         breaker=breaker,
         secrets=[token],
     )
-    return ScimAPI(http, page_size=settings.scim_page_size, role_attribute=settings.roster_role_attribute)
+    return ScimAPI(
+        http, page_size=settings.scim_page_size, role_attribute=settings.roster_role_attribute, bulk=bool(settings.scim_bulk)
+    )

@@ -48,9 +48,10 @@ from sync.apply import COUNTED, Applier, Done, Entry
 from sync.base import Desired, Rejected, RunResult, SyncContext, create_once, fingerprint, record_rejections, run_recorded
 from sync.engine import FieldChange, diff, plan
 from sync.guard import Refusal, guard_reason, judge
+from sync.ports import BULK_REF, ScimWrite
 from sync.roster_model import ACTIVE, RosterClass, RosterSnapshot, RosterUser
 from utils.data_validator import InvalidValue, clean_code, clean_name, shown_key
-from utils.errors import ConflictError, FatalError, RecordError
+from utils.errors import AmbiguousWriteError, ConflictError, FatalError, RecordError, RetriableError
 from utils.timefmt import iso_z, parse_iso
 
 log = logging.getLogger("sync.rosters")
@@ -573,7 +574,14 @@ class RosterSync:
             held = set(users.deactivations)
             user_writes = [w for w in user_writes if w.kind != "deactivate"]
         result.counts["unchanged"] += users.unchanged
-        applied = self._apply(applier, user_writes, result)
+        # SCIM Bulk: users and groups go out together, a new user named in a group by the
+        # bulkId of its create (RFC 7644 section 3.7.2); else users first, then groups with
+        # the ids the users' writes returned.
+        bulk = not self.ctx.dry_run and self.target.bulk_batches([]) is not None
+        if bulk:
+            applied = {w.log_key: str(w.row["id"]) if w.row else f"{BULK_REF}u{i}" for i, w in enumerate(user_writes)}
+        else:
+            applied = self._apply(applier, user_writes, result)
         state = users_after(view.users, user_writes, applied, held)
         for sid, reason in refused.items():
             slog.error(f"class/{shown_key(sid)}", reason, kind="rejected")
@@ -585,7 +593,10 @@ class RosterSync:
             allowed = set(gone) if group_verdict == "approved" else set()
             group_writes = [w for w in group_writes if w.kind != "deactivate" or w.key in allowed]
         result.counts["unchanged"] += groups.unchanged
-        self._apply(applier, group_writes, result)
+        if bulk:
+            self._apply_bulk(applier, user_writes, group_writes, result)
+        else:
+            self._apply(applier, group_writes, result)
 
     def _held_back(self, log_key: str, fp: str, result: RunResult) -> bool:
         """True (and counted skipped) while the failed-record tracker holds the record back."""
@@ -646,6 +657,124 @@ class RosterSync:
         if self.ctx.dry_run:
             return {w.log_key: str(w.row["id"]) if w.row else f"(new){w.key}" for w in writes}
         return {w.log_key: d.value for w, d in zip(writes, done, strict=True) if d is not None and d.value is not None}
+
+    # ---- apply in SCIM Bulk requests -------------------------------------------------
+    def _apply_bulk(self, applier: Applier[_Write, str], users: list[_Write], groups: list[_Write], result: RunResult) -> None:
+        """Every write as operations of Bulk requests, users before groups, cut by the
+        provider's maxOperations and maxPayloadSize. A group member ``bulkId:u<i>`` is the
+        user of ``users[i]``: the reference goes out as is when that create is in the same
+        request, is replaced by its id when an earlier request created it, and is dropped
+        when that create failed (the member is added by a later run)."""
+        writes = users + groups
+        refs = [f"u{i}" for i in range(len(users))] + [f"g{i}" for i in range(len(groups))]
+        result.plan += [w.describe() for w in writes]
+        by_id = {id(w): ref for w, ref in zip(writes, refs, strict=True)}
+        batches = self.target.bulk_batches([self._intent(w, ref) for w, ref in zip(writes, refs, strict=True)]) or []
+        ids: dict[str, str | None] = {}
+
+        def send_batch(batch: list[_Write]) -> list[Done[str] | Exception]:
+            batch_refs = [by_id[id(w)] for w in batch]
+            mine = set(batch_refs)
+            resolved = [self._resolve(w, ids, mine) for w in batch]
+            outcomes = self.target.send_batch([self._intent(w, ref) for w, ref in zip(resolved, batch_refs, strict=True)])
+            out: list[Done[str] | Exception] = []
+            for w, ref, o in zip(resolved, batch_refs, outcomes, strict=True):
+                try:
+                    got = self._settle_bulk(self._resolve(w, ids, set()), o)
+                except (RecordError, RetriableError, FatalError) as exc:
+                    got = exc
+                if w.kind == "create":
+                    ids[ref] = got.value if isinstance(got, Done) else None
+                out.append(got)
+            return out
+
+        applier.apply_batches(writes, batches, _Write.entry, send_batch)
+        sent = getattr(self.target, "bulk_requests", None)
+        if sent is not None:
+            log.info(
+                "rosters: %d SCIM Bulk requests carried %d operations",
+                sent,
+                getattr(self.target, "bulk_operations", 0),
+                extra={"sync": self.name, "bulk_requests": sent, "bulk_operations": getattr(self.target, "bulk_operations", 0)},
+            )
+
+    def _intent(self, w: _Write, ref: str) -> ScimWrite:
+        """A planned write as an intent of the ScimTarget port."""
+        if w.kind == "create":
+            if w.resource == USERS:
+                return ScimWrite("create_user", ref, None, w.desired)
+            return ScimWrite("create_group", ref, None, w.desired, add=tuple(sorted(w.add)))
+        assert w.row is not None
+        if w.resource == USERS:
+            if w.kind == "deactivate":
+                return ScimWrite("delete_user" if self.policy.delete_mode else "deactivate_user", ref, w.row)
+            return ScimWrite("update_user", ref, w.row, {c.field: c.after for c in w.changes})
+        if w.kind == "deactivate" and self.policy.delete_mode:
+            return ScimWrite("delete_group", ref, w.row)
+        name = w.desired.get("displayName") if w.kind == "update" else None
+        rename = name if name is not None and name != w.row.get("displayName") else None
+        return ScimWrite(
+            "change_members", ref, w.row, add=tuple(sorted(w.add)), remove=tuple(sorted(w.remove)), display_name=rename
+        )
+
+    @staticmethod
+    def _resolve(w: _Write, ids: Mapping[str, str | None], same_request: Collection[str]) -> _Write:
+        """``w`` with its ``bulkId:`` members replaced by the ids of users created earlier,
+        kept when created in the same request (``same_request``), dropped when that
+        create failed."""
+        if not any(m.startswith(BULK_REF) for m in w.add):
+            return w
+        add: set[str] = set()
+        for m in w.add:
+            ref = m[len(BULK_REF) :] if m.startswith(BULK_REF) else None
+            if ref is None:
+                add.add(m)
+            elif ids.get(ref):
+                add.add(str(ids[ref]))
+            elif ref in same_request and ref not in ids:
+                add.add(m)
+        return _replace_add(w, add)
+
+    def _settle_bulk(self, w: _Write, o: Any) -> Done[str]:
+        """One operation's outcome as the single-request path would have ended it:
+        - went through: counted;
+        - refused (4xx): the record fails, except a 409 on a user create (the userName
+          is taken: adopt it as the single path does), a 412 (changed since read:
+          re-read once and re-plan) and a group refused because a user it named failed
+          (sent again alone, without that user);
+        - 5xx or 429 of that operation, or unknown (the bulk response was lost): a create
+          is first looked up by its key (``create_once``: never a duplicate; not sent
+          again in this run while the request may still be on its way in); anything
+          else goes out again alone, under the retry policy (PATCH and DELETE are
+          idempotent; with ETags a change already applied answers 412 and is re-read)."""
+        if o.error is None:
+            return Done(COUNTED[w.kind], value=o.id)
+        exc = o.error
+        if isinstance(exc, FatalError):
+            raise exc
+        if isinstance(exc, ConflictError) and w.kind == "create" and w.resource == USERS:
+            return self._adopt(w, exc)
+        if isinstance(exc, RecordError):
+            if exc.status == 412 or (w.resource == GROUPS and "bulkId" in exc.message):
+                return self._send(w)
+            raise exc
+        if w.kind == "create":
+            found = self.target.find(w.resource, "externalId", w.key)
+            if found is not None:
+                log.info(
+                    "bulk create was applied despite the lost response; not sending again",
+                    extra={"sync": self.name, "key": w.key},
+                )
+                return Done("created", value=str(found["id"]))
+            if isinstance(exc, AmbiguousWriteError) and not exc.settled:
+                raise AmbiguousWriteError(
+                    f"{exc.message}; not found by key yet and the request may still be applied, so it is not sent again in "
+                    "this run (the next run reads the target and creates it only if it is missing)",
+                    service=exc.service,
+                    status=exc.status,
+                    settled=False,
+                )
+        return self._send(w)
 
     def _send(self, w: _Write) -> Done[str]:
         """One write to the SCIM target, as intents (the adapter owns the formats)."""
@@ -714,20 +843,23 @@ class RosterSync:
                 key=w.key,
             )
             return Done("created", value=str(created["id"]))
-        except ConflictError:
-            # 409: the userName is taken. Adopt that user when it is not someone else's
-            # (no externalId, or ours); otherwise the record fails and is tracked.
-            user_name = str(w.desired["userName"])
-            found = self.target.find(USERS, "userName", user_name)
-            if found is None:
-                found = self._case_variant(user_name, w.key)
-            if found is None or (found.get("externalId") and str(found["externalId"]) != w.key):
-                raise
-            changes = _changed(w.desired, self.target.user_fields(found))
-            if changes:
-                self.target.update_user(found, changes)
-            log.info("userName %s already existed without our externalId; adopted it", user_name, extra={"sync": self.name})
-            return Done("updated", logged_as="adopted", value=str(found["id"]))
+        except ConflictError as exc:
+            return self._adopt(w, exc)
+
+    def _adopt(self, w: _Write, exc: ConflictError) -> Done[str]:
+        """409 on a create: the userName is taken. Adopt that user when it is not someone
+        else's (no externalId, or ours); otherwise the record fails and is tracked."""
+        user_name = str(w.desired["userName"])
+        found = self.target.find(USERS, "userName", user_name)
+        if found is None:
+            found = self._case_variant(user_name, w.key)
+        if found is None or (found.get("externalId") and str(found["externalId"]) != w.key):
+            raise exc
+        changes = _changed(w.desired, self.target.user_fields(found))
+        if changes:
+            self.target.update_user(found, changes)
+        log.info("userName %s already existed without our externalId; adopted it", user_name, extra={"sync": self.name})
+        return Done("updated", logged_as="adopted", value=str(found["id"]))
 
     def _case_variant(self, user_name: str, key: str) -> dict[str, Any] | None:
         """The user read this run whose userName equals ``user_name`` ignoring case.
@@ -740,6 +872,12 @@ class RosterSync:
         if len(variants) == 1:
             return variants[0]
         return next((r for r in variants if str(r.get("externalId") or "") == key), None)
+
+
+def _replace_add(w: _Write, add: set[str]) -> _Write:
+    from dataclasses import replace
+
+    return replace(w, add=add)
 
 
 def _changed(desired: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
