@@ -257,6 +257,7 @@ def create_app(directory: Path, *, creds: RosterCredentials, seed: str) -> Flask
     tokens = _Tokens()
     db = RosterDB(directory / ROSTER_FILE)
     db_lock = threading.Lock()
+    listings: dict[tuple[str, ...], tuple[int, list[dict[str, Any]]]] = {}
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -351,20 +352,34 @@ def create_app(directory: Path, *, creds: RosterCredentials, seed: str) -> Flask
         preds = parse_filter(raw_filter) if raw_filter else []
         if preds is None:
             return status_info(400, f"invalid filter {raw_filter!r}", "invalid_filter_field")
-        with db_lock:
-            records = db.all(kind)
-        if where is not None:
-            records = [r for r in records if where(r)]
         base_url = f"{request.host_url.rstrip('/')}{BASES[version]}"
-        rendered = [render(kind, r, version, base_url) for r in records]
-        if preds:
-            joiner = preds[0][0].split(":", 1)[0]
-            checks = [(f.split(":", 1)[1], op, v) for f, op, v in preds]
-            combine = any if joiner == "OR" else all
-            rendered = [r for r in rendered if combine(_matches(r, f, op, v) for f, op, v in checks)]
         sort = args.get("sort")
-        if sort:
-            rendered.sort(key=lambda r: str(r.get(sort) or ""), reverse=args.get("orderBy", "asc").lower() == "desc")
+        order = args.get("orderBy", "asc").lower()
+        # The filtered, rendered list of the previous page's query is kept while the file
+        # is unchanged (PRAGMA data_version moves when another connection commits, e.g.
+        # ``mutate``): a client paging through a million enrollments otherwise has every
+        # page re-read and re-render the whole table.
+        cache_key = (version, kind, request.path, raw_filter or "", sort or "", order, base_url)
+        with db_lock:
+            data_version = db.conn.execute("PRAGMA data_version").fetchone()[0]
+            hit = listings.get(cache_key)
+            if hit is not None and hit[0] == data_version:
+                rendered = hit[1]
+            else:
+                records = db.all(kind)
+                if where is not None:
+                    records = [r for r in records if where(r)]
+                rendered = [render(kind, r, version, base_url) for r in records]
+                del records
+                if preds:
+                    joiner = preds[0][0].split(":", 1)[0]
+                    checks = [(f.split(":", 1)[1], op, v) for f, op, v in preds]
+                    combine = any if joiner == "OR" else all
+                    rendered = [r for r in rendered if combine(_matches(r, f, op, v) for f, op, v in checks)]
+                if sort:
+                    rendered.sort(key=lambda r: str(r.get(sort) or ""), reverse=order == "desc")
+                listings.clear()  # one query kept: memory stays at one collection's worth
+                listings[cache_key] = (data_version, rendered)
         total = len(rendered)
         take = limit
         if offset + limit < total and _quirk(seed, f"{request.path}|{raw_filter}|{offset}|{limit}"):

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -680,7 +680,8 @@ class RosterSync:
             out: list[Done[str] | Exception] = []
             for w, ref, o in zip(resolved, batch_refs, outcomes, strict=True):
                 try:
-                    got = self._settle_bulk(self._resolve(w, ids, set()), o)
+                    named_new = any(m.startswith(BULK_REF) for m in w.add)
+                    got = self._settle_bulk(self._resolve(w, ids, set()), o, named_new=named_new)
                 except (RecordError, RetriableError, FatalError) as exc:
                     got = exc
                 if w.kind == "create":
@@ -735,7 +736,7 @@ class RosterSync:
                 add.add(m)
         return _replace_add(w, add)
 
-    def _settle_bulk(self, w: _Write, o: Any) -> Done[str]:
+    def _settle_bulk(self, w: _Write, o: Any, *, named_new: bool = False) -> Done[str]:
         """One operation's outcome as the single-request path would have ended it:
         - went through: counted;
         - refused (4xx): the record fails, except a 409 on a user create (the userName
@@ -755,7 +756,10 @@ class RosterSync:
         if isinstance(exc, ConflictError) and w.kind == "create" and w.resource == USERS:
             return self._adopt(w, exc)
         if isinstance(exc, RecordError):
-            if exc.status == 412 or (w.resource == GROUPS and "bulkId" in exc.message):
+            if exc.status == 412 and w.row is not None:  # changed since read: re-read, then plan it again
+                log.info("%s %s changed since it was read (412); re-reading once", w.resource, w.row.get("id"))
+                return self._send(_replace_row(w, self.target.get(w.resource, str(w.row["id"]))))
+            if w.resource == GROUPS and named_new:
                 return self._send(w)
             raise exc
         if w.kind == "create":
@@ -875,9 +879,11 @@ class RosterSync:
 
 
 def _replace_add(w: _Write, add: set[str]) -> _Write:
-    from dataclasses import replace
-
     return replace(w, add=add)
+
+
+def _replace_row(w: _Write, row: dict[str, Any]) -> _Write:
+    return replace(w, row=row)
 
 
 def _changed(desired: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
