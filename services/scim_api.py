@@ -36,9 +36,10 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import requests
@@ -72,6 +73,8 @@ BULK_ENVELOPE_BYTES = 200
 
 
 USERS, GROUPS = "Users", "Groups"
+SLIM_USER = ("externalId", "userName", "displayName", "name", "emails", "active", "title", "roles")
+SLIM_GROUP = ("externalId", "displayName")
 
 # flat field -> SCIM attribute path (RFC 7643 §4.1); "role" depends on ROSTER_ROLE_ATTRIBUTE
 USER_PATHS = {
@@ -150,8 +153,8 @@ def user_create_payload(flat: Mapping[str, Any], role_attribute: str = "title") 
 
 
 def member_ids(row: Mapping[str, Any]) -> set[str]:
-    """The SCIM ids of a Group's members."""
-    return {str(m["value"]) for m in _items(row.get("members")) if isinstance(m, Mapping) and m.get("value")}
+    """The SCIM ids of a Group's members (interned: see ``ScimIntents.slim``)."""
+    return {sys.intern(str(m["value"])) for m in _items(row.get("members")) if isinstance(m, Mapping) and m.get("value")}
 
 
 def member_ops(add: Iterable[str], remove: Iterable[str]) -> list[dict[str, Any]]:
@@ -262,9 +265,27 @@ class ScimIntents:
     def delete(self, resource: str, resource_id: str, etag: str | None = None) -> None:
         raise NotImplementedError
 
+    def read_all(self, resource: str) -> Iterator[dict[str, Any]]:
+        """Every resource of a type, one at a time (``ScimAPI``: page by page)."""
+        yield from self.list(resource)
+
     # reading in the sync's terms
     def user_fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
         return scim_user_flat(row, self.role_attribute)
+
+    def slim(self, resource: str, row: Mapping[str, Any]) -> dict[str, Any]:
+        """What the sync keeps of a resource read: its id, externalId and version, and
+        for a User what ``user_fields`` reads; a Group's members go to ``member_ids``
+        (a district's groups hold a million member objects). Ids are interned: the
+        same user id in a group's members and in the Users is one string."""
+        keep = SLIM_USER if resource == USERS else SLIM_GROUP
+        out = {k: row[k] for k in keep if k in row}
+        out["id"] = sys.intern(str(row["id"]))
+        meta = row.get("meta")
+        version = meta.get("version") if isinstance(meta, Mapping) else None
+        if version:
+            out["meta"] = {"version": version}
+        return out
 
     def member_ids(self, row: Mapping[str, Any]) -> set[str]:
         return member_ids(row)
@@ -466,8 +487,23 @@ class ScimAPI(ScimIntents):
         resp = self.http.request("GET", f"/{resource}/{_seg(resource_id)}")
         return _with_version(parse_json(resp), resp)
 
+    def read_all(self, resource: str) -> Iterator[dict[str, Any]]:
+        """Every resource of a type, page by page (a resource repeated by offset paging
+        once): the caller keeps what it needs of each, never every page at once."""
+        seen: set[str] = set()
+        for item in self._iter_search(resource, {}):
+            rid = str(item["id"])
+            if rid not in seen:
+                seen.add(rid)
+                yield item
+
     def _search(self, resource: str, params: Mapping[str, Any]) -> builtins.list[dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
+        for item in self._iter_search(resource, params):
+            out[str(item["id"])] = item
+        return list(out.values())
+
+    def _iter_search(self, resource: str, params: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         start = 1
         for _ in range(MAX_PAGES):
             body = self.http.request_json("GET", f"/{resource}", params={**params, "startIndex": start, "count": self.page_size})
@@ -478,7 +514,7 @@ class ScimAPI(ScimIntents):
                 raise FatalError(f"scim: malformed {resource} list (Resources is not a list of objects)", service=SERVICE)
             for item in items:
                 if item.get("id") is not None:
-                    out[str(item["id"])] = item
+                    yield item
             total = body.get("totalResults")
             if not isinstance(total, int):
                 raise FatalError(f"scim: {resource} list without totalResults", service=SERVICE)
@@ -492,7 +528,6 @@ class ScimAPI(ScimIntents):
                 )
         else:
             raise FatalError(f"scim: {resource} list has more than {MAX_PAGES} pages", service=SERVICE)
-        return list(out.values())
 
     # -- writes -------------------------------------------------------------------
     def create(self, resource: str, payload: Mapping[str, Any]) -> dict[str, Any]:

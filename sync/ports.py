@@ -152,6 +152,15 @@ class ScimTarget(Protocol):
         """The resource whose ``attribute`` equals ``value`` (a filter ``eq``), or None."""
         ...
 
+    def read_all(self, resource: str) -> Iterable[dict[str, Any]]:
+        """Every resource of a type, one at a time, as pages arrive (complete or raises)."""
+        ...
+
+    def slim(self, resource: str, row: Mapping[str, Any]) -> dict[str, Any]:
+        """What the sync keeps of a resource read: id, externalId, version and, for a
+        User, what ``user_fields`` reads (a Group's members: ``member_ids``)."""
+        ...
+
     def user_fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The flat, comparable fields of a User resource."""
         ...
