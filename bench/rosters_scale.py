@@ -104,6 +104,10 @@ class District:
             "SYNC_TYPES": "rosters",
             "LOG_LEVEL": "INFO",
             "LOG_FORMAT": "json",
+            # A 1,000-operation Bulk request takes seconds on scim2-server, longer when the
+            # machine is shared: a generous timeout keeps lost responses out of the figures
+            # (tests/integration/test_scim_bulk.py covers them).
+            "SCIM_TIMEOUT_SECONDS": "120",
             **self.extra,
         }
         return self.sandbox.settings_env(sandbox_overrides, base)
