@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate-per-minute", type=float, default=1200.0, help="SCIM limit of the run without Bulk")
     p.add_argument("--rate-users", type=int, default=500, help="users in the run without Bulk (default 500)")
     p.add_argument("--no-rate", action="store_true", help="skip the run without Bulk")
+    p.add_argument("--no-mutate", action="store_true", help="only the first and the no-op run per size")
     p.add_argument("--json", default=str(HERE / "rosters-scale.json"), help="where the figures go")
     return p.parse_args(argv)
 
@@ -237,6 +238,8 @@ def size_run(args: argparse.Namespace, root: Path, users: int) -> dict[str, Any]
         runs.append(d.run("noop", first_start))
     finally:
         d.sandbox.stop()
+    if args.no_mutate:
+        return {"users": users, "seeded": d.counts, "seed_seconds": round(d.seed_seconds), "runs": runs}
     mutated = hx.mutate(REPO, d.dir, args.percent, args.seed)
     print(f"  mutate {args.percent:g} %: {mutated}", flush=True)
     d.sandbox.start()
