@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_modified ON records (kind, modified);
 CREATE INDEX IF NOT EXISTS records_school ON records (kind, school);
 CREATE INDEX IF NOT EXISTS records_class ON records (kind, class_id);
+CREATE INDEX IF NOT EXISTS records_kind_seq ON records (kind, seq);
 """
 
 
