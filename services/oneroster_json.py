@@ -124,7 +124,8 @@ def enrollment_from_json(obj: Mapping[str, Any]) -> RosterEnrollment:
         class_id=_interned(ref(obj.get("class"))),
         school=_interned(ref(obj.get("school"))),
         role=_interned((text(obj.get("role")) or "").lower() or None),
-        date_last_modified=text(obj.get("dateLastModified")),
+        # dateLastModified is not kept for enrollments: nothing reads it (the delta is
+        # the source's filter), and a million of them cost 80 MB
     )
 
 

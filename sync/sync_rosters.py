@@ -39,6 +39,8 @@ a User or Group with an externalId is "ours" (docs/rosters.md).
 from __future__ import annotations
 
 import logging
+import resource as rusage
+import sys
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -525,6 +527,14 @@ class RosterSync:
             extra={"sync": self.name},
         )
         snap: RosterSnapshot = self.source.read(None if full else since, self.policy.schools)
+        log.info(
+            "rosters: read %d users, %d classes, %d enrollments (peak RSS %d MB)",
+            len(snap.users),
+            len(snap.classes),
+            len(snap.enrollments),
+            _peak_rss_mb(),
+            extra={"sync": self.name},
+        )
         for key, reason in snap.rejected:
             slog.error(key, reason, kind="rejected")
             result.counts["failed"] += 1
@@ -532,6 +542,13 @@ class RosterSync:
         for note in snap.notes:
             log.warning(note, extra={"sync": self.name})
         view = self._read_target()
+        log.info(
+            "rosters: SCIM holds %d Users and %d Groups of ours (peak RSS %d MB)",
+            len(view.users),
+            len(view.groups),
+            _peak_rss_mb(),
+            extra={"sync": self.name},
+        )
         applier: Applier[_Write, str] = Applier(self.name, self.ctx, slog, result, workers=self.workers)
         self._sync(snap, view, applier, result, slog)
         self._finish(result, snap)
@@ -661,7 +678,8 @@ class RosterSync:
         """Apply writes in parallel; returns {log_key: SCIM id} of those that went through
         (a dry run: of every write, new ones with a placeholder id, so that it can plan
         the groups of the users it would create)."""
-        result.plan += [w.describe() for w in writes]
+        if self.ctx.dry_run or self.ctx.only_key is not None:  # only these show it: 112,000 described writes cost 100+ MB
+            result.plan += [w.describe() for w in writes]
         done = applier.apply(writes, _Write.entry, self._send)
         if self.ctx.dry_run:
             return {w.log_key: str(w.row["id"]) if w.row else f"(new){w.key}" for w in writes}
@@ -676,7 +694,8 @@ class RosterSync:
         when that create failed (the member is added by a later run)."""
         writes = users + groups
         refs = [f"u{i}" for i in range(len(users))] + [f"g{i}" for i in range(len(groups))]
-        result.plan += [w.describe() for w in writes]
+        if self.ctx.only_key is not None:  # (never a dry run: that one plans without Bulk)
+            result.plan += [w.describe() for w in writes]
         by_id = {id(w): ref for w, ref in zip(writes, refs, strict=True)}
         batches = self.target.bulk_batches([self._intent(w, ref) for w, ref in zip(writes, refs, strict=True)]) or []
         ids: dict[str, str | None] = {}
@@ -886,6 +905,12 @@ class RosterSync:
         if len(variants) == 1:
             return variants[0]
         return next((r for r in variants if str(r.get("externalId") or "") == key), None)
+
+
+def _peak_rss_mb() -> int:
+    """This process's peak resident memory so far (the run's log shows where it grows)."""
+    peak = rusage.getrusage(rusage.RUSAGE_SELF).ru_maxrss
+    return int(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024)
 
 
 def _replace_add(w: _Write, add: set[str]) -> _Write:
