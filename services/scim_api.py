@@ -66,9 +66,9 @@ GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
 SCHEMAS = {"Users": [USER_SCHEMA], "Groups": [GROUP_SCHEMA]}
 MAX_PAGES = 100_000
 BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
-BULK_PAYLOAD_MARGIN = 0.9
-"""Share of maxPayloadSize a Bulk request is cut to: sizes are measured before a bulkId
-reference is replaced by the id of a user created in an earlier request."""
+BULK_PAYLOAD_MARGIN = 0.98
+"""Share of maxPayloadSize a Bulk request is cut to (the sizes are those of the
+operations as sent; the margin covers a provider counting bytes differently)."""
 BULK_ENVELOPE_BYTES = 200
 
 
@@ -176,24 +176,6 @@ def _items(value: Any) -> builtins.list[Any]:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def cut_batches(sizes: Sequence[int], max_operations: int, max_bytes: int) -> list[list[int]]:
-    """Positions cut, in order, into runs of at most ``max_operations`` whose sizes add up
-    to at most ``max_bytes`` (one oversized operation goes alone: the provider's 413 then
-    refuses that record only)."""
-    out: list[list[int]] = []
-    current: list[int] = []
-    used = 0
-    for i, size in enumerate(sizes):
-        if current and (len(current) >= max_operations or used + size > max_bytes):
-            out.append(current)
-            current, used = [], 0
-        current.append(i)
-        used += size + 1
-    if current:
-        out.append(current)
-    return out
 
 
 def bulk_status(value: Any) -> int:
@@ -334,9 +316,12 @@ class ScimIntents:
         return meta.get("version") if isinstance(meta, Mapping) else None
 
     # batches (SCIM Bulk, RFC 7644 section 3.7)
-    def bulk_batches(self, writes: Sequence[ScimWrite]) -> builtins.list[builtins.list[int]] | None:
+    def bulk_max_operations(self) -> int | None:
         """None: this provider takes no Bulk requests (the fake's case)."""
         return None
+
+    def bulk_take(self, writes: Sequence[ScimWrite]) -> int:
+        raise NotImplementedError
 
     def send_batch(self, writes: Sequence[ScimWrite]) -> builtins.list[ScimOutcome]:
         raise NotImplementedError
@@ -430,13 +415,27 @@ class ScimAPI(ScimIntents):
         return (ops, size) if ops > 0 and size > 0 else None
 
     # -- batches ------------------------------------------------------------------
-    def bulk_batches(self, writes: Sequence[ScimWrite]) -> builtins.list[builtins.list[int]] | None:
+    def bulk_max_operations(self) -> int | None:
+        limits = self.bulk_limits()
+        return limits[0] if limits else None
+
+    def bulk_take(self, writes: Sequence[ScimWrite]) -> int:
+        """How many of ``writes``, from the first, fit in one Bulk request: at most
+        maxOperations, and their operations as sent (references already replaced by
+        ids) within maxPayloadSize (at least one: an oversized one goes alone and its
+        413 refuses that record only)."""
         limits = self.bulk_limits()
         if limits is None:
-            return None
+            return 1
         max_ops, max_bytes = limits
-        sizes = [len(json.dumps(self.bulk_operation(w), ensure_ascii=False).encode()) for w in writes]
-        return cut_batches(sizes, max_ops, int(max_bytes * BULK_PAYLOAD_MARGIN) - BULK_ENVELOPE_BYTES)
+        budget = int(max_bytes * BULK_PAYLOAD_MARGIN) - BULK_ENVELOPE_BYTES
+        used = taken = 0
+        for w in writes[:max_ops]:
+            used += len(json.dumps(self.bulk_operation(w), ensure_ascii=False).encode()) + 1
+            if taken and used > budget:
+                break
+            taken += 1
+        return taken
 
     def send_batch(self, writes: Sequence[ScimWrite]) -> builtins.list[ScimOutcome]:
         """POST /Bulk with these writes. ``failOnErrors`` is left out on purpose: the

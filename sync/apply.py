@@ -112,32 +112,35 @@ class Applier(Generic[T, R]):
     def apply_batches(
         self,
         items: Sequence[T],
-        batches: Sequence[Sequence[int]],
+        next_batch: Callable[[int], int],
         entry: Callable[[T], Entry],
         send_batch: Callable[[Sequence[T]], Sequence[Done[R] | Exception]],
     ) -> list[Done[R] | None]:
-        """Apply ``items`` as ``batches`` (lists of positions; one request each, e.g. SCIM
-        Bulk), one batch at a time and in order (a later batch may name what an earlier
-        one created). Each write's intent is in the change log before its batch goes out;
-        ``send_batch`` returns per write its ``Done`` or the error it met, settled as
+        """Apply ``items`` in batches (one request each, e.g. SCIM Bulk), one batch at a
+        time and in order: ``next_batch(start)`` says how many items from ``start`` go in
+        the next one (a later batch may name what an earlier one created, so its size is
+        known only then). Each write's intent is in the change log before its batch goes
+        out; ``send_batch`` returns per write its ``Done`` or the error it met, settled as
         ``apply`` settles a single write (RecordError: refused, tracked; RetriableError:
         failed, counted towards the consecutive-error limit; FatalError: stops the sync)."""
         done: list[Done[R] | None] = [None] * len(items)
         if self.ctx.dry_run:
             return self.apply(items, entry, lambda item: Done("unchanged"))
+        fatal: list[FatalError] = []
 
         def one(batch: Sequence[int]) -> list[Done[R] | str]:
+            if fatal:
+                return ["abandoned"] * len(batch)
             logged = []
             for i in batch:
                 e = entry(items[i])
                 logged.append((e, self.slog.intent(e.key, e.kind, target=e.target, target_id=e.target_id)))
             got = send_batch([items[i] for i in batch])
-            fatal: FatalError | None = None
             out: list[Done[R] | str] = []
             for (e, intent), g in zip(logged, got, strict=True):
                 if isinstance(g, FatalError):
                     self.slog.error(e.key, g.message, payload=e.payload, kind="failed", intent=intent)
-                    fatal = fatal or g
+                    fatal.append(g)
                     out.append("failed")
                 elif isinstance(g, (RecordError, RetriableError)):
                     out.append(self._failed(e, g, intent))
@@ -145,11 +148,11 @@ class Applier(Generic[T, R]):
                     raise g
                 else:
                     out.append(self._went_through(e, g, intent))
-            if fatal is not None:
-                self._pending_fatal = fatal
             return out
 
-        def settle(batch: Sequence[int], outcome: list[Done[R] | str] | str, count: int, total: int) -> None:
+        start = 0
+
+        def settle(batch: Sequence[int], outcome: list[Done[R] | str] | str, _count: int, _total: int) -> None:
             for pos, i in enumerate(batch):
                 got = outcome[pos] if isinstance(outcome, list) else outcome
                 name = got.outcome if isinstance(got, Done) else got
@@ -158,18 +161,16 @@ class Applier(Generic[T, R]):
                 if isinstance(got, Done):
                     done[i] = got
             if self.ctx.progress:
-                self.ctx.progress(self.sync, count, total)
+                self.ctx.progress(self.sync, start + len(batch), len(items))
 
-        self._pending_fatal: FatalError | None = None
-
-        def guarded(batch: Sequence[int]) -> list[Done[R] | str]:
-            if self._pending_fatal is not None:
-                return ["abandoned"] * len(batch)
-            return one(batch)
-
-        apply_in_order(self.sync, self.ctx, list(batches), guarded, settle, 1)
-        if self._pending_fatal is not None:
-            raise self._pending_fatal
+        while start < len(items):
+            if self.ctx.stop.is_set():
+                raise FatalError(f"stopped by shutdown request after {start} of {len(items)} writes")
+            batch = list(range(start, min(len(items), start + max(1, next_batch(start)))))
+            apply_in_order(self.sync, self.ctx, [batch], one, settle, 1)
+            if fatal:
+                raise fatal[0]
+            start += len(batch)
         return done
 
     def _one(self, item: T, entry: Callable[[T], Entry], send: Callable[[T], Done[R]]) -> Done[R] | str:

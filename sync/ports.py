@@ -196,9 +196,14 @@ class ScimTarget(Protocol):
         """Remove the Group ``row`` (SCIM_DELETE_MODE=delete)."""
         ...
 
-    def bulk_batches(self, writes: Sequence[ScimWrite]) -> list[list[int]] | None:
-        """None when the provider takes no SCIM Bulk (or it is switched off); else the
-        writes' positions cut into requests within its maxOperations and maxPayloadSize."""
+    def bulk_max_operations(self) -> int | None:
+        """None when the provider takes no SCIM Bulk (or it is switched off); else its
+        maxOperations."""
+        ...
+
+    def bulk_take(self, writes: Sequence[ScimWrite]) -> int:
+        """How many of ``writes``, from the first, fit in one Bulk request (maxOperations,
+        maxPayloadSize of the operations as they would be sent; at least one)."""
         ...
 
     def send_batch(self, writes: Sequence[ScimWrite]) -> list[ScimOutcome]:

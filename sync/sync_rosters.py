@@ -595,7 +595,7 @@ class RosterSync:
         # SCIM Bulk: users and groups go out together, a new user named in a group by the
         # bulkId of its create (RFC 7644 section 3.7.2); else users first, then groups with
         # the ids the users' writes returned.
-        bulk = not self.ctx.dry_run and self.target.bulk_batches([]) is not None
+        bulk = not self.ctx.dry_run and self.target.bulk_max_operations() is not None
         if bulk:
             applied = {w.log_key: str(w.row["id"]) if w.row else f"{BULK_REF}u{i}" for i, w in enumerate(user_writes)}
         else:
@@ -696,28 +696,43 @@ class RosterSync:
         refs = [f"u{i}" for i in range(len(users))] + [f"g{i}" for i in range(len(groups))]
         if self.ctx.only_key is not None:  # (never a dry run: that one plans without Bulk)
             result.plan += [w.describe() for w in writes]
-        by_id = {id(w): ref for w, ref in zip(writes, refs, strict=True)}
-        batches = self.target.bulk_batches([self._intent(w, ref) for w, ref in zip(writes, refs, strict=True)]) or []
+        window = max(1, int(self.target.bulk_max_operations() or 1))
         ids: dict[str, str | None] = {}
+        """ref of a create -> its SCIM id once its request answered (None: it failed)."""
+        pending: dict[int, list[ScimWrite]] = {}
+
+        def resolved(start: int) -> list[ScimWrite]:
+            """The intents of the next writes (up to maxOperations) with every reference
+            to an earlier request's create replaced by its id."""
+            chunk = range(start, min(len(writes), start + window))
+            mine = {refs[i] for i in chunk}
+            return [self._intent(self._resolve(writes[i], ids, mine), refs[i]) for i in chunk]
+
+        def next_batch(start: int) -> int:
+            intents = resolved(start)
+            take = self.target.bulk_take(intents)
+            pending[start] = intents[:take]
+            return take
+
+        position = {id(w): i for i, w in enumerate(writes)}
 
         def send_batch(batch: list[_Write]) -> list[Done[str] | Exception]:
-            batch_refs = [by_id[id(w)] for w in batch]
-            mine = set(batch_refs)
-            resolved = [self._resolve(w, ids, mine) for w in batch]
-            outcomes = self.target.send_batch([self._intent(w, ref) for w, ref in zip(resolved, batch_refs, strict=True)])
+            start = position[id(batch[0])]
+            intents = pending.pop(start)
+            outcomes = self.target.send_batch(intents)
             out: list[Done[str] | Exception] = []
-            for w, ref, o in zip(resolved, batch_refs, outcomes, strict=True):
+            for w, intent, o in zip(batch, intents, outcomes, strict=True):
                 try:
                     named_new = any(m.startswith(BULK_REF) for m in w.add)
                     got = self._settle_bulk(self._resolve(w, ids, set()), o, named_new=named_new)
                 except (RecordError, RetriableError, FatalError) as exc:
                     got = exc
                 if w.kind == "create":
-                    ids[ref] = got.value if isinstance(got, Done) else None
+                    ids[intent.ref] = got.value if isinstance(got, Done) else None
                 out.append(got)
             return out
 
-        applier.apply_batches(writes, batches, _Write.entry, send_batch)
+        applier.apply_batches(writes, next_batch, _Write.entry, send_batch)
         sent = getattr(self.target, "bulk_requests", None)
         if sent is not None:
             log.info(

@@ -3,16 +3,24 @@ building operations, reading a BulkResponse back onto each write (RFC 7644 secti
 
 from __future__ import annotations
 
-from services.scim_api import ScimIntents, bulk_status, cut_batches, match_bulk_results
+from services.scim_api import ScimAPI, ScimIntents, bulk_status, match_bulk_results
 from sync.ports import ScimWrite
 from utils.errors import AmbiguousWriteError, ConflictError, RateLimitedError, RecordError, RetriableError
 
 
-def test_cut_batches_respects_max_operations_and_bytes_in_order() -> None:
-    assert cut_batches([10] * 5, 2, 1000) == [[0, 1], [2, 3], [4]]
-    assert cut_batches([400, 400, 400], 10, 900) == [[0, 1], [2]]
-    assert cut_batches([5000, 10], 10, 900) == [[0], [1]]  # an oversized one goes alone
-    assert cut_batches([], 10, 900) == []
+def test_bulk_take_fills_a_request_to_max_operations_and_payload() -> None:
+    class Announcing(ScimIntents):
+        limits = (3, 1000)
+
+        def bulk_limits(self) -> tuple[int, int]:
+            return self.limits
+
+    bulk = Announcing()
+    small = [ScimWrite("deactivate_user", f"u{i}", {"id": str(i)}) for i in range(5)]
+    assert ScimAPI.bulk_take(bulk, small) == 3  # type: ignore[arg-type]  # maxOperations
+    big = ScimWrite("create_group", "g", None, {"displayName": "x" * 600})
+    assert ScimAPI.bulk_take(bulk, [big, big, big]) == 1  # type: ignore[arg-type]  # the payload
+    assert ScimAPI.bulk_take(bulk, [ScimWrite("create_group", "g", None, {"displayName": "x" * 5000})]) == 1  # alone
 
 
 def test_bulk_status_reads_strings_numbers_and_the_draft_shape() -> None:
