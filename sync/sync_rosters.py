@@ -786,11 +786,13 @@ class RosterSync:
           is taken: adopt it as the single path does), a 412 (changed since read:
           re-read once and re-plan) and a group refused because a user it named failed
           (sent again alone, without that user);
-        - 5xx or 429 of that operation, or unknown (the bulk response was lost): a create
-          is first looked up by its key (``create_once``: never a duplicate; not sent
-          again in this run while the request may still be on its way in); anything
-          else goes out again alone, under the retry policy (PATCH and DELETE are
-          idempotent; with ETags a change already applied answers 412 and is re-read)."""
+        - 5xx of that operation, or unknown (the bulk response was lost): a create is
+          first looked up by its key (``create_once``: never a duplicate; not sent again
+          in this run while the request may still be on its way in);
+        - anything else (a 429 of the operation, Bulk refused: not applied) and every
+          change that is not a create goes out again alone, under the retry policy
+          (PATCH and DELETE are idempotent; with ETags a change already applied answers
+          412 and is re-read)."""
         if o.error is None:
             return Done(COUNTED[w.kind], value=o.id)
         exc = o.error
@@ -805,7 +807,7 @@ class RosterSync:
             if w.resource == GROUPS and named_new:
                 return self._send(w)
             raise exc
-        if w.kind == "create":
+        if w.kind == "create" and isinstance(exc, AmbiguousWriteError):  # (a 429, or Bulk refused: not applied)
             found = self.target.find(w.resource, "externalId", w.key)
             if found is not None:
                 log.info(
