@@ -13,7 +13,13 @@ it relies on, each from RFC 7644:
   configured with SCIM_DELETE_MODE=delete;
 - ETags (§3.14): when ``/ServiceProviderConfig`` announces ``etag.supported``, writes
   carry ``If-Match`` with the version read; a 412 is a RecordError with status 412 that
-  the sync answers by re-reading the resource once.
+  the sync answers by re-reading the resource once;
+- Bulk (§3.7): when ``/ServiceProviderConfig`` announces ``bulk.supported`` (and
+  SCIM_BULK is on), the same writes as operations of ``POST /Bulk`` requests, cut to its
+  maxOperations and maxPayloadSize (``bulk_take``), without ``failOnErrors``; each
+  operation's answer is mapped back to its write as a single request's would be
+  (``match_bulk_results``); a lost answer makes every operation's outcome unknown
+  (AmbiguousWriteError), which the sync settles per create by its externalId.
 
 Why not scim2-client: version 0.13 speaks through httpx2 (another HTTP stack with its own
 exception tree) and validates responses strictly against scim2-models, which real

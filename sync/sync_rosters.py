@@ -32,6 +32,11 @@ One run:
    Groups have no ``active``), or is deleted with SCIM_DELETE_MODE=delete;
 5. the cursor moves to this run's start only when the run was complete and clean.
 
+With SCIM Bulk (the target announces it, SCIM_BULK on) steps 3 and 4 are planned first
+and applied together: a user created in this run stands in its groups as
+``bulkId:u<n>`` (RFC 7644 section 3.7.2), and the writes go out as Bulk requests
+(``_apply_bulk``; docs/rosters.md, "SCIM Bulk").
+
 The SCIM side assumes this sync is the only writer of ``externalId`` in the tenant:
 a User or Group with an externalId is "ours" (docs/rosters.md).
 """
