@@ -146,6 +146,9 @@ class Scenario:
             "SYNC_TYPES": ",".join(self.syncs),
             "LOG_LEVEL": "INFO",
             "LOG_FORMAT": "json",
+            # One SCIM request per change, so "writes per changed record" counts requests as
+            # before; SCIM Bulk (many changes per request) is measured by bench/rosters_scale.py.
+            "SCIM_BULK": "false",
             **self.extra_env,
         }
         return self.sandbox.settings_env(sandbox_overrides, base, self.drop_env)

@@ -766,6 +766,11 @@ class Settings(BaseModel):
         description="`count` per SCIM list page (a server returns at most its maxResults; paging follows totalResults).",
         json_schema_extra=_unit("records"),
     )
+    scim_bulk: bool = Field(
+        True,
+        alias="SCIM_BULK",
+        description="Send the roster's writes as SCIM Bulk requests (RFC 7644 section 3.7) when the service's /ServiceProviderConfig announces `bulk.supported`, cut to its maxOperations and maxPayloadSize; `false`: one request per change.",
+    )
     scim_rate_limit_per_second: float = Field(
         20, alias="SCIM_RATE_LIMIT_PER_SECOND", gt=0, description="Requests per second sent to the SCIM service."
     )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import secrets
 import threading
@@ -40,7 +41,7 @@ from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
-from sandbox.roster_seed import ROSTER_FILE, RosterCredentials, RosterDB
+from sandbox.roster_seed import ROSTER_FILE, RosterCredentials, RosterDB, iso
 from sandbox.wsgi import json_response
 
 SERVICE = "oneroster"
@@ -257,6 +258,7 @@ def create_app(directory: Path, *, creds: RosterCredentials, seed: str) -> Flask
     tokens = _Tokens()
     db = RosterDB(directory / ROSTER_FILE)
     db_lock = threading.Lock()
+    listings: dict[tuple[str, ...], tuple[int, list[dict[str, Any]]]] = {}
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -351,32 +353,62 @@ def create_app(directory: Path, *, creds: RosterCredentials, seed: str) -> Flask
         preds = parse_filter(raw_filter) if raw_filter else []
         if preds is None:
             return status_info(400, f"invalid filter {raw_filter!r}", "invalid_filter_field")
-        with db_lock:
-            records = db.all(kind)
-        if where is not None:
-            records = [r for r in records if where(r)]
         base_url = f"{request.host_url.rstrip('/')}{BASES[version]}"
-        rendered = [render(kind, r, version, base_url) for r in records]
-        if preds:
-            joiner = preds[0][0].split(":", 1)[0]
-            checks = [(f.split(":", 1)[1], op, v) for f, op, v in preds]
-            combine = any if joiner == "OR" else all
-            rendered = [r for r in rendered if combine(_matches(r, f, op, v) for f, op, v in checks)]
         sort = args.get("sort")
-        if sort:
-            rendered.sort(key=lambda r: str(r.get(sort) or ""), reverse=args.get("orderBy", "asc").lower() == "desc")
+        order = args.get("orderBy", "asc").lower()
+        since = _sql_since(preds) if where is None and not sort else None
+        if since:
+            with db_lock:  # string order is time order only if every stored time has iso()'s form
+                odd = db.conn.execute(
+                    "SELECT 1 FROM records WHERE kind=? AND modified NOT GLOB ? LIMIT 1", (kind, _ISO_GLOB)
+                ).fetchone()
+            since = None if odd else since
+        if since is not None:
+            # The common reads (a whole collection, or a dateLastModified delta) page in
+            # SQL: rendering a million enrollments for every page, or even once, made the
+            # first page of a district's enrollments take longer than a client's timeout.
+            cond, params = ("", (kind,)) if since == "" else (" AND modified > ?", (kind, since))
+            with db_lock:
+                total = int(db.conn.execute(f"SELECT COUNT(*) FROM records WHERE kind=?{cond}", params).fetchone()[0])
+                take = limit
+                if offset + limit < total and _quirk(seed, f"{request.path}|{raw_filter}|{offset}|{limit}"):
+                    take = max(1, limit // 2)
+                rows = db.conn.execute(
+                    f"SELECT data FROM records WHERE kind=?{cond} ORDER BY seq LIMIT ? OFFSET ?", (*params, take, offset)
+                ).fetchall()
+            page = [render(kind, json.loads(r[0]), version, base_url) for r in rows]
+            return _page_response(key, page, args, request.base_url, offset, limit, total)
+        # The filtered, rendered list of the previous page's query is kept while the file
+        # is unchanged (PRAGMA data_version moves when another connection commits, e.g.
+        # ``mutate``): a client paging through a million enrollments otherwise has every
+        # page re-read and re-render the whole table.
+        cache_key = (version, kind, request.path, raw_filter or "", sort or "", order, base_url)
+        with db_lock:
+            data_version = db.conn.execute("PRAGMA data_version").fetchone()[0]
+            hit = listings.get(cache_key)
+            if hit is not None and hit[0] == data_version:
+                rendered = hit[1]
+            else:
+                records = db.all(kind)
+                if where is not None:
+                    records = [r for r in records if where(r)]
+                rendered = [render(kind, r, version, base_url) for r in records]
+                del records
+                if preds:
+                    joiner = preds[0][0].split(":", 1)[0]
+                    checks = [(f.split(":", 1)[1], op, v) for f, op, v in preds]
+                    combine = any if joiner == "OR" else all
+                    rendered = [r for r in rendered if combine(_matches(r, f, op, v) for f, op, v in checks)]
+                if sort:
+                    rendered.sort(key=lambda r: str(r.get(sort) or ""), reverse=order == "desc")
+                listings.clear()  # one query kept: memory stays at one collection's worth
+                listings[cache_key] = (data_version, rendered)
         total = len(rendered)
         take = limit
         if offset + limit < total and _quirk(seed, f"{request.path}|{raw_filter}|{offset}|{limit}"):
             take = max(1, limit // 2)
         page = rendered[offset : offset + take]
-        fields = [f.strip() for f in (args.get("fields") or "").split(",") if f.strip()]
-        if fields:
-            page = [{k: r.get(k) for k in fields} for r in page]
-        response = json_response({key: page}, 200)
-        response.headers["X-Total-Count"] = str(total)
-        response.headers["Link"] = link_header(request.base_url, args, offset, len(page), limit, total)
-        return response
+        return _page_response(key, page, args, request.base_url, offset, limit, total)
 
     def single(version: str, kind: str, key: str, sid: str) -> Response:
         denied = authenticate(version)
@@ -439,6 +471,33 @@ def create_app(directory: Path, *, creds: RosterCredentials, seed: str) -> Flask
         add("/orgs/<sid>", lambda sid, v=v: single(v, "orgs", "org", sid), "org")
 
     return app
+
+
+_ISO_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z"
+
+
+def _sql_since(preds: list[tuple[str, str, str]]) -> str | None:
+    """ "" for no filter; the stored form of T for exactly ``dateLastModified>'T'`` with T
+    at millisecond precision (stored times are ``iso()``: one format, so string order
+    is time order); None for anything else (filtered in Python)."""
+    if not preds:
+        return ""
+    if len(preds) != 1 or preds[0][0] != "AND:dateLastModified" or preds[0][1] != ">":
+        return None
+    moment = _as_time(preds[0][2])
+    if moment is None or moment.microsecond % 1000:
+        return None
+    return iso(moment)
+
+
+def _page_response(key: str, page: list[dict[str, Any]], args: Any, base: str, offset: int, limit: int, total: int) -> Response:
+    fields = [f.strip() for f in (args.get("fields") or "").split(",") if f.strip()]
+    if fields:
+        page = [{k: r.get(k) for k in fields} for r in page]
+    response = json_response({key: page}, 200)
+    response.headers["X-Total-Count"] = str(total)
+    response.headers["Link"] = link_header(base, args, offset, len(page), limit, total)
+    return response
 
 
 def link_header(base: str, args: Any, offset: int, got: int, limit: int, total: int) -> str:

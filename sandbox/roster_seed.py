@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_modified ON records (kind, modified);
 CREATE INDEX IF NOT EXISTS records_school ON records (kind, school);
 CREATE INDEX IF NOT EXISTS records_class ON records (kind, class_id);
+CREATE INDEX IF NOT EXISTS records_kind_seq ON records (kind, seq);
 """
 
 
@@ -158,9 +159,11 @@ def open_roster(directory: str | Path) -> RosterDB:
     return RosterDB(Path(directory) / ROSTER_FILE)
 
 
-def ensure_roster(directory: Path, *, size: int, seed: int | str) -> dict[str, int]:
+def ensure_roster(directory: Path, *, size: int, seed: int | str, classes_per_student: int = 4) -> dict[str, int]:
     """Seed ``oneroster.sqlite`` unless it exists; written to a temporary file and renamed,
-    so an interrupted seed is redone. Returns the record counts."""
+    so an interrupted seed is redone. Returns the record counts. ``classes_per_student``
+    (default 4) scales the enrollments: bench/rosters_scale.py seeds 100,000 users with
+    11 each for a million enrollments before it starts the sandbox."""
     path = directory / ROSTER_FILE
     load_credentials(directory)
     if path.exists():
@@ -175,7 +178,7 @@ def ensure_roster(directory: Path, *, size: int, seed: int | str) -> dict[str, i
     db = RosterDB(tmp)
     try:
         with db.atomic():
-            seed_district(db, random.Random(f"{seed}:rosters"), size, datetime.now(UTC))
+            seed_district(db, random.Random(f"{seed}:rosters"), size, datetime.now(UTC), classes_per_student)
         counts = {k: db.count(k) for k in KINDS}
         db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
@@ -294,7 +297,7 @@ LAST_NAMES = (
 SUBJECTS = ("Math", "English", "Science", "History", "Art", "Music", "Spanish", "PE", "Biology", "Chemistry")
 
 
-def seed_district(db: RosterDB, rng: random.Random, size: int, now: datetime) -> None:
+def seed_district(db: RosterDB, rng: random.Random, size: int, now: datetime, classes_per_student: int = 4) -> None:
     n_schools = min(8, 2 + size // 150)
     n_teachers = max(3, size // 10)
     n_students = max(6, size * 2)
@@ -352,7 +355,7 @@ def seed_district(db: RosterDB, rng: random.Random, size: int, now: datetime) ->
             student["enabledUser"] = False
         db.put("users", student)
         pool = classes_by_school[school]
-        for cls in rng.sample(pool, k=min(4, len(pool))):
+        for cls in rng.sample(pool, k=min(classes_per_student, len(pool))):
             enr = new_enrollment(rng, student["sourcedId"], cls, "student", _past(rng, now))
             if student["status"] == "tobedeleted":
                 enr["status"] = "tobedeleted"

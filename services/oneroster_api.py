@@ -231,9 +231,13 @@ class OneRosterAPI:
         self._origin = (origin.scheme, origin.netloc)
 
     # -- one collection -----------------------------------------------------------
-    def collection(self, path: str, key: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    def collection(
+        self, path: str, key: str, params: Mapping[str, Any] | None = None, convert: Callable[[dict[str, Any]], Any] | None = None
+    ) -> list[Any]:
         """Every record of ``path`` (all pages); raises SourceUnavailableError when the
-        collection cannot be read completely."""
+        collection cannot be read completely. With ``convert``, each record with a
+        sourcedId is converted as its page arrives (a ValueError it raises is kept in its
+        place for ``collect``): a million enrollments are never held as raw JSON."""
         url: str = self.prefix + path
         query: dict[str, Any] | None = {**(params or {}), "limit": self.page_size, "offset": 0}
         offset = 0
@@ -258,8 +262,13 @@ class OneRosterAPI:
                 sid = ref(item.get("sourcedId"))
                 if sid is None:
                     anonymous.append(item)
-                else:
+                elif convert is None:
                     out[sid] = item  # offset paging may repeat a record when the set shifts
+                else:
+                    try:
+                        out[sid] = convert(item)
+                    except ValueError as exc:
+                        out[sid] = exc
             offset += len(items)
             total = _int(resp.headers.get("X-Total-Count"))
             links = parse_link_header(resp.headers.get("Link"))
@@ -318,13 +327,13 @@ class OneRosterAPI:
             params["filter"] = f"dateLastModified>'{iso_cursor(since)}'"
         full = since is None
         snap = RosterSnapshot(users_full=full, classes_full=full, enrollments_full=full, source=f"oneroster-rest-{self.version}")
-        snap.users = collect(self.collection("/users", "users", params), user_from_json, "user", snap)
-        snap.classes = collect(self.collection("/classes", "classes", params), class_from_json, "class", snap)
-        raw: list[dict[str, Any]] = []
+        snap.users = collect(self.collection("/users", "users", params, user_from_json), user_from_json, "user", snap)
+        snap.classes = collect(self.collection("/classes", "classes", params, class_from_json), class_from_json, "class", snap)
+        raw: list[Any] = []
         if schools:
             for school in sorted(schools):
                 try:
-                    raw += self.collection(f"/schools/{_seg(school)}/enrollments", "enrollments", params)
+                    raw += self.collection(f"/schools/{_seg(school)}/enrollments", "enrollments", params, enrollment_from_json)
                 except SyncError as exc:
                     snap.enrollment_gaps.add(school)
                     snap.notes.append(
@@ -332,7 +341,7 @@ class OneRosterAPI:
                     )
         else:
             try:
-                raw = self.collection("/enrollments", "enrollments", params)
+                raw = self.collection("/enrollments", "enrollments", params, enrollment_from_json)
             except SyncError as exc:
                 snap.enrollment_gaps.add("*")
                 snap.notes.append(f"enrollments not read completely; every class keeps its members: {exc.message}")

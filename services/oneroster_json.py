@@ -7,6 +7,7 @@ JSON first). Raises ValueError for a record that cannot be used (no sourcedId);
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -113,25 +114,33 @@ def enrollment_from_json(obj: Mapping[str, Any]) -> RosterEnrollment:
     sid = ref(obj.get("sourcedId"))
     if sid is None:
         raise ValueError("enrollment without sourcedId")
+    # A district holds a million of these: the user, class, school and role they name
+    # repeat (11 enrollments per user, 70 per class), so those strings are interned, one
+    # copy each (docs/rosters.md, "Memory at district scale").
     return RosterEnrollment(
         sourced_id=sid,
-        status=status(obj.get("status")),
-        user=ref(obj.get("user")),
-        class_id=ref(obj.get("class")),
-        school=ref(obj.get("school")),
-        role=(text(obj.get("role")) or "").lower() or None,
-        date_last_modified=text(obj.get("dateLastModified")),
+        status=sys.intern(status(obj.get("status"))),
+        user=_interned(ref(obj.get("user"))),
+        class_id=_interned(ref(obj.get("class"))),
+        school=_interned(ref(obj.get("school"))),
+        role=_interned((text(obj.get("role")) or "").lower() or None),
+        # dateLastModified is not kept for enrollments: nothing reads it (the delta is
+        # the source's filter), and a million of them cost 80 MB
     )
 
 
-def collect(
-    items: list[dict[str, Any]], parse: Callable[[Mapping[str, Any]], Any], kind: str, snap: RosterSnapshot
-) -> dict[str, Any]:
+def _interned(value: str | None) -> str | None:
+    return None if value is None else sys.intern(value)
+
+
+def collect(items: list[Any], parse: Callable[[Mapping[str, Any]], Any], kind: str, snap: RosterSnapshot) -> dict[str, Any]:
     """Parse records into ``{sourcedId: record}``; unusable ones become ``snap.rejected``."""
     out: dict[str, Any] = {}
     for n, item in enumerate(items):
         try:
-            rec = parse(item)
+            if isinstance(item, ValueError):  # converted as its page arrived, and refused
+                raise item
+            rec = parse(item) if isinstance(item, Mapping) else item
         except ValueError as exc:
             snap.rejected.append((f"{kind}#{n + 1}", f"{kind} #{n + 1} ignored: {exc}"))
             continue

@@ -13,7 +13,13 @@ it relies on, each from RFC 7644:
   configured with SCIM_DELETE_MODE=delete;
 - ETags (§3.14): when ``/ServiceProviderConfig`` announces ``etag.supported``, writes
   carry ``If-Match`` with the version read; a 412 is a RecordError with status 412 that
-  the sync answers by re-reading the resource once.
+  the sync answers by re-reading the resource once;
+- Bulk (§3.7): when ``/ServiceProviderConfig`` announces ``bulk.supported`` (and
+  SCIM_BULK is on), the same writes as operations of ``POST /Bulk`` requests, cut to its
+  maxOperations and maxPayloadSize (``bulk_take``), without ``failOnErrors``; each
+  operation's answer is mapped back to its write as a single request's would be
+  (``match_bulk_results``); a lost answer makes every operation's outcome unknown
+  (AmbiguousWriteError), which the sync settles per create by its externalId.
 
 Why not scim2-client: version 0.13 speaks through httpx2 (another HTTP stack with its own
 exception tree) and validates responses strictly against scim2-models, which real
@@ -36,16 +42,26 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import requests
 
 from config.settings import Settings
 from services.http import HttpClient, RateLimiter, RequestStats, parse_json
-from utils.errors import ConfigurationError, FatalError
+from sync.ports import ScimOutcome, ScimWrite
+from utils.errors import (
+    AmbiguousWriteError,
+    ConfigurationError,
+    ConflictError,
+    FatalError,
+    RateLimitedError,
+    RecordError,
+    RetriableError,
+)
 
 log = logging.getLogger("services.scim")
 
@@ -55,9 +71,16 @@ USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
 SCHEMAS = {"Users": [USER_SCHEMA], "Groups": [GROUP_SCHEMA]}
 MAX_PAGES = 100_000
+BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+BULK_PAYLOAD_MARGIN = 0.98
+"""Share of maxPayloadSize a Bulk request is cut to (the sizes are those of the
+operations as sent; the margin covers a provider counting bytes differently)."""
+BULK_ENVELOPE_BYTES = 200
 
 
 USERS, GROUPS = "Users", "Groups"
+SLIM_USER = ("externalId", "userName", "displayName", "name", "emails", "active", "title", "roles")
+SLIM_GROUP = ("externalId", "displayName")
 
 # flat field -> SCIM attribute path (RFC 7643 §4.1); "role" depends on ROSTER_ROLE_ATTRIBUTE
 USER_PATHS = {
@@ -136,8 +159,8 @@ def user_create_payload(flat: Mapping[str, Any], role_attribute: str = "title") 
 
 
 def member_ids(row: Mapping[str, Any]) -> set[str]:
-    """The SCIM ids of a Group's members."""
-    return {str(m["value"]) for m in _items(row.get("members")) if isinstance(m, Mapping) and m.get("value")}
+    """The SCIM ids of a Group's members (interned: see ``ScimIntents.slim``)."""
+    return {sys.intern(str(m["value"])) for m in _items(row.get("members")) if isinstance(m, Mapping) and m.get("value")}
 
 
 def member_ops(add: Iterable[str], remove: Iterable[str]) -> list[dict[str, Any]]:
@@ -159,6 +182,37 @@ def _items(value: Any) -> builtins.list[Any]:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def bulk_status(value: Any) -> int:
+    """An operation's status in a BulkResponse: RFC 7644 section 3.7.3 shows a string
+    ("201"); some providers send a number or the draft's ``{"code": ...}``."""
+    if isinstance(value, Mapping):
+        value = value.get("code")
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return 0
+
+
+def bulk_error(status: int, method: str, response: Any) -> Exception:
+    """The error of one failed operation of a Bulk request, mapped as ``services.http``
+    maps a single request's answer."""
+    detail = response.get("detail") if isinstance(response, Mapping) else None
+    message = f"scim: bulk {method} answered {status}" + (f": {detail}" if detail else "")
+    body = dict(response) if isinstance(response, Mapping) else None
+    if status == 409:
+        return ConflictError(message, service=SERVICE, status=status, body=body)
+    if status == 429:
+        return RateLimitedError(message, service=SERVICE, status=status)
+    if status in (401, 403):
+        return FatalError(message, service=SERVICE, status=status)
+    if status >= 500 or status == 0:
+        if method == "POST":
+            # the provider finished with the request (it answered): a read by key tells
+            return AmbiguousWriteError(message, service=SERVICE, status=status, settled=True)
+        return RetriableError(message, service=SERVICE, status=status)
+    return RecordError(message, service=SERVICE, status=status, body=body)
 
 
 # --------------------------------------------------------------------------------------
@@ -199,9 +253,27 @@ class ScimIntents:
     def delete(self, resource: str, resource_id: str, etag: str | None = None) -> None:
         raise NotImplementedError
 
+    def read_all(self, resource: str) -> Iterator[dict[str, Any]]:
+        """Every resource of a type, one at a time (``ScimAPI``: page by page)."""
+        yield from self.list(resource)
+
     # reading in the sync's terms
     def user_fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
         return scim_user_flat(row, self.role_attribute)
+
+    def slim(self, resource: str, row: Mapping[str, Any]) -> dict[str, Any]:
+        """What the sync keeps of a resource read: its id, externalId and version, and
+        for a User what ``user_fields`` reads; a Group's members go to ``member_ids``
+        (a district's groups hold a million member objects). Ids are interned: the
+        same user id in a group's members and in the Users is one string."""
+        keep = SLIM_USER if resource == USERS else SLIM_GROUP
+        out = {k: row[k] for k in keep if k in row}
+        out["id"] = sys.intern(str(row["id"]))
+        meta = row.get("meta")
+        version = meta.get("version") if isinstance(meta, Mapping) else None
+        if version:
+            out["meta"] = {"version": version}
+        return out
 
     def member_ids(self, row: Mapping[str, Any]) -> set[str]:
         return member_ids(row)
@@ -249,16 +321,69 @@ class ScimIntents:
         meta = row.get("meta")
         return meta.get("version") if isinstance(meta, Mapping) else None
 
+    # batches (SCIM Bulk, RFC 7644 section 3.7)
+    def bulk_max_operations(self) -> int | None:
+        """None: this provider takes no Bulk requests (the fake's case)."""
+        return None
+
+    def bulk_take(self, writes: Sequence[ScimWrite]) -> int:
+        raise NotImplementedError
+
+    def send_batch(self, writes: Sequence[ScimWrite]) -> builtins.list[ScimOutcome]:
+        raise NotImplementedError
+
+    def bulk_operation(self, w: ScimWrite) -> dict[str, Any]:
+        """One ``Operations`` entry (method, path, bulkId, version, data) for an intent,
+        the same formats as the single requests. Every operation carries ``bulkId`` (its
+        ``ref``): required for POST, and how the response is matched to the write."""
+        op: dict[str, Any] = {"bulkId": w.ref}
+        row = w.row or {}
+        rid = _seg(str(row.get("id")))
+        if w.intent == "create_user":
+            op.update(
+                method="POST",
+                path=f"/{USERS}",
+                data={"schemas": SCHEMAS[USERS], **user_create_payload(w.fields, self.role_attribute)},
+            )
+        elif w.intent == "create_group":
+            members = [{"value": i} for i in sorted(w.add)]
+            op.update(method="POST", path=f"/{GROUPS}", data={"schemas": SCHEMAS[GROUPS], **w.fields, "members": members})
+        elif w.intent in ("update_user", "deactivate_user"):
+            changes = {"active": False} if w.intent == "deactivate_user" else w.fields
+            op.update(
+                method="PATCH",
+                path=f"/{USERS}/{rid}",
+                data={"schemas": [PATCH_OP], "Operations": user_ops(changes, self.role_attribute)},
+            )
+        elif w.intent == "change_members":
+            ops = [{"op": "replace", "path": "displayName", "value": w.display_name}] if w.display_name is not None else []
+            op.update(
+                method="PATCH",
+                path=f"/{GROUPS}/{rid}",
+                data={"schemas": [PATCH_OP], "Operations": ops + member_ops(w.add, w.remove)},
+            )
+        elif w.intent in ("delete_user", "delete_group"):
+            op.update(method="DELETE", path=f"/{USERS if w.intent == 'delete_user' else GROUPS}/{rid}")
+        else:
+            raise ValueError(f"unknown SCIM intent {w.intent!r}")
+        version = self._etag(row) if row else None
+        if version:
+            op["version"] = version  # REQUIRED with ETags for PATCH/PUT/DELETE (RFC 7644 section 3.7)
+        return op
+
 
 class ScimAPI(ScimIntents):
     """SCIM Users/Groups over an ``HttpClient`` configured for the provider."""
 
-    def __init__(self, http: HttpClient, *, page_size: int = 100, role_attribute: str = "title") -> None:
+    def __init__(self, http: HttpClient, *, page_size: int = 100, role_attribute: str = "title", bulk: bool = True) -> None:
         self.http = http
         self.page_size = page_size
         self.role_attribute = role_attribute
+        self.bulk_enabled = bulk
         self._config: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        self.bulk_requests = 0
+        self.bulk_operations = 0
 
     # -- discovery ----------------------------------------------------------------
     def service_provider_config(self) -> dict[str, Any]:
@@ -281,6 +406,78 @@ class ScimAPI(ScimIntents):
         etag = self.service_provider_config().get("etag")
         return bool(isinstance(etag, dict) and etag.get("supported"))
 
+    def bulk_limits(self) -> tuple[int, int] | None:
+        """(maxOperations, maxPayloadSize) when the provider announces ``bulk.supported``
+        and SCIM_BULK is on; None otherwise (one request per change)."""
+        if not self.bulk_enabled:
+            return None
+        bulk = self.service_provider_config().get("bulk")
+        if not isinstance(bulk, dict) or not bulk.get("supported"):
+            return None
+        try:
+            ops, size = int(bulk.get("maxOperations") or 0), int(bulk.get("maxPayloadSize") or 0)
+        except (TypeError, ValueError):
+            return None
+        return (ops, size) if ops > 0 and size > 0 else None
+
+    # -- batches ------------------------------------------------------------------
+    def bulk_max_operations(self) -> int | None:
+        limits = self.bulk_limits()
+        return limits[0] if limits else None
+
+    def bulk_take(self, writes: Sequence[ScimWrite]) -> int:
+        """How many of ``writes``, from the first, fit in one Bulk request: at most
+        maxOperations, and their operations as sent (references already replaced by
+        ids) within maxPayloadSize (at least one: an oversized one goes alone and its
+        413 refuses that record only)."""
+        limits = self.bulk_limits()
+        if limits is None:
+            return 1
+        max_ops, max_bytes = limits
+        budget = int(max_bytes * BULK_PAYLOAD_MARGIN) - BULK_ENVELOPE_BYTES
+        used = taken = 0
+        for w in writes[:max_ops]:
+            used += len(json.dumps(self.bulk_operation(w), ensure_ascii=False).encode()) + 1
+            if taken and used > budget:
+                break
+            taken += 1
+        return taken
+
+    def send_batch(self, writes: Sequence[ScimWrite]) -> builtins.list[ScimOutcome]:
+        """POST /Bulk with these writes. ``failOnErrors`` is left out on purpose: the
+        records are independent, and RFC 7644 section 3.7 then has the provider "continue
+        performing as many changes as possible", so every operation gets its own answer
+        (with failOnErrors the ones after the limit get none and would be sent again)."""
+        if not self.bulk_enabled:
+            refused = RetriableError("scim: Bulk refused earlier in this run", service=SERVICE)
+            return [ScimOutcome(w.ref, 0, error=refused) for w in writes]
+        ops = [self.bulk_operation(w) for w in writes]
+        body = {"schemas": [BULK_REQUEST], "Operations": ops}
+        with self._lock:
+            self.bulk_requests += 1
+            self.bulk_operations += len(ops)
+        try:
+            resp = self.http.request("POST", "/Bulk", json=body)
+        except AmbiguousWriteError as exc:
+            # the whole response was lost: every operation's outcome is unknown
+            lost = f"{exc.message} (bulk response lost: this operation may or may not have been applied)"
+            return [
+                ScimOutcome(w.ref, 0, error=AmbiguousWriteError(lost, service=SERVICE, status=exc.status, settled=exc.settled))
+                for w in writes
+            ]
+        except (RetriableError, RecordError, FatalError) as exc:
+            if isinstance(exc, FatalError) and exc.status in (401, 403):
+                raise
+            if exc.status in (404, 405, 413, 501) or isinstance(exc, FatalError):
+                # the provider refused Bulk itself: one request per change from now on
+                log.warning("SCIM Bulk refused (%s); sending one request per change", exc.message)
+                self.bulk_enabled = False
+                exc = RetriableError(f"bulk request refused: {exc.message}", service=SERVICE, status=exc.status)
+            return [ScimOutcome(w.ref, 0, error=exc) for w in writes]
+        answer = parse_json(resp) if resp.content else {}
+        results = answer.get("Operations") if isinstance(answer, dict) else None
+        return match_bulk_results(writes, ops, results if isinstance(results, list) else [])
+
     # -- reads --------------------------------------------------------------------
     def list(self, resource: str) -> list[dict[str, Any]]:
         return self._search(resource, {})
@@ -295,8 +492,23 @@ class ScimAPI(ScimIntents):
         resp = self.http.request("GET", f"/{resource}/{_seg(resource_id)}")
         return _with_version(parse_json(resp), resp)
 
+    def read_all(self, resource: str) -> Iterator[dict[str, Any]]:
+        """Every resource of a type, page by page (a resource repeated by offset paging
+        once): the caller keeps what it needs of each, never every page at once."""
+        seen: set[str] = set()
+        for item in self._iter_search(resource, {}):
+            rid = str(item["id"])
+            if rid not in seen:
+                seen.add(rid)
+                yield item
+
     def _search(self, resource: str, params: Mapping[str, Any]) -> builtins.list[dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
+        for item in self._iter_search(resource, params):
+            out[str(item["id"])] = item
+        return list(out.values())
+
+    def _iter_search(self, resource: str, params: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         start = 1
         for _ in range(MAX_PAGES):
             body = self.http.request_json("GET", f"/{resource}", params={**params, "startIndex": start, "count": self.page_size})
@@ -307,7 +519,7 @@ class ScimAPI(ScimIntents):
                 raise FatalError(f"scim: malformed {resource} list (Resources is not a list of objects)", service=SERVICE)
             for item in items:
                 if item.get("id") is not None:
-                    out[str(item["id"])] = item
+                    yield item
             total = body.get("totalResults")
             if not isinstance(total, int):
                 raise FatalError(f"scim: {resource} list without totalResults", service=SERVICE)
@@ -321,7 +533,6 @@ class ScimAPI(ScimIntents):
                 )
         else:
             raise FatalError(f"scim: {resource} list has more than {MAX_PAGES} pages", service=SERVICE)
-        return list(out.values())
 
     # -- writes -------------------------------------------------------------------
     def create(self, resource: str, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -346,6 +557,64 @@ class ScimAPI(ScimIntents):
     def delete(self, resource: str, resource_id: str, etag: str | None = None) -> None:
         headers = {"If-Match": etag} if etag else None
         self.http.request("DELETE", f"/{resource}/{_seg(resource_id)}", headers=headers, expect_json=False)
+
+
+def match_bulk_results(
+    writes: Sequence[ScimWrite], ops: Sequence[Mapping[str, Any]], results: Sequence[Any]
+) -> builtins.list[ScimOutcome]:
+    """One outcome per write from a BulkResponse's ``Operations``: matched by bulkId, then
+    (a provider that echoes no bulkId for PATCH or DELETE) by location, then in order. An
+    operation the response does not mention was not reported: settled (the provider
+    answered), so a create is looked up by key before it is sent again."""
+    by_ref: dict[str, Mapping[str, Any]] = {}
+    loose: builtins.list[Mapping[str, Any]] = []
+    for r in results:
+        if not isinstance(r, Mapping):
+            continue
+        ref = r.get("bulkId")
+        if isinstance(ref, str) and ref not in by_ref:
+            by_ref[ref] = r
+        else:
+            loose.append(r)
+    by_location = {str(r.get("location")).rstrip("/").rsplit("/", 1)[-1]: r for r in loose if r.get("location")}
+    out: builtins.list[ScimOutcome] = []
+    for w, op in zip(writes, ops, strict=True):
+        r = by_ref.get(w.ref)
+        if r is None and w.row is not None:
+            r = by_location.get(str(w.row.get("id")))
+        if r is None:
+            out.append(
+                ScimOutcome(
+                    w.ref,
+                    0,
+                    error=AmbiguousWriteError(
+                        f"scim: the bulk response has no result for {op['method']} {op['path']}",
+                        service=SERVICE,
+                        settled=True,
+                    ),
+                )
+            )
+            continue
+        status = bulk_status(r.get("status"))
+        if 200 <= status < 300:
+            rid = (w.row or {}).get("id")
+            location = r.get("location")
+            if op["method"] == "POST" or rid is None:
+                rid = str(location).rstrip("/").rsplit("/", 1)[-1] if location else None
+                response = r.get("response")
+                if isinstance(response, Mapping) and response.get("id"):
+                    rid = response["id"]
+            if not rid:
+                out.append(
+                    ScimOutcome(
+                        w.ref, status, error=FatalError("scim: a bulk POST succeeded without a location", service=SERVICE)
+                    )
+                )
+                continue
+            out.append(ScimOutcome(w.ref, status, id=str(rid)))
+        else:
+            out.append(ScimOutcome(w.ref, status, error=bulk_error(status, str(op["method"]), r.get("response"))))
+    return out
 
 
 def _with_version(data: Any, resp: requests.Response) -> dict[str, Any]:
@@ -400,4 +669,6 @@ def build_scim(
         breaker=breaker,
         secrets=[token],
     )
-    return ScimAPI(http, page_size=settings.scim_page_size, role_attribute=settings.roster_role_attribute)
+    return ScimAPI(
+        http, page_size=settings.scim_page_size, role_attribute=settings.roster_role_attribute, bulk=bool(settings.scim_bulk)
+    )

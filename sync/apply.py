@@ -109,19 +109,89 @@ class Applier(Generic[T, R]):
         apply_in_order(self.sync, self.ctx, indexed, lambda pair: self._one(pair[1], entry, send), settle, self.workers)
         return done
 
+    def apply_batches(
+        self,
+        items: Sequence[T],
+        next_batch: Callable[[int], int],
+        entry: Callable[[T], Entry],
+        send_batch: Callable[[Sequence[T]], Sequence[Done[R] | Exception]],
+    ) -> list[Done[R] | None]:
+        """Apply ``items`` in batches (one request each, e.g. SCIM Bulk), one batch at a
+        time and in order: ``next_batch(start)`` says how many items from ``start`` go in
+        the next one (a later batch may name what an earlier one created, so its size is
+        known only then). Each write's intent is in the change log before its batch goes
+        out; ``send_batch`` returns per write its ``Done`` or the error it met, settled as
+        ``apply`` settles a single write (RecordError: refused, tracked; RetriableError:
+        failed, counted towards the consecutive-error limit; FatalError: stops the sync)."""
+        done: list[Done[R] | None] = [None] * len(items)
+        if self.ctx.dry_run:
+            return self.apply(items, entry, lambda item: Done("unchanged"))
+        fatal: list[FatalError] = []
+
+        def one(batch: Sequence[int]) -> list[Done[R] | str]:
+            if fatal:
+                return ["abandoned"] * len(batch)
+            logged = []
+            for i in batch:
+                e = entry(items[i])
+                logged.append((e, self.slog.intent(e.key, e.kind, target=e.target, target_id=e.target_id)))
+            got = send_batch([items[i] for i in batch])
+            out: list[Done[R] | str] = []
+            for (e, intent), g in zip(logged, got, strict=True):
+                if isinstance(g, FatalError):
+                    self.slog.error(e.key, g.message, payload=e.payload, kind="failed", intent=intent)
+                    fatal.append(g)
+                    out.append("failed")
+                elif isinstance(g, (RecordError, RetriableError)):
+                    out.append(self._failed(e, g, intent))
+                elif isinstance(g, Exception):
+                    raise g
+                else:
+                    out.append(self._went_through(e, g, intent))
+            return out
+
+        start = 0
+
+        def settle(batch: Sequence[int], outcome: list[Done[R] | str] | str, _count: int, _total: int) -> None:
+            for pos, i in enumerate(batch):
+                got = outcome[pos] if isinstance(outcome, list) else outcome
+                name = got.outcome if isinstance(got, Done) else got
+                if name in self.result.counts:
+                    self.result.counts[name] += 1
+                if isinstance(got, Done):
+                    done[i] = got
+            if self.ctx.progress:
+                self.ctx.progress(self.sync, start + len(batch), len(items))
+
+        while start < len(items):
+            if self.ctx.stop.is_set():
+                raise FatalError(f"stopped by shutdown request after {start} of {len(items)} writes")
+            batch = list(range(start, min(len(items), start + max(1, next_batch(start)))))
+            apply_in_order(self.sync, self.ctx, [batch], one, settle, 1)
+            if fatal:
+                raise fatal[0]
+            start += len(batch)
+        return done
+
     def _one(self, item: T, entry: Callable[[T], Entry], send: Callable[[T], Done[R]]) -> Done[R] | str:
         e = entry(item)
         # Write-ahead: on disk before the request, or ChangeLogError and nothing is sent.
         intent = self.slog.intent(e.key, e.kind, target=e.target, target_id=e.target_id)
         try:
             got = send(item)
-        except RecordError as exc:
+        except (RecordError, RetriableError) as exc:
+            return self._failed(e, exc, intent)
+        return self._went_through(e, got, intent)
+
+    def _failed(self, e: Entry, exc: RecordError | RetriableError, intent: int) -> str:
+        if isinstance(exc, RecordError):
             self._refused(e, exc, intent)
             return "failed"
-        except RetriableError as exc:
-            self.slog.error(e.key, f"gave up after retries: {exc.message}", payload=e.payload, kind="failed", intent=intent)
-            self._count_failure(exc)
-            return "failed"
+        self.slog.error(e.key, f"gave up after retries: {exc.message}", payload=e.payload, kind="failed", intent=intent)
+        self._count_failure(exc)
+        return "failed"
+
+    def _went_through(self, e: Entry, got: Done[R], intent: int) -> Done[R]:
         with self._lock:
             self._consecutive_errors = 0
         self.ctx.tracker.record_success(self.sync, e.key)

@@ -11,7 +11,8 @@ target's JSON objects.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, Protocol
@@ -95,6 +96,41 @@ class FailedRecords(Protocol):
         """Records currently tracked as failing for a sync."""
 
 
+BULK_REF = "bulkId:"
+"""A member value naming a User created in the same bulk request (RFC 7644 section 3.7.2)."""
+
+
+@dataclass(frozen=True)
+class ScimWrite:
+    """One write intent of a batch (``ScimTarget.send_batch``), in the port's flat terms.
+
+    ``intent``: create_user | update_user | deactivate_user | delete_user | create_group |
+    change_members | delete_group. ``ref`` is unique in the batch: the bulkId of a create,
+    so ``add`` of a later write may name that user as ``bulkId:<ref>``. ``fields``: the
+    flat fields of a create, or the changed ones of ``update_user``."""
+
+    intent: str
+    ref: str
+    row: Mapping[str, Any] | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+    display_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ScimOutcome:
+    """What became of one ``ScimWrite`` of a batch: ``id`` (the resource's SCIM id) when
+    it went through, else ``error`` (RecordError/ConflictError for a refusal of that
+    operation, RetriableError/RateLimitedError for a 5xx/429 of that operation,
+    AmbiguousWriteError when its outcome is unknown: the bulk response was lost)."""
+
+    ref: str
+    status: int
+    id: str | None = None
+    error: Exception | None = None
+
+
 class ScimTarget(Protocol):
     """A SCIM 2.0 service provider (RFC 7644) in the rosters sync's terms. ``resource``
     is ``Users`` or ``Groups``; reads return the provider's JSON objects (lists are
@@ -114,6 +150,15 @@ class ScimTarget(Protocol):
 
     def find(self, resource: str, attribute: str, value: str) -> dict[str, Any] | None:
         """The resource whose ``attribute`` equals ``value`` (a filter ``eq``), or None."""
+        ...
+
+    def read_all(self, resource: str) -> Iterable[dict[str, Any]]:
+        """Every resource of a type, one at a time, as pages arrive (complete or raises)."""
+        ...
+
+    def slim(self, resource: str, row: Mapping[str, Any]) -> dict[str, Any]:
+        """What the sync keeps of a resource read: id, externalId, version and, for a
+        User, what ``user_fields`` reads (a Group's members: ``member_ids``)."""
         ...
 
     def user_fields(self, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,6 +194,20 @@ class ScimTarget(Protocol):
 
     def delete_group(self, row: Mapping[str, Any]) -> None:
         """Remove the Group ``row`` (SCIM_DELETE_MODE=delete)."""
+        ...
+
+    def bulk_max_operations(self) -> int | None:
+        """None when the provider takes no SCIM Bulk (or it is switched off); else its
+        maxOperations."""
+        ...
+
+    def bulk_take(self, writes: Sequence[ScimWrite]) -> int:
+        """How many of ``writes``, from the first, fit in one Bulk request (maxOperations,
+        maxPayloadSize of the operations as they would be sent; at least one)."""
+        ...
+
+    def send_batch(self, writes: Sequence[ScimWrite]) -> list[ScimOutcome]:
+        """One Bulk request (RFC 7644 section 3.7) with these writes; one outcome each."""
         ...
 
 

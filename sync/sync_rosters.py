@@ -32,6 +32,11 @@ One run:
    Groups have no ``active``), or is deleted with SCIM_DELETE_MODE=delete;
 5. the cursor moves to this run's start only when the run was complete and clean.
 
+With SCIM Bulk (the target announces it, SCIM_BULK on) steps 3 and 4 are planned first
+and applied together: a user created in this run stands in its groups as
+``bulkId:u<n>`` (RFC 7644 section 3.7.2), and the writes go out as Bulk requests
+(``_apply_bulk``; docs/rosters.md, "SCIM Bulk").
+
 The SCIM side assumes this sync is the only writer of ``externalId`` in the tenant:
 a User or Group with an externalId is "ours" (docs/rosters.md).
 """
@@ -39,8 +44,10 @@ a User or Group with an externalId is "ours" (docs/rosters.md).
 from __future__ import annotations
 
 import logging
+import resource as rusage
+import sys
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,9 +55,10 @@ from sync.apply import COUNTED, Applier, Done, Entry
 from sync.base import Desired, Rejected, RunResult, SyncContext, create_once, fingerprint, record_rejections, run_recorded
 from sync.engine import FieldChange, diff, plan
 from sync.guard import Refusal, guard_reason, judge
+from sync.ports import BULK_REF, ScimWrite
 from sync.roster_model import ACTIVE, RosterClass, RosterSnapshot, RosterUser
 from utils.data_validator import InvalidValue, clean_code, clean_name, shown_key
-from utils.errors import ConflictError, FatalError, RecordError
+from utils.errors import AmbiguousWriteError, ConflictError, FatalError, RecordError, RetriableError
 from utils.timefmt import iso_z, parse_iso
 
 log = logging.getLogger("sync.rosters")
@@ -504,6 +512,7 @@ class RosterSync:
         self.cursor = ctx.roster_cursor
         self._now = now or (lambda: datetime.now(UTC))
         self._users_by_name: dict[str, list[dict[str, Any]]] = {}
+        self._view = TargetView()
         self.policy = RosterPolicy.from_settings(self.settings)
         self.workers = int(self.settings.scim_max_concurrency)
 
@@ -523,6 +532,14 @@ class RosterSync:
             extra={"sync": self.name},
         )
         snap: RosterSnapshot = self.source.read(None if full else since, self.policy.schools)
+        log.info(
+            "rosters: read %d users, %d classes, %d enrollments (peak RSS %d MB)",
+            len(snap.users),
+            len(snap.classes),
+            len(snap.enrollments),
+            _peak_rss_mb(),
+            extra={"sync": self.name},
+        )
         for key, reason in snap.rejected:
             slog.error(key, reason, kind="rejected")
             result.counts["failed"] += 1
@@ -530,6 +547,13 @@ class RosterSync:
         for note in snap.notes:
             log.warning(note, extra={"sync": self.name})
         view = self._read_target()
+        log.info(
+            "rosters: SCIM holds %d Users and %d Groups of ours (peak RSS %d MB)",
+            len(view.users),
+            len(view.groups),
+            _peak_rss_mb(),
+            extra={"sync": self.name},
+        )
         applier: Applier[_Write, str] = Applier(self.name, self.ctx, slog, result, workers=self.workers)
         self._sync(snap, view, applier, result, slog)
         self._finish(result, snap)
@@ -573,7 +597,14 @@ class RosterSync:
             held = set(users.deactivations)
             user_writes = [w for w in user_writes if w.kind != "deactivate"]
         result.counts["unchanged"] += users.unchanged
-        applied = self._apply(applier, user_writes, result)
+        # SCIM Bulk: users and groups go out together, a new user named in a group by the
+        # bulkId of its create (RFC 7644 section 3.7.2); else users first, then groups with
+        # the ids the users' writes returned.
+        bulk = not self.ctx.dry_run and self.target.bulk_max_operations() is not None
+        if bulk:
+            applied = {w.log_key: str(w.row["id"]) if w.row else f"{BULK_REF}u{i}" for i, w in enumerate(user_writes)}
+        else:
+            applied = self._apply(applier, user_writes, result)
         state = users_after(view.users, user_writes, applied, held)
         for sid, reason in refused.items():
             slog.error(f"class/{shown_key(sid)}", reason, kind="rejected")
@@ -585,7 +616,10 @@ class RosterSync:
             allowed = set(gone) if group_verdict == "approved" else set()
             group_writes = [w for w in group_writes if w.kind != "deactivate" or w.key in allowed]
         result.counts["unchanged"] += groups.unchanged
-        self._apply(applier, group_writes, result)
+        if bulk:
+            self._apply_bulk(applier, user_writes, group_writes, result)
+        else:
+            self._apply(applier, group_writes, result)
 
     def _held_back(self, log_key: str, fp: str, result: RunResult) -> bool:
         """True (and counted skipped) while the failed-record tracker holds the record back."""
@@ -595,20 +629,28 @@ class RosterSync:
         return False
 
     def _read_target(self) -> TargetView:
-        users_now = self.target.list(USERS)
-        groups_now = self.target.list(GROUPS)
+        """Users and Groups page by page, each kept slim as it arrives (``slim``: id,
+        externalId, version, the User's fields; a Group's members as a set of ids):
+        100,000 users in 14,000 groups never sit in memory as raw JSON."""
+        view = TargetView()
         self._users_by_name = {}
-        for r in users_now:
-            if r.get("id") and isinstance(r.get("userName"), str):
+        for raw in self.target.read_all(USERS):
+            if not raw.get("id"):
+                continue
+            r = self.target.slim(USERS, raw)
+            if isinstance(r.get("userName"), str):
                 self._users_by_name.setdefault(r["userName"].casefold(), []).append(r)
-        users = {str(r["externalId"]): r for r in users_now if r.get("externalId") and r.get("id")}
-        groups = {str(r["externalId"]): r for r in groups_now if r.get("externalId") and r.get("id")}
-        return TargetView(
-            users,
-            groups,
-            {k: self.target.user_fields(r) for k, r in users.items()},
-            {k: self.target.member_ids(r) for k, r in groups.items()},
-        )
+            if r.get("externalId"):
+                key = str(r["externalId"])
+                view.users[key] = r
+                view.user_fields[key] = self.target.user_fields(r)
+        for raw in self.target.read_all(GROUPS):
+            if raw.get("id") and raw.get("externalId"):
+                key = str(raw["externalId"])
+                view.groups[key] = self.target.slim(GROUPS, raw)
+                view.members[key] = self.target.member_ids(raw)
+        self._view = view
+        return view
 
     def _finish(self, result: RunResult, snap: RosterSnapshot) -> None:
         # Refused source records are the source's business: the quarantine judges the
@@ -641,11 +683,152 @@ class RosterSync:
         """Apply writes in parallel; returns {log_key: SCIM id} of those that went through
         (a dry run: of every write, new ones with a placeholder id, so that it can plan
         the groups of the users it would create)."""
-        result.plan += [w.describe() for w in writes]
+        if self.ctx.dry_run or self.ctx.only_key is not None:  # only these show it: 112,000 described writes cost 100+ MB
+            result.plan += [w.describe() for w in writes]
         done = applier.apply(writes, _Write.entry, self._send)
         if self.ctx.dry_run:
             return {w.log_key: str(w.row["id"]) if w.row else f"(new){w.key}" for w in writes}
         return {w.log_key: d.value for w, d in zip(writes, done, strict=True) if d is not None and d.value is not None}
+
+    # ---- apply in SCIM Bulk requests -------------------------------------------------
+    def _apply_bulk(self, applier: Applier[_Write, str], users: list[_Write], groups: list[_Write], result: RunResult) -> None:
+        """Every write as operations of Bulk requests, users before groups, cut by the
+        provider's maxOperations and maxPayloadSize. A group member ``bulkId:u<i>`` is the
+        user of ``users[i]``: the reference goes out as is when that create is in the same
+        request, is replaced by its id when an earlier request created it, and is dropped
+        when that create failed (the member is added by a later run)."""
+        writes = users + groups
+        refs = [f"u{i}" for i in range(len(users))] + [f"g{i}" for i in range(len(groups))]
+        if self.ctx.only_key is not None:  # (never a dry run: that one plans without Bulk)
+            result.plan += [w.describe() for w in writes]
+        window = max(1, int(self.target.bulk_max_operations() or 1))
+        ids: dict[str, str | None] = {}
+        """ref of a create -> its SCIM id once its request answered (None: it failed)."""
+        pending: dict[int, list[ScimWrite]] = {}
+
+        def resolved(start: int) -> list[ScimWrite]:
+            """The intents of the next writes (up to maxOperations) with every reference
+            to an earlier request's create replaced by its id."""
+            chunk = range(start, min(len(writes), start + window))
+            mine = {refs[i] for i in chunk}
+            return [self._intent(self._resolve(writes[i], ids, mine), refs[i]) for i in chunk]
+
+        def next_batch(start: int) -> int:
+            intents = resolved(start)
+            take = self.target.bulk_take(intents)
+            pending[start] = intents[:take]
+            return take
+
+        position = {id(w): i for i, w in enumerate(writes)}
+
+        def send_batch(batch: list[_Write]) -> list[Done[str] | Exception]:
+            start = position[id(batch[0])]
+            intents = pending.pop(start)
+            outcomes = self.target.send_batch(intents)
+            out: list[Done[str] | Exception] = []
+            for w, intent, o in zip(batch, intents, outcomes, strict=True):
+                try:
+                    named_new = any(m.startswith(BULK_REF) for m in w.add)
+                    got = self._settle_bulk(self._resolve(w, ids, set()), o, named_new=named_new)
+                except (RecordError, RetriableError, FatalError) as exc:
+                    got = exc
+                if w.kind == "create":
+                    ids[intent.ref] = got.value if isinstance(got, Done) else None
+                out.append(got)
+            return out
+
+        applier.apply_batches(writes, next_batch, _Write.entry, send_batch)
+        sent = getattr(self.target, "bulk_requests", None)
+        if sent is not None:
+            log.info(
+                "rosters: %d SCIM Bulk requests carried %d operations",
+                sent,
+                getattr(self.target, "bulk_operations", 0),
+                extra={"sync": self.name, "bulk_requests": sent, "bulk_operations": getattr(self.target, "bulk_operations", 0)},
+            )
+
+    def _intent(self, w: _Write, ref: str) -> ScimWrite:
+        """A planned write as an intent of the ScimTarget port."""
+        if w.kind == "create":
+            if w.resource == USERS:
+                return ScimWrite("create_user", ref, None, w.desired)
+            return ScimWrite("create_group", ref, None, w.desired, add=tuple(sorted(w.add)))
+        assert w.row is not None
+        if w.resource == USERS:
+            if w.kind == "deactivate":
+                return ScimWrite("delete_user" if self.policy.delete_mode else "deactivate_user", ref, w.row)
+            return ScimWrite("update_user", ref, w.row, {c.field: c.after for c in w.changes})
+        if w.kind == "deactivate" and self.policy.delete_mode:
+            return ScimWrite("delete_group", ref, w.row)
+        name = w.desired.get("displayName") if w.kind == "update" else None
+        rename = name if name is not None and name != w.row.get("displayName") else None
+        return ScimWrite(
+            "change_members", ref, w.row, add=tuple(sorted(w.add)), remove=tuple(sorted(w.remove)), display_name=rename
+        )
+
+    @staticmethod
+    def _resolve(w: _Write, ids: Mapping[str, str | None], same_request: Collection[str]) -> _Write:
+        """``w`` with its ``bulkId:`` members replaced by the ids of users created earlier,
+        kept when created in the same request (``same_request``), dropped when that
+        create failed."""
+        if not any(m.startswith(BULK_REF) for m in w.add):
+            return w
+        add: set[str] = set()
+        for m in w.add:
+            ref = m[len(BULK_REF) :] if m.startswith(BULK_REF) else None
+            if ref is None:
+                add.add(m)
+            elif ids.get(ref):
+                add.add(str(ids[ref]))
+            elif ref in same_request and ref not in ids:
+                add.add(m)
+        return _replace_add(w, add)
+
+    def _settle_bulk(self, w: _Write, o: Any, *, named_new: bool = False) -> Done[str]:
+        """One operation's outcome as the single-request path would have ended it:
+        - went through: counted;
+        - refused (4xx): the record fails, except a 409 on a user create (the userName
+          is taken: adopt it as the single path does), a 412 (changed since read:
+          re-read once and re-plan) and a group refused because a user it named failed
+          (sent again alone, without that user);
+        - 5xx of that operation, or unknown (the bulk response was lost): a create is
+          first looked up by its key (``create_once``: never a duplicate; not sent again
+          in this run while the request may still be on its way in);
+        - anything else (a 429 of the operation, Bulk refused: not applied) and every
+          change that is not a create goes out again alone, under the retry policy
+          (PATCH and DELETE are idempotent; with ETags a change already applied answers
+          412 and is re-read)."""
+        if o.error is None:
+            return Done(COUNTED[w.kind], value=o.id)
+        exc = o.error
+        if isinstance(exc, FatalError):
+            raise exc
+        if isinstance(exc, ConflictError) and w.kind == "create" and w.resource == USERS:
+            return self._adopt(w, exc)
+        if isinstance(exc, RecordError):
+            if exc.status == 412 and w.row is not None:  # changed since read: re-read, then plan it again
+                log.info("%s %s changed since it was read (412); re-reading once", w.resource, w.row.get("id"))
+                return self._send(_replace_row(w, self.target.get(w.resource, str(w.row["id"]))))
+            if w.resource == GROUPS and named_new:
+                return self._send(w)
+            raise exc
+        if w.kind == "create" and isinstance(exc, AmbiguousWriteError):  # (a 429, or Bulk refused: not applied)
+            found = self.target.find(w.resource, "externalId", w.key)
+            if found is not None:
+                log.info(
+                    "bulk create was applied despite the lost response; not sending again",
+                    extra={"sync": self.name, "key": w.key},
+                )
+                return Done("created", value=str(found["id"]))
+            if isinstance(exc, AmbiguousWriteError) and not exc.settled:
+                raise AmbiguousWriteError(
+                    f"{exc.message}; not found by key yet and the request may still be applied, so it is not sent again in "
+                    "this run (the next run reads the target and creates it only if it is missing)",
+                    service=exc.service,
+                    status=exc.status,
+                    settled=False,
+                )
+        return self._send(w)
 
     def _send(self, w: _Write) -> Done[str]:
         """One write to the SCIM target, as intents (the adapter owns the formats)."""
@@ -672,7 +855,8 @@ class RosterSync:
         return True
 
     def _send_group_change(self, w: _Write, row: Mapping[str, Any]) -> bool:
-        have = self.target.member_ids(row)
+        # a row re-read (after a 412) carries its members; one from the run's read is slim
+        have = self.target.member_ids(row) if "members" in row else self._view.members.get(w.key, set())
         name = w.desired.get("displayName") if w.kind == "update" else None
         rename = name if name is not None and name != row.get("displayName") else None
         add, remove = w.add - have, w.remove & have
@@ -714,20 +898,23 @@ class RosterSync:
                 key=w.key,
             )
             return Done("created", value=str(created["id"]))
-        except ConflictError:
-            # 409: the userName is taken. Adopt that user when it is not someone else's
-            # (no externalId, or ours); otherwise the record fails and is tracked.
-            user_name = str(w.desired["userName"])
-            found = self.target.find(USERS, "userName", user_name)
-            if found is None:
-                found = self._case_variant(user_name, w.key)
-            if found is None or (found.get("externalId") and str(found["externalId"]) != w.key):
-                raise
-            changes = _changed(w.desired, self.target.user_fields(found))
-            if changes:
-                self.target.update_user(found, changes)
-            log.info("userName %s already existed without our externalId; adopted it", user_name, extra={"sync": self.name})
-            return Done("updated", logged_as="adopted", value=str(found["id"]))
+        except ConflictError as exc:
+            return self._adopt(w, exc)
+
+    def _adopt(self, w: _Write, exc: ConflictError) -> Done[str]:
+        """409 on a create: the userName is taken. Adopt that user when it is not someone
+        else's (no externalId, or ours); otherwise the record fails and is tracked."""
+        user_name = str(w.desired["userName"])
+        found = self.target.find(USERS, "userName", user_name)
+        if found is None:
+            found = self._case_variant(user_name, w.key)
+        if found is None or (found.get("externalId") and str(found["externalId"]) != w.key):
+            raise exc
+        changes = _changed(w.desired, self.target.user_fields(found))
+        if changes:
+            self.target.update_user(found, changes)
+        log.info("userName %s already existed without our externalId; adopted it", user_name, extra={"sync": self.name})
+        return Done("updated", logged_as="adopted", value=str(found["id"]))
 
     def _case_variant(self, user_name: str, key: str) -> dict[str, Any] | None:
         """The user read this run whose userName equals ``user_name`` ignoring case.
@@ -740,6 +927,20 @@ class RosterSync:
         if len(variants) == 1:
             return variants[0]
         return next((r for r in variants if str(r.get("externalId") or "") == key), None)
+
+
+def _peak_rss_mb() -> int:
+    """This process's peak resident memory so far (the run's log shows where it grows)."""
+    peak = rusage.getrusage(rusage.RUSAGE_SELF).ru_maxrss
+    return int(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024)
+
+
+def _replace_add(w: _Write, add: set[str]) -> _Write:
+    return replace(w, add=add)
+
+
+def _replace_row(w: _Write, row: dict[str, Any]) -> _Write:
+    return replace(w, row=row)
 
 
 def _changed(desired: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:

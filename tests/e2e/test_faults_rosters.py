@@ -108,7 +108,11 @@ def test_rosters_converge_under_oneroster_and_scim_faults_with_no_duplicates(
     for _ in range(3):
         since = batch.mark() if batch.dir.exists() else 0
         # --force: back-to-back reruns (a run that failed as a whole is quarantined)
-        summary = batch.run("--only", "rosters", "--force", expect=(0, 1), SANDBOX_FAULTS=faults, REDIS_URL=REDIS_URL)
+        # SCIM_BULK=false: this scenario is about many requests meeting faults one by one
+        # (with Bulk a run sends a handful; test_lost_scim_create_responses covers Bulk)
+        summary = batch.run(
+            "--only", "rosters", "--force", expect=(0, 1), SANDBOX_FAULTS=faults, REDIS_URL=REDIS_URL, SCIM_BULK="false"
+        )
         runs += 1
         for r in batch.requests(since=since):
             statuses[f"{r['service']}:{r['status']}"] += 1
@@ -126,7 +130,7 @@ def test_rosters_converge_under_oneroster_and_scim_faults_with_no_duplicates(
         # faults decide how many runs it takes. What they leave behind must come back on the
         # next delta run (no --full): one quiet run converges, nothing sent twice.
         assert left <= SIZE // 4, f"{left} writes left after three faulted runs: barely any progress"
-        quiet = batch.run("--only", "rosters", "--force", REDIS_URL=REDIS_URL)
+        quiet = batch.run("--only", "rosters", "--force", REDIS_URL=REDIS_URL, SCIM_BULK="false")
         # (partial, not success: the seeded sandbox holds records every run rejects)
         assert quiet["status"] in ("success", "partial"), quiet["runs"]
         left = full_dry_run_pending(batch)
@@ -140,17 +144,22 @@ def test_rosters_converge_under_oneroster_and_scim_faults_with_no_duplicates(
     assert statuses["scim:0"] + statuses["oneroster:0"] > 0
 
 
-@pytest.mark.slow  # 20-45 s: in CI's slow step, so the README's default run stays short
+@pytest.mark.slow  # 20-45 s each: in CI's slow step, so the README's default run stays short
+@pytest.mark.parametrize("bulk", ["false", "true"])
 def test_lost_scim_create_responses_are_found_by_external_id_never_sent_twice(
     rosters: BatchRunner,
     tmp_path_factory: pytest.TempPathFactory,
+    bulk: str,
 ) -> None:
+    """One request per change: 30 % of the responses lost. With Bulk (one POST /Bulk per
+    run here), every response is lost: each operation's create is settled by reading its
+    externalId before anything is sent again."""
     want = twin_state(tmp_path_factory)
     batch = rosters
-    faults = json.dumps({"scim": {"lost_response_rate": 0.3}})
+    faults = json.dumps({"scim": {"lost_response_rate": 0.3 if bulk == "false" else 1.0}})
     runs, left = 0, None
     for _ in range(3):
-        batch.run("--only", "rosters", "--force", expect=(0, 1), SANDBOX_FAULTS=faults, REDIS_URL=REDIS_URL)
+        batch.run("--only", "rosters", "--force", expect=(0, 1), SANDBOX_FAULTS=faults, REDIS_URL=REDIS_URL, SCIM_BULK=bulk)
         runs += 1
         assert scim_duplicates(batch) == {}, f"duplicate after run {runs}"
         left = full_dry_run_pending(batch)
@@ -160,6 +169,8 @@ def test_lost_scim_create_responses_are_found_by_external_id_never_sent_twice(
     lost = sum(1 for r in posts if r["status"] == 0)
     print(f"\nlost responses: {lost} of {len(posts)} SCIM POSTs; converged after {runs} run(s)")
     assert lost > 0, "no response was lost: the scenario proved nothing"
+    if bulk == "true":
+        assert {r["path"] for r in posts} == {"/v2/Bulk"} and runs == 1  # settled by reads, nothing sent twice
     assert left == 0
     assert scim_duplicates(batch) == {}
     assert state_diff(scim_canonical(batch), want) == []
@@ -181,7 +192,9 @@ def test_sigkill_during_roster_writes_five_times(
     batch.size = size  # not seeded yet
     # A 2 s TTL: a killed runner's lock expires quickly; a 2 s SCIM timeout: the next runner
     # waits only seconds for writes the killed one may have had in flight (utils/locks.py).
-    fast = {"LOCK_TTL_SECONDS": "2", "SCIM_TIMEOUT_SECONDS": "2"}
+    # SCIM_BULK=false: the kills land between single writes (with Bulk one run is one
+    # request here; a kill during it is a lost response, tested above).
+    fast = {"LOCK_TTL_SECONDS": "2", "SCIM_TIMEOUT_SECONDS": "2", "SCIM_BULK": "false"}
     env = batch.env(SYNC_TYPES="rosters", REDIS_URL=REDIS_URL, **fast)
     cmd = [sys.executable, "sync_batch.py", "--sandbox", "--sandbox-dir", str(batch.dir), "--sandbox-size", str(size), "--json"]
     rng = random.Random(20261122)

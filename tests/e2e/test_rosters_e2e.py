@@ -3,7 +3,10 @@
 ``python sync_batch.py --sandbox --sandbox-dir <tmp> --only rosters --json`` converges, a
 second run sends no write to SCIM (counted by the server's request log and by the JSON
 summary's requests.scim), a delta after ``python -m sandbox mutate`` writes only what
-changed, and a withdrawn student ends active=false with no group membership.
+changed, and a withdrawn student ends active=false with no group membership. Run twice:
+with SCIM Bulk (scim2-server announces it; every write of a run in one POST /Bulk here)
+and with SCIM_BULK=false (one request per change). What was written is read from
+scim2-server's journal, one line per acknowledged write, in both modes.
 
 The delta cursor lives in real Redis (db 15 here); CI=true fails if Redis is down.
 """
@@ -47,8 +50,8 @@ def rosters(tmp_path: Path) -> Any:
     client.close()
 
 
-def run(batch: BatchRunner, *args: str) -> dict[str, Any]:
-    summary = batch.run("--only", "rosters", *args, REDIS_URL=REDIS_URL)
+def run(batch: BatchRunner, *args: str, bulk: str = "true") -> dict[str, Any]:
+    summary = batch.run("--only", "rosters", *args, REDIS_URL=REDIS_URL, SCIM_BULK=bulk)
     assert summary["status"] == "success", (summary, summary["_stderr"][-3000:])
     return summary
 
@@ -69,13 +72,29 @@ def server_writes(batch: BatchRunner, since: int) -> list[dict[str, Any]]:
     return [r for r in batch.requests("scim", since) if r["method"] in WRITE_METHODS]
 
 
-@pytest.mark.slow  # 20-45 s: in CI's slow step, so the README's default run stays short
-def test_rosters_converge_delta_touches_only_changes_and_withdrawn_leave_groups(rosters: BatchRunner) -> None:
+def journal_mark(batch: BatchRunner) -> int:
+    return len((batch.dir / JOURNAL_FILE).read_text().splitlines())
+
+
+def journal_writes(batch: BatchRunner, since: int) -> list[tuple[str, str]]:
+    """(type, id) of every write scim2-server acknowledged after the mark."""
+    lines = (batch.dir / JOURNAL_FILE).read_text().splitlines()[since:]
+    return [(json.loads(line)["type"], json.loads(line)["id"]) for line in lines]
+
+
+@pytest.mark.slow  # 20-45 s each: in CI's slow step, so the README's default run stays short
+@pytest.mark.parametrize("bulk", ["true", "false"])
+def test_rosters_converge_delta_touches_only_changes_and_withdrawn_leave_groups(rosters: BatchRunner, bulk: str) -> None:
     batch = rosters
-    first = run(batch)
+    j = journal_mark(batch) if (batch.dir / JOURNAL_FILE).exists() else 0
+    first = run(batch, bulk=bulk)
     r1 = first["runs"][0]
     assert r1["sync"] == "rosters" and r1["created"] > 0 and r1["failed"] == 0
-    assert first["requests"]["scim"].get("POST") == r1["created"]
+    if bulk == "true":  # every create of the run in one Bulk request (under maxOperations 1000)
+        assert first["requests"]["scim"].get("POST") == 1 and "PATCH" not in first["requests"]["scim"]
+    else:
+        assert first["requests"]["scim"].get("POST") == r1["created"]
+    assert len(journal_writes(batch, j)) == r1["created"]  # one operation per change
     state = scim_state(batch)
     users = {r["externalId"]: r for (t, _), r in state.items() if t == "User"}
     groups = {r["externalId"]: r for (t, _), r in state.items() if t == "Group"}
@@ -83,7 +102,7 @@ def test_rosters_converge_delta_touches_only_changes_and_withdrawn_leave_groups(
     assert all(g.get("members") for g in groups.values())
 
     m = batch.mark()
-    second = run(batch)
+    second = run(batch, bulk=bulk)
     assert writes(second, "scim") == 0, second["requests"]
     assert server_writes(batch, m) == []
     # a delta, although this sandbox start gave the emulators new ports (the cursor's scope
@@ -106,20 +125,23 @@ def test_rosters_converge_delta_touches_only_changes_and_withdrawn_leave_groups(
     touched_classes = {e["class"] for e in changed_enr}
 
     m = batch.mark()
-    third = run(batch)
+    j = journal_mark(batch)
+    third = run(batch, bulk=bulk)
     r3 = third["runs"][0]
     done = r3["created"] + r3["updated"] + r3["deactivated"]
-    assert done > 0 and writes(third, "scim") == done, (r3, third["requests"])  # one write per change
+    applied = journal_writes(batch, j)
+    assert done > 0 and len(applied) == done, (r3, third["requests"])  # one write per change
+    if bulk == "true":
+        assert writes(third, "scim") == 1 and [w["path"] for w in server_writes(batch, m)] == ["/v2/Bulk"]
+    else:
+        assert writes(third, "scim") == done, (r3, third["requests"])
     state = scim_state(batch)
     ext_of = {rid: r.get("externalId") for (_t, rid), r in state.items()}
-    for w in server_writes(batch, m):
-        kind, _, rid = w["path"].removeprefix("/v2/").partition("/")
-        if w["method"] == "POST":
-            continue  # new teachers (checked below)
-        ext = ext_of.get(rid)
-        assert (kind == "Users" and ext in changed_users) or (kind == "Groups" and ext in touched_classes), w
     created = {r["externalId"] for (t, _), r in state.items() if t == "User"} - set(users)
     assert created and created <= set(changed_users)
+    for kind, rid in applied:
+        ext = ext_of.get(rid)
+        assert (kind == "User" and ext in changed_users) or (kind == "Group" and ext in touched_classes), (kind, ext)
 
     # a withdrawn student: active=false and in no group
     users_now = {r["externalId"]: r for (t, _), r in state.items() if t == "User"}
@@ -131,6 +153,6 @@ def test_rosters_converge_delta_touches_only_changes_and_withdrawn_leave_groups(
         assert not any(uid in {mm["value"] for mm in r.get("members") or []} for (t, _), r in state.items() if t == "Group")
 
     m = batch.mark()
-    full = run(batch, "--full")
+    full = run(batch, "--full", bulk=bulk)
     assert writes(full, "scim") == 0 and server_writes(batch, m) == [], full["runs"]
     assert full["runs"][0]["unchanged"] > 0

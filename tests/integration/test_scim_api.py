@@ -130,7 +130,8 @@ def members(group: dict[str, Any], users: dict[str, dict[str, Any]]) -> set[str]
 C1, C2 = RosterClass("{cls:1}", title="Math 1", school="sch-1"), RosterClass("cls:2", title="Art", school="sch-1")
 
 
-def test_create_update_membership_deactivate_and_rerun_sends_nothing(tmp_path: Path, server: Server) -> None:
+@pytest.mark.parametrize("bulk", ["true", "false"])
+def test_create_update_membership_deactivate_and_rerun_sends_nothing(tmp_path: Path, server: Server, bulk: str) -> None:
     users = [user("u1"), user("u2"), user("t1", "teacher"), user("a1", "administrator")]
     enrollments = [
         enr("u1", C1.sourced_id),
@@ -139,9 +140,14 @@ def test_create_update_membership_deactivate_and_rerun_sends_nothing(tmp_path: P
         enr("u1", C2.sourced_id),
     ]
     source = Source(snapshot(users, [C1, C2], enrollments))
-    ctx, scim = make_ctx(tmp_path, server, source)
+    ctx, scim = make_ctx(tmp_path, server, source, SCIM_BULK=bulk)
 
+    mark = server.mark()
     first = RosterSync(ctx).run()
+    # with Bulk: the five creates in one POST /Bulk, the groups naming the new users by bulkId
+    assert [w["path"] for w in server.writes(mark)] == (
+        ["/v2/Bulk"] if bulk == "true" else ["/v2/Users"] * 3 + ["/v2/Groups"] * 2
+    )
     assert first.status == "success", first.error
     assert first.counts["created"] == 5  # 3 users (no administrator) + 2 groups
     u = by_ext(scim, "Users")
@@ -164,7 +170,10 @@ def test_create_update_membership_deactivate_and_rerun_sends_nothing(tmp_path: P
     third = RosterSync(ctx).run()
     assert third.status == "success", third.error
     assert (third.counts["updated"], third.counts["deactivated"]) == (3, 1)  # u1, Math 1, Art; u2
-    assert len(server.writes(mark)) == 4 and {w["method"] for w in server.writes(mark)} == {"PATCH"}
+    if bulk == "true":
+        assert [(w["method"], w["path"]) for w in server.writes(mark)] == [("POST", "/v2/Bulk")]
+    else:
+        assert len(server.writes(mark)) == 4 and {w["method"] for w in server.writes(mark)} == {"PATCH"}
     u = by_ext(scim, "Users")
     assert u["u2"]["active"] is False and u["u1"]["emails"][0]["value"] == "u1.new@x.org"
     g = by_ext(scim, "Groups")
@@ -232,8 +241,9 @@ def test_409_on_a_server_whose_userName_filter_is_case_sensitive_adopts_the_case
 
 
 def test_etag_is_sent_and_a_412_is_answered_by_one_re_read(tmp_path: Path, server: Server) -> None:
+    """One request per change (SCIM_BULK=false); the Bulk path: tests/integration/test_scim_bulk.py."""
     source = Source(snapshot([user("u1")], [C1], [enr("u1", C1.sourced_id)]))
-    ctx, scim = make_ctx(tmp_path, server, source)
+    ctx, scim = make_ctx(tmp_path, server, source, SCIM_BULK="false")
     assert scim.etags  # scim2-server's default ServiceProviderConfig announces ETags
     RosterSync(ctx).run()
     row = by_ext(scim, "Users")["u1"]
@@ -254,7 +264,7 @@ def test_etag_is_sent_and_a_412_is_answered_by_one_re_read(tmp_path: Path, serve
                 ScimAPI.patch(self, resource, rid, [{"op": "replace", "path": "nickName", "value": "z"}])
             return super().patch(resource, rid, ops, etag)
 
-    ctx.scim = Racing(scim.http)
+    ctx.scim = Racing(scim.http, bulk=False)
     source.snap = snapshot([user("u1", email="new@x.org")], [C1], [enr("u1", C1.sourced_id)])
     mark = server.mark()
     result = RosterSync(ctx).run()
@@ -267,7 +277,7 @@ def test_etag_is_sent_and_a_412_is_answered_by_one_re_read(tmp_path: Path, serve
 def test_lost_create_responses_never_duplicate(tmp_path: Path) -> None:
     for srv in serve(tmp_path / "lossy", {"lost_response_rate": 1.0}):
         source = Source(snapshot([user("u1"), user("u2")], [C1], [enr("u1", C1.sourced_id)]))
-        ctx, scim = make_ctx(tmp_path, srv, source, HTTP_MAX_ATTEMPTS="2")
+        ctx, scim = make_ctx(tmp_path, srv, source, HTTP_MAX_ATTEMPTS="2", SCIM_BULK="false")
         result = RosterSync(ctx).run()
         assert result.counts["created"] == 3, result.error
         assert len(scim.list("Users")) == 2 and len(scim.list("Groups")) == 1
