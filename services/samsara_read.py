@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import Settings
-from services.target_shadow import _atomic_write
+from services.target_shadow import _atomic_write, too_old
 from sync.ports import Row
 
 log = logging.getLogger("sync.samsara_read")
@@ -126,12 +126,11 @@ class SamsaraReadStore:
             return "first vehicles run of this process"
         if saved is None:
             return "no saved read"
-        read_at = saved.get("read_at")
-        if not isinstance(read_at, (int, float)):
-            return "the saved read has no read time"
-        age = self.clock() - float(read_at)
-        if age > self.max_age_seconds or age < -300:
-            return f"the saved read is {age / 3600:.1f} h old (SAMSARA_FULL_READ_HOURS={self.max_age_seconds / 3600:g})"
+        old = too_old(
+            saved.get("read_at"), self.clock(), self.max_age_seconds, what="the saved read", setting="SAMSARA_FULL_READ_HOURS"
+        )
+        if old:
+            return old
         current = self.marker()
         if current is None:
             return "Redis cannot vouch for it (no event marker)"

@@ -34,9 +34,9 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from config.settings import Settings
 from sync.ports import Row
@@ -164,13 +164,13 @@ class ShadowStore:
             return "a runner wrote to SafetyAmp without publishing a shadow (or none was ever published)"
         if manifest.get("generation") != generation:
             return "another runner wrote to SafetyAmp since this shadow was saved"
-        read_at = manifest.get("full_read_at")
-        if not isinstance(read_at, (int, float)):
-            return "the shadow has no full-read time"
-        age = self.clock() - float(read_at)
-        if age > self.max_age_seconds or age < -300:
-            return f"the last full read is {age / 3600:.1f} h old (TARGET_FULL_READ_HOURS={self.max_age_seconds / 3600:g})"
-        return None
+        return too_old(
+            manifest.get("full_read_at"),
+            self.clock(),
+            self.max_age_seconds,
+            what="the last full read",
+            setting="TARGET_FULL_READ_HOURS",
+        )
 
     def load(self, manifest: Mapping[str, Any], collection: str) -> list[Row] | None:
         """The rows of ``collection`` in the shadow, or None (not in it, or unreadable)."""
@@ -231,6 +231,19 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 _CHUNK_ROWS = 1000
 
 
+def too_old(read_at: Any, now: float, max_age_seconds: float, *, what: str, setting: str) -> str | None:
+    """Why a saved read taken at ``read_at`` (Unix time) may not stand in for a fresh one
+    now: missing, older than ``max_age_seconds``, or from the future (a clock set back by
+    more than 5 minutes). None: young enough. Shared by the SafetyAmp shadow and the
+    saved Samsara read."""
+    if not isinstance(read_at, (int, float)):
+        return f"{what} has no time"
+    age = now - float(read_at)
+    if age > max_age_seconds or age < -300:
+        return f"{what} is {age / 3600:.1f} h old ({setting}={max_age_seconds / 3600:g})"
+    return None
+
+
 def _gz_chunks(rows: Iterable[Row]) -> Iterator[bytes]:
     """The JSON array of ``rows``, a thousand rows at a time: the whole array as one
     string (and its bytes) held about 100 MB at the end of a 50,000-employee first run,
@@ -251,28 +264,26 @@ def _atomic_write_gz(path: Path, rows: Iterable[Row]) -> None:
     """``rows`` as gzip'd JSON, streamed into a temporary file, then renamed. Level 1: the
     shadow is rewritten on every cycle with writes; 6x smaller than the JSON at a tenth
     of level 9's time (docs/performance.md, "Target shadow")."""
+
+    def write(fh: BinaryIO) -> None:
+        with gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=1, mtime=0) as gz:
+            for chunk in _gz_chunks(rows):
+                gz.write(chunk)
+
+    _atomic_write(path, write)
+
+
+def _atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
+    """``data`` (bytes, or a function writing to the file) into a temporary file in the
+    same folder, flushed to disk, then renamed over ``path``: a reader sees the old file
+    or the new one, never half of one."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            with gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=1, mtime=0) as gz:
-                for chunk in _gz_chunks(rows):
-                    gz.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            if isinstance(data, bytes):
+                fh.write(data)
+            else:
+                data(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
