@@ -408,7 +408,9 @@ class TenantDaemon(Daemon):
         from config.fleet import due_key
 
         control = getattr(self.runtime, "control", None)
-        for sync in self.state.syncs if control is not None else ():
+        for sync in self.state.syncs:
+            if control is None:
+                break
             try:
                 row = next((r for r in control.runs(sync=sync, count=5) if not r.get("key")), None)
             except Exception:
@@ -421,8 +423,9 @@ class TenantDaemon(Daemon):
             entry.update({k: row[k] for k in ("error", "errors_file", "guard_tripped") if row.get(k)})
             with self.state.lock:
                 self.state.last_runs[sync] = entry
+        settings, redis_client = self.state.settings, getattr(self.runtime, "redis", None)
         try:
-            due = self.runtime.redis.get(due_key(self.state.settings)) if self.runtime.redis is not None else None
+            due = redis_client.get(due_key(settings)) if redis_client is not None and settings is not None else None
         except Exception:
             due = None
         if due is not None:

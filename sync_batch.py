@@ -519,7 +519,8 @@ def run_tenants(chosen: list[tuple[str, Settings]], problems: list[str], args: a
     metrics = Metrics(tenants=True)
     for problem in problems:
         log.error("tenant configuration: %s", problem)
-    codes, summaries = [EXIT_CONFIG] if problems else [], {}
+    codes: list[int] = [EXIT_CONFIG] if problems else []
+    summaries: dict[str, Any] = {}
     for tenant, settings in chosen:
         set_tenant(tenant)
         try:

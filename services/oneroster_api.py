@@ -241,7 +241,7 @@ class OneRosterAPI:
         url: str = self.prefix + path
         query: dict[str, Any] | None = {**(params or {}), "limit": self.page_size, "offset": 0}
         offset = 0
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, Any] = {}  # raw records, or converted ones (or the ValueError of one)
         anonymous: list[dict[str, Any]] = []
         seen_links: set[str] = set()
         for _ in range(MAX_PAGES):

@@ -206,7 +206,7 @@ class ScimTarget(Protocol):
         maxPayloadSize of the operations as they would be sent; at least one)."""
         ...
 
-    def send_batch(self, writes: Sequence[ScimWrite]) -> list[ScimOutcome]:
+    def send_batch(self, writes: Sequence[ScimWrite]) -> Sequence[ScimOutcome]:
         """One Bulk request (RFC 7644 section 3.7) with these writes; one outcome each."""
         ...
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import resource as rusage
 import sys
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -721,12 +721,13 @@ class RosterSync:
 
         position = {id(w): i for i, w in enumerate(writes)}
 
-        def send_batch(batch: list[_Write]) -> list[Done[str] | Exception]:
+        def send_batch(batch: Sequence[_Write]) -> Sequence[Done[str] | Exception]:
             start = position[id(batch[0])]
             intents = pending.pop(start)
             outcomes = self.target.send_batch(intents)
             out: list[Done[str] | Exception] = []
             for w, intent, o in zip(batch, intents, outcomes, strict=True):
+                got: Done[str] | Exception
                 try:
                     named_new = any(m.startswith(BULK_REF) for m in w.add)
                     got = self._settle_bulk(self._resolve(w, ids, set()), o, named_new=named_new)
