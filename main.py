@@ -133,7 +133,7 @@ class Daemon:
             scheduled = time.monotonic() >= next_at
             taken_at = time.monotonic()  # a console run job submitted before this runs in this cycle
             pending = self.state.triggers.take(self.state.syncs)
-            syncs = self.state.syncs if scheduled else self._not_held(pending)
+            syncs = self.state.syncs if scheduled else self.not_held(pending)
             if syncs:
                 self.jobs.cycle_started(taken_at, syncs)
                 self.run_cycle(syncs, force=pending.forced, taken_at=taken_at, requested_by=pending.requested_by)
@@ -163,9 +163,6 @@ class Daemon:
         return entry.runner, None
 
     def not_held(self, pending: Pending) -> tuple[str, ...]:
-        return self._not_held(pending)
-
-    def _not_held(self, pending: Pending) -> tuple[str, ...]:
         """The syncs of ``pending`` to run now: an operator's go; an event's (webhook)
         wait while the sync is quarantined or a breaker it needs is open."""
         from sync.runner import event_hold
@@ -682,7 +679,7 @@ def _samsara_event(target: Daemon, verifier: Any) -> Any:
     if rt is not None:  # the saved Samsara read is stale now (docs/performance.md)
         note_event(rt.redis, rt.settings.redis_prefix)
     # Debounced: a burst of vehicle events becomes one vehicles run, which waits
-    # while the sync is quarantined or a breaker it needs is open (Daemon._not_held).
+    # while the sync is quarantined or a breaker it needs is open (Daemon.not_held).
     target.state.triggers.request_after("vehicles", target.state.settings.webhook_debounce_seconds)  # type: ignore[union-attr]
     return jsonify(status="accepted"), 202
 
@@ -869,7 +866,6 @@ def start_fleet(daemon: Daemon, settings: Settings, environ: Mapping[str, str]) 
         redis=redis_client,
         metrics=metrics,
         slots=settings.tenant_workers,
-        stop=daemon.stop,
     )
     fleet.refresh(force=True)
     from utils.control import ControlStore

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from config.settings import ALL_SYNCS, Settings
 from services.data_manager import NoTarget, TargetCache
 from services.event_manager import EventManager
-from services.http import RateLimiter, RequestStats, SharedLimiters
+from services.http import RequestStats, SharedLimiters
 from sync.base import COUNT_KEYS, SyncContext
 from utils.metrics import Metrics
 
@@ -166,19 +166,15 @@ def _build_adapters(rt: Runtime, syncs: tuple[str, ...], limiters: SharedLimiter
         rt.samsara_read = build_samsara_read(settings, rt.redis)
     if "rosters" in syncs:  # issue 4: OneRoster (REST or CSV) -> SCIM
         from services.oneroster_api import RedisCursorStore, build_oneroster, roster_scope
-        from services.scim_api import build_scim
+        from services.scim_api import build_scim, scim_limiter
 
         rt.oneroster = build_oneroster(settings, stats, breaker=rt.breakers.get("oneroster"))
-        scim_limiter = None
+        limiter = None
         if limiters is not None and settings.scim_token is not None and settings.scim_url:
-            rate = settings.scim_rate_limit_per_second
-            scim_limiter = limiters.get(
-                "scim",
-                str(settings.scim_url),
-                settings.scim_token.get_secret_value(),
-                lambda: RateLimiter(rate, burst=max(1, int(rate))),
+            limiter = limiters.get(
+                "scim", str(settings.scim_url), settings.scim_token.get_secret_value(), lambda: scim_limiter(settings)
             )
-        rt.scim = build_scim(settings, stats, limiter=scim_limiter, breaker=rt.breakers.get("scim"))
+        rt.scim = build_scim(settings, stats, limiter=limiter, breaker=rt.breakers.get("scim"))
         rt.roster_cursor = RedisCursorStore(rt.redis, settings.redis_prefix, scope=roster_scope(settings))
 
 

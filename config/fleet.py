@@ -84,7 +84,6 @@ class Tenant:
 class FleetStatus:
     problems: tuple[Any, ...] = ()
     overdue: int = 0
-    last_tick: float = 0.0
     errors: dict[str, str] = field(default_factory=dict)
     """tenant -> why its runtime could not be built (configuration)."""
 
@@ -104,21 +103,17 @@ class Fleet:
         redis: Any,
         metrics: Any,
         slots: int,
-        stop: threading.Event,
         clock: Callable[[], float] = time.time,
         poll_seconds: float = 5.0,
-        on_change: Callable[[Fleet], None] | None = None,
     ) -> None:
         self.watcher = watcher
         self._build = build
         self.redis = redis
         self.metrics = metrics
         self.slots = max(1, slots)
-        self.stop = stop
         self._clock = clock
         self._poll_seconds = poll_seconds
         self._polled_at = -1e18
-        self._on_change = on_change
         self._lock = threading.Lock()
         self.tenants: dict[str, Tenant] = {}
         self._seen: dict[str, float] = {}
@@ -147,8 +142,6 @@ class Fleet:
         for tenant in changes.removed:
             self._retire(tenant, "its file was removed or has problems")
         self._gauges()
-        if changes and self._on_change is not None:
-            self._on_change(self)
         return changes
 
     def _add(self, tenant: str, settings: Settings, *, how: str = "added") -> None:
@@ -233,7 +226,6 @@ class Fleet:
         """Hand due tenants to free slots, most overdue first. Never raises."""
         self.refresh()
         now = self._clock()
-        self.status.last_tick = now
         try:
             due = self.due_times()
         except Exception as exc:

@@ -43,6 +43,7 @@ kept error bodies are truncated (hostile servers can answer with megabytes).
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
 import json as jsonlib
 import os
@@ -292,8 +293,13 @@ def user_agent(product: str | None = None) -> str:
     ``safetyamp-sync``: which replica and which run sent a request, for the target's own
     logs (and the sandbox's proof that no tenant ever runs on two replicas at once).
     Nothing secret: a host name, a process id and the run id that names the output files."""
-    host = _UNSAFE_UA.sub("_", os.environ.get("POD_NAME") or socket.gethostname() or "?")
-    return f"{product or 'safetyamp-sync'} (instance {host}-{os.getpid()}; run {current_run_id() or '-'})"
+    return f"{product or 'safetyamp-sync'} (instance {_instance_host()}-{os.getpid()}; run {current_run_id() or '-'})"
+
+
+@functools.cache
+def _instance_host() -> str:
+    """The pod's name (or the host's), once per process: it is on every request."""
+    return _UNSAFE_UA.sub("_", os.environ.get("POD_NAME") or socket.gethostname() or "?")
 
 
 class SharedLimiters:

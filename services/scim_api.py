@@ -635,6 +635,14 @@ def _seg(value: str) -> str:
     return quote(str(value), safe="")
 
 
+def scim_limiter(
+    settings: Settings, *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
+) -> RateLimiter:
+    """SCIM_RATE_LIMIT_PER_SECOND as a limiter (a second's worth of burst)."""
+    rate = settings.scim_rate_limit_per_second
+    return RateLimiter(rate, burst=max(1, int(rate)), clock=clock, sleep=sleep)
+
+
 def build_scim(
     settings: Settings,
     stats: RequestStats,
@@ -649,13 +657,12 @@ def build_scim(
     token = settings.scim_token.get_secret_value() if settings.scim_token else ""
     if not settings.scim_url or not token:
         raise ConfigurationError("SCIM_URL and SCIM_TOKEN are required for the rosters sync")
-    rate = settings.scim_rate_limit_per_second
     http = HttpClient(
         SERVICE,
         settings.scim_url,
         session or requests.Session(),
         stats=stats,
-        limiter=limiter or RateLimiter(rate, burst=max(1, int(rate)), clock=clock, sleep=sleep),
+        limiter=limiter or scim_limiter(settings, clock=clock, sleep=sleep),
         timeout=settings.scim_timeout_seconds,
         max_attempts=settings.http_max_attempts,
         max_retry_seconds=settings.http_max_retry_seconds,

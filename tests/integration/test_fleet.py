@@ -140,7 +140,7 @@ class Replica:
             self.runners[tenant] = runner
             return FakeRuntime(), runner
 
-        self.fleet = Fleet(watcher, build, redis=redis, metrics=self.metrics, slots=slots, stop=self.stop, poll_seconds=0.0)
+        self.fleet = Fleet(watcher, build, redis=redis, metrics=self.metrics, slots=slots, poll_seconds=0.0)
 
     def tick_for(self, seconds: float) -> None:
         end = time.monotonic() + seconds
