@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
         configure_logging(settings.log_level, _log_format(settings, environ), secrets=settings.secret_values())
         for note in notes:
             log.warning(note)
-        return run_once(settings, syncs, args)
+        return run_once(settings, syncs, args)[0]
 
 
 def _log_format(settings: Settings, environ: dict[str, str]) -> str:
@@ -590,20 +590,21 @@ def push_metrics(url: str, registry: Any, job: str = "safetyamp_sync_batch") -> 
 
 def run_once(
     settings: Settings, syncs: tuple[str, ...], args: argparse.Namespace, *, metrics: Any = None, quiet_json: bool = False
-) -> Any:
-    """One run of ``syncs``; its exit code (``quiet_json``: the code and the summary,
-    the JSON line left to the caller, and the metrics pushed by the caller)."""
+) -> tuple[int, dict[str, Any]]:
+    """One run of ``syncs``: its exit code and summary (``quiet_json``: the JSON line is
+    left to the caller, and the metrics push too)."""
     from config.bootstrap import build_runtime, new_context, new_run_id
     from sync.runner import run_syncs
 
     try:
         rt = build_runtime(settings, syncs, metrics=metrics)
     except ConfigurationError as exc:
+        failed = {"status": "failed", "error": "configuration", "problems": exc.problems}
         if quiet_json:
             for problem in exc.problems:
                 log.error("configuration error: %s", problem)
-            return EXIT_CONFIG, {"status": "failed", "error": "configuration", "problems": exc.problems}
-        return report_configuration_error(exc.problems, args.json)
+            return EXIT_CONFIG, failed
+        return report_configuration_error(exc.problems, args.json), failed
     run_id = new_run_id()
     try:
         progress = Progress(sys.stderr.isatty() and not args.no_progress)
@@ -651,9 +652,9 @@ def _crashed_results(
 
 def _report(
     settings: Settings, args: argparse.Namespace, rt: Runtime, run_id: str, results: list[RunResult], *, quiet_json: bool = False
-) -> Any:
+) -> tuple[int, dict[str, Any]]:
     """Push the metrics, print the summary (and a dry run's plan); returns the exit code
-    (``quiet_json``: the code and the summary; no push, no JSON line)."""
+    and the summary (``quiet_json``: no push, no JSON line)."""
     from sync.runner import overall_status
 
     status = overall_status(results)
@@ -680,7 +681,7 @@ def _report(
         code = EXIT_CONFIG  # a setting only the run could check: the same exit as any other
     else:
         code = EXIT_FAILED if status == "failed" else EXIT_OK
-    return (code, summary) if quiet_json else code
+    return code, summary
 
 
 def command_prefix(args: argparse.Namespace) -> str:
