@@ -189,6 +189,7 @@ class Scenario:
             "sync_seconds": product.sync_seconds,
             "safetyamp_sync_seconds": round(sa_seconds, 3),
             "cpu_seconds": round(product.cpu_seconds, 2),
+            "cycle_cpu_seconds": product.summary.get("cpu_seconds"),
             "max_rss_mb": round(product.max_rss_mb, 1),
             "client_requests": product.summary.get("requests", {}),
             "counts": {
@@ -219,7 +220,8 @@ def stamp() -> str:
 def print_run(size: int, run: dict[str, Any]) -> None:
     print(
         f"\n  {stamp()} {run['label']} run: status {run['status']}, wall {run['wall_seconds']:.1f} s, "
-        f"syncs {sum(run['sync_seconds'].values()):.1f} s, peak RSS {run['max_rss_mb']:.0f} MB"
+        f"syncs {sum(run['sync_seconds'].values()):.1f} s, peak RSS {run['max_rss_mb']:.0f} MB, "
+        f"CPU {run.get('cycle_cpu_seconds') or 0:.2f} s in the cycle ({run['cpu_seconds']:.2f} s with the process start)"
     )
     print(f"    {'service':<10} {'method':<7} {'sent':>7} {'minimum':>8}  detail")
     for service, s in sorted(run["services"].items()):
@@ -338,6 +340,10 @@ def size_run(args: argparse.Namespace, sc: Scenario, caps: dict[str, int], *, la
     print_run(sc.size, runs["first"])
     runs["noop"] = sc.run("noop", caps)
     print_run(sc.size, runs["noop"])
+    # The idle cycle of issue 14: another run with nothing changed. The no-op run above
+    # is the first after the writes: it plans (and saves what an idle cycle compares with).
+    runs["idle"] = sc.run("idle", caps)
+    print_run(sc.size, runs["idle"])
     sc.sandbox.stop()
     changes = hx.mutate(sc.repo, sc.dir, args.mutate_percent, args.seed)
     sc.sandbox.launch()
@@ -440,12 +446,12 @@ def cleanup_redis(nonce: str) -> None:
 # ---------------------------------------------------------------------------------------
 def graph_and_idle_goals(size: int, res: dict[str, Any]) -> list[dict[str, Any]]:
     """Graph reads (a delta round: the first run reads every user in delta pages, later
-    runs only what changed) and the idle cycle (the no-op run) of issue 14: at most one
-    SafetyAmp request, one Graph request, and under 2 s of CPU."""
+    runs only what changed) and the idle cycle of issue 14 (the second run with nothing
+    changed): at most one SafetyAmp request, one Graph request, and under 2 s of CPU."""
     from sandbox import graph as graph_emu
 
     goals = []
-    first, noop = res["runs"]["first"], res["runs"]["noop"]
+    first, noop = res["runs"]["first"], res["runs"].get("idle", res["runs"]["noop"])
     users = first["collections_at_start"].get("graph", {}).get("users", 0)
     sent = first["services"].get("graph", {}).get("pages", {}).get("users", 0)
     want = math.ceil(users / graph_emu.DELTA_PAGE_SIZE) if users else 1
@@ -464,11 +470,11 @@ def graph_and_idle_goals(size: int, res: dict[str, Any]) -> list[dict[str, Any]]
 
     for service, most in (("safetyamp", GOALS["idle_safetyamp"]), ("graph", GOALS["idle_graph"])):
         n = data_requests(service)
-        goals.append(goal_line(f"{size:,} idle cycle (no-op run): {service} requests", n, f"<= {most}", n <= most))
-    cpu = noop.get("cpu_seconds")
+        goals.append(goal_line(f"{size:,} idle cycle: {service} requests", n, f"<= {most}", n <= most))
+    cpu = noop.get("cycle_cpu_seconds")
     goals.append(
         goal_line(
-            f"{size:,} idle cycle (no-op run): CPU seconds, process start included",
+            f"{size:,} idle cycle: CPU seconds of the cycle (process start {noop['cpu_seconds'] - (cpu or 0):.2f} s more)",
             cpu,
             f"< {GOALS['idle_cpu_s']:g}",
             None if cpu is None else cpu < GOALS["idle_cpu_s"],
@@ -647,11 +653,23 @@ def markdown(results: dict[str, Any]) -> str:
         lambda r: f"{svc(r, 'noop', 'samsara')['reads']} ({svc(r, 'noop', 'samsara')['min_reads_total']})",
     )
     row(
+        "idle cycle: SafetyAmp / Graph / Samsara requests",
+        lambda r: " / ".join(
+            str(sum(svc(r, "idle", s).get("methods", {}).values()) - svc(r, "idle", s).get("sign_in", 0))
+            for s in ("safetyamp", "graph", "samsara")
+        ),
+    )
+    row(
+        "idle cycle: CPU of the cycle / of the process (s)",
+        lambda r: f"{r['runs']['idle']['cycle_cpu_seconds']:.2f} / {r['runs']['idle']['cpu_seconds']:.2f}",
+    )
+    row(
         "SCIM writes first / no-op / mutate",
         lambda r: " / ".join(str(svc(r, lb, "scim")["writes"]) for lb in ("first", "noop", "mutate")),
     )
     row("first run: sync time (s)", lambda r: f"{sum(r['runs']['first']['sync_seconds'].values()):.1f}")
     row("no-op run: sync time (s)", lambda r: f"{sum(r['runs']['noop']['sync_seconds'].values()):.1f}")
+    row("idle cycle: sync time (s)", lambda r: f"{sum(r['runs']['idle']['sync_seconds'].values()):.1f}")
     row("load + plan, SafetyAmp syncs (s)", lambda r: f"{r['plan']['load_plan_seconds']:.2f}")
     row("bare read: SQL + target JSON (s)", lambda r: f"{r['plan']['bare_seconds']:.2f}")
     row("load + plan / bare", lambda r: fmt_ratio(r["plan"]["ratio"]))
