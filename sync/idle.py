@@ -21,9 +21,10 @@ The key, and why each part is in it:
   shadow) gives new files, so the daily reconciliation always plans;
 - **tracker**: a sync with records in the failed-record tracker always plans (their
   retry times move with the clock);
-- **settings, day, code**: every setting (secrets appear masked; the shadow's scope
-  already holds a hash of the token), ``today`` (scheduled terminations), and a hash of
-  the product's own source files (a new release with other rules plans again).
+- **settings, day, code**: every setting a plan follows (``settings_digest``: not the
+  endpoints, credentials, rate limits or operational ones), ``today`` (scheduled
+  terminations), and a hash of the product's own source files (a new release with other
+  rules plans again).
 
 A run saves a key only when it is sure the key describes everything it read: no write
 planned or sent, no guard refusal or held deactivation, nothing skipped by the tracker,
@@ -36,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
@@ -49,6 +51,30 @@ log = logging.getLogger("sync")
 FORMAT = 1
 _CHUNK = 2000
 _CODE_DIRS = ("config", "services", "sync", "utils")
+_TRANSPORT = re.compile(
+    r"(_url|_token|_secret|_password|_api_key|_timeout_seconds|_page_size|_max_concurrency|_rate_limit_per_minute"
+    r"|_rate_limit_per_second|_user_agent|_ca_bundle|_full_read_hours|_scope)$"
+    r"|^(console_|breaker_|azure_key_vault_|lock_|log_|output_|http_|sql_server$|sql_auth_mode$|sql_username$|sql_driver$)"
+)
+_OPERATIONS = frozenset(
+    {
+        "sync_types", "sync_interval_minutes", "port", "host", "liveness_stale_seconds", "audit_retention_days",
+        "run_history_length", "keyvault_ttl_seconds", "secrets_dir", "tenants_dir", "tenant_workers",
+        "consecutive_error_limit", "webhook_debounce_seconds", "target_shadow",
+    }
+)  # fmt: skip
+"""Settings that say where and how fast to reach a system, or how to operate, not what a
+plan wants: left out of the key, so a sandbox whose emulators change ports at every start,
+a rotated token or a new rate limit do not cost a plan. What they reach is in the key
+anyway (the source rows are hashed; the shadow's scope is the SafetyAmp account). Every
+other setting is in the key: a new one is, until it is listed here."""
+
+
+def settings_digest(settings: Any) -> str:
+    """A hash of the settings a plan follows (every setting less the transport and
+    operations ones above)."""
+    values = {k: v for k, v in settings.model_dump(mode="json").items() if k not in _OPERATIONS and not _TRANSPORT.search(k)}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @cache
@@ -112,7 +138,7 @@ class IdleCheck:
             "format": FORMAT,
             "sync": sync.name,
             "code": code_version(),
-            "settings": hashlib.sha256(ctx.settings.model_dump_json().encode()).hexdigest(),
+            "settings": settings_digest(ctx.settings),
             "today": ctx.today.isoformat(),
             "target": identity,
             "sources": sources,

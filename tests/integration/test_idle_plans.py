@@ -133,6 +133,7 @@ def test_a_new_day_a_setting_or_a_full_read_plans_again(tmp_path: Path) -> None:
     rig.today = date(2026, 11, 2)
     assert rig.run()["loaded"] > 0
     assert rig.run()["loaded"] == 0
+    assert rig.run(settings=rig.settings(SAFETYAMP_RATE_LIMIT_PER_MINUTE="30"))["loaded"] == 0  # not a plan's setting
     assert rig.run(settings=rig.settings(SAFETYAMP_TIMEZONE="America/Denver"))["loaded"] > 0
     full = rig.run(full=True)
     assert full["reason"] == "a full read was asked for"
