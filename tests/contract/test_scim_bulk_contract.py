@@ -76,8 +76,8 @@ def create(ref: str, key: str, **flat: Any) -> ScimWrite:
 def wire_size(operations: list[dict[str, Any]]) -> int:
     """The bytes of a BulkRequest body as the requests library sends a ``json=`` body
     (what the provider counts against maxPayloadSize), measured by requests itself."""
-    body = {"schemas": [BULK_REQUEST], "Operations": operations}
-    prepared = requests.Request("POST", "http://bulk.invalid/Bulk", json=body).prepare()
+    body: dict[str, Any] = {"schemas": [BULK_REQUEST], "Operations": operations}
+    prepared = requests.Request("POST", "http://bulk.invalid/Bulk", json=dict(body)).prepare()
     assert isinstance(prepared.body, bytes)
     return len(prepared.body)
 
@@ -161,6 +161,21 @@ def test_an_oversized_operation_goes_alone(bulk: Bulk, unique: str) -> None:
     assert bulk.target.bulk_take(writes) == 1
 
 
+def test_a_request_over_the_limits_is_refused_whole_and_bulk_goes_off(bulk: Bulk, unique: str) -> None:
+    """A body over maxPayloadSize (a batch not cut by ``bulk_take``) is refused with 413
+    before any operation runs: every outcome is a retriable refusal (not applied, so the
+    sync sends each alone) and the rest of the run goes one request per change."""
+    writes = [create(f"u{i}", f"{unique}-{i}", displayName="x" * (MAX_PAYLOAD // 2)) for i in range(3)]
+    assert wire_size([bulk.target.bulk_operation(w) for w in writes]) > MAX_PAYLOAD
+    outcomes = list(bulk.target.send_batch(writes))
+    assert [o.ref for o in outcomes] == [w.ref for w in writes]
+    for o in outcomes:
+        assert isinstance(o.error, RetriableError) and not isinstance(o.error, AmbiguousWriteError), o
+        assert o.error.status == 413 and o.id is None
+    assert all(bulk.key_id("Users", f"{unique}-{i}") is None for i in range(3))
+    assert bulk.target.bulk_max_operations() is None and bulk.target.bulk_take(writes) == 1
+
+
 # -- the outcomes ---------------------------------------------------------------------
 def test_one_outcome_per_write_in_order(bulk: Bulk, unique: str) -> None:
     x, y = bulk.user(f"{unique}-x"), bulk.user(f"{unique}-y")
@@ -169,10 +184,15 @@ def test_one_outcome_per_write_in_order(bulk: Bulk, unique: str) -> None:
         create("u0", f"{unique}-new"),
         ScimWrite("update_user", "u1", bulk.target.get("Users", x["id"]), {"givenName": "Changed"}),
         ScimWrite("deactivate_user", "u2", bulk.target.get("Users", y["id"])),
-        ScimWrite("create_group", "g0", None, {"displayName": f"Class {unique} 2", "externalId": f"{unique}-g2"},
-                  add=(x["id"],)),  # fmt: skip
-        ScimWrite("change_members", "g1", bulk.target.get("Groups", group["id"]), add=(y["id"],), remove=(x["id"],),
-                  display_name=f"Class {unique} renamed"),  # fmt: skip
+        ScimWrite("create_group", "g0", None, {"displayName": f"Class {unique} 2", "externalId": f"{unique}-g2"}, add=(x["id"],)),
+        ScimWrite(
+            "change_members",
+            "g1",
+            bulk.target.get("Groups", group["id"]),
+            add=(y["id"],),
+            remove=(x["id"],),
+            display_name=f"Class {unique} renamed",
+        ),
     ]
     outcomes = assert_went_through(bulk.target.send_batch(writes), writes)
     assert [o.id for o in outcomes] == [
@@ -194,8 +214,13 @@ def test_a_user_named_by_bulk_id_is_the_user_the_same_request_creates(bulk: Bulk
     group = bulk.target.create_group({"displayName": f"Class {unique}", "externalId": f"{unique}-g"}, [x["id"]])
     writes = [
         create("u0", f"{unique}-new"),
-        ScimWrite("create_group", "g0", None, {"displayName": f"Class {unique} 2", "externalId": f"{unique}-g2"},
-                  add=(f"{BULK_REF}u0", x["id"])),  # fmt: skip
+        ScimWrite(
+            "create_group",
+            "g0",
+            None,
+            {"displayName": f"Class {unique} 2", "externalId": f"{unique}-g2"},
+            add=(f"{BULK_REF}u0", x["id"]),
+        ),
         ScimWrite("change_members", "g1", bulk.target.get("Groups", group["id"]), add=(f"{BULK_REF}u0",)),
     ]
     outcomes = assert_went_through(bulk.target.send_batch(writes), writes)
@@ -213,8 +238,13 @@ def test_a_refused_operation_is_its_own_outcome_and_the_others_go_through(bulk: 
         create("u0", f"{unique}-a"),
         create("u1", f"{unique}-b", userName=taken["userName"]),  # 409: userName is unique (RFC 7643 section 4.1.1)
         create("u2", f"{unique}-c"),
-        ScimWrite("create_group", "g0", None, {"displayName": f"Class {unique}", "externalId": f"{unique}-g"},
-                  add=(f"{BULK_REF}u0", f"{BULK_REF}u1")),  # fmt: skip  # names the refused create
+        ScimWrite(
+            "create_group",
+            "g0",
+            None,
+            {"displayName": f"Class {unique}", "externalId": f"{unique}-g"},
+            add=(f"{BULK_REF}u0", f"{BULK_REF}u1"),
+        ),  # names the refused create
         ScimWrite("update_user", "u3", {"id": "no-such-id"}, {"givenName": "X"}),  # removed since it was read
         ScimWrite("update_user", "u4", bulk.target.get("Users", taken["id"]), {"givenName": "Kept"}),
     ]
@@ -244,8 +274,9 @@ def test_a_lost_answer_leaves_every_outcome_unknown_and_each_create_settles_by_i
     writes = [
         create("u0", f"{unique}-a"),
         create("u1", f"{unique}-b", userName=taken["userName"]),  # refused by the provider: never applied
-        ScimWrite("create_group", "g0", None, {"displayName": f"Class {unique}", "externalId": f"{unique}-g"},
-                  add=(f"{BULK_REF}u0",)),  # fmt: skip
+        ScimWrite(
+            "create_group", "g0", None, {"displayName": f"Class {unique}", "externalId": f"{unique}-g"}, add=(f"{BULK_REF}u0",)
+        ),
         ScimWrite("update_user", "u2", bulk.target.get("Users", x["id"]), {"givenName": "Changed"}),
     ]
     bulk.lose_next_answer()

@@ -18,8 +18,8 @@ from config.settings import load_settings
 from services.event_manager import EventManager
 from services.scim_api import ScimIntents, member_ops, scim_user_flat, user_ops
 from sync.base import SyncContext
-from sync.roster_model import RosterClass, RosterEnrollment, RosterSnapshot, RosterUser
 from sync.ports import BULK_REF
+from sync.roster_model import RosterClass, RosterEnrollment, RosterSnapshot, RosterUser
 from sync.sync_rosters import RosterSync, plan_members, user_in_scope
 from utils.errors import AmbiguousWriteError, ConflictError, FatalError, RecordError
 from utils.failed_sync_tracker import InMemoryTracker
@@ -65,8 +65,9 @@ class FakeScim(ScimIntents):
         if not bulk.get("supported"):
             raise RecordError("scim: Bulk is not supported", service="scim", status=501)
         sent = requests.Request("POST", "http://fake-scim/v2/Bulk", json=dict(body)).prepare().body
+        assert isinstance(sent, bytes)
         ops = list(body["Operations"])
-        if len(sent or b"") > bulk["maxPayloadSize"] or len(ops) > bulk["maxOperations"]:
+        if len(sent) > bulk["maxPayloadSize"] or len(ops) > bulk["maxOperations"]:
             raise RecordError("scim: the payload exceeds the maxPayloadSize or maxOperations", service="scim", status=413)
         self.bulk_requests += 1
         self.bulk_operations += len(ops)
