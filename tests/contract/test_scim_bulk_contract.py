@@ -38,7 +38,10 @@ pytestmark = pytest.mark.integration
 
 MAX_OPERATIONS, MAX_PAYLOAD = 1000, 1_048_576
 """What scim2-server 0.8.3's default ServiceProviderConfig announces (issue 14)."""
-SCIM2_SERVER_BULK = {"bulk": {"supported": True, "maxOperations": MAX_OPERATIONS, "maxPayloadSize": MAX_PAYLOAD}}
+SCIM2_SERVER_BULK = {
+    "bulk": {"supported": True, "maxOperations": MAX_OPERATIONS, "maxPayloadSize": MAX_PAYLOAD},
+    "etag": {"supported": True},
+}
 """The ServiceProviderConfig the fake announces: the sandbox's (the first test holds both to it)."""
 
 
@@ -51,6 +54,7 @@ class Bulk:
     target: ScimIntents
     off: ScimIntents
     announced: dict[str, Any]
+    """The provider's ServiceProviderConfig."""
     lose_next_answer: Callable[[], None]
 
     def user(self, key: str, **flat: Any) -> dict[str, Any]:
@@ -90,16 +94,16 @@ def bulk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bulk]:
         def lose_fake() -> None:
             fake.lose_next_bulk_answer = True
 
-        yield Bulk(fake, FakeScim(), dict(SCIM2_SERVER_BULK["bulk"]), lose_fake)
+        yield Bulk(fake, FakeScim(), SCIM2_SERVER_BULK, lose_fake)
         return
     sb: RunningSandbox = request.getfixturevalue("sandbox")
     sc = sb.endpoints["scim"]
-    announced = requests.get(f"{sc['url']}/ServiceProviderConfig", headers={"Authorization": f"Bearer {sc['token']}"},
-                             timeout=5).json()["bulk"]  # fmt: skip
+    config = requests.get(f"{sc['url']}/ServiceProviderConfig", headers={"Authorization": f"Bearer {sc['token']}"},
+                          timeout=5).json()  # fmt: skip
     adapter = LosingAdapter()
     target = build_scim(sandbox_settings(sb, tmp_path), RequestStats(), adapter.session(), sleep=no_sleep)
     off = build_scim(sandbox_settings(sb, tmp_path, SCIM_BULK="false"), RequestStats(), sleep=no_sleep)
-    yield Bulk(target, off, announced, lambda: adapter.lose("POST", "/Bulk"))
+    yield Bulk(target, off, config, lambda: adapter.lose("POST", "/Bulk"))
 
 
 def assert_went_through(outcomes: Any, writes: list[ScimWrite]) -> list[ScimOutcome]:
@@ -112,10 +116,12 @@ def assert_went_through(outcomes: Any, writes: list[ScimWrite]) -> list[ScimOutc
 
 # -- the limits -----------------------------------------------------------------------
 def test_the_limits_are_those_the_provider_announces(bulk: Bulk) -> None:
-    assert bulk.announced["supported"] is True
-    assert (bulk.announced["maxOperations"], bulk.announced["maxPayloadSize"]) == (MAX_OPERATIONS, MAX_PAYLOAD)
-    assert bulk.target.bulk_max_operations() == bulk.announced["maxOperations"]
-    assert bulk.target.bulk_limits() == (bulk.announced["maxOperations"], bulk.announced["maxPayloadSize"])
+    announced = bulk.announced["bulk"]
+    assert announced["supported"] is True
+    assert (announced["maxOperations"], announced["maxPayloadSize"]) == (MAX_OPERATIONS, MAX_PAYLOAD)
+    assert bulk.target.bulk_max_operations() == announced["maxOperations"]
+    assert bulk.target.bulk_limits() == (announced["maxOperations"], announced["maxPayloadSize"])
+    assert bulk.announced["etag"]["supported"] is True and bulk.target.etags  # operations carry ``version``
 
 
 def test_without_bulk_there_are_no_limits_and_every_write_goes_alone(bulk: Bulk, unique: str) -> None:
@@ -262,6 +268,38 @@ def test_a_refused_operation_is_its_own_outcome_and_the_others_go_through(bulk: 
     assert bulk.key_id("Users", f"{unique}-a") == outcomes[0].id and bulk.key_id("Users", f"{unique}-c") == outcomes[2].id
     assert bulk.key_id("Users", f"{unique}-b") is None and bulk.key_id("Groups", f"{unique}-g") is None
     assert bulk.target.get("Users", taken["id"])["name"]["givenName"] == "Kept"
+
+
+def test_an_operation_on_a_resource_changed_since_it_was_read_is_a_412_of_its_own(bulk: Bulk, unique: str) -> None:
+    """With ETags an operation carries the version read (RFC 7644 section 3.7): someone
+    else's write in between makes that one operation a 412 (the sync re-reads it)."""
+    x = bulk.user(f"{unique}-x")
+    stale = bulk.target.get("Users", x["id"])
+    bulk.target.update_user(stale, {"familyName": "Other"})  # another writer, after our read
+    writes = [ScimWrite("update_user", "u0", stale, {"givenName": "Mine"}), create("u1", f"{unique}-new")]
+    outcomes = list(bulk.target.send_batch(writes))
+    assert [o.ref for o in outcomes] == ["u0", "u1"]
+    assert isinstance(outcomes[0].error, RecordError) and not isinstance(outcomes[0].error, ConflictError)
+    assert outcomes[0].status == 412 and outcomes[0].id is None
+    assert outcomes[1].error is None and outcomes[1].id == bulk.key_id("Users", f"{unique}-new")
+    now = bulk.target.get("Users", x["id"])
+    assert (now["name"]["givenName"], now["name"]["familyName"]) == ("Bulk", "Other")
+    fresh = ScimWrite("update_user", "u0", now, {"givenName": "Mine"})
+    assert_went_through(bulk.target.send_batch([fresh]), [fresh])  # the version read again goes through
+    assert bulk.target.get("Users", x["id"])["name"]["givenName"] == "Mine"
+
+
+def test_a_bulk_id_named_before_its_create_in_the_request_still_resolves(bulk: Bulk, unique: str) -> None:
+    """RFC 7644 section 3.7.2: the provider runs a POST before the operations naming it,
+    whatever their order in the request (the sync puts users first anyway)."""
+    writes = [
+        ScimWrite(
+            "create_group", "g0", None, {"displayName": f"Class {unique}", "externalId": f"{unique}-g"}, add=(f"{BULK_REF}u0",)
+        ),
+        create("u0", f"{unique}-late"),
+    ]
+    outcomes = assert_went_through(bulk.target.send_batch(writes), writes)
+    assert bulk.members(str(outcomes[0].id)) == {bulk.key_id("Users", f"{unique}-late")}
 
 
 def test_a_lost_answer_leaves_every_outcome_unknown_and_each_create_settles_by_its_key(bulk: Bulk, unique: str) -> None:
