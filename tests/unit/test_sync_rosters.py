@@ -37,17 +37,32 @@ class FakeScim(ScimIntents):
     fake stores the very resources and operations the real adapter would send.
 
     ``config`` is its ServiceProviderConfig: nothing announced by default (one request per
-    change); with ``bulk`` announced it takes Bulk requests as scim2-server does
-    (``post_bulk``), and ``lose_next_bulk_answer`` drops the answer of the next one after
-    applying it (tests/contract/test_scim_bulk_contract.py holds both to the same checks)."""
+    change, no versions); with ``etag`` announced every resource carries ``meta.version``
+    and a write naming an older one is a 412; with ``bulk`` announced it takes Bulk
+    requests as scim2-server does (``post_bulk``), and ``lose_next_bulk_answer`` drops the
+    answer of the next one after applying it (tests/contract/test_scim_bulk_contract.py
+    holds both to the same checks)."""
 
-    etags = False
+    @property
+    def etags(self) -> bool:
+        etag = self.config.get("etag")
+        return bool(isinstance(etag, Mapping) and etag.get("supported"))
+
+    def _new_version(self, row: dict[str, Any]) -> None:
+        if self.etags:
+            row["meta"] = {**row.get("meta", {}), "version": f'W/"{next(self.versions)}"'}
+
+    def _check_version(self, row: Mapping[str, Any], etag: str | None) -> None:
+        """If-Match (RFC 7644 section 3.14): a write naming another version is refused."""
+        if self.etags and etag is not None and etag != row.get("meta", {}).get("version"):
+            raise RecordError("scim: the resource changed since that version (412)", service="scim", status=412)
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         self.data: dict[str, dict[str, dict[str, Any]]] = {"Users": {}, "Groups": {}}
         self.ids = itertools.count(1)
         self.writes: list[tuple[str, str, str]] = []
         self.config = copy.deepcopy(dict(config or {}))
+        self.versions = itertools.count(1)
         self.lose_next_bulk_answer = False
         self.bulk_requests = self.bulk_operations = 0
 
@@ -154,11 +169,13 @@ class FakeScim(ScimIntents):
             raise ConflictError("userName is already taken", service="scim", status=409)
         rid = f"id{next(self.ids)}"
         self.data[resource][rid] = {**copy.deepcopy(dict(payload)), "id": rid}
+        self._new_version(self.data[resource][rid])
         self.writes.append(("POST", resource, rid))
         return copy.deepcopy(self.data[resource][rid])
 
     def patch(self, resource: str, rid: str, ops: Sequence[Mapping[str, Any]], etag: str | None = None) -> None:
         row = self._row(resource, rid)
+        self._check_version(row, etag)
         for op in ops:
             path = op["path"]
             if op["op"] == "add" and path == "members":
@@ -172,10 +189,11 @@ class FakeScim(ScimIntents):
                 row.setdefault(outer, {})[inner] = op["value"]
             else:
                 row[path] = op["value"]
+        self._new_version(row)
         self.writes.append(("PATCH", resource, rid))
 
     def delete(self, resource: str, rid: str, etag: str | None = None) -> None:
-        self._row(resource, rid)
+        self._check_version(self._row(resource, rid), etag)
         del self.data[resource][rid]
         self.writes.append(("DELETE", resource, rid))
 
