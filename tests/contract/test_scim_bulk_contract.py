@@ -19,20 +19,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from config.settings import load_settings
 from sandbox.server import RunningSandbox
+from services.event_manager import EventManager
 from services.http import RequestStats
 from services.scim_api import BULK_PAYLOAD_MARGIN, BULK_REQUEST, ScimIntents, build_scim
+from sync.base import SyncContext
 from sync.ports import BULK_REF, ScimOutcome, ScimWrite
+from sync.roster_model import RosterUser
+from sync.sync_rosters import RosterSync
 from tests.contract.support import no_sleep, sandbox_settings
 from tests.fakes.transport import LosingAdapter
+from tests.integration.test_scim_api import C1, TOKEN, Source, enr, serve, snapshot, user
 from tests.unit.test_sync_rosters import FakeScim
 from utils.errors import AmbiguousWriteError, ConflictError, RecordError, RetriableError
+from utils.failed_sync_tracker import InMemoryTracker
+from utils.metrics import Metrics
 
 pytestmark = pytest.mark.integration
 
@@ -327,3 +336,53 @@ def test_a_lost_answer_leaves_every_outcome_unknown_and_each_create_settles_by_i
     assert bulk.key_id("Users", f"{unique}-b") is None  # refused: not found, never a duplicate to fear
     assert bulk.target.get("Users", x["id"])["name"]["givenName"] == "Changed"
     assert bulk.target.bulk_max_operations() == MAX_OPERATIONS  # a lost answer does not switch Bulk off
+
+
+# -- the rule, as the rosters sync applies it ----------------------------------------
+@pytest.fixture(params=["fake", "scim2-server"])
+def lossy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[ScimIntents, Callable[[], None]]]:
+    """A target of the sync's own (a run reads and plans against every User and Group):
+    the fake, or the real client on a scim2-server of this test's own."""
+    if request.param == "fake":
+        fake = FakeScim(config=SCIM2_SERVER_BULK)
+
+        def lose_fake() -> None:
+            fake.lose_next_bulk_answer = True
+
+        yield fake, lose_fake
+        return
+    adapter = LosingAdapter()
+    for server in serve(tmp_path / "scim"):
+        settings = load_settings({"OUTPUT_DIR": str(tmp_path / "out"), "SCIM_URL": server.url, "SCIM_TOKEN": TOKEN},
+                                 dotenv_path=None)  # fmt: skip
+        yield build_scim(settings, RequestStats(), adapter.session(), sleep=no_sleep), lambda: adapter.lose("POST", "/Bulk")
+
+
+def test_the_sync_settles_each_create_of_a_lost_answer_by_its_key(
+    lossy: tuple[ScimIntents, Callable[[], None]], tmp_path: Path
+) -> None:
+    """The ambiguous-create rule per operation (sync/sync_rosters.py ``_settle_bulk``): the
+    request was applied, its answer lost. Each create found by its externalId counts as
+    created and is not sent again; one not found (the provider refused it: its userName
+    is someone else's) is not sent again in this run, since the request might still be on
+    its way in. Nothing is created twice."""
+    target, lose = lossy
+    target.create("Users", {"userName": "clash.name", "externalId": "someone-else", "active": True})
+    clash = RosterUser("u3", username="clash.name", given_name="C", family_name="L", roles=(("student", "sch-1"),),
+                       primary_role="student")  # fmt: skip
+    source = Source(snapshot([user("u1"), user("u2"), clash], [C1], [enr("u1", C1.sourced_id), enr("u2", C1.sourced_id)]))
+    settings = load_settings({"OUTPUT_DIR": str(tmp_path / "out"), "DEACTIVATION_GUARD_PERCENT": "50"}, dotenv_path=None)
+    ctx = SyncContext(settings=settings, targets=None, tracker=InMemoryTracker(), events=EventManager(tmp_path / "out", "run"),  # type: ignore[arg-type]
+                      metrics=Metrics(), today=date(2026, 11, 22), oneroster=source, scim=target)  # fmt: skip
+    lose()
+    result = RosterSync(ctx).run()
+    assert (result.counts["created"], result.counts["failed"]) == (3, 1), result.error
+    assert result.status == "partial"
+    users = [u for u in target.list("Users") if u.get("externalId") in ("u1", "u2", "u3")]
+    assert sorted(u["externalId"] for u in users) == ["u1", "u2"]  # once each; u3 never
+    groups = [g for g in target.list("Groups") if g.get("externalId") == C1.sourced_id]
+    assert len(groups) == 1 and target.member_ids(groups[0]) == {u["id"] for u in users}
+    assert target.bulk_requests == 1  # type: ignore[attr-defined]  # and not one write alone after it
+    again = RosterSync(ctx).run()  # the next run reads the target: u3 is sent again (409, not ours: fails)
+    assert (again.counts["created"], again.counts["failed"]) == (0, 1), dict(again.counts)
+    assert sorted(u["externalId"] for u in target.list("Users") if u.get("externalId") in ("u1", "u2", "u3")) == ["u1", "u2"]
