@@ -229,9 +229,10 @@ def bulk_error(status: int, method: str, response: Any) -> Exception:
 # --------------------------------------------------------------------------------------
 class ScimIntents:
     """The ``ScimTarget`` intents, written once over the resource verbs a subclass
-    provides (``list``, ``get``, ``find``, ``create``, ``patch``, ``delete``, ``etags``):
-    ``ScimAPI`` over HTTP, the tests' in-memory fake over a dict, so both translate an
-    intent into the same requests."""
+    provides (``list``, ``get``, ``find``, ``create``, ``patch``, ``delete``, ``etags``,
+    and for batches ``service_provider_config`` and ``post_bulk``): ``ScimAPI`` over
+    HTTP, the tests' in-memory fake over a dict, so both translate an intent (and a batch
+    of them: its limits, its cut, the reading of its answer) into the same requests."""
 
     role_attribute: str = "title"
     """Where the flat ``role`` goes: ``title``, ``roles`` (multi-valued) or ``none``."""
