@@ -150,27 +150,27 @@ class IdleCheck:
     def replay(self, result: RunResult, slog: Any) -> bool:
         """When the last plan that wrote nothing had this key: report what it reported
         (records unchanged; rejections recorded again) and return True."""
-        from sync.base import Rejected, record_rejections
+        from sync.base import record_rejections
 
         saved = self.sync.ctx.targets.unchanged_plan(self.sync.name)  # type: ignore[attr-defined]
         if not saved or saved.get("format") != FORMAT or saved.get("key") != self.key:
             return False
+        entries = saved.get("rejected")
         try:
-            rejected = [
-                Rejected(
-                    str(r["key"]),
-                    str(r["reason"]),
-                    tuple(r.get("fields") or ()),
-                    r.get("payload"),
-                    str(r.get("kind", "rejected")),
-                )
-                for r in saved.get("rejected", [])
-            ]
             unchanged = int(saved["unchanged"])
         except (KeyError, TypeError, ValueError):
             return False
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and "key" in e and "reason" in e for e in entries):
+            return False
         self.sync.ctx.track_reads(None)
-        record_rejections(rejected, result, slog)
+        again = getattr(slog, "errors_again", None)
+        if again is not None:  # the entries were scrubbed when saved: recorded as they are
+            again(entries)
+            refused = sum(1 for e in entries if e.get("kind", "rejected") == "rejected")
+            result.counts["failed"] += refused
+            result.rejected += refused
+        else:  # a change log without it (tests): one at a time
+            record_rejections([_rejected(e) for e in entries], result, slog)
         result.counts["unchanged"] += unchanged
         if result.counts["failed"]:
             result.status = "partial"
@@ -211,13 +211,27 @@ class IdleCheck:
                 "format": FORMAT,
                 "key": self.key,
                 "unchanged": result.counts["unchanged"],
-                "rejected": [_rejection(r) for r in desired.rejected],
+                "rejected": [_rejection(self.sync._slog, r) for r in desired.rejected],
             },
         )
 
 
-def _rejection(r: Rejected) -> dict[str, Any]:
-    return {"key": r.key, "reason": r.reason, "fields": list(r.fields), "payload": r.payload, "kind": r.kind}
+def _rejection(slog: Any, r: Rejected) -> dict[str, Any]:
+    """``r`` as the change log records it (scrubbed), to be recorded again as it is."""
+    shape = getattr(slog, "rejection", None)
+    if shape is not None:
+        return dict(shape(r.key, r.reason, payload=r.payload, fields=r.fields, kind=r.kind))
+    out: dict[str, Any] = {"key": r.key, "reason": r.reason, "fields": list(r.fields), "kind": r.kind}
+    if r.payload is not None:
+        out["payload"] = r.payload
+    return out
+
+
+def _rejected(entry: Mapping[str, Any]) -> Rejected:
+    from sync.base import Rejected
+
+    fields = tuple(entry.get("fields") or ())
+    return Rejected(str(entry["key"]), str(entry["reason"]), fields, entry.get("payload"), str(entry.get("kind", "rejected")))
 
 
 def _tracked(sync: BaseSync) -> bool:
