@@ -126,7 +126,6 @@ def test_without_webhooks_every_run_reads_samsara(tmp_path, prefix) -> None:
 
 
 def test_daemon_a_signed_event_makes_the_next_run_read_and_the_change_reach_safetyamp(tmp_path, prefix) -> None:
-    import json
     import subprocess
     import sys
 
@@ -134,7 +133,6 @@ def test_daemon_a_signed_event_makes_the_next_run_read_and_the_change_reach_safe
 
     from tests.e2e.conftest import ROOT
     from tests.e2e.test_daemon import free_port, get, wait_for
-    from utils.webhooks import sign
 
     client, name = prefix
     batch = BatchRunner(tmp_path, size=40)
@@ -154,10 +152,10 @@ def test_daemon_a_signed_event_makes_the_next_run_read_and_the_change_reach_safe
         return run["run_id"] if run else None
 
     def post_event(event_id: str, event_type: str) -> requests.Response:
-        body = json.dumps({"eventId": event_id, "eventTime": "2026-11-29T07:00:00.000Z", "eventType": event_type,
-                           "orgId": 20936, "webhookId": "1411751028848270", "data": {}}).encode()  # fmt: skip
-        ts = str(int(time.time()))
-        headers = {"X-Samsara-Timestamp": ts, "X-Samsara-Signature": sign(WEBHOOK_SECRET, ts, body)}
+        """A delivery as Samsara makes it (the sandbox's builder and signer)."""
+        from sandbox.samsara import signed_delivery, webhook_event
+
+        body, headers = signed_delivery(WEBHOOK_SECRET, webhook_event(event_type, event_id=event_id))
         return requests.post(base + "/webhooks/samsara", data=body, headers=headers, timeout=5)
 
     try:

@@ -117,16 +117,18 @@ def _webhook_app(tmp_path, c, prefix):
 
 
 def _post(client, event: dict | bytes, secret: str = SECRET):
-    import json
+    """A delivery signed as Samsara signs it (the sandbox's signer, not the product's)."""
     import time
 
+    from sandbox.samsara import signed_delivery
     from utils.webhooks import sign
 
-    body = event if isinstance(event, bytes) else json.dumps(event).encode()
-    ts = str(int(time.time()))
-    return client.post(
-        "/webhooks/samsara", data=body, headers={"X-Samsara-Timestamp": ts, "X-Samsara-Signature": sign(secret, ts, body)}
-    )
+    if isinstance(event, dict):
+        body, headers = signed_delivery(secret, event)
+    else:
+        ts = str(int(time.time()))
+        body, headers = event, {"X-Samsara-Timestamp": ts, "X-Samsara-Signature": sign(secret, ts, event)}
+    return client.post("/webhooks/samsara", data=body, headers=headers)
 
 
 def _counted(daemon, event_type: str, outcome: str) -> float:
@@ -191,7 +193,8 @@ def test_ping_refused_and_invalid_events_are_counted_and_never_read(tmp_path, cl
     c, prefix = client
     daemon, http, store = _webhook_app(tmp_path, c, prefix)
     assert _post(http, {"eventId": "p", "eventType": "Ping"}).status_code == 200
-    assert _post(http, {"eventId": "s", "eventType": "VehicleUpdated"}, secret="b3RoZXItc2VjcmV0LTAxMjM0NTY3ODlhYmNk").status_code == 401
+    forged = _post(http, {"eventId": "s", "eventType": "VehicleUpdated"}, secret="b3RoZXItc2VjcmV0LTAxMjM0NTY3ODlhYmNk")
+    assert forged.status_code == 401
     assert _post(http, b"[1]").status_code == 400
     assert store.unusable(store.load(), full=False, first_daemon_run=False) is None
     assert not _run_pending(daemon)
