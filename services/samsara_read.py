@@ -11,8 +11,10 @@ When it may be used (``usable``):
 
 - it is of this scope;
 - the event marker in Redis (``{REDIS_PREFIX}samsara:events``) equals the value the
-  saved read recorded. Every accepted, signed webhook event increments the marker
-  (``note_event``, from main.py). The marker is read *before* a full read starts, so an
+  saved read recorded. Every accepted, signed webhook event that can change a vehicle or
+  a driver, or whose type we do not know, increments the marker (``classify_event``,
+  ``note_event``, from main.py); alerts, routes, documents and the other documented
+  types do not. The marker is read *before* a full read starts, so an
   event that arrives during the read makes that read stale at once. A marker that is
   missing (never set, or Redis restarted empty) vouches for nothing: a full read sets it
   to a random start value first. Redis unreachable: the saved read is not used;
