@@ -43,6 +43,7 @@ import harness as hx  # noqa: E402
 import pg_viewpoint as pgv  # noqa: E402
 
 GOALS = {
+    "idle_samsara_with_events": 0,  # issue 14: no Samsara request while no vehicle/driver event came
     "writes_per_change": 1.00,
     "noop_writes": 0,
     "rate_use": 0.9,
@@ -322,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for size in args.sizes:
             results["sizes"][str(size)] = size_run(args, scenarios[size], caps, launched=size in early)
+            results["sizes"][str(size)]["samsara_events"] = samsara_events_run(scenarios[size], caps)
     finally:
         for sc in scenarios.values():
             sc.sandbox.stop()
@@ -475,6 +477,94 @@ def cleanup_redis(nonce: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Samsara webhook mode (issue 14): idle vehicles runs with events
+# ---------------------------------------------------------------------------------------
+BENCH_WEBHOOK_SECRET = "YmVuY2gtc2Ftc2FyYS13ZWJob29rLWtleS0wMTIzNDU2Nzg5"  # base64 of 36 bytes, this bench's own
+IGNORED_EVENT = "RouteStopArrival"  # documented, about routes: no read
+VEHICLE_EVENT = "VehicleUpdated"  # documented, about a vehicle: the next run reads
+
+
+def samsara_events_run(sc: Scenario, caps: dict[str, int]) -> dict[str, Any]:
+    """The vehicles sync with SAMSARA_WEBHOOK_SECRET set, on the size's sandbox after its
+    own runs: a run that reads Samsara and saves the read, an idle run (expected: 0
+    Samsara requests), a route-stop event then a run (0: the event cannot change vehicles
+    or drivers), a vehicle event then a run (the full read, at its paging minimum). The
+    events go through the product's webhook handling (bench/samsara_event.py)."""
+    import copy
+
+    print(f"\n  {stamp()} Samsara with webhooks (SAMSARA_WEBHOOK_SECRET set; vehicles sync only)")
+    ev = copy.copy(sc)
+    ev.syncs = ("vehicles",)
+    ev.extra_env = {**sc.extra_env, "SAMSARA_WEBHOOK_SECRET": BENCH_WEBHOOK_SECRET}
+    sc.sandbox.start()
+    runs: dict[str, Any] = {}
+    events: list[dict[str, Any]] = []
+    try:
+        for label, event in (("read", None), ("idle", None), ("ignored", IGNORED_EVENT), ("vehicle", VEHICLE_EVENT)):
+            if event is not None:
+                sent, _ = hx.run_python(sc.repo, HERE / "samsara_event.py", ev.env(), (event,))
+                events += sent["events"]
+                e = sent["events"][-1]
+                moved = "bumped" if e["marker_after"] != e["marker_before"] else "unchanged"
+                print(f"    {event} posted to /webhooks/samsara: HTTP {e['status']} {e['answer']}, event marker {moved}")
+            run = ev.run(f"events-{label}", caps)
+            runs[label] = _samsara_events_figures(sc, run)
+            r = runs[label]
+            print(
+                f"    {label:<8} run: Samsara GET {r['samsara_gets']} (minimum for a full read {r['samsara_min'] or '-'}), "
+                f"CPU {r['cpu_seconds']:.2f} s, status {r['status']}; {r['samsara_log'] or '-'}"
+            )
+    finally:
+        sc.sandbox.stop()
+    return {"runs": runs, "events": events}
+
+
+def _samsara_events_figures(sc: Scenario, run: dict[str, Any]) -> dict[str, Any]:
+    s = run["services"].get("samsara", {})
+    said = ""
+    log = sc.dir.parent / f"{sc.name}-{run['label']}.log"
+    try:
+        for line in log.read_text(errors="replace").splitlines():  # the product's own reason, last one wins
+            if "samsara: full read" in line or "samsara: using the saved read" in line:
+                said = json.loads(line).get("message", "") if line.startswith("{") else line
+    except (OSError, ValueError):
+        pass
+    return {
+        "samsara_gets": s.get("reads", 0) + s.get("item_reads", 0) + s.get("other_reads", 0),
+        "samsara_min": s.get("min_reads_total"),
+        "cpu_seconds": run["cpu_seconds"],
+        "wall_seconds": run["wall_seconds"],
+        "status": run["status"],
+        "samsara_log": said,
+    }
+
+
+def samsara_event_goals(size: int, res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 14's "0 where an event stream tells you nothing changed": with webhooks, an
+    idle vehicles run and one after an event about something else send no Samsara
+    request; one after a vehicle event reads Samsara fully, as many pages as the no-op
+    run without webhooks (the same walk: at the paging minimum the emulator allows)."""
+    ev = res.get("samsara_events")
+    if not ev:
+        return []
+    r = ev["runs"]
+    full = res["runs"]["noop"]["services"].get("samsara", {}).get("reads")
+    idle, ignored, vehicle = r["idle"]["samsara_gets"], r["ignored"]["samsara_gets"], r["vehicle"]["samsara_gets"]
+    most = GOALS["idle_samsara_with_events"]
+    ok = idle <= most and ignored <= most and vehicle == full and vehicle > 0
+    return [
+        goal_line(
+            f"{size:,} idle cycle Samsara requests with events",
+            f"idle {idle}, after a {IGNORED_EVENT} event {ignored}, after a {VEHICLE_EVENT} event {vehicle}",
+            f"{most} without a vehicle or driver event; after one a full read ({full} pages, as without webhooks; "
+            f"minimum {r['vehicle']['samsara_min'] or r['read']['samsara_min']})",
+            ok,
+            f"idle run CPU {r['idle']['cpu_seconds']:.2f} s, process start included",
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------------------
 # goals
 # ---------------------------------------------------------------------------------------
 def graph_and_idle_goals(size: int, res: dict[str, Any]) -> list[dict[str, Any]]:
@@ -561,6 +651,7 @@ def evaluate(args: argparse.Namespace, results: dict[str, Any]) -> list[dict[str
                 goals.append(
                     goal_line(f"{size:,} {label}: {service} reads", f"{sent} (min {minimum})", "= min", sent <= minimum, note)
                 )
+        goals += samsara_event_goals(size, res)
         goals += graph_and_idle_goals(size, res)
     for rate in results["rate"]:
         tag = f"rate {rate['rate_per_minute']:g}/min, {rate['latency_ms']:g} ms"
