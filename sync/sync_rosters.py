@@ -546,6 +546,14 @@ class RosterSync:
             result.rejected += 1
         for note in snap.notes:
             log.warning(note, extra={"sync": self.name})
+        if _nothing_changed(snap):
+            # A delta plans only what changed: with nothing, no plan can hold a write, so
+            # the SCIM service is not read (100,000 users: 115 pages). Drift made by others
+            # there waits for the next full run (ROSTER_FULL_SYNC_HOURS), as with any delta.
+            log.info("rosters: nothing changed in the SIS since the last run; the SCIM service is not read")
+            self._finish(result, snap)
+            self._save_cursor(result, snap, full, run_started, state)
+            return {"mode": "delta", "since": _iso(since) if since else None, "source": snap.source}
         view = self._read_target()
         log.info(
             "rosters: SCIM holds %d Users and %d Groups of ours (peak RSS %d MB)",
@@ -557,6 +565,12 @@ class RosterSync:
         applier: Applier[_Write, str] = Applier(self.name, self.ctx, slog, result, workers=self.workers)
         self._sync(snap, view, applier, result, slog)
         self._finish(result, snap)
+        self._save_cursor(result, snap, full, run_started, state)
+        return {"mode": "full" if full else "delta", "since": _iso(since) if since else None, "source": snap.source}
+
+    def _save_cursor(
+        self, result: RunResult, snap: RosterSnapshot, full: bool, run_started: datetime, state: dict[str, str] | None
+    ) -> None:
         # Rejected source records do not hold the cursor back: only a change in the source
         # can fix them, and that change brings them into a later delta anyway. A failed
         # write, a held deactivation or an unread enrollment set does.
@@ -564,7 +578,6 @@ class RosterSync:
         if not self.ctx.dry_run and self.cursor is not None and self.source.supports_delta and clean:
             last_full = run_started if full else _parse(state.get("last_full") if state else None) or run_started
             self.cursor.save({"cursor": _iso(run_started), "last_full": _iso(last_full)})
-        return {"mode": "full" if full else "delta", "since": _iso(since) if since else None, "source": snap.source}
 
     def _sync(self, snap: RosterSnapshot, view: TargetView, applier: Applier[_Write, str], result: RunResult, slog: Any) -> None:
         """Users first (a Group's members are the SCIM ids of Users created now), then Groups."""
@@ -928,6 +941,14 @@ class RosterSync:
         if len(variants) == 1:
             return variants[0]
         return next((r for r in variants if str(r.get("externalId") or "") == key), None)
+
+
+def _nothing_changed(snap: RosterSnapshot) -> bool:
+    """A delta (no collection read whole) with no record, no refusal and no gap."""
+    covered = (snap.users_full, snap.classes_full, snap.enrollments_full)
+    return not any(covered) and not (
+        snap.users or snap.classes or snap.enrollments or snap.rejected or snap.enrollment_gaps or snap.notes
+    )
 
 
 def _peak_rss_mb() -> int:

@@ -4,6 +4,7 @@ delta semantics and the cursor. (The real SCIM server: tests/integration/test_sc
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import re
 from collections.abc import Mapping, Sequence
@@ -433,3 +434,37 @@ def test_dry_run_writes_nothing_and_plans_members_of_new_users(tmp_path: Path) -
     assert result.counts["created"] == 2
     group = next(p for p in result.plan if p["key"] == "class/c1")
     assert group["changes"]["members_added"]["after"] == ["(new)a"]
+
+
+def test_an_empty_delta_does_not_read_the_scim_service(tmp_path: Path) -> None:
+    """Nothing changed in the SIS since the cursor: no plan can hold a write (a delta plans
+    only what changed), so the run reads neither Users nor Groups; drift made by others
+    in the SCIM service waits for the next full run (ROSTER_FULL_SYNC_HOURS), as with
+    any delta."""
+    users = [u("a"), u("b")]
+    source = Source(snap(users, [RosterClass("c1", school="s1")], [e("a", "c1")]))
+    scim, cursor = FakeScim(), Cursor()
+    ctx = ctx_for(tmp_path, source, scim, cursor)
+    RosterSync(ctx, now=lambda: NOW).run()
+    lists: list[str] = []
+    plain = scim.list
+
+    def counted(resource: str) -> list[dict[str, Any]]:
+        lists.append(resource)
+        return plain(resource)
+
+    scim.list = counted  # type: ignore[method-assign]
+    source.snap = snap([], [], [], full=False)
+    later = NOW + timedelta(hours=1)
+    result = RosterSync(ctx, now=lambda: later).run()
+    assert result.status == "success" and lists == []
+    assert cursor.state == {"cursor": "2026-11-22T09:00:00Z", "last_full": "2026-11-22T08:00:00Z"}
+    # a delta with one change reads the service as before
+    source.snap = snap([dataclasses.replace(u("b"), given_name="Bea")], [], [], full=False)
+    result = RosterSync(ctx, now=lambda: later + timedelta(hours=1)).run()
+    assert result.counts["updated"] == 1 and "Users" in lists
+    # and a full run (a day after the last one) reads it whatever the SIS says
+    lists.clear()
+    source.snap = snap(users, [RosterClass("c1", school="s1")], [e("a", "c1")])
+    RosterSync(ctx, now=lambda: NOW + timedelta(hours=25)).run()
+    assert "Users" in lists and "Groups" in lists
