@@ -145,7 +145,10 @@ class District:
             "scim_groups": groups,
             "scim_requests": len(scim),
             "scim_gets": sum(1 for r in scim if r["method"] == "GET"),
-            "scim_min_gets": 1
+            # a delta in which nothing changed in the SIS reads nothing from SCIM (sync/sync_rosters.py)
+            "scim_min_gets": 0
+            if modified_after and not any(changed_sis.values())
+            else 1
             + math.ceil(len([k for k in before if k[0] == "Users"]) / page)
             + math.ceil(len([k for k in before if k[0] == "Groups"]) / page)
             if before
