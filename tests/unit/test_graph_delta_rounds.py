@@ -106,3 +106,66 @@ def test_the_users_encoding_round_trips_and_refuses_garbage() -> None:
     assert decode_users(encode_users(users)) == users
     with pytest.raises(ValueError):
         decode_users(encode_users({"u1": ["too", "short"]}))  # type: ignore[dict-item]
+
+
+class _Entry(dict):  # what Graph answered for one user (a plain dict cannot be weakly referenced)
+    pass
+
+
+class _Graph:
+    """A GraphAPI whose delta rounds answer ``_Entry`` objects we can watch."""
+
+    base = "https://graph.test"
+
+    def __init__(self, entries: list[_Entry]) -> None:
+        self.entries = entries
+        self.http = self
+
+    @property
+    def base_url(self) -> str:
+        return self.base
+
+    def url_for(self, path: str) -> str:
+        return self.base + path
+
+    def delta(self, link: str | None) -> DeltaRound:
+        changed, self.entries = self.entries, []
+        return DeltaRound(full=link is None, changed=changed, delta_link=f"{self.base}/v1.0/users/delta?$deltatoken=d", pages=1)
+
+
+class _Hash:
+    """The few Redis hash commands RedisGraphDeltaStore uses, in memory."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, str]] = {}
+
+    def hget(self, key: str, field: str) -> str | None:
+        return self.data.get(key, {}).get(field)
+
+    def hset(self, key: str, mapping: dict[str, str]) -> None:
+        self.data.setdefault(key, {}).update(mapping)
+
+
+def test_the_directory_keeps_no_answer_of_graph_after_a_round() -> None:
+    """The users a round returned are kept once, as the compact users map; the raw
+    entries of Graph's pages are let go (a full round at 50,000 employees held them,
+    for a log line, through the whole run); the round's summary stays."""
+    import gc
+    import weakref
+
+    from services.graph_delta import DeltaUserDirectory, RedisGraphDeltaStore
+
+    entries = [
+        _Entry(id=f"u{n}", employeeId=str(n), mail=f"p{n}@x.test", userPrincipalName=f"p{n}@x.test", accountEnabled=True)
+        for n in range(50)
+    ]
+    refs = [weakref.ref(e) for e in entries]
+    directory = DeltaUserDirectory(_Graph(entries), RedisGraphDeltaStore(_Hash(), "t:"))  # type: ignore[arg-type]
+    del entries
+    rows = directory.users()
+    assert sorted(r["id"] for r in rows) == sorted(f"u{n}" for n in range(50))
+    gc.collect()
+    assert sum(1 for ref in refs if ref() is not None) == 0
+    summary = directory.last_round
+    assert summary is not None and (summary.full, summary.pages, summary.removed) == (True, 1, [])
+    assert sorted(summary.changed_ids) == sorted(f"u{n}" for n in range(50))
