@@ -656,32 +656,48 @@ def _webhook_routes(app: Flask, daemon: Daemon) -> None:
 
 
 def _samsara_event(target: Daemon, verifier: Any) -> Any:
-    """One signed Samsara event for ``target``: a debounced vehicles run."""
+    """One signed Samsara event for ``target``. An event that can change vehicles or
+    drivers (or of a type we do not know) makes the saved Samsara read stale and asks for
+    a debounced vehicles run; a documented event about something else (alerts, routes,
+    documents...) is acknowledged and counted, nothing more (docs/performance.md)."""
     if verifier is None:
         return jsonify(error="webhooks are disabled: SAMSARA_WEBHOOK_SECRET is not set"), 404
     body = request.get_data()  # bounded: refuse_large_bodies and waitress's limit ran first
     ok, why = verifier.verify(request.headers.get("X-Samsara-Timestamp"), request.headers.get("X-Samsara-Signature"), body)
     if not ok:
         log.warning("webhook refused: %s", why)
+        _count_event(target, "none", "refused")
         return jsonify(error=why), 401
+    from services.samsara_read import EVENT_IGNORED, EVENT_PING, classify_event, note_event
     from utils.webhooks import parse_event
 
     try:
         event = parse_event(body)
     except ValueError as exc:
         log.warning("webhook refused: %s", exc)
+        _count_event(target, "none", "invalid")
         return jsonify(error=str(exc)), 400
-    if event.get("eventType") == "Ping":
+    kind, outcome = classify_event(event)
+    _count_event(target, kind, outcome)
+    if outcome == EVENT_PING:
         return jsonify(status="pong"), 200
-    from services.samsara_read import note_event
-
+    if outcome == EVENT_IGNORED:
+        log.debug("samsara event %s: about neither vehicles nor drivers, the saved read stands", kind)
+        return jsonify(status="ignored"), 200
     rt = target.runtime  # None while starting: its first vehicles run reads Samsara fully anyway
     if rt is not None:  # the saved Samsara read is stale now (docs/performance.md)
         note_event(rt.redis, rt.settings.redis_prefix)
+    log.info("samsara event %s: the next vehicles run reads Samsara", kind)
     # Debounced: a burst of vehicle events becomes one vehicles run, which waits
     # while the sync is quarantined or a breaker it needs is open (Daemon.not_held).
     target.state.triggers.request_after("vehicles", target.state.settings.webhook_debounce_seconds)  # type: ignore[union-attr]
     return jsonify(status="accepted"), 202
+
+
+def _count_event(target: Daemon, kind: str, outcome: str) -> None:
+    """samsara_webhook_events_total (not while the runtime is starting: no metrics yet)."""
+    if target.runtime is not None:
+        target.runtime.metrics.samsara_webhook_events.labels(kind, outcome).inc()
 
 
 def start_http(daemon: Daemon) -> Any:

@@ -28,6 +28,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -606,6 +607,7 @@ def run_once(
             return EXIT_CONFIG, failed
         return report_configuration_error(exc.problems, args.json), failed
     run_id = new_run_id()
+    cpu = time.process_time()
     try:
         progress = Progress(sys.stderr.isatty() and not args.no_progress)
         ctx = new_context(
@@ -624,7 +626,8 @@ def run_once(
         results = _crashed_results(rt, syncs, args, run_id, exc)
     finally:
         rt.close()
-    return _report(settings, args, rt, run_id, results, quiet_json=quiet_json)
+    cpu = time.process_time() - cpu
+    return _report(settings, args, rt, run_id, results, quiet_json=quiet_json, cpu_seconds=cpu)
 
 
 def _crashed_results(
@@ -651,10 +654,19 @@ def _crashed_results(
 
 
 def _report(
-    settings: Settings, args: argparse.Namespace, rt: Runtime, run_id: str, results: list[RunResult], *, quiet_json: bool = False
+    settings: Settings,
+    args: argparse.Namespace,
+    rt: Runtime,
+    run_id: str,
+    results: list[RunResult],
+    *,
+    quiet_json: bool = False,
+    cpu_seconds: float | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Push the metrics, print the summary (and a dry run's plan); returns the exit code
-    and the summary (``quiet_json``: no push, no JSON line)."""
+    and the summary (``quiet_json``: no push, no JSON line). ``cpu_seconds``: the CPU the
+    process spent on the cycle (every thread; not its start-up), as a daemon's cycle
+    would cost it."""
     from sync.runner import overall_status
 
     status = overall_status(results)
@@ -668,6 +680,8 @@ def _report(
         "requests": request_summary(rt.stats.counts()),
         "breakers": {name: b.state for name, b in rt.breakers.items()},
     }
+    if cpu_seconds is not None:
+        summary["cpu_seconds"] = round(cpu_seconds, 3)
     summary = scrub_value(summary)  # both forms below print it: one scrub for both
     out = sys.stdout
     if args.dry_run:

@@ -623,8 +623,8 @@ class Settings(BaseModel):
         gt=0,
         description=(
             "With SAMSARA_WEBHOOK_SECRET: a vehicles run reuses the saved Samsara read (kept under "
-            "OUTPUT_DIR/state/samsara-read) while no signed webhook event arrived since it was taken and it is "
-            "younger than this; otherwise it reads every vehicle and driver again. This bounds how long a lost "
+            "OUTPUT_DIR/state/samsara-read) while no signed webhook event about a vehicle or a driver (or of an "
+            "unknown type) arrived since it was taken and it is younger than this; otherwise it reads every vehicle and driver again. This bounds how long a lost "
             "event or a deleted vehicle (Samsara sends no deleted event) can go unseen (docs/performance.md, "
             '"Samsara: events plus a daily read").'
         ),

@@ -76,6 +76,48 @@ def page_quirk(seed: str, collection: str, filter_key: str, page_index: int) -> 
     return None
 
 
+# ---- webhooks: events as Samsara delivers them ---------------------------------------
+# The emulator serves the Fleet API; it subscribes no webhook and sends nothing by itself.
+# Tests and bench/run.py build the deliveries here, in Samsara's shape, and post them to
+# the product's endpoint. Signing is written again from Samsara's description (not the
+# product's utils/webhooks.py), so the product's check is tested against an independent
+# signer. docs/emulated-apis.md, "Samsara", lists the sources and the assumptions.
+WEBHOOK_ORG_ID = 20936  # any number: Samsara's example org
+WEBHOOK_ID = "1411751028848270"  # the webhook's id, a numeric string as in Samsara's examples
+
+
+def webhook_event(event_type: str, data: dict[str, Any] | None = None, *, event_id: str | None = None) -> dict[str, Any]:
+    """One Webhooks 2.0 event body: ``eventId`` (a UUID), ``eventTime`` (RFC 3339, UTC,
+    milliseconds), ``eventType``, ``orgId``, ``webhookId`` and ``data`` (for the vehicle
+    and driver events, ``{"vehicle": {...}}`` or ``{"driver": {...}}``: the object as the
+    Fleet API returns it)."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    return {
+        "eventId": event_id or str(uuid.uuid4()),
+        "eventTime": stamp,
+        "eventType": event_type,
+        "orgId": WEBHOOK_ORG_ID,
+        "webhookId": WEBHOOK_ID,
+        "data": data or {},
+    }
+
+
+def signed_delivery(secret_b64: str, event: dict[str, Any], *, timestamp: int | None = None) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) of one delivery: the JSON body, ``X-Samsara-Timestamp`` (Unix
+    seconds) and ``X-Samsara-Signature: v1=<hex>``, the HMAC-SHA256 of
+    ``v1:<timestamp>:<body>`` keyed with the base64-decoded webhook secret."""
+    import base64
+    import hmac
+    import json
+
+    body = json.dumps(event, separators=(",", ":")).encode()
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    digest = hmac.new(base64.b64decode(secret_b64), b"v1:" + ts.encode() + b":" + body, hashlib.sha256).hexdigest()
+    headers = {"Content-Type": "application/json", "X-Samsara-Timestamp": ts, "X-Samsara-Signature": f"v1={digest}"}
+    return body, headers
+
+
 def create_app(store: Store, *, api_key: str, seed: str) -> Flask:
     """The Samsara emulator bound to one store, API key and quirk seed."""
     app = Flask("sandbox.samsara")

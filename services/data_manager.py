@@ -15,6 +15,8 @@ trusts a shadow that misses it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import sys
 import threading
@@ -64,6 +66,11 @@ class TargetCache:
         sync that needs the collection gets its error (as if it had read it itself), and
         a later one reads afresh."""
         names = list(dict.fromkeys(collections))
+        if self._manifest is not None:
+            # Planning against the shadow: its files are on local disk, there is no
+            # latency to hide, and a sync whose inputs did not change never loads them
+            # (sync/idle.py): reading them ahead would only spend the CPU it saves.
+            names = [n for n in names if n not in self._manifest["files"]]
 
         def work() -> None:
             for name in names:
@@ -143,6 +150,29 @@ class TargetCache:
                 self._reread.add(name)
 
     # -- the target shadow ---------------------------------------------------------
+    def identity(self) -> str | None:
+        """The target as this cycle sees it, as one value, while it plans against the
+        shadow and nothing has changed it yet: the shadow's generation and file names
+        (a file is never rewritten; a new full read or a write makes new ones). None:
+        the cycle read SafetyAmp (fully or a collection the shadow lacked), wrote, found
+        the shadow stale or re-read a collection: no earlier plan can stand in for this
+        one (sync/idle.py)."""
+        with self._lock:
+            if self._manifest is None or self._wrote or self._changed or self._reread or self._stale:
+                return None
+            if any(name not in self._from_shadow for name in self._data):
+                return None
+            seen = {"scope": self._manifest.get("scope"), "generation": self._observed, "files": self._manifest["files"]}
+        return hashlib.sha256(json.dumps(seen, sort_keys=True).encode()).hexdigest()
+
+    def unchanged_plan(self, sync: str) -> dict[str, Any] | None:
+        """What the last plan of ``sync`` that found nothing to write saved (sync/idle.py)."""
+        return None if self._store is None else self._store.note(f"plan-{sync}")
+
+    def save_unchanged_plan(self, sync: str, record: Mapping[str, Any]) -> None:
+        if self._store is not None:
+            self._store.save_note(f"plan-{sync}", record)
+
     def shadowed(self, collection: str) -> bool:
         """True when this cycle's ``collection`` came from the shadow, not from a read:
         a write planned from it is checked against SafetyAmp first (sync/base.py)."""

@@ -404,6 +404,29 @@ class SyncLog:
             entry["intent"] = intent
         self._record("error", self._errors, self._manager.scrub(entry), intent)
 
+    def rejection(
+        self,
+        key: Any,
+        reason: str,
+        *,
+        payload: Mapping[str, Any] | None = None,
+        fields: Iterable[str] = (),
+        kind: str = "rejected",
+    ) -> dict[str, Any]:
+        """A source record's rejection as ``error`` would record it (scrubbed), without
+        its time: an idle cycle records it again with ``errors_again`` (sync/idle.py)."""
+        entry: dict[str, Any] = {"key": key, "kind": kind, "reason": reason, "fields": list(fields)}
+        if payload is not None:
+            entry["payload"] = payload
+        return dict(self._manager.scrub(entry))
+
+    def errors_again(self, entries: Iterable[Mapping[str, Any]]) -> None:
+        """Record rejections an earlier run recorded (``rejection``'s entries, already
+        scrubbed), each with this run's time, as ``error`` would."""
+        at = iso_z(self._manager.now(), "milliseconds")
+        for entry in entries:
+            self._record("error", self._errors, {**entry, "at": at}, None)
+
     def settled(self, intent: int, note: str) -> None:
         """Close an intent that ended in neither a change nor an error (e.g. a re-read
         showed nothing left to send)."""

@@ -11,8 +11,10 @@ When it may be used (``usable``):
 
 - it is of this scope;
 - the event marker in Redis (``{REDIS_PREFIX}samsara:events``) equals the value the
-  saved read recorded. Every accepted, signed webhook event increments the marker
-  (``note_event``, from main.py). The marker is read *before* a full read starts, so an
+  saved read recorded. Every accepted, signed webhook event that can change a vehicle or
+  a driver, or whose type we do not know, increments the marker (``classify_event``,
+  ``note_event``, from main.py); alerts, routes, documents and the other documented
+  types do not. The marker is read *before* a full read starts, so an
   event that arrives during the read makes that read stale at once. A marker that is
   missing (never set, or Redis restarted empty) vouches for nothing: a full read sets it
   to a random start value first. Redis unreachable: the saved read is not used;
@@ -49,6 +51,53 @@ FORMAT = 1
 
 def marker_key(prefix: str) -> str:
     return f"{prefix}samsara:events"
+
+
+# ---- which events make the saved read stale ------------------------------------------
+# Samsara's webhook event types, as its API definition lists them (the generated SDKs:
+# samsarahq/samsara-python ``WebhooksPostWebhooksRequestBodyEventTypesItem``, and the
+# Ruby gem's twin), plus Webhooks 1.0's ``Alert`` and ``Ping``. Every body carries the
+# type in ``eventType`` (developers.samsara.com/docs/webhooks). docs/performance.md,
+# "Samsara: events plus a daily read", says why each group is where it is.
+VEHICLE_EVENTS = frozenset({"VehicleCreated", "VehicleUpdated", "DriverCreated", "DriverUpdated"})
+"""Events about what the vehicles sync reads (vehicles and drivers): the next run reads.
+A driver deactivated is a ``DriverUpdated`` (``driverActivationStatus`` is a field of the
+driver it carries); a vehicle or driver deleted sends nothing (the periodic full read)."""
+OTHER_EVENTS = frozenset(
+    {
+        "AddressCreated", "AddressDeleted", "AddressUpdated", "Alert", "AlertIncident", "AlertObjectEvent",
+        "DocumentSubmitted", "DvirSubmitted", "EngineFaultOff", "EngineFaultOn", "FormSubmitted", "FormUpdated",
+        "GatewayUnplugged", "GeofenceEntry", "GeofenceExit", "IssueCreated", "MissingDvirPastDue",
+        "PredictiveMaintenanceAlert", "RouteStopArrival", "RouteStopDeparture", "RouteStopEarlyLateArrival",
+        "RouteStopEtaUpdated", "RouteStopResequence", "SevereSpeedingEnded", "SevereSpeedingStarted",
+        "SpeedingEventEnded", "SpeedingEventStarted", "SuddenFuelLevelDrop", "SuddenFuelLevelRise",
+    }
+)  # fmt: skip
+"""Documented events that cannot change a vehicle or driver record (alerts, routes,
+documents, forms, faults, addresses, conditions of a device): acknowledged, counted,
+no read and no vehicles run."""
+PING = "Ping"
+
+EVENT_READ, EVENT_IGNORED, EVENT_PING = "read", "ignored", "ping"
+
+
+def classify_event(event: dict[str, Any]) -> tuple[str, str]:
+    """(type label, outcome) of a verified event. ``read``: the saved read is stale (a
+    vehicle or driver event, and any type we do not know: Samsara adds types, and one we
+    cannot name might be about a vehicle); ``ignored``: a documented type that cannot
+    change vehicles or drivers; ``ping``: Samsara's test. The label is the documented
+    type, ``other`` for an unknown one and ``missing`` when there is no string: a metric
+    label never holds a value a sender chose."""
+    kind = event.get("eventType")
+    if not isinstance(kind, str):
+        return "missing", EVENT_READ
+    if kind == PING:
+        return PING, EVENT_PING
+    if kind in VEHICLE_EVENTS:
+        return kind, EVENT_READ
+    if kind in OTHER_EVENTS:
+        return kind, EVENT_IGNORED
+    return "other", EVENT_READ
 
 
 def note_event(redis: Any, prefix: str) -> None:

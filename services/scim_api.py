@@ -74,8 +74,9 @@ MAX_PAGES = 100_000
 BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 BULK_PAYLOAD_MARGIN = 0.98
 """Share of maxPayloadSize a Bulk request is cut to (the sizes are those of the
-operations as sent; the margin covers a provider counting bytes differently)."""
-BULK_ENVELOPE_BYTES = 200
+request body as sent, ``wire_size``; the margin covers a provider counting bytes
+differently)."""
+WIRE_ITEM_SEPARATOR = ", "
 
 
 USERS, GROUPS = "Users", "Groups"
@@ -91,6 +92,14 @@ USER_PATHS = {
     "active": "active",
     "externalId": "externalId",
 }
+
+
+def wire_size(value: Any) -> int:
+    """The bytes ``value`` takes in a request body: ``HttpClient`` hands it to requests as
+    ``json=``, which serialises it with ``json.dumps``'s defaults (non-ASCII characters as
+    ``\\uXXXX`` escapes, six bytes for an ``é`` that UTF-8 writes in two, and
+    WIRE_ITEM_SEPARATOR between the items of a list)."""
+    return len(json.dumps(value, allow_nan=False).encode("ascii"))
 
 
 def filter_eq(attribute: str, value: str) -> str:
@@ -220,9 +229,10 @@ def bulk_error(status: int, method: str, response: Any) -> Exception:
 # --------------------------------------------------------------------------------------
 class ScimIntents:
     """The ``ScimTarget`` intents, written once over the resource verbs a subclass
-    provides (``list``, ``get``, ``find``, ``create``, ``patch``, ``delete``, ``etags``):
-    ``ScimAPI`` over HTTP, the tests' in-memory fake over a dict, so both translate an
-    intent into the same requests."""
+    provides (``list``, ``get``, ``find``, ``create``, ``patch``, ``delete``, ``etags``,
+    and for batches ``service_provider_config`` and ``post_bulk``): ``ScimAPI`` over
+    HTTP, the tests' in-memory fake over a dict, so both translate an intent (and a batch
+    of them: its limits, its cut, the reading of its answer) into the same requests."""
 
     role_attribute: str = "title"
     """Where the flat ``role`` goes: ``title``, ``roles`` (multi-valued) or ``none``."""
@@ -322,15 +332,86 @@ class ScimIntents:
         return meta.get("version") if isinstance(meta, Mapping) else None
 
     # batches (SCIM Bulk, RFC 7644 section 3.7)
+    bulk_enabled: bool = True
+    """SCIM_BULK: off, every change is one request whatever the provider announces."""
+
+    def service_provider_config(self) -> dict[str, Any]:
+        """The provider's ``/ServiceProviderConfig`` (RFC 7643 section 5); nothing
+        announced by default."""
+        return {}
+
+    def post_bulk(self, body: Mapping[str, Any]) -> Any:
+        """The verb of a batch: ``POST /Bulk`` with this BulkRequest; returns the
+        BulkResponse, raises as a single POST's answer is mapped (services.http)."""
+        raise NotImplementedError
+
+    def bulk_limits(self) -> tuple[int, int] | None:
+        """(maxOperations, maxPayloadSize) when the provider announces ``bulk.supported``
+        and SCIM_BULK is on; None otherwise (one request per change)."""
+        if not self.bulk_enabled:
+            return None
+        bulk = self.service_provider_config().get("bulk")
+        if not isinstance(bulk, dict) or not bulk.get("supported"):
+            return None
+        try:
+            ops, size = int(bulk.get("maxOperations") or 0), int(bulk.get("maxPayloadSize") or 0)
+        except (TypeError, ValueError):
+            return None
+        return (ops, size) if ops > 0 and size > 0 else None
+
     def bulk_max_operations(self) -> int | None:
-        """None: this provider takes no Bulk requests (the fake's case)."""
-        return None
+        limits = self.bulk_limits()
+        return limits[0] if limits else None
 
     def bulk_take(self, writes: Sequence[ScimWrite]) -> int:
-        raise NotImplementedError
+        """How many of ``writes``, from the first, fit in one Bulk request: at most
+        maxOperations, and the request body as sent (``wire_size``: references already
+        replaced by ids, non-ASCII text as the escapes that go out) within the margin of
+        maxPayloadSize (at least one: an oversized one goes alone and its 413 refuses
+        that record only)."""
+        limits = self.bulk_limits()
+        if limits is None:
+            return 1
+        max_ops, max_bytes = limits
+        budget = int(max_bytes * BULK_PAYLOAD_MARGIN)
+        used = wire_size({"schemas": [BULK_REQUEST], "Operations": []})
+        taken = 0
+        for w in writes[:max_ops]:
+            used += wire_size(self.bulk_operation(w)) + (len(WIRE_ITEM_SEPARATOR) if taken else 0)
+            if taken and used > budget:
+                break
+            taken += 1
+        return taken
 
     def send_batch(self, writes: Sequence[ScimWrite]) -> builtins.list[ScimOutcome]:
-        raise NotImplementedError
+        """POST /Bulk with these writes. ``failOnErrors`` is left out on purpose: the
+        records are independent, and RFC 7644 section 3.7 then has the provider "continue
+        performing as many changes as possible", so every operation gets its own answer
+        (with failOnErrors the ones after the limit get none and would be sent again)."""
+        if self.bulk_limits() is None:
+            refused = RetriableError("scim: Bulk not announced, off, or refused earlier in this run", service=SERVICE)
+            return [ScimOutcome(w.ref, 0, error=refused) for w in writes]
+        ops = [self.bulk_operation(w) for w in writes]
+        try:
+            answer = self.post_bulk({"schemas": [BULK_REQUEST], "Operations": ops})
+        except AmbiguousWriteError as exc:
+            # the whole response was lost: every operation's outcome is unknown
+            lost = f"{exc.message} (bulk response lost: this operation may or may not have been applied)"
+            return [
+                ScimOutcome(w.ref, 0, error=AmbiguousWriteError(lost, service=SERVICE, status=exc.status, settled=exc.settled))
+                for w in writes
+            ]
+        except (RetriableError, RecordError, FatalError) as exc:
+            if isinstance(exc, FatalError) and exc.status in (401, 403):
+                raise
+            if exc.status in (404, 405, 413, 501) or isinstance(exc, FatalError):
+                # the provider refused Bulk itself: one request per change from now on
+                log.warning("SCIM Bulk refused (%s); sending one request per change", exc.message)
+                self.bulk_enabled = False
+                exc = RetriableError(f"bulk request refused: {exc.message}", service=SERVICE, status=exc.status)
+            return [ScimOutcome(w.ref, 0, error=exc) for w in writes]
+        results = answer.get("Operations") if isinstance(answer, dict) else None
+        return match_bulk_results(writes, ops, results if isinstance(results, list) else [])
 
     def bulk_operation(self, w: ScimWrite) -> dict[str, Any]:
         """One ``Operations`` entry (method, path, bulkId, version, data) for an intent,
@@ -406,77 +487,13 @@ class ScimAPI(ScimIntents):
         etag = self.service_provider_config().get("etag")
         return bool(isinstance(etag, dict) and etag.get("supported"))
 
-    def bulk_limits(self) -> tuple[int, int] | None:
-        """(maxOperations, maxPayloadSize) when the provider announces ``bulk.supported``
-        and SCIM_BULK is on; None otherwise (one request per change)."""
-        if not self.bulk_enabled:
-            return None
-        bulk = self.service_provider_config().get("bulk")
-        if not isinstance(bulk, dict) or not bulk.get("supported"):
-            return None
-        try:
-            ops, size = int(bulk.get("maxOperations") or 0), int(bulk.get("maxPayloadSize") or 0)
-        except (TypeError, ValueError):
-            return None
-        return (ops, size) if ops > 0 and size > 0 else None
-
     # -- batches ------------------------------------------------------------------
-    def bulk_max_operations(self) -> int | None:
-        limits = self.bulk_limits()
-        return limits[0] if limits else None
-
-    def bulk_take(self, writes: Sequence[ScimWrite]) -> int:
-        """How many of ``writes``, from the first, fit in one Bulk request: at most
-        maxOperations, and their operations as sent (references already replaced by
-        ids) within maxPayloadSize (at least one: an oversized one goes alone and its
-        413 refuses that record only)."""
-        limits = self.bulk_limits()
-        if limits is None:
-            return 1
-        max_ops, max_bytes = limits
-        budget = int(max_bytes * BULK_PAYLOAD_MARGIN) - BULK_ENVELOPE_BYTES
-        used = taken = 0
-        for w in writes[:max_ops]:
-            used += len(json.dumps(self.bulk_operation(w), ensure_ascii=False).encode()) + 1
-            if taken and used > budget:
-                break
-            taken += 1
-        return taken
-
-    def send_batch(self, writes: Sequence[ScimWrite]) -> builtins.list[ScimOutcome]:
-        """POST /Bulk with these writes. ``failOnErrors`` is left out on purpose: the
-        records are independent, and RFC 7644 section 3.7 then has the provider "continue
-        performing as many changes as possible", so every operation gets its own answer
-        (with failOnErrors the ones after the limit get none and would be sent again)."""
-        if not self.bulk_enabled:
-            refused = RetriableError("scim: Bulk refused earlier in this run", service=SERVICE)
-            return [ScimOutcome(w.ref, 0, error=refused) for w in writes]
-        ops = [self.bulk_operation(w) for w in writes]
-        body = {"schemas": [BULK_REQUEST], "Operations": ops}
+    def post_bulk(self, body: Mapping[str, Any]) -> Any:
         with self._lock:
             self.bulk_requests += 1
-            self.bulk_operations += len(ops)
-        try:
-            resp = self.http.request("POST", "/Bulk", json=body)
-        except AmbiguousWriteError as exc:
-            # the whole response was lost: every operation's outcome is unknown
-            lost = f"{exc.message} (bulk response lost: this operation may or may not have been applied)"
-            return [
-                ScimOutcome(w.ref, 0, error=AmbiguousWriteError(lost, service=SERVICE, status=exc.status, settled=exc.settled))
-                for w in writes
-            ]
-        except (RetriableError, RecordError, FatalError) as exc:
-            if isinstance(exc, FatalError) and exc.status in (401, 403):
-                raise
-            if exc.status in (404, 405, 413, 501) or isinstance(exc, FatalError):
-                # the provider refused Bulk itself: one request per change from now on
-                log.warning("SCIM Bulk refused (%s); sending one request per change", exc.message)
-                self.bulk_enabled = False
-                exc = RetriableError(f"bulk request refused: {exc.message}", service=SERVICE, status=exc.status)
-            return [ScimOutcome(w.ref, 0, error=exc) for w in writes]
-        answer = parse_json(resp) if resp.content else {}
-        results = answer.get("Operations") if isinstance(answer, dict) else None
-        return match_bulk_results(writes, ops, results if isinstance(results, list) else [])
+            self.bulk_operations += len(body.get("Operations") or ())
+        resp = self.http.request("POST", "/Bulk", json=body)
+        return parse_json(resp) if resp.content else {}
 
     # -- reads --------------------------------------------------------------------
     def list(self, resource: str) -> list[dict[str, Any]]:

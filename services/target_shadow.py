@@ -45,6 +45,7 @@ log = logging.getLogger("sync.targets")
 
 SHADOW_DIR = Path("state") / "target-shadow"
 MANIFEST = "manifest.json"
+NOTES = "notes"
 FORMAT = 1
 DIRTY = "dirty:"
 """Prefix of a generation a writer set: no shadow is ever saved under it."""
@@ -214,6 +215,24 @@ class ShadowStore:
         _atomic_write(self.directory / MANIFEST, json.dumps(manifest, sort_keys=True).encode())
         self._prune(set(files.values()))
         return manifest
+
+    # -- small notes kept with this shadow (valid only with it) -------------------
+    def note(self, name: str) -> dict[str, Any] | None:
+        """A small JSON record saved with ``save_note`` (None: none, unreadable)."""
+        try:
+            data = json.loads((self.directory / NOTES / f"{name}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def save_note(self, name: str, record: Mapping[str, Any]) -> None:
+        """Save ``record`` as ``name`` (atomically; best effort: a note is an optimisation)."""
+        try:
+            folder = self.directory / NOTES
+            folder.mkdir(parents=True, exist_ok=True)
+            _atomic_write(folder / f"{name}.json", _ENCODER.encode(record).encode("utf-8", "surrogatepass"))
+        except OSError as exc:
+            log.warning("target shadow note %s not saved (%s)", name, type(exc).__name__)
 
     def _prune(self, live: set[str]) -> None:
         """Delete the files no manifest names any more (best effort)."""

@@ -25,6 +25,7 @@ from sync.apply import COUNTED, Applier, Done, Entry
 from sync.apply import apply_in_order as apply_in_order  # its home was here; utils/locks.py names it so
 from sync.engine import Action, plan
 from sync.guard import guard_reason, held_refusal, judge
+from sync.idle import IdleCheck
 from sync.ports import (
     ChangeLog,
     FailedRecords,
@@ -195,6 +196,9 @@ class SyncContext:
     full: bool = False
     _source_pending: dict[str, threading.Event] = field(default_factory=dict, repr=False)
     _source_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _source_digests: dict[str, str] = field(default_factory=dict, repr=False)
+    _declared: set[str] | None = field(default=None, repr=False)
+    _undeclared: set[str] = field(default_factory=set, repr=False)
 
     @property
     def safetyamp(self) -> SafetyAmpTarget:
@@ -207,6 +211,8 @@ class SyncContext:
         loader: the cached value is what that loader returned."""
         with self._source_lock:
             pending = self._source_pending.get(name)
+            if self._declared is not None and name not in self._declared:
+                self._undeclared.add(name)
         if pending is not None:
             pending.wait()
         with self._source_lock:
@@ -215,6 +221,30 @@ class SyncContext:
         value = loader()
         with self._source_lock:
             return cast(T, self.source_cache.setdefault(name, value))
+
+    def source_digest(self, name: str, loader: Callable[[], object]) -> str:
+        """A hash of the source ``name`` (read through ``source``), once per run
+        (sync/idle.py)."""
+        from sync.idle import digest
+
+        value = self.source(name, loader)
+        with self._source_lock:
+            known = self._source_digests.get(name)
+        if known is None:
+            known = digest(value)
+            with self._source_lock:
+                self._source_digests[name] = known
+        return known
+
+    def track_reads(self, declared: set[str] | None) -> set[str]:
+        """Start noting source reads outside ``declared`` (None: stop); returns the names
+        noted since the last call (sync/idle.py: a plan that read more than its key
+        describes is not saved)."""
+        with self._source_lock:
+            noted = set(self._undeclared)
+            self._declared = declared
+            self._undeclared = set()
+        return noted
 
     def prefetch_sources(self, loaders: Mapping[str, Callable[[], object]]) -> threading.Thread:
         """Read sources (in order) on a background thread while earlier syncs run: the
@@ -289,6 +319,15 @@ class BaseSync:
     def load(self) -> Desired:
         raise NotImplementedError
 
+    def inputs(self) -> dict[str, Callable[[], Any]]:
+        """Every named source read ``load`` makes through ``ctx.source``, by name: an
+        idle cycle compares their digests with the last quiet plan's instead of planning
+        again (sync/idle.py). Empty: this sync plans every run."""
+        return {}
+
+    def release(self) -> None:
+        """Let go of source values no later sync of the cycle reads (memory)."""
+
     @classmethod
     def sources(cls, ctx: SyncContext) -> dict[str, Callable[[], Any]]:
         """The named reads ``load`` makes through ``ctx.source``: the runner starts them
@@ -346,6 +385,10 @@ class BaseSync:
         self._slog = slog
         for _row in self.prepare():  # each one recorded, intent and outcome, by _create
             result.counts["created"] += 1
+        idle = IdleCheck.start(self) if result.counts["created"] == 0 else None
+        if idle is not None and idle.replay(result, slog):
+            self.release()
+            return
         desired = self.load()
         whole = self.current()
         current = whole
@@ -370,6 +413,8 @@ class BaseSync:
             self._fresh_for_checks(writes, len(whole))
         applier: Applier[Action, Row] = Applier(self.name, self.ctx, slog, result, workers=self.ctx.max_workers)
         applier.apply(writes, lambda a: self._entry(a, desired), lambda a: self._send(a, current.get(a.key), records.get(a.key)))
+        if idle is not None:
+            idle.finish(result, desired, len(writes), refused)
         if result.guard_tripped:
             result.status = "failed"
         elif refused:

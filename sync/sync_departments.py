@@ -11,6 +11,7 @@ refused with the reason; so is such a description (a line break in it becomes a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sync.base import BaseSync, Desired, Rejected, fingerprint
@@ -40,6 +41,9 @@ class DepartmentSync(BaseSync):
     def current(self) -> dict[str, Any]:
         code = self.settings.department_root_cluster_code
         return {k: v for k, v in super().current().items() if k != code}
+
+    def inputs(self) -> dict[str, Callable[[], Any]]:
+        return {"departments": self.viewpoint.departments}
 
     def load(self) -> Desired:
         rows = self.ctx.source("departments", self.viewpoint.departments)

@@ -407,16 +407,23 @@ class EmployeeSync(BaseSync):
         since = _history_start(ctx)
         return {f"latest_jobs:{since}": lambda: vp.latest_jobs(since)}
 
-    def gather(self) -> EmployeeInputs:
-        """The I/O half of ``load``: each source and each target collection read once."""
+    def inputs(self) -> dict[str, Callable[[], Any]]:
         vp = self.viewpoint
         since = _history_start(self.ctx)
-        graph = self.ctx.graph
+        out: dict[str, Callable[[], Any]] = {"employees": vp.employees, f"latest_jobs:{since}": lambda: vp.latest_jobs(since)}
+        if self.ctx.graph is not None:
+            out["graph_users"] = self.ctx.graph.users
+        return out
+
+    def gather(self) -> EmployeeInputs:
+        """The I/O half of ``load``: each source and each target collection read once."""
+        read = {name: self.ctx.source(name, loader) for name, loader in self.inputs().items()}
+        since = _history_start(self.ctx)
         targets = self.ctx.targets
         return EmployeeInputs(
-            rows=self.ctx.source("employees", vp.employees),
-            latest_jobs=self.ctx.source(f"latest_jobs:{since}", lambda: vp.latest_jobs(since)),
-            entra_users=self.ctx.source("graph_users", graph.users) if graph is not None else [],
+            rows=read["employees"],
+            latest_jobs=read[f"latest_jobs:{since}"],
+            entra_users=read.get("graph_users", []),
             sites=targets.get("sites"),
             titles=targets.get("user_titles"),
             roles=targets.get("roles"),
@@ -435,11 +442,14 @@ class EmployeeSync(BaseSync):
 
     def load(self) -> Desired:
         desired = map_employees(self.gather(), self.rules())
+        self.release()
+        return desired
+
+    def release(self) -> None:
         # Employees is the last sync of a run to read these (titles reads the rows before
         # it): let them go before the apply phase (about 85 MB at 50 000 employees).
         for name in ("employees", f"latest_jobs:{_history_start(self.ctx)}", "graph_users"):
             self.ctx.source_cache.pop(name, None)
-        return desired
 
     def update_payload(self, action, current):  # type: ignore[no-untyped-def]
         # SafetyAmp is reported to want core fields even on PATCH (docs/emulated-apis.md,

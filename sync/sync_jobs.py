@@ -14,6 +14,7 @@ refused character rejects the job with the reason; a line break becomes a space.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sync.base import BaseSync, Desired, Rejected, fingerprint
@@ -25,6 +26,9 @@ class JobSync(BaseSync):
     collection = "sites"
     key_field = "external_code"
     deactivation = {"active": 0}
+
+    def inputs(self) -> dict[str, Callable[[], Any]]:
+        return {"jobs": self.viewpoint.jobs}
 
     def load(self) -> Desired:
         rows = self.ctx.source("jobs", self.viewpoint.jobs)

@@ -8,6 +8,9 @@ never renamed or removed: a user title may be referenced by history in SafetyAmp
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from sync.base import BaseSync, Desired, Rejected, fingerprint
 from sync.ports import Row
 from sync.vista import is_active_employee, title_key
@@ -29,6 +32,9 @@ class TitleSync(BaseSync):
         if key is None:
             raise InvalidValue("a title is needed (the key is blank)")
         return key
+
+    def inputs(self) -> dict[str, Callable[[], Any]]:
+        return {"employees": self.viewpoint.employees}
 
     def load(self) -> Desired:
         rows = self.ctx.source("employees", self.viewpoint.employees)

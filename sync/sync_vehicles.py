@@ -130,8 +130,16 @@ class VehicleSync(BaseSync):
             store.save(vehicles, drivers, marker=marker, read_at=read_at)
         return vehicles, drivers
 
+    def inputs(self) -> dict[str, Callable[[], Any]]:
+        return {"samsara": self._samsara_lists}
+
+    def release(self) -> None:
+        # no other sync reads Samsara: not kept through the apply phase
+        self.ctx.source_cache.pop("samsara", None)
+
     def load(self) -> Desired:
-        vehicles, driver_rows = self._samsara_lists()
+        vehicles, driver_rows = self.ctx.source("samsara", self._samsara_lists)
+        self.release()  # the lists stay referenced here while they are mapped
         site_id, type_id = self._placement()
         drivers = {str(d.get("id")): d for d in driver_rows}
         users: dict[str, Any] = {}

@@ -54,6 +54,7 @@ class Metrics:
         "quarantined",
         "paused",
         "change_log_failures",
+        "samsara_webhook_events",
     )
 
     def __init__(self, registry: CollectorRegistry | None = None, *, tenants: bool = False) -> None:
@@ -98,6 +99,13 @@ class Metrics:
             "sync_change_log_write_failures_total",
             "Runs stopped because their change log under OUTPUT_DIR could not be written (disk full, read-only).",
             [*t, "sync"],
+            registry=r,
+        )
+        self.samsara_webhook_events = Counter(
+            "samsara_webhook_events_total",
+            "Samsara webhook requests by event type (documented types; other, missing, none) and outcome "
+            "(read, ignored, ping, refused, invalid).",
+            [*t, "event_type", "outcome"],
             registry=r,
         )
         if tenants:  # without TENANTS_DIR the series are exactly those of before

@@ -126,7 +126,6 @@ def test_without_webhooks_every_run_reads_samsara(tmp_path, prefix) -> None:
 
 
 def test_daemon_a_signed_event_makes_the_next_run_read_and_the_change_reach_safetyamp(tmp_path, prefix) -> None:
-    import json
     import subprocess
     import sys
 
@@ -134,7 +133,6 @@ def test_daemon_a_signed_event_makes_the_next_run_read_and_the_change_reach_safe
 
     from tests.e2e.conftest import ROOT
     from tests.e2e.test_daemon import free_port, get, wait_for
-    from utils.webhooks import sign
 
     client, name = prefix
     batch = BatchRunner(tmp_path, size=40)
@@ -153,10 +151,22 @@ def test_daemon_a_signed_event_makes_the_next_run_read_and_the_change_reach_safe
         run = r.json().get("last_runs", {}).get("vehicles") if r is not None and r.status_code == 200 else None
         return run["run_id"] if run else None
 
+    def post_event(event_id: str, event_type: str) -> requests.Response:
+        """A delivery as Samsara makes it (the sandbox's builder and signer)."""
+        from sandbox.samsara import signed_delivery, webhook_event
+
+        body, headers = signed_delivery(WEBHOOK_SECRET, webhook_event(event_type, event_id=event_id))
+        return requests.post(base + "/webhooks/samsara", data=body, headers=headers, timeout=5)
+
     try:
         first = wait_for(vehicles_run, 120.0, 0.5)
         assert first, "no vehicles run finished"
-        # the daemon's first vehicles run read Samsara; a run asked for now reads nothing
+        # an event about something else than vehicles and drivers (a route stop): 200,
+        # the marker stays, and a run asked for now reads nothing from Samsara
+        marker = client.get(marker_key(name))
+        ignored = post_event("e-6", "RouteStopArrival")
+        assert ignored.status_code == 200 and ignored.json()["status"] == "ignored"
+        assert client.get(marker_key(name)) == marker
         mark = batch.mark()
         auth = {"Authorization": f"Bearer {token}"}
         assert requests.post(base + "/sync/vehicles", headers=auth, timeout=5).status_code == 202
@@ -165,16 +175,27 @@ def test_daemon_a_signed_event_makes_the_next_run_read_and_the_change_reach_safe
 
         code = rename_vehicle(batch, "Renamed Then Announced")
         before = vehicles_run()
-        marker = client.get(marker_key(name))
-        body = json.dumps({"eventId": "e-7", "eventType": "VehicleUpdated", "data": {}}).encode()
-        ts = str(int(time.time()))
-        headers = {"X-Samsara-Timestamp": ts, "X-Samsara-Signature": sign(WEBHOOK_SECRET, ts, body)}
         mark = batch.mark()
-        assert requests.post(base + "/webhooks/samsara", data=body, headers=headers, timeout=5).status_code == 202
+        assert post_event("e-7", "VehicleUpdated").status_code == 202
         assert int(client.get(marker_key(name))) == int(marker) + 1
         assert wait_for(lambda: (r := vehicles_run()) and r != before and r, 60.0, 0.5), "the event did not start a run"
         assert samsara_gets(batch, mark) > 0
         assert asset_name(batch, code) == "Renamed Then Announced"
+
+        # a type Samsara did not document (yet): conservative, the next run reads
+        before = vehicles_run()
+        mark = batch.mark()
+        assert post_event("e-8", "VehicleArchived").status_code == 202
+        assert int(client.get(marker_key(name))) == int(marker) + 2
+        assert wait_for(lambda: (r := vehicles_run()) and r != before and r, 60.0, 0.5), "the event did not start a run"
+        assert samsara_gets(batch, mark) > 0
+        metrics = requests.get(base + "/metrics", timeout=5).text
+        for line in (
+            'samsara_webhook_events_total{event_type="RouteStopArrival",outcome="ignored"} 1.0',
+            'samsara_webhook_events_total{event_type="VehicleUpdated",outcome="read"} 1.0',
+            'samsara_webhook_events_total{event_type="other",outcome="read"} 1.0',
+        ):
+            assert line in metrics, line
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import requests
-from requests.adapters import BaseAdapter
+from requests.adapters import BaseAdapter, HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -213,6 +213,42 @@ class FakeTransport(BaseAdapter):
         except ValueError:
             resp.reason = "Unknown"
         resp.connection = self
+        return resp
+
+
+class LosingAdapter(HTTPAdapter):
+    """The real HTTP adapter, except that it can lose answers: a request armed with
+    ``lose(method, path_suffix)`` reaches the server (which applies it), then its
+    answer is dropped as a connection reset after sending (``connection_reset``). For
+    the ambiguous-write rules against a real server; ``session()`` mounts it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._armed: list[tuple[str, str]] = []
+        self.lost: list[str] = []
+
+    def session(self) -> requests.Session:
+        s = requests.Session()
+        s.trust_env = False
+        s.mount("http://", self)
+        s.mount("https://", self)
+        return s
+
+    def lose(self, method: str, path_suffix: str) -> None:
+        """Drop the answer of the next ``method`` request whose path ends with ``path_suffix``."""
+        self._armed.append((method.upper(), path_suffix))
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        resp = super().send(request, *args, **kwargs)
+        path = urlsplit(request.url or "").path
+        for armed in self._armed:
+            if request.method == armed[0] and path.endswith(armed[1]):
+                self._armed.remove(armed)
+                resp.close()
+                self.lost.append(f"{request.method} {path}")
+                lost = connection_reset()
+                lost.request = request
+                raise lost
         return resp
 
 

@@ -21,6 +21,11 @@ def test_bulk_take_fills_a_request_to_max_operations_and_payload() -> None:
     big = ScimWrite("create_group", "g", None, {"displayName": "x" * 600})
     assert ScimAPI.bulk_take(bulk, [big, big, big]) == 1  # type: ignore[arg-type]  # the payload
     assert ScimAPI.bulk_take(bulk, [ScimWrite("create_group", "g", None, {"displayName": "x" * 5000})]) == 1  # alone
+    # the size is the body as sent: requests writes JSON with ASCII escapes (an "é" is 6 bytes)
+    bulk.limits = (3, 1600)
+    ascii_ = ScimWrite("create_group", "g", None, {"displayName": "e" * 250})
+    accented = ScimWrite("create_group", "g", None, {"displayName": "é" * 250})
+    assert ScimAPI.bulk_take(bulk, [ascii_] * 3) == 3 and ScimAPI.bulk_take(bulk, [accented] * 3) == 1  # type: ignore[arg-type]
 
 
 def test_bulk_status_reads_strings_numbers_and_the_draft_shape() -> None:

@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from config.settings import load_settings
 from services.event_manager import EventManager
 from services.scim_api import ScimIntents, member_ops, scim_user_flat, user_ops
 from sync.base import SyncContext
+from sync.ports import BULK_REF
 from sync.roster_model import RosterClass, RosterEnrollment, RosterSnapshot, RosterUser
 from sync.sync_rosters import RosterSync, plan_members, user_in_scope
-from utils.errors import ConflictError, FatalError, RecordError
+from utils.errors import AmbiguousWriteError, ConflictError, FatalError, RecordError
 from utils.failed_sync_tracker import InMemoryTracker
 from utils.metrics import Metrics
 
@@ -32,14 +34,115 @@ class FakeScim(ScimIntents):
     taken userName (not case-exact) is a 409 ConflictError, an unknown id a 404 (fatal on
     a read, a RecordError on a write), as services.scim_api maps them (tests/contract).
     The intents of the ScimTarget port come from services.scim_api (``ScimIntents``): the
-    fake stores the very resources and operations the real adapter would send."""
+    fake stores the very resources and operations the real adapter would send.
 
-    etags = False
+    ``config`` is its ServiceProviderConfig: nothing announced by default (one request per
+    change, no versions); with ``etag`` announced every resource carries ``meta.version``
+    and a write naming an older one is a 412; with ``bulk`` announced it takes Bulk
+    requests as scim2-server does (``post_bulk``), and ``lose_next_bulk_answer`` drops the
+    answer of the next one after applying it (tests/contract/test_scim_bulk_contract.py
+    holds both to the same checks)."""
 
-    def __init__(self) -> None:
+    @property
+    def etags(self) -> bool:
+        etag = self.config.get("etag")
+        return bool(isinstance(etag, Mapping) and etag.get("supported"))
+
+    def _new_version(self, row: dict[str, Any]) -> None:
+        if self.etags:
+            row["meta"] = {**row.get("meta", {}), "version": f'W/"{next(self.versions)}"'}
+
+    def _check_version(self, row: Mapping[str, Any], etag: str | None) -> None:
+        """If-Match (RFC 7644 section 3.14): a write naming another version is refused."""
+        if self.etags and etag is not None and etag != row.get("meta", {}).get("version"):
+            raise RecordError("scim: the resource changed since that version (412)", service="scim", status=412)
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         self.data: dict[str, dict[str, dict[str, Any]]] = {"Users": {}, "Groups": {}}
         self.ids = itertools.count(1)
         self.writes: list[tuple[str, str, str]] = []
+        self.config = copy.deepcopy(dict(config or {}))
+        self.versions = itertools.count(1)
+        self.lose_next_bulk_answer = False
+        self.bulk_requests = self.bulk_operations = 0
+
+    def service_provider_config(self) -> dict[str, Any]:
+        return copy.deepcopy(self.config)
+
+    def post_bulk(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """A BulkRequest as scim2-server 0.8.3 runs it (scim2_server/bulk.py, service.py):
+        a body over maxPayloadSize (its bytes as the requests library sends them) or more
+        operations than maxOperations is a 413; the operations run in request order, a
+        POST before the first operation naming its bulkId; a reference to a create that
+        failed is a 409; without failOnErrors every operation is answered, in request
+        order, with its bulkId."""
+        bulk = self.config.get("bulk") or {}
+        if not bulk.get("supported"):
+            raise RecordError("scim: Bulk is not supported", service="scim", status=501)
+        sent = requests.Request("POST", "http://fake-scim/v2/Bulk", json=dict(body)).prepare().body
+        assert isinstance(sent, bytes)
+        ops = list(body["Operations"])
+        if len(sent) > bulk["maxPayloadSize"] or len(ops) > bulk["maxOperations"]:
+            raise RecordError("scim: the payload exceeds the maxPayloadSize or maxOperations", service="scim", status=413)
+        self.bulk_requests += 1
+        self.bulk_operations += len(ops)
+        creations = {op["bulkId"]: i for i, op in enumerate(ops) if op["method"] == "POST" and op.get("bulkId")}
+        created: dict[str, str] = {}
+        results: dict[int, dict[str, Any]] = {}
+
+        def refs(value: Any) -> list[str]:
+            if isinstance(value, str):
+                return [value[len(BULK_REF) :]] if value.startswith(BULK_REF) else []
+            items = value.values() if isinstance(value, Mapping) else value if isinstance(value, list) else []
+            return [r for item in items for r in refs(item)]
+
+        def resolved(value: Any) -> Any:
+            if isinstance(value, str) and value.startswith(BULK_REF):
+                ref = value[len(BULK_REF) :]
+                if ref not in created:
+                    raise ConflictError(f"No resource was created with the bulkId {ref}", service="scim", status=409)
+                return created[ref]
+            if isinstance(value, Mapping):
+                return {k: resolved(v) for k, v in value.items()}
+            return [resolved(v) for v in value] if isinstance(value, list) else value
+
+        def run(i: int, path: frozenset[int] = frozenset()) -> None:
+            op = ops[i]
+            for ref in refs(op.get("data")) + refs(op["path"].split("/")):
+                j = creations.get(ref)
+                if j is not None and j not in results and j not in path and j != i:
+                    run(j, path | {i})
+            if i in results:
+                return
+            result: dict[str, Any] = {"method": op["method"], "bulkId": op.get("bulkId")}
+            try:
+                segments = [str(resolved(seg)) for seg in op["path"].strip("/").split("/")]
+                resource, rid = segments[0], segments[1] if len(segments) > 1 else None
+                data = resolved(op.get("data") or {})
+                if op["method"] == "POST":
+                    rid = str(self.create(resource, {k: v for k, v in data.items() if k != "schemas"})["id"])
+                    status = 201
+                    if op.get("bulkId"):
+                        created[op["bulkId"]] = rid
+                elif op["method"] == "PATCH":
+                    self.patch(resource, str(rid), data["Operations"], op.get("version"))
+                    status = 200
+                else:
+                    self.delete(resource, str(rid), op.get("version"))
+                    status = 204
+                result.update(status=str(status), location=f"http://fake-scim/v2/{resource}/{rid}")
+            except RecordError as exc:
+                error = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"], "detail": exc.message}
+                result.update(status=str(exc.status or 400), response={**error, "status": str(exc.status or 400)})
+            results[i] = result
+
+        for i in range(len(ops)):
+            run(i)
+        if self.lose_next_bulk_answer:  # applied, then the connection dropped (services.http's mapping)
+            self.lose_next_bulk_answer = False
+            raise AmbiguousWriteError("scim: POST /Bulk failed after the request was sent", service="scim")
+        return {"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkResponse"],
+                "Operations": [results[i] for i in range(len(ops))]}  # fmt: skip
 
     def list(self, resource: str) -> list[dict[str, Any]]:
         return copy.deepcopy(list(self.data[resource].values()))
@@ -66,11 +169,13 @@ class FakeScim(ScimIntents):
             raise ConflictError("userName is already taken", service="scim", status=409)
         rid = f"id{next(self.ids)}"
         self.data[resource][rid] = {**copy.deepcopy(dict(payload)), "id": rid}
+        self._new_version(self.data[resource][rid])
         self.writes.append(("POST", resource, rid))
         return copy.deepcopy(self.data[resource][rid])
 
     def patch(self, resource: str, rid: str, ops: Sequence[Mapping[str, Any]], etag: str | None = None) -> None:
         row = self._row(resource, rid)
+        self._check_version(row, etag)
         for op in ops:
             path = op["path"]
             if op["op"] == "add" and path == "members":
@@ -84,10 +189,11 @@ class FakeScim(ScimIntents):
                 row.setdefault(outer, {})[inner] = op["value"]
             else:
                 row[path] = op["value"]
+        self._new_version(row)
         self.writes.append(("PATCH", resource, rid))
 
     def delete(self, resource: str, rid: str, etag: str | None = None) -> None:
-        self._row(resource, rid)
+        self._check_version(self._row(resource, rid), etag)
         del self.data[resource][rid]
         self.writes.append(("DELETE", resource, rid))
 

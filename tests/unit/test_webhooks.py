@@ -169,3 +169,21 @@ def test_endpoint_refuses_a_body_over_the_limit_with_413_before_reading_it(tmp_p
         resp = client.post(path, data=big, headers={"Authorization": "Bearer operator-token-1234567-0123456789abcdef"})
         assert resp.status_code == 413, (path, resp.status_code)
         assert "limit" in resp.get_json()["error"]
+
+
+def test_the_sandbox_delivers_events_in_samsaras_shape_and_the_product_accepts_its_signature():
+    import json
+    import re
+
+    from sandbox.samsara import signed_delivery, webhook_event
+
+    event = webhook_event("VehicleUpdated", {"vehicle": {"id": "281474976710001", "name": "Truck 1"}})
+    assert set(event) == {"eventId", "eventTime", "eventType", "orgId", "webhookId", "data"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", event["eventTime"])
+    body, headers = signed_delivery(SECRET, event, timestamp=1_700_000_000)
+    assert json.loads(body) == event and headers["X-Samsara-Timestamp"] == "1700000000"
+    v = WebhookVerifier(SECRET, clock=Clock())
+    assert v.verify(headers["X-Samsara-Timestamp"], headers["X-Samsara-Signature"], body) == (True, "ok")
+    other = base64.b64encode(b"y" * 32).decode()
+    _, forged = signed_delivery(other, event, timestamp=1_700_000_000)
+    assert v.verify(forged["X-Samsara-Timestamp"], forged["X-Samsara-Signature"], body) == (False, "bad signature")
