@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         changed = measure(f"round after {args.mutate}% mutate", directory.users)
         assert mail_by_employee_id(changed) == mail_by_employee_id(graph.users())
-        out["changes_in_round"] = len(directory.last_round.changed) + len(directory.last_round.removed)
+        out["changes_in_round"] = len(directory.last_round.changed_ids) + len(directory.last_round.removed)
         stored = client.hget(f"{prefix}graph:delta", "users") or ""
         out["redis_users_bytes"] = len(stored)
         out["users"] = len(idle)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -127,14 +128,14 @@ class TargetCache:
         with self._lock:
             if collection in self._data and "id" in row:
                 existing = self._data[collection].get(row["id"], {})
-                self._data[collection][row["id"]] = {**existing, **dict(row)}
+                self._data[collection][row["id"]] = {**existing, **_shared_names(row)}
                 self._changed.add(collection)
 
     def merge(self, collection: str, record_id: Any, fields: Mapping[str, Any]) -> None:
         """Fold an update's fields into a cached record."""
         with self._lock:
             if collection in self._data and record_id in self._data[collection]:
-                self._data[collection][record_id].update(fields)
+                self._data[collection][record_id].update(_shared_names(fields))
                 self._changed.add(collection)
 
     def invalidate(self, collection: str | None = None) -> None:
@@ -341,6 +342,16 @@ def _when(manifest: Mapping[str, Any]) -> str:
     if not isinstance(read_at, (int, float)):
         return "?"
     return f"a full read {max(0.0, time.time() - float(read_at)) / 60:.0f} min ago"
+
+
+def _shared_names(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` with its field names replaced by the process's shared (interned) strings.
+
+    A JSON parser shares field names within one document only: every create's answer,
+    parsed on its own, brings ~20 names of its own, and the cache keeps each created
+    record until the shadow is saved (about 70 MB of the peak of a 50,000-employee
+    first run; docs/performance.md). Values are left as they are."""
+    return {sys.intern(k) if type(k) is str else k: v for k, v in row.items()}
 
 
 def _cache_key(row: Row, index: int) -> Any:

@@ -23,9 +23,10 @@ accountEnabled), so the employees sync applies its one mail rule
   ``meta`` (JSON: scope, deltaLink, time of the last full round, version) and field
   ``users`` (zlib-compressed JSON, base64: the client answers text), written together
   in one HSET so a deltaLink is never stored without the users it belongs to. A round
-  with no change rewrites ``meta`` only. The process keeps the users it last loaded or
-  saved, and reads the ``users`` field again only when ``meta`` names another version
-  (another replica saved since).
+  with no change rewrites ``meta`` only. The process keeps the ``users`` text it last
+  loaded or saved (compressed: the decoded map of 50,000 users is ten times its size),
+  decodes it on each load, and reads the field again only when ``meta`` names another
+  version (another replica saved since).
 
 Redis trouble never fails a run: when Redis cannot be reached the cycle reads every user
 as GRAPH_DELTA=false does (pages of 999), and a failed save is logged (the next cycle
@@ -92,6 +93,19 @@ def decode_users(text: str) -> dict[str, list[Any]]:
     return users
 
 
+@dataclass(frozen=True)
+class RoundSeen:
+    """What the last round did, for logs and tests: the ids of the users it added or
+    changed and of those it removed (not Graph's entries: the users map holds what is
+    kept of them; a full round's pages, held for a log line, were about 9 MB at 50,000
+    employees through the whole run)."""
+
+    full: bool
+    pages: int
+    changed_ids: list[str]
+    removed: list[str]
+
+
 class RedisGraphDeltaStore:
     """The Graph delta state in one Redis hash, tagged with its scope (``graph_scope``)."""
 
@@ -99,7 +113,10 @@ class RedisGraphDeltaStore:
         self.client = client
         self.key = f"{prefix}graph:delta"
         self.scope = scope
-        self._cached: DeltaState | None = None  # the users last loaded or saved here
+        # The users last loaded or saved here, as the text Redis holds (version, text):
+        # about 2 MB at 50,000 users where the decoded map is 22 MB, which would otherwise
+        # sit in memory through every apply phase of the process (docs/performance.md).
+        self._cached: tuple[str, str] | None = None
         self.unavailable = False  # the last load could not reach Redis
 
     def load(self) -> DeltaState | None:
@@ -118,13 +135,13 @@ class RedisGraphDeltaStore:
             if not isinstance(link, str) or not isinstance(full_at, (int, float)) or not isinstance(version, str):
                 return None
             cached = self._cached
-            if cached is not None and cached.version == version:
-                users = cached.users
+            if cached is not None and cached[0] == version:
+                text = cached[1]
             else:
                 text = self.client.hget(self.key, "users")
                 if not text:
                     return None
-                users = decode_users(text)
+            users = decode_users(text)
         except (ValueError, zlib.error) as exc:
             log.warning("graph: the kept delta state is unreadable (%s); running a full round", type(exc).__name__)
             return None
@@ -132,9 +149,8 @@ class RedisGraphDeltaStore:
             log.warning("graph: delta state unavailable (%s); reading every user", type(exc).__name__)
             self.unavailable = True
             return None
-        state = DeltaState(delta_link=link, full_at=float(full_at), users=users, version=version)
-        self._cached = state
-        return state
+        self._cached = (version, text)
+        return DeltaState(delta_link=link, full_at=float(full_at), users=users, version=version)
 
     def save(self, state: DeltaState, *, users_changed: bool) -> None:
         """Store ``state``; the users field is rewritten only when ``users_changed``."""
@@ -157,7 +173,8 @@ class RedisGraphDeltaStore:
             log.warning("graph: could not save the delta state (%s); the next cycle repeats this round", type(exc).__name__)
             self._cached = None
             return
-        self._cached = state
+        if users_changed:
+            self._cached = (state.version, mapping["users"])
 
 
 class DeltaUserDirectory:
@@ -175,7 +192,7 @@ class DeltaUserDirectory:
         self.store = store
         self.full_read_seconds = full_read_hours * 3600.0
         self.clock = clock
-        self.last_round: DeltaRound | None = None  # for tests and logs
+        self.last_round: RoundSeen | None = None  # for tests and logs
         self.last_reason = ""
 
     def forced_full(self) -> FullRoundDirectory:
@@ -233,12 +250,14 @@ class DeltaUserDirectory:
         return link[len(base) :]
 
     def _done(self, round_: DeltaRound, reason: str) -> None:
-        self.last_round, self.last_reason = round_, reason
+        changed = [str(entry["id"]) for entry in round_.changed]
+        self.last_round = RoundSeen(round_.full, round_.pages, changed, list(round_.removed))
+        self.last_reason = reason
         log.info(
             "graph users %s round: %d pages, %d added or changed, %d removed",
             reason,
             round_.pages,
-            len(round_.changed),
+            len(changed),
             len(round_.removed),
         )
 

@@ -496,7 +496,7 @@ class BaseSync:
         if action.kind == "create":
             created = self._create(self.create_payload(action), action.key, recorded=True)
             self.ctx.targets.put(self.collection, created)
-            return Done("created", None, dict(action.payload), value=created)
+            return Done("created", None, dict(action.payload))
         assert row is not None and action.target_id is not None
         self.ctx.safetyamp.update(self.collection, action.target_id, self.update_payload(action, row))
         self.ctx.targets.merge(self.collection, action.target_id, action.payload)
@@ -549,7 +549,7 @@ class BaseSync:
                 return Done("unchanged")
             created = self._create(self.create_payload(_create_action(action.key, want)), action.key, recorded=True)
             self.ctx.targets.put(self.collection, created)
-            return Done("created", None, dict(want), logged_as="create", value=created)
+            return Done("created", None, dict(want), logged_as="create")
         return self._replan(action, fresh, want)
 
     def _fresh_for_checks(self, writes: Sequence[Action], held: int) -> None:
@@ -601,7 +601,7 @@ class BaseSync:
         if not todo or todo[0].kind != action.kind or dict(todo[0].payload) != dict(action.payload):
             self.ctx.targets.mark_stale(self.collection, f"{key}: SafetyAmp holds other values than the shadow")
         if not todo:
-            return Done("unchanged", logged_as="adopted" if adopted else None, value=fresh)
+            return Done("unchanged", logged_as="adopted" if adopted else None)
         step = todo[0]
         self.ctx.safetyamp.update(self.collection, fresh["id"], self.update_payload(step, fresh))
         self.ctx.targets.merge(self.collection, fresh["id"], step.payload)

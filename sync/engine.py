@@ -23,9 +23,13 @@ ActionKind = Literal["create", "update", "deactivate", "unchanged"]
 KIND_ORDER: dict[str, int] = {"create": 0, "update": 1, "deactivate": 2, "unchanged": 3}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FieldChange:
-    """One field's value in the target (before) and what the source wants (after)."""
+    """One field's value in the target (before) and what the source wants (after).
+
+    Slots: a first run at 50,000 employees holds about a million of them (every field of
+    every create) through its apply phase; without slots each carried a separate
+    attribute store (104 bytes instead of 64)."""
 
     field: str
     before: Any
@@ -35,7 +39,7 @@ class FieldChange:
         return {"before": self.before, "after": self.after}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Action:
     """One step of a plan.
 

@@ -698,10 +698,10 @@ class RosterSync:
         the groups of the users it would create)."""
         if self.ctx.dry_run or self.ctx.only_key is not None:  # only these show it: 112,000 described writes cost 100+ MB
             result.plan += [w.describe() for w in writes]
-        done = applier.apply(writes, _Write.entry, self._send)
+        ids = applier.apply(writes, _Write.entry, self._send)
         if self.ctx.dry_run:
             return {w.log_key: str(w.row["id"]) if w.row else f"(new){w.key}" for w in writes}
-        return {w.log_key: d.value for w, d in zip(writes, done, strict=True) if d is not None and d.value is not None}
+        return {w.log_key: rid for w, rid in zip(writes, ids, strict=True) if rid is not None}
 
     # ---- apply in SCIM Bulk requests -------------------------------------------------
     def _apply_bulk(self, applier: Applier[_Write, str], users: list[_Write], groups: list[_Write], result: RunResult) -> None:

@@ -93,7 +93,7 @@ def test_the_daemon_keeps_the_users_in_memory_and_an_idle_cycle_asks_graph_once(
         assert calls == ["GET /v1.0/users/delta"]
         assert d.runtime.graph.last_reason == "delta"
         assert d.runtime.graph.last_round is not None
-        assert [u["id"] for u in d.runtime.graph.last_round.changed] == [user["id"]]
+        assert d.runtime.graph.last_round.changed_ids == [user["id"]]
         from config.bootstrap import new_context
         from services.graph_delta import FullRoundDirectory
 

@@ -122,7 +122,7 @@ def test_an_idle_round_is_one_request_and_a_change_arrives_in_one_round(
     since = mark(sandbox)
     before = d.users()
     assert graph_requests(sandbox, since) == ["GET /v1.0/users/delta"]
-    assert d.last_reason == "delta" and d.last_round is not None and d.last_round.changed == []
+    assert d.last_reason == "delta" and d.last_round is not None and d.last_round.changed_ids == []
 
     with open_store(sandbox.directory) as st:
         (rid_a, a), (rid_b, b), (rid_c, c) = [

@@ -106,3 +106,98 @@ def test_the_users_encoding_round_trips_and_refuses_garbage() -> None:
     assert decode_users(encode_users(users)) == users
     with pytest.raises(ValueError):
         decode_users(encode_users({"u1": ["too", "short"]}))  # type: ignore[dict-item]
+
+
+class _Entry(dict):  # what Graph answered for one user (a plain dict cannot be weakly referenced)
+    pass
+
+
+class _Graph:
+    """A GraphAPI whose delta rounds answer ``_Entry`` objects we can watch."""
+
+    base = "https://graph.test"
+
+    def __init__(self, entries: list[_Entry]) -> None:
+        self.entries = entries
+        self.http = self
+
+    @property
+    def base_url(self) -> str:
+        return self.base
+
+    def url_for(self, path: str) -> str:
+        return self.base + path
+
+    def delta(self, link: str | None) -> DeltaRound:
+        changed, self.entries = self.entries, []
+        return DeltaRound(full=link is None, changed=changed, delta_link=f"{self.base}/v1.0/users/delta?$deltatoken=d", pages=1)
+
+
+class _Hash:
+    """The few Redis hash commands RedisGraphDeltaStore uses, in memory."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, str]] = {}
+
+    def hget(self, key: str, field: str) -> str | None:
+        return self.data.get(key, {}).get(field)
+
+    def hset(self, key: str, mapping: dict[str, str]) -> None:
+        self.data.setdefault(key, {}).update(mapping)
+
+
+def test_the_directory_keeps_no_answer_of_graph_after_a_round() -> None:
+    """The users a round returned are kept once, as the compact users map; the raw
+    entries of Graph's pages are let go (a full round at 50,000 employees held them,
+    for a log line, through the whole run); the round's summary stays."""
+    import gc
+    import weakref
+
+    from services.graph_delta import DeltaUserDirectory, RedisGraphDeltaStore
+
+    entries = [
+        _Entry(id=f"u{n}", employeeId=str(n), mail=f"p{n}@x.test", userPrincipalName=f"p{n}@x.test", accountEnabled=True)
+        for n in range(50)
+    ]
+    refs = [weakref.ref(e) for e in entries]
+    directory = DeltaUserDirectory(_Graph(entries), RedisGraphDeltaStore(_Hash(), "t:"))  # type: ignore[arg-type]
+    del entries
+    rows = directory.users()
+    assert sorted(r["id"] for r in rows) == sorted(f"u{n}" for n in range(50))
+    gc.collect()
+    assert sum(1 for ref in refs if ref() is not None) == 0
+    summary = directory.last_round
+    assert summary is not None and (summary.full, summary.pages, summary.removed) == (True, 1, [])
+    assert sorted(summary.changed_ids) == sorted(f"u{n}" for n in range(50))
+
+
+def test_between_rounds_the_store_keeps_the_users_compressed_and_reads_redis_only_for_a_new_version() -> None:
+    """The users map of 50,000 employees is about 22 MB decoded and 2 MB as the text
+    saved in Redis: the store keeps that text between cycles (not the map, which would
+    sit through every apply phase) and decodes it when the kept version is current;
+    another replica's save (a new version) is read from Redis."""
+    from services.graph_delta import DeltaState, RedisGraphDeltaStore
+
+    class Counting(_Hash):
+        def __init__(self) -> None:
+            super().__init__()
+            self.user_reads = 0
+
+        def hget(self, key: str, field: str) -> str | None:
+            self.user_reads += field == "users"
+            return super().hget(key, field)
+
+    redis = Counting()
+    store = RedisGraphDeltaStore(redis, "t:")
+    users = {"u1": ["1", "a@x.test", "a@x.test", True]}
+    store.save(DeltaState("/v1.0/users/delta?$deltatoken=d", 1.0, users), users_changed=True)
+    first, second = store.load(), store.load()
+    assert first is not None and second is not None and first.users == second.users == users
+    assert first.users is not second.users and first.users is not users  # decoded afresh, not kept
+    assert redis.user_reads == 0
+
+    other = RedisGraphDeltaStore(redis, "t:")  # another replica saves a change
+    other.save(DeltaState("/v1.0/users/delta?$deltatoken=e", 1.0, {"u2": ["2", None, "b@x.test", True]}), users_changed=True)
+    third = store.load()
+    assert third is not None and list(third.users) == ["u2"] and redis.user_reads == 1
+    assert store.load() is not None and redis.user_reads == 1

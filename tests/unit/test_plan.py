@@ -128,3 +128,14 @@ def test_one_action_per_key_and_never_two_creates(case):
     assert len(seen) == len(set(seen))
     creates = [a.key for a in actions if a.kind == "create"]
     assert all(k not in current for k in creates)
+
+
+def test_plan_objects_carry_no_per_instance_dict() -> None:
+    """A first run at 50,000 employees plans about 70,000 creates of ~14 fields each: a
+    million FieldChange objects held through the apply phase. Without slots each one
+    carried a separate attribute store (104 bytes instead of 64: ~40 MB at that size)."""
+    change = FieldChange("email", None, "a@x.test")
+    action = Action("create", "1", {"email": "a@x.test"}, None, (change,))
+    assert not hasattr(change, "__dict__") and not hasattr(action, "__dict__")
+    with pytest.raises(AttributeError):
+        change.after = "b@x.test"  # type: ignore[misc]
