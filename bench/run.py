@@ -56,10 +56,6 @@ GOALS = {
 }
 
 
-WEBHOOK_SECRET = "YmVuY2gtd2ViaG9vay1zZWNyZXQtbm90LWEtcmVhbC1vbmU="
-"""Samsara's webhook secret of the no-op and idle runs (base64, as Samsara gives it)."""
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default=None, help="comma list of employee counts (default 1000,50000; --quick: 300)")
@@ -357,7 +353,7 @@ def size_run(args: argparse.Namespace, sc: Scenario, caps: dict[str, int], *, la
     # The no-op and idle runs are made with Samsara's webhooks configured (no event is
     # sent): the no-op run reads Samsara fully and saves the read, the idle run may use it.
     # The mutate run goes without (the sandbox's mutation sends no webhook event).
-    events = {"SAMSARA_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    events = {"SAMSARA_WEBHOOK_SECRET": BENCH_WEBHOOK_SECRET}
     runs["noop"] = sc.run("noop", caps, events)
     print_run(sc.size, runs["noop"])
     # The idle cycle of issue 14: another run with nothing changed. The no-op run above
@@ -495,7 +491,8 @@ def samsara_events_run(sc: Scenario, caps: dict[str, int]) -> dict[str, Any]:
     print(f"\n  {stamp()} Samsara with webhooks (SAMSARA_WEBHOOK_SECRET set; vehicles sync only)")
     ev = copy.copy(sc)
     ev.syncs = ("vehicles",)
-    ev.extra_env = {**sc.extra_env, "SAMSARA_WEBHOOK_SECRET": BENCH_WEBHOOK_SECRET}
+    # a saved read of its own: the no-op and idle runs saved one before the mutation
+    ev.extra_env = {**sc.extra_env, "SAMSARA_WEBHOOK_SECRET": BENCH_WEBHOOK_SECRET, "SAMSARA_READ_SCOPE": "bench-events"}
     sc.sandbox.start()
     runs: dict[str, Any] = {}
     events: list[dict[str, Any]] = []
