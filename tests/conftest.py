@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
+
+# Property tests are judged on what they find, not on how long one example takes: on a
+# loaded 2-core machine (CI, several test workers) hypothesis's default 200 ms deadline
+# failed a correct plan-property example once (tests/unit/test_plan_properties.py).
+settings.register_profile("project", deadline=None)
+settings.load_profile("project")
 
 
 @pytest.hookimpl(tryfirst=True)
