@@ -151,6 +151,7 @@ class IdleCheck:
         """When the last plan that wrote nothing had this key: report what it reported
         (records unchanged; rejections recorded again) and return True."""
         from sync.base import record_rejections
+        from sync.guard import nothing_held
 
         saved = self.sync.ctx.targets.unchanged_plan(self.sync.name)  # type: ignore[attr-defined]
         if not saved or saved.get("format") != FORMAT or saved.get("key") != self.key:
@@ -163,6 +164,9 @@ class IdleCheck:
         if not isinstance(entries, list) or not all(isinstance(e, dict) and "key" in e and "reason" in e for e in entries):
             return False
         self.sync.ctx.track_reads(None)
+        # The saved plan held nothing (a run that holds never saves): as that run did, this
+        # one clears a hold an earlier run left (the console must not offer an obsolete batch).
+        nothing_held(self.sync.ctx, self.sync.name)
         again = getattr(slog, "errors_again", None)
         if again is not None:  # the entries were scrubbed when saved: recorded as they are
             again(entries)

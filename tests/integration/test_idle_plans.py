@@ -192,3 +192,25 @@ def test_digest_follows_values_not_identity() -> None:
     assert digest(rows) == digest([dict(r) for r in rows])
     assert digest(rows) != digest([{**rows[0], "Name": "Ana "}])
     assert digest({1: "J1"}) != digest({1: "J2"}) and digest([]) != digest({})
+
+
+def test_an_idle_cycle_clears_a_hold_its_plan_no_longer_makes(tmp_path: Path) -> None:
+    """A batch held for approval, then the source change behind it undone: the cycle
+    whose inputs are those of the saved quiet plan holds nothing, so the console must not
+    go on offering the obsolete batch for approval (as a planned run clears it)."""
+    from utils.control import ControlStore
+
+    rig = IdleRig(tmp_path)
+    rig.rows = [emp(n) for n in range(1, 9)]
+    control = ControlStore(rig.redis, prefix=rig.env["REDIS_PREFIX"])
+    rig.run(control=control)
+    assert rig.run(control=control)["loaded"] > 0  # the quiet plan whose key is saved
+    settled_rows = list(rig.rows)
+    rig.rows[:4] = [emp(n, active=False) for n in range(1, 5)]  # a mistaken termination: 4 of 8
+    held = rig.run(control=control)
+    assert held["results"]["employees"].held == ["1", "2", "3", "4"] and control.held("employees") is not None
+    rig.rows = settled_rows  # corrected in Vista: the inputs are the saved quiet plan's again
+    idle = rig.run(control=control)
+    assert "users" not in rig.shadow_loads  # employees did not plan (titles did: its note is the held cycle's)
+    assert idle["results"]["employees"].status == "success"
+    assert control.held("employees") is None
