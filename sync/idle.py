@@ -23,8 +23,9 @@ The key, and why each part is in it:
   retry times move with the clock);
 - **settings, day, code**: every setting a plan follows (``settings_digest``: not the
   endpoints, credentials, rate limits or operational ones), ``today`` (scheduled
-  terminations), and a hash of the product's own source files (a new release with other
-  rules plans again).
+  terminations), a hash of the product's own source files (a new release with other
+  rules plans again) and the Python version with its Unicode tables (a new image with
+  another Python validates names and e-mails by other tables).
 
 A run saves a key only when it is sure the key describes everything it read: no write
 planned or sent, no guard refusal or held deactivation, nothing skipped by the tracker,
@@ -38,6 +39,8 @@ import hashlib
 import json
 import logging
 import re
+import sys
+import unicodedata
 from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
@@ -138,6 +141,8 @@ class IdleCheck:
             "format": FORMAT,
             "sync": sync.name,
             "code": code_version(),
+            # the interpreter is part of the rules: its Unicode tables decide what validates
+            "python": [sys.version, unicodedata.unidata_version],
             "settings": settings_digest(ctx.settings),
             "today": ctx.today.isoformat(),
             "target": identity,

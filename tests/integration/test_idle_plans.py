@@ -214,3 +214,18 @@ def test_an_idle_cycle_clears_a_hold_its_plan_no_longer_makes(tmp_path: Path) ->
     assert "users" not in rig.shadow_loads  # employees did not plan (titles did: its note is the held cycle's)
     assert idle["results"]["employees"].status == "success"
     assert control.held("employees") is None
+
+
+def test_a_new_python_plans_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rules of a plan are the product's code and the interpreter running it: a new
+    image with the same product code but another Python (its Unicode tables decide which
+    names and e-mails validate, utils/data_validator.py) plans again."""
+    import sys
+    import unicodedata
+
+    rig, _ = settled(tmp_path)
+    monkeypatch.setattr(sys, "version", sys.version + " (another build)")
+    assert rig.run()["loaded"] > 0
+    assert rig.run()["loaded"] == 0
+    monkeypatch.setattr(unicodedata, "unidata_version", "99.0.0")
+    assert rig.run()["loaded"] > 0
