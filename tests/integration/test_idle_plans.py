@@ -112,6 +112,7 @@ def test_a_rejected_record_is_reported_again_by_an_idle_cycle(tmp_path: Path) ->
     for out in (planned, idle):
         employees = out["results"]["employees"]
         assert employees.status == "partial" and employees.rejected == 1 and employees.counts["failed"] == 1
+
     def recorded(out: dict[str, Any]) -> list[dict[str, Any]]:
         errors = json.loads(Path(out["results"]["employees"].errors_file).read_text())["errors"]
         return [{k: v for k, v in e.items() if k != "at"} for e in errors]
