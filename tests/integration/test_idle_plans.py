@@ -126,8 +126,11 @@ def test_records_waiting_in_the_tracker_make_the_sync_plan(tmp_path: Path) -> No
     rig, _ = settled(tmp_path)
     rig.tracker.record_failure("employees", "2", "fp", "SafetyAmp said no", ["email"])
     rig.run()
-    assert "users" in rig.shadow_loads  # employees planned (its record 2 is due again)
-    assert rig.run()["loaded"] > 0  # and plans as long as the tracker holds anything
+    assert "users" in rig.shadow_loads  # employees planned (the tracker changed)
+    assert rig.run()["loaded"] == 0  # the same entry, still waiting: a plan would do the same
+    assert rig.tracker.retry("employees", "2") == 1  # due now: it plans
+    assert rig.run()["loaded"] > 0
+    assert rig.run()["loaded"] > 0  # and plans as long as a record is due
     rig.tracker.record_success("employees", "2")
     rig.run()  # plans once more with an empty tracker and saves its key
     assert rig.run()["loaded"] == 0
@@ -230,3 +233,30 @@ def test_a_new_python_plans_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert rig.run()["loaded"] == 0
     monkeypatch.setattr(unicodedata, "unidata_version", "99.0.0")
     assert rig.run()["loaded"] > 0
+
+
+def test_a_record_waiting_in_the_tracker_does_not_keep_the_sync_planning(tmp_path: Path) -> None:
+    """One record SafetyAmp refuses waits in the tracker (2 h, then longer; once
+    quarantined, until its inputs change or 30 days pass): every plan meanwhile holds it
+    back the same way, so it does not stop the sync's idle cycles; when it falls due (or
+    an operator releases it, test_records_waiting_in_the_tracker_make_the_sync_plan) the
+    sync plans and retries it."""
+    from datetime import UTC, datetime, timedelta
+
+    from utils.errors import RecordError
+
+    clock = [datetime(2026, 11, 1, 8, tzinfo=UTC)]
+    rig, _ = settled(tmp_path)
+    rig.tracker = InMemoryTracker(lambda: clock[0])
+    rig.target.fail_with["2"] = RecordError("SafetyAmp said no", status=422)
+    rig.rows[1] = emp(2, last="Refused")
+    assert rig.run()["results"]["employees"].counts["failed"] == 1  # record 2 waits 2 h
+    for _ in range(2):  # the full read the attempted write asks for, then a plan against it
+        assert rig.run()["results"]["employees"].counts["skipped"] == 1
+    idle = rig.run()
+    assert "users" not in rig.shadow_loads, rig.shadow_loads
+    assert idle["results"]["employees"].counts["skipped"] == 1 and idle["results"]["employees"].status == "success"
+    rig.target.fail_with.clear()
+    clock[0] += timedelta(hours=3)  # its retry falls due: the next cycle plans and retries it
+    assert rig.run()["results"]["employees"].counts["updated"] == 1
+    assert rig.tracker.count("employees") == 0
