@@ -135,11 +135,11 @@ class IdleCheck:
         inputs = sync.inputs()
         if identity_of is None or not inputs:
             return None
-        tracked = _held_back(sync)
-        if tracked is None:
-            return None
         identity = identity_of()
         if identity is None:
+            return None
+        tracked = _held_back(sync)
+        if tracked is None:
             return None
         sources = {name: ctx.source_digest(name, loader) for name, loader in inputs.items()}
         parts = {
