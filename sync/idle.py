@@ -19,15 +19,17 @@ The key, and why each part is in it:
   while this cycle plans against the shadow and nothing has written to, re-read or
   invalidated it. A full read (start, TARGET_FULL_READ_HOURS, ``--full``, a stale
   shadow) gives new files, so the daily reconciliation always plans;
-- **tracker**: a sync with records in the failed-record tracker always plans (their
-  retry times move with the clock);
+- **tracker**: what the failed-record tracker holds back for this sync (each record
+  waiting or quarantined, its fingerprint and next retry): a plan skips exactly those.
+  A record due for retry makes the sync plan (the plan retries it);
 - **settings, day, code**: every setting a plan follows (``settings_digest``: not the
   endpoints, credentials, rate limits or operational ones), ``today`` (scheduled
-  terminations), and a hash of the product's own source files (a new release with other
-  rules plans again).
+  terminations), a hash of the product's own source files (a new release with other
+  rules plans again) and the Python version with its Unicode tables (a new image with
+  another Python validates names and e-mails by other tables).
 
 A run saves a key only when it is sure the key describes everything it read: no write
-planned or sent, no guard refusal or held deactivation, nothing skipped by the tracker,
+planned or sent, no guard refusal or held deactivation, the tracker as it was at the start,
 no source read that ``inputs`` does not name (a sync whose ``load`` reads more than it
 declares never skips), and the target identity the same at the end as at the start.
 """
@@ -38,6 +40,8 @@ import hashlib
 import json
 import logging
 import re
+import sys
+import unicodedata
 from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
@@ -48,7 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sync")
 
-FORMAT = 1
+FORMAT = 2
 _CHUNK = 2000
 _CODE_DIRS = ("config", "services", "sync", "utils")
 _TRANSPORT = re.compile(
@@ -112,10 +116,11 @@ def digest(value: Any) -> str:
 class IdleCheck:
     """One run's view of "did anything this plan reads change?"."""
 
-    def __init__(self, sync: BaseSync, key: str, identity: str) -> None:
+    def __init__(self, sync: BaseSync, key: str, identity: str, tracked: str) -> None:
         self.sync = sync
         self.key = key
         self.identity = identity
+        self.tracked = tracked
 
     @classmethod
     def start(cls, sync: BaseSync) -> IdleCheck | None:
@@ -128,29 +133,36 @@ class IdleCheck:
         targets = ctx.targets
         identity_of: Callable[[], str | None] | None = getattr(targets, "identity", None)
         inputs = sync.inputs()
-        if identity_of is None or not inputs or _tracked(sync):
+        if identity_of is None or not inputs:
             return None
         identity = identity_of()
         if identity is None:
+            return None
+        tracked = _held_back(sync)
+        if tracked is None:
             return None
         sources = {name: ctx.source_digest(name, loader) for name, loader in inputs.items()}
         parts = {
             "format": FORMAT,
             "sync": sync.name,
             "code": code_version(),
+            # the interpreter is part of the rules: its Unicode tables decide what validates
+            "python": [sys.version, unicodedata.unidata_version],
             "settings": settings_digest(ctx.settings),
             "today": ctx.today.isoformat(),
             "target": identity,
             "sources": sources,
+            "tracker": tracked,
         }
         key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
         ctx.track_reads(set(inputs))
-        return cls(sync, key, identity)
+        return cls(sync, key, identity, tracked)
 
     def replay(self, result: RunResult, slog: Any) -> bool:
         """When the last plan that wrote nothing had this key: report what it reported
         (records unchanged; rejections recorded again) and return True."""
         from sync.base import record_rejections
+        from sync.guard import nothing_held
 
         saved = self.sync.ctx.targets.unchanged_plan(self.sync.name)  # type: ignore[attr-defined]
         if not saved or saved.get("format") != FORMAT or saved.get("key") != self.key:
@@ -158,11 +170,15 @@ class IdleCheck:
         entries = saved.get("rejected")
         try:
             unchanged = int(saved["unchanged"])
+            skipped = int(saved.get("skipped", 0))
         except (KeyError, TypeError, ValueError):
             return False
         if not isinstance(entries, list) or not all(isinstance(e, dict) and "key" in e and "reason" in e for e in entries):
             return False
         self.sync.ctx.track_reads(None)
+        # The saved plan held nothing (a run that holds never saves): as that run did, this
+        # one clears a hold an earlier run left (the console must not offer an obsolete batch).
+        nothing_held(self.sync.ctx, self.sync.name)
         again = getattr(slog, "errors_again", None)
         if again is not None:  # the entries were scrubbed when saved: recorded as they are
             again(entries)
@@ -172,14 +188,16 @@ class IdleCheck:
         else:  # a change log without it (tests): one at a time
             record_rejections([_rejected(e) for e in entries], result, slog)
         result.counts["unchanged"] += unchanged
+        result.counts["skipped"] += skipped  # the records the tracker holds back, as then
         if result.counts["failed"]:
             result.status = "partial"
         log.info(
             "%s: nothing it reads changed since its last plan (same sources, same target shadow, "
-            "no record queued for retry): %d unchanged, %d rejected, not planned again",
+            "no record due for retry): %d unchanged, %d rejected, %d held back by the tracker, not planned again",
             self.sync.name,
             unchanged,
             result.rejected,
+            skipped,
             extra={"sync": self.sync.name},
         )
         return True
@@ -195,11 +213,10 @@ class IdleCheck:
             and not refused
             and not result.guard_tripped
             and not result.held
-            and result.counts["skipped"] == 0
             and result.counts["failed"] == result.rejected
             and not undeclared
             and getattr(targets, "identity", lambda: None)() == self.identity
-            and not _tracked(self.sync)
+            and _held_back(self.sync) == self.tracked
         )
         if undeclared:
             log.warning("%s read sources its inputs() does not name (%s): it plans every cycle", self.sync.name, undeclared)
@@ -211,6 +228,7 @@ class IdleCheck:
                 "format": FORMAT,
                 "key": self.key,
                 "unchanged": result.counts["unchanged"],
+                "skipped": result.counts["skipped"],
                 "rejected": [_rejection(self.sync._slog, r) for r in desired.rejected],
             },
         )
@@ -234,9 +252,24 @@ def _rejected(entry: Mapping[str, Any]) -> Rejected:
     return Rejected(str(entry["key"]), str(entry["reason"]), fields, entry.get("payload"), str(entry.get("kind", "rejected")))
 
 
-def _tracked(sync: BaseSync) -> bool:
-    """True when the failed-record tracker holds records of this sync (or cannot say)."""
+def _held_back(sync: BaseSync) -> str | None:
+    """What the failed-record tracker holds back for this sync, as one value: each record
+    waiting for its retry or quarantined, with the inputs it failed with and its next
+    retry. While it stays the same, every plan skips the same records (a record is held
+    back only with the fingerprint it failed with: any other comes with a source change,
+    which is in the key). None: a record is due (this plan retries it) or the tracker
+    cannot say: plan."""
+    tracker = sync.ctx.tracker
+    lister: Callable[[str], list[dict[str, Any]]] | None = getattr(tracker, "list", None)
     try:
-        return sync.ctx.tracker.count(sync.name) > 0
+        if lister is None:  # a tracker that cannot list its records: only an empty one vouches
+            return digest([]) if tracker.count(sync.name) == 0 else None
+        rows = lister(sync.name)
     except Exception:  # the tracker unreachable: plan, as always
-        return True
+        return None
+    held = []
+    for row in rows:
+        if row.get("status") not in ("waiting", "quarantined"):
+            return None
+        held.append([str(row.get("key")), row.get("fingerprint"), row.get("status"), row.get("next_retry")])
+    return digest(sorted(held, key=repr))

@@ -112,6 +112,7 @@ def test_a_rejected_record_is_reported_again_by_an_idle_cycle(tmp_path: Path) ->
     for out in (planned, idle):
         employees = out["results"]["employees"]
         assert employees.status == "partial" and employees.rejected == 1 and employees.counts["failed"] == 1
+
     def recorded(out: dict[str, Any]) -> list[dict[str, Any]]:
         errors = json.loads(Path(out["results"]["employees"].errors_file).read_text())["errors"]
         return [{k: v for k, v in e.items() if k != "at"} for e in errors]
@@ -125,8 +126,11 @@ def test_records_waiting_in_the_tracker_make_the_sync_plan(tmp_path: Path) -> No
     rig, _ = settled(tmp_path)
     rig.tracker.record_failure("employees", "2", "fp", "SafetyAmp said no", ["email"])
     rig.run()
-    assert "users" in rig.shadow_loads  # employees planned (its record 2 is due again)
-    assert rig.run()["loaded"] > 0  # and plans as long as the tracker holds anything
+    assert "users" in rig.shadow_loads  # employees planned (the tracker changed)
+    assert rig.run()["loaded"] == 0  # the same entry, still waiting: a plan would do the same
+    assert rig.tracker.retry("employees", "2") == 1  # due now: it plans
+    assert rig.run()["loaded"] > 0
+    assert rig.run()["loaded"] > 0  # and plans as long as a record is due
     rig.tracker.record_success("employees", "2")
     rig.run()  # plans once more with an empty tracker and saves its key
     assert rig.run()["loaded"] == 0
@@ -192,3 +196,67 @@ def test_digest_follows_values_not_identity() -> None:
     assert digest(rows) == digest([dict(r) for r in rows])
     assert digest(rows) != digest([{**rows[0], "Name": "Ana "}])
     assert digest({1: "J1"}) != digest({1: "J2"}) and digest([]) != digest({})
+
+
+def test_an_idle_cycle_clears_a_hold_its_plan_no_longer_makes(tmp_path: Path) -> None:
+    """A batch held for approval, then the source change behind it undone: the cycle
+    whose inputs are those of the saved quiet plan holds nothing, so the console must not
+    go on offering the obsolete batch for approval (as a planned run clears it)."""
+    from utils.control import ControlStore
+
+    rig = IdleRig(tmp_path)
+    rig.rows = [emp(n) for n in range(1, 9)]
+    control = ControlStore(rig.redis, prefix=rig.env["REDIS_PREFIX"])
+    rig.run(control=control)
+    assert rig.run(control=control)["loaded"] > 0  # the quiet plan whose key is saved
+    settled_rows = list(rig.rows)
+    rig.rows[:4] = [emp(n, active=False) for n in range(1, 5)]  # a mistaken termination: 4 of 8
+    held = rig.run(control=control)
+    assert held["results"]["employees"].held == ["1", "2", "3", "4"] and control.held("employees") is not None
+    rig.rows = settled_rows  # corrected in Vista: the inputs are the saved quiet plan's again
+    idle = rig.run(control=control)
+    assert "users" not in rig.shadow_loads  # employees did not plan (titles did: its note is the held cycle's)
+    assert idle["results"]["employees"].status == "success"
+    assert control.held("employees") is None
+
+
+def test_a_new_python_plans_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rules of a plan are the product's code and the interpreter running it: a new
+    image with the same product code but another Python (its Unicode tables decide which
+    names and e-mails validate, utils/data_validator.py) plans again."""
+    import sys
+    import unicodedata
+
+    rig, _ = settled(tmp_path)
+    monkeypatch.setattr(sys, "version", sys.version + " (another build)")
+    assert rig.run()["loaded"] > 0
+    assert rig.run()["loaded"] == 0
+    monkeypatch.setattr(unicodedata, "unidata_version", "99.0.0")
+    assert rig.run()["loaded"] > 0
+
+
+def test_a_record_waiting_in_the_tracker_does_not_keep_the_sync_planning(tmp_path: Path) -> None:
+    """One record SafetyAmp refuses waits in the tracker (2 h, then longer; once
+    quarantined, until its inputs change or 30 days pass): every plan meanwhile holds it
+    back the same way, so it does not stop the sync's idle cycles; when it falls due (or
+    an operator releases it, test_records_waiting_in_the_tracker_make_the_sync_plan) the
+    sync plans and retries it."""
+    from datetime import UTC, datetime, timedelta
+
+    from utils.errors import RecordError
+
+    clock = [datetime(2026, 11, 1, 8, tzinfo=UTC)]
+    rig, _ = settled(tmp_path)
+    rig.tracker = InMemoryTracker(lambda: clock[0])
+    rig.target.fail_with["2"] = RecordError("SafetyAmp said no", status=422)
+    rig.rows[1] = emp(2, last="Refused")
+    assert rig.run()["results"]["employees"].counts["failed"] == 1  # record 2 waits 2 h
+    for _ in range(2):  # the full read the attempted write asks for, then a plan against it
+        assert rig.run()["results"]["employees"].counts["skipped"] == 1
+    idle = rig.run()
+    assert "users" not in rig.shadow_loads, rig.shadow_loads
+    assert idle["results"]["employees"].counts["skipped"] == 1 and idle["results"]["employees"].status == "success"
+    rig.target.fail_with.clear()
+    clock[0] += timedelta(hours=3)  # its retry falls due: the next cycle plans and retries it
+    assert rig.run()["results"]["employees"].counts["updated"] == 1
+    assert rig.tracker.count("employees") == 0
