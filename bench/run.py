@@ -56,6 +56,10 @@ GOALS = {
 }
 
 
+GOAL_SIZE = 50_000
+"""The size the memory and idle-CPU goals name."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default=None, help="comma list of employee counts (default 1000,50000; --quick: 300)")
@@ -592,6 +596,7 @@ def graph_and_idle_goals(size: int, res: dict[str, Any]) -> list[dict[str, Any]]
         n = data_requests(service)
         goals.append(goal_line(f"{size:,} idle cycle: {service} requests", n, f"<= {most}", n <= most))
     cpu = noop.get("cycle_cpu_seconds")
+    judged = size <= GOAL_SIZE  # issue 14's goal is at 50,000 employees
     where = (
         "Vista on PostgreSQL"
         if res.get("viewpoint") == "postgresql"
@@ -602,7 +607,8 @@ def graph_and_idle_goals(size: int, res: dict[str, Any]) -> list[dict[str, Any]]
             f"{size:,} idle cycle: CPU seconds of the cycle ({where}; process start {noop['cpu_seconds'] - (cpu or 0):.2f} s more)",
             cpu,
             f"< {GOALS['idle_cpu_s']:g}",
-            None if cpu is None else cpu < GOALS["idle_cpu_s"],
+            None if cpu is None or not judged else cpu < GOALS["idle_cpu_s"],
+            "" if judged else f"the goal is at {GOAL_SIZE:,} employees",
         )
     )
     return goals
@@ -668,8 +674,11 @@ def evaluate(args: argparse.Namespace, results: dict[str, Any]) -> list[dict[str
             )
         )
         goals.append(goal_line(f"{tag}: requests answered 429", rate["requests_429"], "0", rate["requests_429"] == 0))
-    if results["sizes"]:
-        largest = max(results["sizes"].values(), key=lambda r: r["size"])
+    # The memory goals are the first version's, at 50,000 employees: judged at the largest
+    # size up to that (larger sizes are shown in the tables, not held to it).
+    held = [r for r in results["sizes"].values() if r["size"] <= GOAL_SIZE]
+    if held:
+        largest = max(held, key=lambda r: r["size"])
         plan = largest["plan"]
         n = largest["size"]
         goals.append(
@@ -765,7 +774,7 @@ def markdown(results: dict[str, Any]) -> str:
         "SafetyAmp writes first (records changed)",
         lambda r: f"{svc(r, 'first', 'safetyamp')['writes']:,} ({svc(r, 'first', 'safetyamp')['changed']['total']:,})",
     )
-    row("SafetyAmp writes no-op", lambda r: svc(r, "noop", "safetyamp")["writes"])
+    row("SafetyAmp writes no-op", lambda r: svc(r, "noop", "safetyamp").get("writes", 0))
     row(
         "SafetyAmp writes after mutate 5 % (records changed)",
         lambda r: f"{svc(r, 'mutate', 'safetyamp')['writes']:,} ({svc(r, 'mutate', 'safetyamp')['changed']['total']:,})",
@@ -791,7 +800,11 @@ def markdown(results: dict[str, Any]) -> str:
     )
     row(
         "SCIM writes first / no-op / mutate",
-        lambda r: " / ".join(str(svc(r, lb, "scim")["writes"]) for lb in ("first", "noop", "mutate")),
+        lambda r: (
+            " / ".join(str(svc(r, lb, "scim").get("writes", 0)) for lb in ("first", "noop", "mutate"))
+            if "scim" in r["runs"]["first"]["services"]
+            else "-"
+        ),
     )
     row("first run: sync time (s)", lambda r: f"{sum(r['runs']['first']['sync_seconds'].values()):.1f}")
     row("no-op run: sync time (s)", lambda r: f"{sum(r['runs']['noop']['sync_seconds'].values()):.1f}")
