@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 from datetime import date, timedelta
@@ -20,6 +19,7 @@ from datetime import date, timedelta
 sys.path.insert(0, os.getcwd())
 
 import requests
+from harness import vm_hwm_kb  # bench/ (this script's folder)
 from sqlalchemy import create_engine
 
 from config.settings import load_settings
@@ -28,19 +28,6 @@ from services.viewpoint_api import ViewpointQueries
 SAFETYAMP_PAGE = 1000
 GRAPH_PAGE = 999
 SAMSARA_PAGE = 512
-
-
-def _vm_hwm_mb() -> float:
-    """This process's own peak RSS (VmHWM): ``ru_maxrss`` would include the peak of the
-    process that started it (Linux keeps it across ``execve``; see bench/harness.py)."""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def main() -> None:
@@ -136,7 +123,8 @@ def main() -> None:
                 "seconds": sql_seconds + target_seconds,
                 "rows": rows,
                 "pages": pages,
-                "max_rss_mb": _vm_hwm_mb(),
+                # its own peak: ru_maxrss would include the bench's (bench/harness.py)
+                "max_rss_mb": vm_hwm_kb() / 1024.0,
             }
         )
     )

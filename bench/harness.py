@@ -136,13 +136,14 @@ def wait_with_rusage(proc: subprocess.Popen[Any], poll_seconds: float = 0.02) ->
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+        peak_kb = max(peak_kb, vm_hwm_kb(proc.pid))
         time.sleep(poll_seconds)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, usage, peak_kb / 1024.0
 
 
-def _vm_hwm_kb(pid: int) -> int:
+def vm_hwm_kb(pid: int | str = "self") -> int:
+    """A process's own peak RSS in kB (``VmHWM``; 0 when it cannot be read)."""
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
             for line in fh:

@@ -575,7 +575,7 @@ def graph_and_idle_goals(size: int, res: dict[str, Any]) -> list[dict[str, Any]]
     from sandbox import graph as graph_emu
 
     goals = []
-    first, noop = res["runs"]["first"], res["runs"].get("idle", res["runs"]["noop"])
+    first, idle = res["runs"]["first"], res["runs"].get("idle", res["runs"]["noop"])
     users = first["collections_at_start"].get("graph", {}).get("users", 0)
     sent = first["services"].get("graph", {}).get("pages", {}).get("users", 0)
     want = math.ceil(users / graph_emu.DELTA_PAGE_SIZE) if users else 1
@@ -589,13 +589,13 @@ def graph_and_idle_goals(size: int, res: dict[str, Any]) -> list[dict[str, Any]]
     )
 
     def data_requests(service: str) -> int:
-        svc = noop["services"].get(service, {})
+        svc = idle["services"].get(service, {})
         return sum(svc.get("methods", {}).values()) - svc.get("sign_in", 0)
 
     for service, most in (("safetyamp", GOALS["idle_safetyamp"]), ("graph", GOALS["idle_graph"]), ("samsara", 0)):
         n = data_requests(service)
         goals.append(goal_line(f"{size:,} idle cycle: {service} requests", n, f"<= {most}", n <= most))
-    cpu = noop.get("cycle_cpu_seconds")
+    cpu = idle.get("cycle_cpu_seconds")
     judged = size <= GOAL_SIZE  # issue 14's goal is at 50,000 employees
     where = (
         "Vista on PostgreSQL"
@@ -604,7 +604,7 @@ def graph_and_idle_goals(size: int, res: dict[str, Any]) -> list[dict[str, Any]]
     )
     goals.append(
         goal_line(
-            f"{size:,} idle cycle: CPU seconds of the cycle ({where}; process start {noop['cpu_seconds'] - (cpu or 0):.2f} s more)",
+            f"{size:,} idle cycle: CPU seconds of the cycle ({where}; process start {idle['cpu_seconds'] - (cpu or 0):.2f} s more)",
             cpu,
             f"< {GOALS['idle_cpu_s']:g}",
             None if cpu is None or not judged else cpu < GOALS["idle_cpu_s"],

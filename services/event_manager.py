@@ -85,6 +85,20 @@ def _reason(exc: OSError, path: Path) -> str:
     return f"{exc.strerror or type(exc).__name__} ({path})"
 
 
+def _error_details(
+    fields: Iterable[str] | Mapping[str, Any] | None, target_body: Any, payload: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The optional parts of an error entry, as ``SyncLog.error`` records them."""
+    out: dict[str, Any] = {}
+    if fields is not None:
+        out["fields"] = dict(fields) if isinstance(fields, Mapping) else list(fields)
+    if target_body is not None:
+        out["target_body"] = _truncate(target_body)
+    if payload is not None:
+        out["payload"] = payload
+    return out
+
+
 @dataclass(frozen=True)
 class RunFiles:
     """Where one finished run was written (errors is None when there were none; log is
@@ -394,12 +408,7 @@ class SyncLog:
         if not isinstance(kind, str) or not kind:
             raise ValueError(f"kind must be a non-empty label such as {', '.join(ERROR_KINDS)}; got {kind!r}")
         entry: dict[str, Any] = {"key": key, "kind": kind, "reason": reason, "at": iso_z(self._manager.now(), "milliseconds")}
-        if fields is not None:
-            entry["fields"] = dict(fields) if isinstance(fields, Mapping) else list(fields)
-        if target_body is not None:
-            entry["target_body"] = _truncate(target_body)
-        if payload is not None:
-            entry["payload"] = payload
+        entry.update(_error_details(fields, target_body, payload))
         if intent is not None:
             entry["intent"] = intent
         self._record("error", self._errors, self._manager.scrub(entry), intent)
@@ -415,9 +424,7 @@ class SyncLog:
     ) -> dict[str, Any]:
         """A source record's rejection as ``error`` would record it (scrubbed), without
         its time: an idle cycle records it again with ``errors_again`` (sync/idle.py)."""
-        entry: dict[str, Any] = {"key": key, "kind": kind, "reason": reason, "fields": list(fields)}
-        if payload is not None:
-            entry["payload"] = payload
+        entry: dict[str, Any] = {"key": key, "kind": kind, "reason": reason, **_error_details(fields, None, payload)}
         return dict(self._manager.scrub(entry))
 
     def errors_again(self, entries: Iterable[Mapping[str, Any]]) -> None:

@@ -237,9 +237,7 @@ def _clean(keys: tuple[str, ...], row: Any) -> Row:
     out: Row = {}
     for key, value in zip(keys, row, strict=True):
         if value is not None:
-            if type(value) is str:
-                value = value.strip()
-            elif isinstance(value, str):
+            if isinstance(value, str):
                 value = value.strip()
             elif isinstance(value, datetime):
                 value = value.date()

@@ -25,7 +25,7 @@ from sync.apply import COUNTED, Applier, Done, Entry
 from sync.apply import apply_in_order as apply_in_order  # its home was here; utils/locks.py names it so
 from sync.engine import Action, plan
 from sync.guard import guard_reason, held_refusal, judge
-from sync.idle import IdleCheck
+from sync.idle import IdleCheck, digest
 from sync.ports import (
     ChangeLog,
     FailedRecords,
@@ -225,8 +225,6 @@ class SyncContext:
     def source_digest(self, name: str, loader: Callable[[], object]) -> str:
         """A hash of the source ``name`` (read through ``source``), once per run
         (sync/idle.py)."""
-        from sync.idle import digest
-
         value = self.source(name, loader)
         with self._source_lock:
             known = self._source_digests.get(name)
@@ -660,9 +658,15 @@ def record_rejections(rejected: Sequence[Rejected], result: RunResult, slog: Any
     count as failed, and as rejected (not write failures) for the quarantine."""
     for rej in rejected:
         slog.error(prefix + rej.key, rej.reason, payload=rej.payload, fields=list(rej.fields), kind=rej.kind)
-        if rej.kind == "rejected":
-            result.counts["failed"] += 1
-            result.rejected += 1
+        count_rejection(rej.kind, result)
+
+
+def count_rejection(kind: str, result: RunResult) -> None:
+    """A refusal counts as failed, and as rejected for the quarantine; a dropped field
+    does not count."""
+    if kind == "rejected":
+        result.counts["failed"] += 1
+        result.rejected += 1
 
 
 def only_record(desired: Desired, key: str) -> Desired:

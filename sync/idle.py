@@ -161,7 +161,7 @@ class IdleCheck:
     def replay(self, result: RunResult, slog: Any) -> bool:
         """When the last plan that wrote nothing had this key: report what it reported
         (records unchanged; rejections recorded again) and return True."""
-        from sync.base import record_rejections
+        from sync.base import count_rejection
         from sync.guard import nothing_held
 
         saved = self.sync.ctx.targets.unchanged_plan(self.sync.name)  # type: ignore[attr-defined]
@@ -179,14 +179,9 @@ class IdleCheck:
         # The saved plan held nothing (a run that holds never saves): as that run did, this
         # one clears a hold an earlier run left (the console must not offer an obsolete batch).
         nothing_held(self.sync.ctx, self.sync.name)
-        again = getattr(slog, "errors_again", None)
-        if again is not None:  # the entries were scrubbed when saved: recorded as they are
-            again(entries)
-            refused = sum(1 for e in entries if e.get("kind", "rejected") == "rejected")
-            result.counts["failed"] += refused
-            result.rejected += refused
-        else:  # a change log without it (tests): one at a time
-            record_rejections([_rejected(e) for e in entries], result, slog)
+        slog.errors_again(entries)  # scrubbed when saved: recorded as they are
+        for entry in entries:
+            count_rejection(str(entry.get("kind", "rejected")), result)
         result.counts["unchanged"] += unchanged
         result.counts["skipped"] += skipped  # the records the tracker holds back, as then
         if result.counts["failed"]:
@@ -236,20 +231,7 @@ class IdleCheck:
 
 def _rejection(slog: Any, r: Rejected) -> dict[str, Any]:
     """``r`` as the change log records it (scrubbed), to be recorded again as it is."""
-    shape = getattr(slog, "rejection", None)
-    if shape is not None:
-        return dict(shape(r.key, r.reason, payload=r.payload, fields=r.fields, kind=r.kind))
-    out: dict[str, Any] = {"key": r.key, "reason": r.reason, "fields": list(r.fields), "kind": r.kind}
-    if r.payload is not None:
-        out["payload"] = r.payload
-    return out
-
-
-def _rejected(entry: Mapping[str, Any]) -> Rejected:
-    from sync.base import Rejected
-
-    fields = tuple(entry.get("fields") or ())
-    return Rejected(str(entry["key"]), str(entry["reason"]), fields, entry.get("payload"), str(entry.get("kind", "rejected")))
+    return dict(slog.rejection(r.key, r.reason, payload=r.payload, fields=r.fields, kind=r.kind))
 
 
 def _held_back(sync: BaseSync) -> str | None:
@@ -259,12 +241,8 @@ def _held_back(sync: BaseSync) -> str | None:
     back only with the fingerprint it failed with: any other comes with a source change,
     which is in the key). None: a record is due (this plan retries it) or the tracker
     cannot say: plan."""
-    tracker = sync.ctx.tracker
-    lister: Callable[[str], list[dict[str, Any]]] | None = getattr(tracker, "list", None)
     try:
-        if lister is None:  # a tracker that cannot list its records: only an empty one vouches
-            return digest([]) if tracker.count(sync.name) == 0 else None
-        rows = lister(sync.name)
+        rows = sync.ctx.tracker.list(sync.name)
     except Exception:  # the tracker unreachable: plan, as always
         return None
     held = []

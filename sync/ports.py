@@ -95,6 +95,10 @@ class FailedRecords(Protocol):
     def count(self, sync: str) -> int:
         """Records currently tracked as failing for a sync."""
 
+    def list(self, sync: str | None = None) -> list[dict[str, Any]]:
+        """Every tracked record of ``sync`` (every sync when None), each with its ``status``
+        (due, waiting, quarantined) as of now."""
+
 
 BULK_REF = "bulkId:"
 """A member value naming a User created in the same bulk request (RFC 7644 section 3.7.2)."""
@@ -281,6 +285,20 @@ class RunLog(Protocol):
         intent: int | None = None,
     ) -> None:
         """Record a record-level problem (rejected, failed, field_dropped)."""
+
+    def rejection(
+        self,
+        key: Any,
+        reason: str,
+        *,
+        payload: Mapping[str, Any] | None = None,
+        fields: Iterable[str] = (),
+        kind: str = "rejected",
+    ) -> dict[str, Any]:
+        """A source record's rejection as ``error`` records it (scrubbed), without its time."""
+
+    def errors_again(self, entries: Iterable[Mapping[str, Any]]) -> None:
+        """Record ``rejection`` entries of an earlier run again, with this run's time."""
 
     def settled(self, intent: int, note: str) -> None:
         """Close an intent that ended in neither a change nor an error."""
