@@ -7,7 +7,6 @@ read older than SAMSARA_FULL_READ_HOURS is not used; without the secret every ru
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 import redis
@@ -15,7 +14,7 @@ import redis
 from services.samsara_read import marker_key, note_event
 from tests.e2e.conftest import BatchRunner
 from tests.e2e.test_daemon import WEBHOOK_SECRET
-from tests.support.redis_server import REDIS_URL
+from tests.support.redis_server import REDIS_URL, real_client_and_prefix
 
 pytestmark = pytest.mark.e2e
 
@@ -24,15 +23,7 @@ ONLY = ("--only", "vehicles")
 
 @pytest.fixture
 def prefix():
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError:
-        pytest.skip("needs the real Redis at " + REDIS_URL)
-    name = f"test-samsara-read-{uuid.uuid4().hex}:"
-    yield client, name
-    for key in client.scan_iter(match=name + "*"):
-        client.delete(key)
+    yield from real_client_and_prefix("samsara-read")
 
 
 def samsara_gets(batch: BatchRunner, since: int) -> int:

@@ -4,14 +4,13 @@ Samsara, and what it keeps on disk (never the API key)."""
 from __future__ import annotations
 
 import gzip
-import uuid
 
 import pytest
 import redis
 
 from config.settings import Settings
 from services.samsara_read import FILE, build_samsara_read, marker_key, note_event, read_scope
-from tests.support.redis_server import REDIS_URL
+from tests.support.redis_server import real_client_and_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -20,15 +19,7 @@ KEY = "samsara-api-key-never-on-disk-0123456789"
 
 @pytest.fixture
 def client():
-    c = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        c.ping()
-    except redis.RedisError:
-        pytest.skip("needs the real Redis at " + REDIS_URL)
-    prefix = f"test-samsara-read-{uuid.uuid4().hex}:"
-    yield c, prefix
-    for key in c.scan_iter(match=prefix + "*"):
-        c.delete(key)
+    yield from real_client_and_prefix("samsara-read")
 
 
 def settings(tmp_path, prefix: str, **extra: str) -> Settings:

@@ -126,6 +126,17 @@ def require_real_redis(url: str = REDIS_URL) -> str:
     return url
 
 
+def real_client_and_prefix(label: str) -> Iterator[tuple[redis.Redis, str]]:
+    """A client of the real Redis and a fresh key prefix for one test, whose keys are
+    deleted afterwards (fixture body). No Redis: a failure in CI, a skip locally."""
+    client = redis.Redis.from_url(require_real_redis(), socket_timeout=2, socket_connect_timeout=2)
+    try:
+        for name in key_prefix(client, label):
+            yield client, name
+    finally:
+        client.close()
+
+
 def delete_prefix(url: str, prefix: str) -> None:
     """Delete every key under ``prefix`` (a test's clean-up)."""
     client = redis.Redis.from_url(url)
